@@ -1,0 +1,63 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "defib",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "defib", targets: ["defib"]),
+        .executable(name: "defib-proxy", targets: ["defib-proxy"]),
+        .library(name: "ParkingLock", targets: ["ParkingLock"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // The little C: fork/exec, pidfd, ptrace, process_vm_readv, prctl, wait-status helpers.
+        .target(name: "CDefibShims"),
+        // A parking_lot-faithful RwLock with its parking lot and telemetry.
+        .target(name: "ParkingLock", dependencies: ["CDefibShims"]),
+        // Pure logic: config model, supervision state machine, restart policy, incident model.
+        .target(name: "DefibCore", dependencies: [
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        // Every syscall the supervisor makes.
+        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "DefibCore"]),
+        // The SQLite incident store.
+        .target(name: "DefibStore", dependencies: [
+            "DefibCore",
+            .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // The reference proxy.
+        .target(name: "DefibProxy", dependencies: [
+            "ParkingLock", "CDefibShims",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // The supervisor runtime: connects DefibCore's decisions to DefibPOSIX and DefibStore.
+        .target(name: "DefibRuntime", dependencies: [
+            "DefibCore", "DefibPOSIX", "DefibStore",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "defib", dependencies: [
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "defib-proxy", dependencies: [
+            "DefibProxy",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock"]),
+        .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
+        .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
+    ]
+)

@@ -1,0 +1,82 @@
+/// How a captured core is taken.
+public enum CaptureMethod: String, Sendable, Codable, CaseIterable {
+    case gcore
+    case none
+}
+
+/// Everything the supervisor needs to know, after the TOML file and the flags are merged.
+/// Durations are in milliseconds unless the name says otherwise.
+public struct SupervisorConfig: Sendable, Equatable {
+    /// `[service]`: what to run.
+    public struct Service: Sendable, Equatable {
+        /// Name used in incidents and paths. Default: the program's base name.
+        public var name: String
+        /// The program and its arguments; `argv[0]` is resolved through PATH when it has no slash.
+        public var argv: [String]
+        /// Extra environment for the child, on top of the supervisor's own.
+        public var environment: [String: String]
+        /// Working directory of the child; nil = the supervisor's.
+        public var workingDirectory: String?
+        public init(name: String, argv: [String], environment: [String: String] = [:], workingDirectory: String? = nil) {
+            self.name = name; self.argv = argv; self.environment = environment; self.workingDirectory = workingDirectory
+        }
+    }
+    /// `[heartbeat]`
+    public struct Heartbeat: Sendable, Equatable {
+        /// Time between the answer to one ping and the next ping.
+        public var intervalMs: Int = 200
+        /// How long one ping may stay unanswered before it counts as a miss.
+        public var deadlineMs: Int = 1000
+        /// Consecutive misses that make a hang.
+        public var misses: Int = 1
+        /// How long a new instance has to answer its first ping.
+        public var startTimeoutMs: Int = 15000
+        /// Control socket path; nil = `<state_dir>/run/<service>/control.sock`.
+        public var controlSocket: String?
+        public init() {}
+    }
+    /// `[capture]`
+    public struct Capture: Sendable, Equatable {
+        public var method: CaptureMethod = .gcore
+        /// Time allowed for the core; past it the capture is abandoned and the kill goes ahead.
+        public var budgetMs: Int = 10000
+        /// Where cores go; nil = `<state_dir>/cores`.
+        public var directory: String?
+        /// Run `gdb -batch` on the core after the restart and store all threads' backtraces.
+        public var stacks: Bool = true
+        public init() {}
+    }
+    /// `[restart]`
+    public struct Restart: Sendable, Equatable {
+        public var backoffInitialMs: Int = 100
+        public var backoffMaxMs: Int = 30000
+        public var backoffMultiplier: Double = 2.0
+        /// An instance that stayed ready this long resets the backoff to its initial value.
+        public var backoffResetMs: Int = 60000
+        /// Restart intensity: at most `intensityMax` restarts within `intensityWindowMs`, then give up (exit non-zero).
+        public var intensityMax: Int = 5
+        public var intensityWindowMs: Int = 60000
+        /// Time a child gets after SIGTERM on supervisor shutdown before SIGKILL.
+        public var stopTimeoutMs: Int = 5000
+        public init() {}
+    }
+
+    public var service: Service
+    public var heartbeat: Heartbeat
+    public var capture: Capture
+    public var restart: Restart
+    /// `state_dir`: incidents.sqlite, cores/, run/.
+    public var stateDirectory: String
+
+    public init(service: Service, heartbeat: Heartbeat = .init(), capture: Capture = .init(),
+                restart: Restart = .init(), stateDirectory: String) {
+        self.service = service; self.heartbeat = heartbeat; self.capture = capture
+        self.restart = restart; self.stateDirectory = stateDirectory
+    }
+
+    public var controlSocketPath: String {
+        heartbeat.controlSocket ?? "\(stateDirectory)/run/\(service.name)/control.sock"
+    }
+    public var coreDirectory: String { capture.directory ?? "\(stateDirectory)/cores" }
+    public var databasePath: String { "\(stateDirectory)/incidents.sqlite" }
+}

@@ -1,0 +1,129 @@
+import Foundation
+
+/// Why an incident was opened. A child's end is data, not an error.
+public enum IncidentCause: Sendable, Equatable, Codable {
+    /// The control channel stopped answering: `misses` consecutive pings went unanswered.
+    case missedHeartbeat(misses: Int, lastPongAt: Date?, lastError: String?)
+    /// The child exited on its own with this code.
+    case exited(code: Int32)
+    /// The child was killed by a signal it did not get from us.
+    case signaled(signal: Int32, coreDumped: Bool)
+    /// The child never reached its first `pong` within the start timeout.
+    case startTimeout(seconds: Double)
+    /// The program could not be started at all (exec failed, bad path …).
+    case spawnFailed(message: String)
+
+    /// Short machine-readable kind: `missed-heartbeat`, `exited`, `signaled`, `start-timeout`, `spawn-failed`.
+    public var kind: String {
+        switch self {
+        case .missedHeartbeat: "missed-heartbeat"
+        case .exited: "exited"
+        case .signaled: "signaled"
+        case .startTimeout: "start-timeout"
+        case .spawnFailed: "spawn-failed"
+        }
+    }
+
+    /// One human sentence.
+    public var summary: String {
+        switch self {
+        case let .missedHeartbeat(misses, lastPong, lastError):
+            var s = "control channel silent: \(misses) heartbeat(s) missed"
+            if let lastPong { s += ", last pong \(RFC3339.string(lastPong))" } else { s += ", never answered" }
+            if let lastError { s += " (\(lastError))" }
+            return s
+        case let .exited(code): return "exited on its own with code \(code)"
+        case let .signaled(signal, core):
+            return "killed by signal \(signal) (\(signalName(signal)))" + (core ? ", core dumped by the kernel" : "")
+        case let .startTimeout(seconds): return "no first pong within \(seconds) s of start"
+        case let .spawnFailed(message): return "could not start: \(message)"
+        }
+    }
+}
+
+/// How the evidence capture went.
+public struct CaptureRecord: Sendable, Equatable, Codable {
+    public var method: String          // "gcore", "none", later "native", "kernel"
+    public var path: String?           // the core file, nil when none was written
+    public var bytes: Int64            // size of the core file (0 when none)
+    public var durationMs: Double      // wall time of the capture
+    public var error: String?          // why it failed or was cut short
+    public init(method: String, path: String?, bytes: Int64, durationMs: Double, error: String?) {
+        self.method = method; self.path = path; self.bytes = bytes; self.durationMs = durationMs; self.error = error
+    }
+}
+
+/// One lock's state as the supervisor last saw it.
+public struct LockState: Sendable, Equatable, Codable {
+    public var name: String
+    public var address: String         // "0x…" in the child's address space
+    public var word: String            // "0x…", 16 hex digits
+    /// Where `word` came from: "memory" (process_vm_readv of the hung process) or "control" (last `locks` reply).
+    public var source: String
+    public var holder: String?         // current write holder label, when known
+    public var lastHolder: String?     // last write holder label, when known
+    public var readersWaiting: Int?
+    public var writersWaiting: Int?
+    public init(name: String, address: String, word: String, source: String,
+                holder: String? = nil, lastHolder: String? = nil, readersWaiting: Int? = nil, writersWaiting: Int? = nil) {
+        self.name = name; self.address = address; self.word = word; self.source = source
+        self.holder = holder; self.lastHolder = lastHolder
+        self.readersWaiting = readersWaiting; self.writersWaiting = writersWaiting
+    }
+}
+
+/// Where an incident ended.
+public enum IncidentOutcome: String, Sendable, Codable {
+    case open            // still being handled
+    case recovered       // a new instance answered its first ping
+    case gaveUp = "gave-up"   // restart intensity exceeded; the supervisor stopped
+    case shutdown        // the supervisor was asked to stop before recovery finished
+}
+
+/// A record of one time the supervised service stopped making progress or died.
+public struct Incident: Sendable, Equatable, Codable {
+    public var id: Int64?
+    public var service: String
+    public var pid: Int32
+    public var binaryPath: String?
+    public var startedAt: Date?        // when the failing instance was started
+    public var detectedAt: Date
+    public var killedAt: Date?
+    public var restartedAt: Date?      // when the replacement was spawned
+    public var readyAt: Date?          // when the replacement answered its first ping
+    public var cause: IncidentCause
+    public var capture: CaptureRecord?
+    public var stacks: String?
+    public var lockState: [LockState]
+    public var newPid: Int32?
+    public var outcome: IncidentOutcome
+    public var diagnosis: String
+    public var notes: [String]         // decisions and anything that went wrong while handling it
+
+    public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
+                detectedAt: Date, cause: IncidentCause) {
+        self.id = id; self.service = service; self.pid = pid; self.binaryPath = binaryPath
+        self.startedAt = startedAt; self.detectedAt = detectedAt; self.cause = cause
+        self.killedAt = nil; self.restartedAt = nil; self.readyAt = nil; self.capture = nil
+        self.stacks = nil; self.lockState = []; self.newPid = nil; self.outcome = .open
+        self.diagnosis = ""; self.notes = []
+    }
+}
+
+/// RFC 3339 timestamps with milliseconds, UTC.
+public enum RFC3339 {
+    public static func string(_ date: Date) -> String {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f.string(from: date)
+    }
+}
+
+/// The conventional name of a Linux signal number ("SIGKILL"), or "signal N".
+public func signalName(_ signal: Int32) -> String {
+    let names: [Int32: String] = [1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT",
+                                  7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2",
+                                  13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 19: "SIGSTOP", 31: "SIGSYS"]
+    return names[signal] ?? "signal \(signal)"
+}
