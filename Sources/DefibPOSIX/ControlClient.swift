@@ -1,0 +1,114 @@
+import Glibc
+
+/// One request on a service's control channel (a Unix stream socket, one line out, one line back),
+/// driven without blocking so the supervisor's loop can poll it next to everything else.
+public final class ControlRequest {
+    public enum Progress: Equatable {
+        case pending
+        case reply(String)
+        case failed(String)
+    }
+
+    public let fd: Int32
+    public let line: String
+    private var buffer: [UInt8] = []
+    private var closed = false
+
+    /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
+    public static func start(path: String, line: String) -> Result<ControlRequest, ControlError> {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        if fd < 0 { return .failure(ControlError(path: path, problem: SystemError("socket(AF_UNIX)").description)) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            Glibc.close(fd)
+            return .failure(ControlError(path: path, problem: "socket path longer than \(MemoryLayout.size(ofValue: addr.sun_path) - 1) bytes"))
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            for (i, b) in bytes.enumerated() { raw[i] = b }
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc != 0 {
+            let e = errno
+            Glibc.close(fd)
+            let problem: String
+            switch e {
+            case ENOENT: problem = "no control socket (nothing listening yet)"
+            case ECONNREFUSED: problem = "connection refused (nobody accepting)"
+            case EAGAIN: problem = "listen backlog full (nobody accepting)"
+            default: problem = SystemError("connect", errno: e).description
+            }
+            return .failure(ControlError(path: path, problem: problem))
+        }
+        let request = ControlRequest(fd: fd, line: line)
+        let out = Array((line + "\n").utf8)
+        let written = out.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if written != out.count {
+            let problem = written < 0 ? SystemError("send").description : "short write"
+            request.close()
+            return .failure(ControlError(path: path, problem: problem))
+        }
+        return .success(request)
+    }
+
+    private init(fd: Int32, line: String) { self.fd = fd; self.line = line }
+    deinit { close() }
+
+    /// Reads what is available. Call when `fd` polls readable.
+    public func readAvailable() -> Progress {
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n > 0 {
+                buffer += chunk[0..<n]
+                if let nl = buffer.firstIndex(of: 10) {
+                    let reply = String(decoding: buffer[..<nl], as: UTF8.self)
+                    return .reply(reply.hasSuffix("\r") ? String(reply.dropLast()) : reply)
+                }
+                if buffer.count > 1 << 20 { return .failed("reply longer than 1 MiB without a newline") }
+                continue
+            }
+            if n == 0 {
+                return .failed(buffer.isEmpty ? "connection closed without a reply"
+                                              : "connection closed mid-reply: '\(String(decoding: buffer.prefix(80), as: UTF8.self))'")
+            }
+            if errno == EAGAIN || errno == EINTR { return .pending }
+            return .failed(SystemError("recv").description)
+        }
+    }
+
+    public func close() {
+        if !closed { closed = true; Glibc.close(fd) }
+    }
+
+    /// Blocking convenience for one-shot requests (`defib ctl`): waits at most `timeoutMs`.
+    public static func roundTrip(path: String, line: String, timeoutMs: Int) -> Result<String, ControlError> {
+        switch start(path: path, line: line) {
+        case let .failure(e): return .failure(e)
+        case let .success(request):
+            defer { request.close() }
+            let deadline = monotonicNanoseconds() + Int64(timeoutMs) * 1_000_000
+            while true {
+                let left = (deadline - monotonicNanoseconds()) / 1_000_000
+                if left <= 0 { return .failure(ControlError(path: path, problem: "no reply to '\(line)' within \(timeoutMs) ms")) }
+                var pfd = pollfd(fd: request.fd, events: Int16(POLLIN), revents: 0)
+                _ = poll(&pfd, 1, Int32(left))
+                switch request.readAvailable() {
+                case .pending: continue
+                case let .reply(r): return .success(r)
+                case let .failed(p): return .failure(ControlError(path: path, problem: p))
+                }
+            }
+        }
+    }
+}
+
+/// A control-channel problem, naming the socket.
+public struct ControlError: Error, CustomStringConvertible, Sendable, Equatable {
+    public var path: String
+    public var problem: String
+    public var description: String { "control channel \(path): \(problem)" }
+}

@@ -1,0 +1,384 @@
+import DefibCore
+import DefibPOSIX
+import Foundation
+import Glibc
+import Logging
+
+/// Where incidents go. `IncidentStore` (SQLite) is the real one.
+public protocol IncidentRecorder: AnyObject {
+    func insert(_ incident: Incident) throws -> Int64
+    func update(_ incident: Incident) throws
+}
+
+/// One lock the service told us about: its name and the address of its word in the service's memory.
+struct KnownLock: Equatable {
+    var name: String
+    var address: UInt64
+    var word: String?
+    var holder: String?
+    var lastHolder: String?
+    var readersWaiting: Int?
+    var writersWaiting: Int?
+}
+
+/// The supervisor's runtime: feeds real events and a real clock into `SupervisorMachine` and performs
+/// the actions it returns. Runs on the thread that calls `run()`; that thread spawns the children, so
+/// it must live as long as the supervisor (PR_SET_PDEATHSIG follows the spawning thread).
+public final class Supervisor {
+    let config: SupervisorConfig
+    let logger: Logger
+    let recorder: IncidentRecorder
+    var machine: SupervisorMachine
+    let signals: SignalQueue
+    /// Descriptors passed to every instance (LISTEN_FDS), bound once by us.
+    let passedSockets: [(name: String, fd: Int32)]
+
+    var child: ChildProcess?
+    var childStartedAt: Date?
+    var ping: (token: UInt64, request: ControlRequest)?
+    var locksQuery: (request: ControlRequest, deadline: Int64)?
+    var knownLocks: [KnownLock] = []
+    var incident: Incident?
+    var stacksJobs: [Int32: StacksJob] = [:]
+    var exitCode: Int32?
+
+    public init(config: SupervisorConfig, recorder: IncidentRecorder, logger: Logger,
+                passedSockets: [(name: String, fd: Int32)] = []) throws {
+        self.config = config
+        self.recorder = recorder
+        self.logger = logger
+        self.passedSockets = passedSockets
+        self.machine = SupervisorMachine(settings: .init(config))
+        self.signals = try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+        try becomeChildSubreaper()
+        try makeDirectory(config.stateDirectory, mode: 0o700)
+        try makeDirectory(config.coreDirectory, mode: 0o700)
+        let socketDir = (config.controlSocketPath as NSString).deletingLastPathComponent
+        try makeDirectory(socketDir, mode: 0o700)
+    }
+
+    func now() -> MonoTime { MonoTime(nanoseconds: monotonicNanoseconds()) }
+
+    /// Runs until shutdown (exit code 0) or until the restart intensity is exceeded (exit code 1).
+    public func run() -> Int32 {
+        perform(machine.start(at: now()))
+        while exitCode == nil {
+            waitForEvents()
+        }
+        finishBackgroundJobs()
+        return exitCode ?? 1
+    }
+
+    // MARK: the loop
+
+    private func waitForEvents() {
+        var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)]
+        if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
+        if let locksQuery { fds.append(pollfd(fd: locksQuery.request.fd, events: Int16(POLLIN), revents: 0)) }
+        var timeoutMs: Int32 = 1000
+        if let wake = machine.nextWakeup {
+            timeoutMs = Int32(clamping: max(0, (wake.nanoseconds - monotonicNanoseconds() + 999_999) / 1_000_000))
+        }
+        if let q = locksQuery { timeoutMs = min(timeoutMs, Int32(clamping: max(0, (q.deadline - monotonicNanoseconds()) / 1_000_000))) }
+        _ = poll(&fds, nfds_t(fds.count), min(timeoutMs, 1000))
+
+        for sig in signals.drain() {
+            switch sig {
+            case SIGCHLD: handleReaped(reapAll())
+            default:
+                logger.info("received \(signalName(sig)); stopping the service and exiting")
+                perform(machine.shutdown(at: now()))
+            }
+        }
+        handleReaped(reapAll())  // a SIGCHLD can be merged with one already drained
+        if let ping { pollPing(ping.token, ping.request) }
+        if let q = locksQuery { pollLocksQuery(q.request, deadline: q.deadline) }
+        perform(machine.tick(at: now()))
+        // A ping the machine gave up on (deadline passed) is abandoned.
+        if let p = ping, machine.pingInFlight != p.token { p.request.close(); ping = nil }
+    }
+
+    private func handleReaped(_ reaped: [Reaped]) {
+        for r in reaped {
+            if let child, r.pid == child.pid {
+                logger.warning("service pid \(r.pid) ended: \(describe(r.status))")
+                child.closePidfd()
+                self.child = nil
+                ping?.request.close(); ping = nil
+                locksQuery = nil
+                perform(machine.childExited(r.status, at: now()))
+            } else if let job = stacksJobs.removeValue(forKey: r.pid) {
+                finishStacks(job, status: r.status)
+            } else {
+                logger.debug("reaped orphan pid \(r.pid): \(describe(r.status))")
+            }
+        }
+    }
+
+    private func pollPing(_ token: UInt64, _ request: ControlRequest) {
+        let progress = request.readAvailable()
+        switch progress {
+        case .pending: return
+        case let .reply(line):
+            request.close(); ping = nil
+            if line == "pong \(token)" {
+                let wasStarting = machine.phase == .starting
+                perform(machine.pongReceived(token: token, at: now()))
+                if wasStarting && machine.phase == .running { queryLocks() }
+            } else {
+                let shown = line.count > 120 ? String(line.prefix(120)) + "…" : line
+                perform(machine.pingFailed(token: token, reason: "unexpected reply '\(shown)' to 'ping \(token)' (expected 'pong \(token)')", at: now()))
+            }
+        case let .failed(problem):
+            request.close(); ping = nil
+            perform(machine.pingFailed(token: token, reason: problem, at: now()))
+        }
+    }
+
+    // MARK: lock telemetry over the control channel
+
+    /// Asks the healthy service which locks it has and where their words live.
+    private func queryLocks() {
+        switch ControlRequest.start(path: config.controlSocketPath, line: "locks") {
+        case let .success(r): locksQuery = (r, monotonicNanoseconds() + 1_000_000_000)
+        case let .failure(e): logger.debug("locks query failed: \(e)")
+        }
+    }
+
+    private func pollLocksQuery(_ request: ControlRequest, deadline: Int64) {
+        switch request.readAvailable() {
+        case .pending:
+            if monotonicNanoseconds() > deadline { request.close(); locksQuery = nil; logger.debug("locks query timed out") }
+        case let .reply(line):
+            request.close(); locksQuery = nil
+            if let locks = Self.parseLocks(line) { knownLocks = locks } else { logger.warning("unreadable 'locks' reply: \(line.prefix(200))") }
+        case let .failed(p):
+            request.close(); locksQuery = nil
+            logger.debug("locks query failed: \(p)")
+        }
+    }
+
+    /// Parses `{"locks":[{"name":..,"address":"0x…","word":"0x…",...}]}`; nil when it is not that shape.
+    static func parseLocks(_ line: String) -> [KnownLock]? {
+        guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+              let locks = obj["locks"] as? [[String: Any]] else { return nil }
+        return locks.compactMap { l in
+            guard let name = l["name"] as? String, let addr = l["address"] as? String,
+                  let address = UInt64(addr.hasPrefix("0x") ? String(addr.dropFirst(2)) : addr, radix: 16) else { return nil }
+            func label(_ key: String) -> String? {
+                guard let h = l[key] as? [String: Any], let label = h["label"] as? String else { return nil }
+                return "\(label) tid=\(h["tid"].map { "\($0)" } ?? "?")"
+            }
+            return KnownLock(name: name, address: address, word: l["word"] as? String,
+                             holder: label("holder"), lastHolder: label("last_holder"),
+                             readersWaiting: l["readers_waiting"] as? Int, writersWaiting: l["writers_waiting"] as? Int)
+        }
+    }
+
+    // MARK: actions
+
+    private func perform(_ actions: [SupervisorAction]) {
+        for action in actions { perform(action) }
+    }
+
+    private func perform(_ action: SupervisorAction) {
+        switch action {
+        case .spawn:
+            spawnInstance()
+        case let .sendPing(token):
+            switch ControlRequest.start(path: config.controlSocketPath, line: "ping \(token)") {
+            case let .success(r): ping = (token, r)
+            case let .failure(e): perform(machine.pingFailed(token: token, reason: e.problem, at: now()))
+            }
+        case let .instanceReady(pid):
+            logger.info("service \(config.service.name) pid \(pid) is ready (answered ping)")
+        case let .openIncident(cause):
+            openIncident(cause)
+        case let .captureEvidence(pid):
+            captureEvidence(pid: pid)
+            perform(machine.captureFinished(at: now()))
+        case let .kill(pid):
+            logger.warning("killing pid \(pid) and its process group (SIGKILL)")
+            if let child, child.pid == pid { try? child.signal(SIGKILL) }
+            _ = Glibc.kill(-pid, SIGKILL)
+            if incident != nil && incident?.killedAt == nil { incident?.killedAt = Date(); saveIncident() }
+        case let .terminate(pid):
+            logger.info("stopping pid \(pid) (SIGTERM to its process group)")
+            if let child, child.pid == pid { try? child.signal(SIGTERM) }
+            _ = Glibc.kill(-pid, SIGTERM)
+        case let .noteIncident(note):
+            logger.notice("\(note)")
+            incident?.notes.append(note); saveIncident()
+        case let .incidentRestarted(newPid):
+            incident?.restartedAt = Date(); incident?.newPid = newPid; saveIncident()
+        case let .closeIncident(outcome):
+            closeIncident(outcome)
+        case let .scheduleRestart(delayMs):
+            logger.info("restarting \(config.service.name) in \(delayMs) ms (restart \(machine.restarts))")
+        case let .exit(code):
+            if code != 0 { logger.error("giving up on \(config.service.name): restart intensity exceeded") }
+            exitCode = code
+        }
+    }
+
+    private func spawnInstance() {
+        var env = currentEnvironment()
+        for (k, v) in config.service.environment { env[k] = v }
+        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
+        env["DEFIB_SERVICE"] = config.service.name
+        // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
+        // service should die (and dump) on them like any other program.
+        if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
+        unlink(config.controlSocketPath)
+        var request = SpawnRequest(argv: config.service.argv, environment: env, workingDirectory: config.service.workingDirectory)
+        request.passFDs = passedSockets.map(\.fd)
+        request.passFDNames = passedSockets.map(\.name)
+        do {
+            let c = try spawnProcess(request)
+            child = c
+            childStartedAt = Date()
+            knownLocks = []
+            logger.info("started \(config.service.name): pid \(c.pid) (\(c.executable))")
+            perform(machine.spawned(pid: c.pid, at: now()))
+        } catch {
+            logger.error("could not start \(config.service.name): \(error)")
+            perform(machine.spawnFailed(message: "\(error)", at: now()))
+        }
+    }
+
+    private func openIncident(_ cause: FailureCause) {
+        let detected = Date()
+        let incidentCause: IncidentCause
+        switch cause {
+        case let .missedHeartbeat(misses, since, error):
+            incidentCause = .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error)
+        case let .startTimeout(ms): incidentCause = .startTimeout(seconds: Double(ms) / 1000)
+        case let .died(.exited(code)): incidentCause = .exited(code: code)
+        case let .died(.signaled(sig, core)): incidentCause = .signaled(signal: sig, coreDumped: core)
+        case let .spawnFailed(message): incidentCause = .spawnFailed(message: message)
+        }
+        var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? 0,
+                           binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
+        new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }
+        do {
+            new.id = try recorder.insert(new)
+        } catch {
+            logger.error("could not record incident: \(error)")
+        }
+        incident = new
+        logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)")
+    }
+
+    private func lockState(_ l: KnownLock, word: String, source: String) -> LockState {
+        LockState(name: l.name, address: hex64(l.address), word: word, source: source, holder: l.holder,
+                  lastHolder: l.lastHolder, readersWaiting: l.readersWaiting, writersWaiting: l.writersWaiting)
+    }
+
+    /// Lock words straight from the hung process's memory, then (briefly) the live telemetry, then the core.
+    private func captureEvidence(pid: Int32) {
+        guard var current = incident else { return }
+        current.binaryPath = ProcessMemory.executable(pid: pid) ?? current.binaryPath
+        // The words, read without the service's help.
+        var states: [LockState] = []
+        for l in knownLocks {
+            do {
+                let w = try ProcessMemory.readUInt64(pid: pid, address: l.address)
+                states.append(lockState(l, word: hex64(w), source: "memory"))
+            } catch {
+                states.append(lockState(l, word: l.word ?? "unknown", source: "control"))
+                current.notes.append("could not read lock '\(l.name)' from memory: \(error)")
+            }
+        }
+        // Holders and waiters, if the control channel still answers `locks` (it takes no lock).
+        if case let .success(line) = ControlRequest.roundTrip(path: config.controlSocketPath, line: "locks", timeoutMs: 200),
+           let live = Self.parseLocks(line) {
+            for l in live {
+                if let i = states.firstIndex(where: { $0.address == hex64(l.address) }) {
+                    states[i].holder = l.holder; states[i].lastHolder = l.lastHolder
+                    states[i].readersWaiting = l.readersWaiting; states[i].writersWaiting = l.writersWaiting
+                } else {
+                    states.append(lockState(l, word: l.word ?? "unknown", source: "control"))
+                }
+            }
+        }
+        if !states.isEmpty { current.lockState = states }
+        current.diagnosis = Diagnosis.fromLocks(current.lockState.map { ($0.name, $0.word) }) ?? ""
+        incident = current
+        saveIncident()
+
+        switch config.capture.method {
+        case .none:
+            incident?.capture = CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)
+        case .gcore:
+            let stamp = Int(Date().timeIntervalSince1970)
+            let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(incident?.id.map(String.init) ?? "x").\(stamp)"
+            logger.info("capturing a core of pid \(pid) with gcore (budget \(config.capture.budgetMs) ms)")
+            let record = GcoreCapture.capture(pid: pid, prefix: prefix, budgetMs: config.capture.budgetMs)
+            if let error = record.error { logger.error("core capture failed: \(error)") }
+            else { logger.info("core written: \(record.path ?? "") (\(record.bytes) bytes, \(Int(record.durationMs)) ms)") }
+            incident?.capture = record
+        }
+        saveIncident()
+    }
+
+    private func closeIncident(_ outcome: IncidentOutcome) {
+        guard var current = incident else { return }
+        current.outcome = outcome
+        if outcome == .recovered { current.readyAt = Date() }
+        incident = current
+        saveIncident()
+        let id = current.id.map(String.init) ?? "?"
+        let took = current.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(current.detectedAt) * 1000) } ?? ""
+        logger.warning("incident \(id) closed: \(outcome.rawValue)\(took)")
+        if config.capture.stacks, let core = current.capture?.path, let binary = current.binaryPath, let cid = current.id {
+            do {
+                let job = try StacksJob.start(binary: binary, core: core, outputPath: core + ".stacks.txt", incidentID: cid)
+                stacksJobs[job.child.pid] = job
+            } catch {
+                logger.error("could not run gdb for stacks: \(error)")
+            }
+        }
+        incident = nil
+    }
+
+    private func finishStacks(_ job: StacksJob, status: ChildStatus) {
+        job.child.closePidfd()
+        let text = job.output()
+        unlink(job.outputPath)
+        // The incident may already be closed and gone from memory: update the stored record.
+        guard let store = recorder as? IncidentReader, var stored = try? store.incident(id: job.incidentID) else { return }
+        stored.stacks = text
+        if status != .exited(code: 0) { stored.notes.append("gdb ended \(describe(status)) while reading stacks") }
+        do { try recorder.update(stored) } catch { logger.error("could not store stacks: \(error)") }
+        logger.info("stacks for incident \(job.incidentID) stored (\(text.split(separator: "\n").count) lines)")
+    }
+
+    /// Waits (bounded) for background gdb runs so the last incident gets its stacks.
+    private func finishBackgroundJobs() {
+        let deadline = monotonicNanoseconds() + 60_000_000_000
+        while !stacksJobs.isEmpty && monotonicNanoseconds() < deadline {
+            var pfd = pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, 200)
+            _ = signals.drain()
+            handleReaped(reapAll())
+        }
+        for job in stacksJobs.values { try? job.child.signal(SIGKILL) }
+    }
+
+    private func saveIncident() {
+        guard let incident, incident.id != nil else { return }
+        do { try recorder.update(incident) } catch { logger.error("could not update incident: \(error)") }
+    }
+
+    private func describe(_ s: ChildStatus) -> String {
+        switch s {
+        case let .exited(code): "exited with code \(code)"
+        case let .signaled(sig, core): "killed by \(signalName(sig))\(core ? " (core dumped)" : "")"
+        }
+    }
+}
+
+/// Reading back a stored incident (for adding stacks after it closed).
+public protocol IncidentReader {
+    func incident(id: Int64) throws -> Incident?
+}

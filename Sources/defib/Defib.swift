@@ -1,0 +1,10 @@
+import ArgumentParser
+
+/// `defib`: a watchdog supervisor that turns a hung service into a short outage and keeps the evidence.
+@main
+struct Defib: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "defib",
+        abstract: "Supervise a service through its control channel; on a hang capture a core, restart it, record an incident.",
+        subcommands: [RunCommand.self, CtlCommand.self, IncidentsCommand.self, CheckConfigCommand.self])
+}
