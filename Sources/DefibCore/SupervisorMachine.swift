@@ -8,7 +8,7 @@ public enum ChildStatus: Equatable, Sendable {
 /// (it knows the wall clock; the machine only knows monotonic time).
 public enum FailureCause: Equatable, Sendable {
     case missedHeartbeat(misses: Int, msSinceLastPong: Double?, lastError: String?)
-    case startTimeout(ms: Int)
+    case startTimeout(ms: Int, lastError: String?)
     case died(ChildStatus)
     case spawnFailed(message: String)
 }
@@ -169,7 +169,7 @@ public struct SupervisorMachine: Sendable {
         switch phase {
         case .starting:
             if let started = instanceStartedAt, now >= started + settings.startTimeoutMs {
-                return failInstance(.startTimeout(ms: settings.startTimeoutMs), at: now)
+                return failInstance(.startTimeout(ms: settings.startTimeoutMs, lastError: lastPingError), at: now)
             }
             if let deadline = pingDeadline, now >= deadline {
                 // Before the first pong an unanswered ping is only retried; the start timeout decides.
@@ -371,7 +371,7 @@ public struct SupervisorMachine: Sendable {
     private func describe(_ cause: FailureCause) -> String {
         switch cause {
         case let .missedHeartbeat(misses, _, error): "\(misses) heartbeat(s) missed" + (error.map { " (\($0))" } ?? "")
-        case let .startTimeout(ms): "no first pong within \(ms) ms"
+        case let .startTimeout(ms, error): "no first pong within \(ms) ms" + (error.map { " (last: \($0))" } ?? "")
         case let .died(status): describe(status)
         case let .spawnFailed(message): "could not start: \(message)"
         }

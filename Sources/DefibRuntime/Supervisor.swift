@@ -252,13 +252,14 @@ public final class Supervisor {
         switch cause {
         case let .missedHeartbeat(misses, since, error):
             incidentCause = .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error)
-        case let .startTimeout(ms): incidentCause = .startTimeout(seconds: Double(ms) / 1000)
+        case let .startTimeout(ms, _): incidentCause = .startTimeout(seconds: Double(ms) / 1000)
         case let .died(.exited(code)): incidentCause = .exited(code: code)
         case let .died(.signaled(sig, core)): incidentCause = .signaled(signal: sig, coreDumped: core)
         case let .spawnFailed(message): incidentCause = .spawnFailed(message: message)
         }
         var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
+        if case let .startTimeout(_, lastError?) = cause { new.notes.append("last control-channel error: \(lastError)") }
         new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }
         do {
             new.id = try recorder.insert(new)

@@ -177,7 +177,7 @@ import Testing
         #expect(Self.token(in: d.m.tick(at: d.now)) != nil)
         d.t = 2000
         let timeout = d.m.tick(at: d.now)
-        #expect(timeout == [.openIncident(.startTimeout(ms: 2000)), .captureEvidence(pid: 100)])
+        #expect(timeout == [.openIncident(.startTimeout(ms: 2000, lastError: "no control socket")), .captureEvidence(pid: 100)])
     }
 
     @Test func crashOpensIncidentWithoutCaptureAndRestarts() {

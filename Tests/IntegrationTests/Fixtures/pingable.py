@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""A minimal supervised service for edge-case tests: answers `ping N` on $DEFIB_CONTROL_SOCKET.
+Behaviour is chosen with MODE: ok | hang-after:N (stop answering after N pings) | bad-reply |
+bad-reply-after:N | exit-after:N:CODE | ignore-term | slow-start:MS."""
+import os, socket, sys, time, signal
+
+path = os.environ["DEFIB_CONTROL_SOCKET"]
+mode = os.environ.get("MODE", "ok")
+if mode == "ignore-term":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if mode.startswith("slow-start:"):
+    time.sleep(int(mode.split(":")[1]) / 1000)
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(path)
+s.listen(16)
+print(f"pingable pid={os.getpid()} mode={mode}", file=sys.stderr, flush=True)
+pings = 0
+while True:
+    c, _ = s.accept()
+    line = c.makefile().readline().strip()
+    if line.startswith("ping"):
+        pings += 1
+        if mode.startswith("hang-after:") and pings > int(mode.split(":")[1]):
+            time.sleep(3600)
+        if mode.startswith("exit-after:"):
+            _, n, code = mode.split(":")
+            if pings > int(n):
+                sys.exit(int(code))
+        if mode == "bad-reply" or (mode.startswith("bad-reply-after:") and pings > int(mode.split(":")[1])):
+            c.sendall(b"hello there\n")
+        else:
+            c.sendall(("pong" + line[4:] + "\n").encode())
+    elif line == "locks":
+        c.sendall(b'{"pid":%d,"locks":[]}\n' % os.getpid())
+    else:
+        c.sendall(b"error unknown command\n")
+    c.close()

@@ -1,0 +1,113 @@
+import DefibPOSIX
+import Foundation
+import Glibc
+import Testing
+
+/// The real `defib run` supervising a small real service (Fixtures/pingable.py) that misbehaves on purpose.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct SupervisorEdgeTests {
+    static var pingable: String { "\(Binaries.fixtures)/pingable.py" }
+
+    func supervise(_ dir: Scratch, mode: String, extra: [String] = [], program: [String]? = nil) throws -> Background {
+        try Background([Binaries.defib, "run", "--state-dir", dir.path, "--interval", "50", "--deadline", "400",
+                        "--capture", "none"] + extra + ["--"] + (program ?? [Self.pingable]),
+                       env: ["MODE": mode], log: "\(dir.path)/defib.log")
+    }
+
+    func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 }
+
+    @Test func aServiceThatExitsOnItsOwnIsAnIncidentAndIsRestarted() throws {
+        let dir = Scratch("exit"); defer { dir.remove() }
+        let defib = try supervise(dir, mode: "exit-after:3:7")
+        defer { defib.stop() }
+        let found = try waitUntil(timeoutMs: 20_000) {
+            try incidentsJSON(stateDir: dir.path).contains { $0["cause"] as? String == "exited" && $0["new_pid"] is Int }
+        }
+        #expect(found, "\(defib.log)")
+        let incident = try #require(try incidentsJSON(stateDir: dir.path).last)
+        #expect((incident["cause_detail"] as? String)?.contains("code 7") == true)
+        #expect(incident["core_path"] is NSNull)
+    }
+
+    @Test func aWrongReplyIsNamedInTheIncident() throws {
+        let dir = Scratch("badreply"); defer { dir.remove() }
+        let defib = try supervise(dir, mode: "bad-reply-after:3")
+        defer { defib.stop() }
+        let found = try waitUntil(timeoutMs: 20_000) { try !incidentsJSON(stateDir: dir.path).isEmpty }
+        #expect(found, "\(defib.log)")
+        let incident = try #require(try incidentsJSON(stateDir: dir.path).last)
+        #expect(incident["cause"] as? String == "missed-heartbeat")
+        let detail = incident["cause_detail"] as? String ?? ""
+        #expect(detail.contains("unexpected reply 'hello there'"), "\(detail)")
+    }
+
+    @Test func aProgramThatCannotStartIsReportedAndTheSupervisorGivesUp() throws {
+        let dir = Scratch("nostart"); defer { dir.remove() }
+        let defib = try supervise(dir, mode: "ok", program: ["/nonexistent/defib-test-program"])
+        let status = defib.wait(timeoutMs: 30_000)
+        defer { defib.stop() }
+        #expect(status == .exited(code: 1), "\(defib.log)")
+        let incidents = try incidentsJSON(stateDir: dir.path)
+        #expect(incidents.count == 1, "one incident for the whole episode")
+        #expect(incidents.first?["cause"] as? String == "spawn-failed")
+        #expect((incidents.first?["cause_detail"] as? String)?.contains("/nonexistent/defib-test-program") == true)
+        #expect(incidents.first?["outcome"] as? String == "gave-up")
+    }
+
+    @Test func shutdownStopsTheServiceAndLeavesNoProcessBehind() throws {
+        let dir = Scratch("shutdown"); defer { dir.remove() }
+        let defib = try supervise(dir, mode: "ok")
+        defer { defib.stop() }
+        let answered = try waitUntil(timeoutMs: 10_000) {
+            try runCommand([Binaries.defib, "ctl", "--state-dir", dir.path, "ping", "7"]).stdout == "pong 7\n"
+        }
+        #expect(answered, "\(defib.log)")
+        let childPid = try #require(pidOfChild(of: defib.pid))
+        #expect(defib.stop() == .exited(code: 0))
+        #expect(try waitUntil(timeoutMs: 2000) { !isAlive(childPid) }, "the service outlived its supervisor")
+        #expect(try incidentsJSON(stateDir: dir.path).isEmpty, "a clean stop is not an incident")
+    }
+
+    @Test func aServiceIgnoringSIGTERMIsKilledAfterTheStopTimeout() throws {
+        let dir = Scratch("ignoreterm"); defer { dir.remove() }
+        let defib = try supervise(dir, mode: "ignore-term")
+        defer { defib.stop() }
+        #expect(try waitUntil(timeoutMs: 10_000) {
+            try runCommand([Binaries.defib, "ctl", "--state-dir", dir.path, "ping"]).stdout == "pong\n"
+        })
+        let childPid = try #require(pidOfChild(of: defib.pid))
+        try defib.child.signal(SIGTERM)
+        #expect(defib.wait(timeoutMs: 15_000) == .exited(code: 0), "\(defib.log)")
+        #expect(!isAlive(childPid))
+        #expect(defib.log.contains("ignored SIGTERM") || defib.log.contains("SIGKILL"), "\(defib.log)")
+    }
+
+    @Test func ctlNamesWhatIsWrong() throws {
+        let noDir = try runCommand([Binaries.defib, "ctl", "ping"])
+        #expect(noDir.code != 0)
+        #expect(noDir.stderr.contains("--state-dir"))
+        let dir = Scratch("ctl"); defer { dir.remove() }
+        let nothing = try runCommand([Binaries.defib, "ctl", "--state-dir", dir.path, "ping"])
+        #expect(nothing.code != 0)
+        #expect(nothing.stderr.contains("no control socket"), "\(nothing.stderr)")
+    }
+
+    @Test func runRejectsBadArguments() throws {
+        let noProgram = try runCommand([Binaries.defib, "run", "--state-dir", "/tmp/x"])
+        #expect(noProgram.code != 0)
+        #expect(noProgram.stderr.contains("nothing to run"), "\(noProgram.stderr)")
+        let badCapture = try runCommand([Binaries.defib, "run", "--state-dir", "/tmp/x", "--capture", "teleport", "--", "true"])
+        #expect(badCapture.code != 0)
+        #expect(badCapture.stderr.contains("teleport"), "\(badCapture.stderr)")
+    }
+}
+
+/// The (single) child of `pid`, from /proc.
+func pidOfChild(of pid: Int32) -> Int32? {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+    for t in tasks {
+        if let text = try? String(contentsOfFile: "/proc/\(pid)/task/\(t)/children", encoding: .utf8),
+           let first = text.split(separator: " ").first, let child = Int32(first) { return child }
+    }
+    return nil
+}
