@@ -42,14 +42,21 @@ public final class Supervisor {
     var stacksJobs: [Int32: StacksJob] = [:]
     var exitCode: Int32?
 
-    public init(config: SupervisorConfig, recorder: IncidentRecorder, logger: Logger,
+    /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
+    /// library starts a thread: a thread that does not block SIGTERM would take its default action.
+    public static func takeOverSignals() throws -> SignalQueue {
+        signal(SIGPIPE, SIG_IGN)
+        return try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+    }
+
+    public init(config: SupervisorConfig, recorder: IncidentRecorder, logger: Logger, signals: SignalQueue,
                 passedSockets: [(name: String, fd: Int32)] = []) throws {
         self.config = config
         self.recorder = recorder
         self.logger = logger
         self.passedSockets = passedSockets
         self.machine = SupervisorMachine(settings: .init(config))
-        self.signals = try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+        self.signals = signals
         try becomeChildSubreaper()
         try makeDirectory(config.stateDirectory, mode: 0o700)
         try makeDirectory(config.coreDirectory, mode: 0o700)

@@ -73,6 +73,7 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        let signals = try Supervisor.takeOverSignals()
         let cfg = try makeConfig()
         var logger = Logger(label: "defib")
         logger.logLevel = verbose ? .debug : .info
@@ -83,7 +84,7 @@ struct RunCommand: ParsableCommand {
         } catch {
             throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
         }
-        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger)
+        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals)
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
         if code != 0 { throw ExitCode(code) }
