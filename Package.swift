@@ -19,10 +19,14 @@ let package = Package(
     targets: [
         // The little C: fork/exec, pidfd, ptrace, process_vm_readv, prctl, wait-status helpers.
         .target(name: "CDefibShims"),
-        // A parking_lot-faithful RwLock with its parking lot and telemetry.
-        .target(name: "ParkingLock", dependencies: ["CDefibShims"]),
-        // Pure logic: config model, supervision state machine, restart policy, incident model.
+        // The flight recorder's on-disk format: written by ParkingLock in the service, read by the
+        // supervisor. Pure Swift, no dependencies, so both sides share one definition.
+        .target(name: "FlightRecorder"),
+        // A parking_lot-faithful RwLock with its parking lot, telemetry and flight-recorder writer.
+        .target(name: "ParkingLock", dependencies: ["CDefibShims", "FlightRecorder"]),
+        // Pure logic: config model, supervision state machine, restart policy, incident model, diagnosis.
         .target(name: "DefibCore", dependencies: [
+            "FlightRecorder",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
         // Every syscall the supervisor makes.
@@ -55,7 +59,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock"]),
+        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
+        .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore"]),
+        .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
