@@ -46,6 +46,21 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var stacks: Bool = true
         public init() {}
     }
+    /// `[escalation]`: the stages between a late heartbeat and a kill. Unset values derive from the deadline
+    /// (see `EscalationDefaults`).
+    public struct Escalation: Sendable, Equatable {
+        /// A ping unanswered this long is a miss (counted, logged; a new ping goes out).
+        public var missMs: Int?
+        /// Silence this long collects soft evidence (thread states, flight recorder) without a kill.
+        public var suspectMs: Int?
+        /// When the process is starved rather than stuck, the deadline grows by this much at a time …
+        public var extensionStepMs: Int?
+        /// … up to this much in all; 0 never extends.
+        public var maxExtensionMs: Int?
+        /// A random delay up to this long before the kill (0 = off), so a fleet does not bounce in lockstep.
+        public var killJitterMs: Int = 0
+        public init() {}
+    }
     /// `[restart]`
     public struct Restart: Sendable, Equatable {
         public var backoffInitialMs: Int = 100
@@ -65,6 +80,7 @@ public struct SupervisorConfig: Sendable, Equatable {
     public var heartbeat: Heartbeat
     public var capture: Capture
     public var restart: Restart
+    public var escalation: Escalation = .init()
     /// `state_dir`: incidents.sqlite, cores/, run/.
     public var stateDirectory: String
 

@@ -99,6 +99,14 @@ public struct Incident: Sendable, Equatable, Codable {
     public var outcome: IncidentOutcome
     public var diagnosis: String
     public var notes: [String]         // decisions and anything that went wrong while handling it
+    /// How long the heartbeat had been silent when the hang was declared, and how much of that was a
+    /// starvation extension of the deadline.
+    public var silenceMs: Double?
+    public var extendedMs: Int?
+    /// What /proc said about the process's progress when the hang was declared (stuck, starved, busy, …).
+    public var progress: ProgressVerdict?
+    /// Thread states at the suspect stage and at the hang, e.g. "8 S (8 in futex)".
+    public var threadStates: String?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

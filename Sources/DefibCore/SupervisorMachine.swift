@@ -7,7 +7,8 @@ public enum ChildStatus: Equatable, Sendable {
 /// Why the machine decided an instance has failed. The runtime turns it into an `IncidentCause`
 /// (it knows the wall clock; the machine only knows monotonic time).
 public enum FailureCause: Equatable, Sendable {
-    case missedHeartbeat(misses: Int, msSinceLastPong: Double?, lastError: String?)
+    /// The heartbeat went silent for `silenceMs` (≥ the deadline plus any extension) over `misses` missed pings.
+    case missedHeartbeat(misses: Int, msSinceLastPong: Double?, lastError: String?, silenceMs: Double, extendedMs: Int, verdict: ProgressVerdict?)
     case startTimeout(ms: Int, lastError: String?)
     case died(ChildStatus)
     case spawnFailed(message: String)
@@ -21,6 +22,18 @@ public enum SupervisorAction: Equatable, Sendable {
     case sendPing(token: UInt64)
     /// The instance answered its first ping.
     case instanceReady(pid: Int32)
+    /// Stage "miss": a ping went unanswered. Count it, log it; nothing else happens to the process.
+    case heartbeatMissed(misses: Int, silenceMs: Double, reason: String)
+    /// Take a baseline /proc sample of `pid` (the first miss of a silence), so later judgements see progress.
+    case sampleProgress(pid: Int32)
+    /// Stage "suspect": collect soft evidence (threads, flight recorder) without touching the process.
+    case collectSoftEvidence(pid: Int32, silenceMs: Double)
+    /// Judge progress (baseline vs now) and report it at once with `progressJudged(_:at:)`.
+    case judgeProgress(pid: Int32)
+    /// The hang deadline was extended because the process is starved, not stuck.
+    case deadlineExtended(byMs: Int, totalMs: Int, reason: String)
+    /// A late heartbeat came back before the hang deadline: the silence is over.
+    case heartbeatRecovered(silenceMs: Double, misses: Int, wasSuspect: Bool)
     /// Record a new incident (as open) before anything else happens to the process.
     case openIncident(FailureCause)
     /// Read the lock state and take a core of `pid` within the budget, then report `captureFinished`.
@@ -44,19 +57,42 @@ public enum SupervisorAction: Equatable, Sendable {
 /// The supervision policy: a pure, clock-injected state machine. Every method takes the current
 /// monotonic time and returns the actions the runtime must perform; `nextWakeup` tells the runtime
 /// when to call `tick(at:)`.
+///
+/// Escalation is staged, like Envoy's miss / megamiss / kill. "Silence" runs from the moment the first
+/// unanswered ping was sent until a pong arrives:
+/// - **miss** — a ping unanswered for `missMs` (or a refused connection, a wrong reply): counted and
+///   logged, a new ping goes out; on the first miss a baseline /proc sample is taken;
+/// - **suspect** — silence ≥ `suspectMs`: soft evidence is collected (thread states, flight recorder), no kill;
+/// - **hang** — silence ≥ `deadlineMs` (+ extensions) with at least `missesBeforeHang` misses: progress is
+///   judged; a *starved* process (runnable but not getting a CPU, throttled, stalled on I/O) gets the
+///   deadline extended by `extensionStepMs`, up to `maxExtensionMs` in all; anything else (stuck, busy,
+///   stopped, unclear) is a hang: open the incident, capture, kill, restart.
 public struct SupervisorMachine: Sendable {
     /// Where the supervised service is in its life.
-    public enum Phase: String, Equatable, Sendable {
-        case idle, spawning, starting, running, capturing, stopping, backoff, gaveUp = "gave-up", shuttingDown = "shutting-down", stopped
+    public enum Phase: String, Equatable, Sendable, CaseIterable {
+        case idle, spawning, starting, running, suspect, capturing, stopping, backoff, gaveUp = "gave-up", shuttingDown = "shutting-down", stopped
     }
 
     /// The knobs the policy needs, in milliseconds.
     public struct Settings: Sendable, Equatable {
+        /// Between a pong and the next ping.
         public var intervalMs: Int
+        /// Stage "miss": a ping unanswered this long counts as missed and is replaced by a new one.
+        public var missMs: Int
+        /// Stage "suspect": silence this long collects soft evidence.
+        public var suspectMs: Int
+        /// Stage "hang": silence this long (plus extensions) is a hang.
         public var deadlineMs: Int
+        /// A hang also needs at least this many missed pings.
         public var missesBeforeHang: Int
+        /// When starved, each extension adds this much to the deadline …
+        public var extensionStepMs: Int
+        /// … up to this much in all (0 = never extend).
+        public var maxExtensionMs: Int
+        /// A random delay of up to this long before the kill, so a fleet does not bounce in lockstep (0 = off).
+        public var killJitterMs: Int
         public var startTimeoutMs: Int
-        /// While waiting for the first pong, a refused connection is retried this often.
+        /// While waiting for the first pong, or after a refused connection, the next ping goes out after this long.
         public var startRetryMs: Int
         /// After SIGKILL, how long before we say so and send it again.
         public var killRetryMs: Int
@@ -65,17 +101,27 @@ public struct SupervisorMachine: Sendable {
         public var backoff: Backoff
         public var intensity: RestartIntensity
 
-        public init(intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int, startTimeoutMs: Int, startRetryMs: Int = 25,
-                    killRetryMs: Int = 5000, stopTimeoutMs: Int, backoff: Backoff, intensity: RestartIntensity) {
+        public init(intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
+                    extensionStepMs: Int? = nil, maxExtensionMs: Int? = nil, killJitterMs: Int = 0,
+                    startTimeoutMs: Int, startRetryMs: Int = 25, killRetryMs: Int = 5000, stopTimeoutMs: Int,
+                    backoff: Backoff, intensity: RestartIntensity) {
             self.intervalMs = intervalMs; self.deadlineMs = deadlineMs; self.missesBeforeHang = missesBeforeHang
+            let stages = EscalationDefaults.stages(deadlineMs: deadlineMs, missesBeforeHang: missesBeforeHang)
+            self.missMs = missMs ?? stages.missMs
+            self.suspectMs = suspectMs ?? stages.suspectMs
+            self.extensionStepMs = extensionStepMs ?? stages.extensionStepMs
+            self.maxExtensionMs = maxExtensionMs ?? stages.maxExtensionMs
+            self.killJitterMs = killJitterMs
             self.startTimeoutMs = startTimeoutMs; self.startRetryMs = startRetryMs; self.killRetryMs = killRetryMs
             self.stopTimeoutMs = stopTimeoutMs; self.backoff = backoff; self.intensity = intensity
         }
 
         public init(_ c: SupervisorConfig) {
             self.init(intervalMs: c.heartbeat.intervalMs, deadlineMs: c.heartbeat.deadlineMs,
-                      missesBeforeHang: c.heartbeat.misses, startTimeoutMs: c.heartbeat.startTimeoutMs,
-                      startRetryMs: min(25, c.heartbeat.intervalMs),
+                      missesBeforeHang: c.heartbeat.misses, missMs: c.escalation.missMs, suspectMs: c.escalation.suspectMs,
+                      extensionStepMs: c.escalation.extensionStepMs, maxExtensionMs: c.escalation.maxExtensionMs,
+                      killJitterMs: c.escalation.killJitterMs,
+                      startTimeoutMs: c.heartbeat.startTimeoutMs, startRetryMs: min(25, c.heartbeat.intervalMs),
                       stopTimeoutMs: c.restart.stopTimeoutMs,
                       backoff: Backoff(initialMs: c.restart.backoffInitialMs, maxMs: c.restart.backoffMaxMs,
                                        multiplier: c.restart.backoffMultiplier, resetAfterMs: c.restart.backoffResetMs),
@@ -88,22 +134,33 @@ public struct SupervisorMachine: Sendable {
     /// The live instance's pid (nil when none is alive).
     public private(set) var pid: Int32?
     public private(set) var incidentOpen = false
+    /// Pings missed in the current silence.
     public private(set) var misses = 0
     public private(set) var restarts = 0
+    /// How far the hang deadline has been extended in the current silence.
+    public private(set) var extendedMs = 0
 
     private var instanceStartedAt: MonoTime?
     private var readyAt: MonoTime?
     private var lastPongAt: MonoTime?
     private var lastPingError: String?
     private var pingToken: UInt64 = 0
+    /// When the ping in flight counts as missed.
     private var pingDeadline: MonoTime?
     private var nextPingAt: MonoTime?
+    /// When the first unanswered ping of the current silence was sent.
+    private var silentSince: MonoTime?
+    private var awaitingVerdict = false
     private var backoffUntil: MonoTime?
     private var stopDeadline: MonoTime?
+    private var killAt: MonoTime?
     private var exitedDuringCapture: ChildStatus?
     private var shutdownRequested = false
 
     public init(settings: Settings) { self.settings = settings }
+
+    /// Whether the process is being watched for heartbeats (ready, possibly late).
+    private var watching: Bool { phase == .running || phase == .suspect }
 
     /// When the runtime must call `tick(at:)` next; nil = only on events.
     public var nextWakeup: MonoTime? {
@@ -111,15 +168,27 @@ public struct SupervisorMachine: Sendable {
         case .starting:
             let start = instanceStartedAt.map { $0 + settings.startTimeoutMs }
             return [pingDeadline ?? nextPingAt, start].compactMap { $0 }.min()
-        case .running: return pingDeadline ?? nextPingAt
+        case .running, .suspect:
+            if awaitingVerdict { return nil }
+            var times = [pingDeadline ?? nextPingAt].compactMap { $0 }
+            if let since = silentSince {
+                if phase == .running { times.append(since + settings.suspectMs) }
+                // Until enough pings are missed the hang deadline cannot fire; the next miss wakes us.
+                if misses >= settings.missesBeforeHang { times.append(since + (settings.deadlineMs + extendedMs)) }
+            }
+            return times.min()
         case .backoff: return backoffUntil
-        case .stopping, .shuttingDown: return stopDeadline
+        case .stopping: return killAt ?? stopDeadline
+        case .shuttingDown: return stopDeadline
         case .idle, .spawning, .capturing, .gaveUp, .stopped: return nil
         }
     }
 
     /// The ping currently awaited, if any.
     public var pingInFlight: UInt64? { pingDeadline == nil ? nil : pingToken }
+
+    /// How long the heartbeat has been silent at `now` (0 when it is not).
+    public func silenceMs(at now: MonoTime) -> Double { silentSince.map { now.milliseconds(since: $0) } ?? 0 }
 
     // MARK: events
 
@@ -135,10 +204,9 @@ public struct SupervisorMachine: Sendable {
         pid = newPid
         instanceStartedAt = now
         readyAt = nil
-        misses = 0
         lastPongAt = nil
         lastPingError = nil
-        pingDeadline = nil
+        resetSilence()
         nextPingAt = now
         var actions: [SupervisorAction] = incidentOpen ? [.incidentRestarted(newPid: newPid)] : []
         if shutdownRequested {
@@ -177,17 +245,29 @@ public struct SupervisorMachine: Sendable {
                 nextPingAt = now
             }
             return pingIfDue(at: now)
-        case .running:
+        case .running, .suspect:
+            if awaitingVerdict { return [] }
+            var actions: [SupervisorAction] = []
             if let deadline = pingDeadline, now >= deadline {
-                return pingMissed(reason: "no reply within \(settings.deadlineMs) ms", at: now)
+                actions += pingMissed(reason: "no reply within \(settings.missMs) ms", retryAfterMs: 0, at: now)
             }
-            return pingIfDue(at: now)
+            actions += escalate(at: now)
+            if watching && !awaitingVerdict { actions += pingIfDue(at: now) }
+            return actions
         case .backoff:
             guard let until = backoffUntil, now >= until else { return [] }
             backoffUntil = nil
             phase = .spawning
             return [.spawn]
-        case .stopping, .shuttingDown:
+        case .stopping:
+            if let at = killAt {
+                guard now >= at, let pid else { return [] }
+                killAt = nil
+                stopDeadline = now + settings.killRetryMs
+                return [.kill(pid: pid)]
+            }
+            fallthrough
+        case .shuttingDown:
             guard let deadline = stopDeadline, now >= deadline, let pid else { return [] }
             stopDeadline = now + settings.killRetryMs
             let note: SupervisorAction = phase == .stopping
@@ -200,13 +280,21 @@ public struct SupervisorMachine: Sendable {
     }
 
     public mutating func pongReceived(token: UInt64, at now: MonoTime) -> [SupervisorAction] {
-        guard token == pingToken, pingDeadline != nil, phase == .starting || phase == .running, let pid else { return [] }
+        guard token == pingToken, pingDeadline != nil, phase == .starting || watching, let pid else { return [] }
         pingDeadline = nil
-        misses = 0
         lastPongAt = now
         lastPingError = nil
         nextPingAt = now + settings.intervalMs
-        guard phase == .starting else { return [] }
+        if phase != .starting {
+            var actions: [SupervisorAction] = []
+            if let since = silentSince, misses > 0 || phase == .suspect {
+                actions.append(.heartbeatRecovered(silenceMs: now.milliseconds(since: since), misses: misses, wasSuspect: phase == .suspect))
+            }
+            phase = .running
+            resetSilence()
+            return actions
+        }
+        resetSilence()
         phase = .running
         readyAt = now
         var actions: [SupervisorAction] = [.instanceReady(pid: pid)]
@@ -226,14 +314,33 @@ public struct SupervisorMachine: Sendable {
             lastPingError = reason
             nextPingAt = now + settings.startRetryMs
             return []
-        case .running:
-            return pingMissed(reason: reason, at: now)
+        case .running, .suspect:
+            guard !awaitingVerdict else { return [] }
+            var actions = pingMissed(reason: reason, retryAfterMs: settings.startRetryMs, at: now)
+            actions += escalate(at: now)
+            if watching && !awaitingVerdict { actions += pingIfDue(at: now) }
+            return actions
         default:
             return []
         }
     }
 
-    public mutating func captureFinished(at now: MonoTime) -> [SupervisorAction] {
+    /// The answer to `.judgeProgress`.
+    public mutating func progressJudged(_ verdict: ProgressVerdict, at now: MonoTime) -> [SupervisorAction] {
+        guard watching, awaitingVerdict, let since = silentSince else { return [] }
+        awaitingVerdict = false
+        let silence = now.milliseconds(since: since)
+        if case let .starved(reason) = verdict, extendedMs + settings.extensionStepMs <= settings.maxExtensionMs, settings.extensionStepMs > 0 {
+            extendedMs += settings.extensionStepMs
+            return [.deadlineExtended(byMs: settings.extensionStepMs, totalMs: extendedMs, reason: reason)] + pingIfDue(at: now)
+        }
+        let sinceLast = lastPongAt.map { now.milliseconds(since: $0) }
+        return failInstance(.missedHeartbeat(misses: misses, msSinceLastPong: sinceLast, lastError: lastPingError,
+                                             silenceMs: silence, extendedMs: extendedMs, verdict: verdict), at: now)
+    }
+
+    /// The evidence is taken; `jitterDraw` in [0, 1) picks the kill delay when kill jitter is on.
+    public mutating func captureFinished(at now: MonoTime, jitterDraw: Double = 0) -> [SupervisorAction] {
         guard phase == .capturing else { return [] }
         if exitedDuringCapture != nil {
             exitedDuringCapture = nil
@@ -241,6 +348,11 @@ public struct SupervisorMachine: Sendable {
         }
         guard let pid else { return afterInstanceGone(at: now) }
         phase = .stopping
+        let jitter = Int((Double(settings.killJitterMs) * min(max(jitterDraw, 0), 1)).rounded(.down))
+        if jitter > 0 && !shutdownRequested {
+            killAt = now + jitter
+            return [.noteIncident("kill delayed \(jitter) ms (kill jitter up to \(settings.killJitterMs) ms)")]
+        }
         stopDeadline = now + settings.killRetryMs
         return [.kill(pid: pid)]
     }
@@ -249,14 +361,16 @@ public struct SupervisorMachine: Sendable {
         guard pid != nil else { return [] }
         pid = nil
         pingDeadline = nil
+        awaitingVerdict = false
         switch phase {
-        case .starting, .running:
+        case .starting, .running, .suspect:
             return failInstance(.died(status), at: now)
         case .capturing:
             exitedDuringCapture = status
             return [.noteIncident("the process ended during evidence capture: \(describe(status))")]
         case .stopping:
             stopDeadline = nil
+            killAt = nil
             return afterInstanceGone(at: now)
         case .shuttingDown:
             stopDeadline = nil
@@ -275,17 +389,24 @@ public struct SupervisorMachine: Sendable {
         case .idle, .backoff, .gaveUp:
             phase = .stopped
             return closeForShutdown() + [.exit(code: 0)]
-        case .starting, .running:
+        case .starting, .running, .suspect:
             guard let pid else { return [] }
             phase = .shuttingDown
             stopDeadline = now + settings.stopTimeoutMs
             pingDeadline = nil
+            awaitingVerdict = false
             return [.terminate(pid: pid)]
         case .shuttingDown:
             guard repeated, let pid else { return [] }
             stopDeadline = now + settings.killRetryMs
             return [.kill(pid: pid)]
-        case .spawning, .capturing, .stopping, .stopped:
+        case .stopping:
+            // A jittered kill waits for nobody once we are asked to stop.
+            guard killAt != nil, let pid else { return [] }
+            killAt = nil
+            stopDeadline = now + settings.killRetryMs
+            return [.kill(pid: pid)]
+        case .spawning, .capturing, .stopped:
             // capturing/stopping end in afterInstanceGone, which honours shutdownRequested.
             return []
         }
@@ -293,24 +414,52 @@ public struct SupervisorMachine: Sendable {
 
     // MARK: helpers
 
+    private mutating func resetSilence() {
+        misses = 0
+        extendedMs = 0
+        silentSince = nil
+        awaitingVerdict = false
+        pingDeadline = nil
+    }
+
     private mutating func pingIfDue(at now: MonoTime) -> [SupervisorAction] {
         guard pingDeadline == nil, let due = nextPingAt, now >= due else { return [] }
         pingToken &+= 1
-        pingDeadline = now + settings.deadlineMs
+        pingDeadline = now + settings.missMs
         nextPingAt = nil
+        if watching && silentSince == nil { silentSince = now }
         return [.sendPing(token: pingToken)]
     }
 
-    private mutating func pingMissed(reason: String, at now: MonoTime) -> [SupervisorAction] {
+    /// Stage "miss": count it, sample a baseline on the first one, send the next ping after `retryAfterMs`.
+    private mutating func pingMissed(reason: String, retryAfterMs: Int, at now: MonoTime) -> [SupervisorAction] {
         misses += 1
         lastPingError = reason
         pingDeadline = nil
-        if misses >= settings.missesBeforeHang {
-            let sinceLast = lastPongAt.map { now.milliseconds(since: $0) }
-            return failInstance(.missedHeartbeat(misses: misses, msSinceLastPong: sinceLast, lastError: reason), at: now)
+        nextPingAt = now + retryAfterMs
+        var actions: [SupervisorAction] = [.heartbeatMissed(misses: misses, silenceMs: silenceMs(at: now), reason: reason)]
+        if misses == 1, let pid { actions.append(.sampleProgress(pid: pid)) }
+        return actions
+    }
+
+    /// Stages "suspect" and "hang", driven by how long the heartbeat has been silent.
+    private mutating func escalate(at now: MonoTime) -> [SupervisorAction] {
+        guard watching, let since = silentSince, let pid else { return [] }
+        var actions: [SupervisorAction] = []
+        let silence = now.milliseconds(since: since)
+        if phase == .running && silence >= Double(settings.suspectMs) {
+            phase = .suspect
+            if misses == 0 {
+                // The ping in flight is not missed yet, but the silence is long: take the baseline now.
+                actions.append(.sampleProgress(pid: pid))
+            }
+            actions.append(.collectSoftEvidence(pid: pid, silenceMs: silence))
         }
-        nextPingAt = now
-        return pingIfDue(at: now)
+        if silence >= Double(settings.deadlineMs + extendedMs) && misses >= settings.missesBeforeHang {
+            awaitingVerdict = true
+            actions.append(.judgeProgress(pid: pid))
+        }
+        return actions
     }
 
     /// The instance failed: record the incident first, then either capture (it is alive) or restart (it is gone).
@@ -329,6 +478,7 @@ public struct SupervisorMachine: Sendable {
         phase = .capturing
         pingDeadline = nil
         nextPingAt = nil
+        awaitingVerdict = false
         return actions + [.captureEvidence(pid: pid)]
     }
 
@@ -337,6 +487,8 @@ public struct SupervisorMachine: Sendable {
         if let readyAt { settings.backoff.instanceWasHealthy(forMs: now.milliseconds(since: readyAt)) }
         readyAt = nil
         instanceStartedAt = nil
+        resetSilence()
+        nextPingAt = nil
         if shutdownRequested {
             phase = .stopped
             return closeForShutdown() + [.exit(code: 0)]
@@ -370,10 +522,21 @@ public struct SupervisorMachine: Sendable {
 
     private func describe(_ cause: FailureCause) -> String {
         switch cause {
-        case let .missedHeartbeat(misses, _, error): "\(misses) heartbeat(s) missed" + (error.map { " (\($0))" } ?? "")
+        case let .missedHeartbeat(misses, _, error, silence, _, _):
+            "silent for \(Int(silence)) ms, \(misses) heartbeat(s) missed" + (error.map { " (\($0))" } ?? "")
         case let .startTimeout(ms, error): "no first pong within \(ms) ms" + (error.map { " (last: \($0))" } ?? "")
         case let .died(status): describe(status)
         case let .spawnFailed(message): "could not start: \(message)"
         }
+    }
+}
+
+/// The escalation stages' timings derived from the deadline when the config leaves them out.
+public enum EscalationDefaults {
+    public static func stages(deadlineMs: Int, missesBeforeHang: Int) -> (missMs: Int, suspectMs: Int, extensionStepMs: Int, maxExtensionMs: Int) {
+        // A miss every quarter deadline (and at least as many as the config asks for before a hang);
+        // suspect at half; starvation may double the deadline twice over in half-deadline steps.
+        let missMs = max(1, min(deadlineMs / 4, deadlineMs / max(1, missesBeforeHang)))
+        return (missMs, max(1, deadlineMs / 2), max(1, deadlineMs / 2), deadlineMs * 2)
     }
 }

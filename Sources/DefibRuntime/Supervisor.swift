@@ -41,6 +41,11 @@ public final class Supervisor {
     var incident: Incident?
     var stacksJobs: [Int32: StacksJob] = [:]
     var exitCode: Int32?
+    /// The /proc sample taken at the first miss of the current silence.
+    var baselineSample: ProcessSample?
+    /// Decisions taken before the incident existed (suspect evidence, deadline extensions), copied into it.
+    var pendingNotes: [String] = []
+    var lastThreadStates: String?
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -199,6 +204,29 @@ public final class Supervisor {
             }
         case let .instanceReady(pid):
             logger.info("service \(config.service.name) pid \(pid) is ready (answered ping)")
+        case let .heartbeatMissed(misses, silenceMs, reason):
+            logger.notice("heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
+        case let .sampleProgress(pid):
+            baselineSample = ProcSampler.sample(pid: pid)
+        case let .collectSoftEvidence(pid, silenceMs):
+            let now = ProcSampler.sample(pid: pid)
+            var line = "suspect after \(Int(silenceMs)) ms of silence: threads \(now.stateSummary)"
+            if let before = baselineSample { line += "; progress since the first miss: \(ProgressJudge.judge(before: before, after: now).reason)" }
+            logger.warning("\(line)")
+            pendingNotes.append(line)
+        case let .judgeProgress(pid):
+            let verdict = judgeProgress(pid: pid)
+            logger.notice("progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
+            perform(machine.progressJudged(verdict, at: now()))
+        case let .deadlineExtended(byMs, totalMs, reason):
+            let line = "deadline extended by \(byMs) ms (\(totalMs) ms in all): starved, not stuck: \(reason)"
+            logger.warning("\(line)")
+            pendingNotes.append(line)
+        case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
+            let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
+            if wasSuspect { logger.warning("\(line); no kill") } else { logger.info("\(line)") }
+            pendingNotes.removeAll()
+            baselineSample = nil
         case let .openIncident(cause):
             openIncident(cause)
         case let .captureEvidence(pid):
@@ -257,7 +285,7 @@ public final class Supervisor {
         let detected = Date()
         let incidentCause: IncidentCause
         switch cause {
-        case let .missedHeartbeat(misses, since, error):
+        case let .missedHeartbeat(misses, since, error, _, _, _):
             incidentCause = .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error)
         case let .startTimeout(ms, _): incidentCause = .startTimeout(seconds: Double(ms) / 1000)
         case let .died(.exited(code)): incidentCause = .exited(code: code)
@@ -267,6 +295,15 @@ public final class Supervisor {
         var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
         if case let .startTimeout(_, lastError?) = cause { new.notes.append("last control-channel error: \(lastError)") }
+        if case let .missedHeartbeat(_, _, _, silence, extended, verdict) = cause {
+            new.silenceMs = silence
+            new.extendedMs = extended
+            new.progress = verdict
+            new.threadStates = lastThreadStates
+            new.notes += pendingNotes
+        }
+        pendingNotes.removeAll()
+        baselineSample = nil
         new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }
         do {
             new.id = try recorder.insert(new)
@@ -275,6 +312,18 @@ public final class Supervisor {
         }
         incident = new
         logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)")
+    }
+
+    /// Progress since the first miss; with no baseline, two samples 100 ms apart.
+    private func judgeProgress(pid: Int32) -> ProgressVerdict {
+        var before = baselineSample
+        if before == nil {
+            before = ProcSampler.sample(pid: pid)
+            usleep(100_000)
+        }
+        let after = ProcSampler.sample(pid: pid)
+        lastThreadStates = after.stateSummary
+        return ProgressJudge.judge(before: before!, after: after)
     }
 
     private func lockState(_ l: KnownLock, word: String, source: String) -> LockState {

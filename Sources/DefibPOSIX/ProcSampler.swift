@@ -1,0 +1,74 @@
+import DefibCore
+import Glibc
+
+/// Reads a small file (under /proc or /sys) whole; nil when it cannot be opened.
+public func readTextFile(_ path: String, maxBytes: Int = 1 << 20) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    if fd < 0 { return nil }
+    defer { close(fd) }
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16384)
+    while data.count < maxBytes {
+        let n = retryingEINTR { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+        if n <= 0 { break }
+        data += chunk[0..<n]
+    }
+    return String(decoding: data.prefix(maxBytes), as: UTF8.self)
+}
+
+/// The thread ids of a process (/proc/PID/task), sorted; empty when the process is gone.
+public func threadIDs(pid: Int32) -> [Int32] {
+    guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+    defer { closedir(dir) }
+    var tids: [Int32] = []
+    while let entry = readdir(dir) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+            String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if let tid = Int32(name) { tids.append(tid) }
+    }
+    return tids.sorted()
+}
+
+/// Samples a process's threads, system pressure and cgroup throttling from /proc and /sys — without the
+/// process's help and without stopping it.
+public enum ProcSampler {
+    public static let ticksPerSecond = Int(sysconf(Int32(_SC_CLK_TCK)))
+
+    public static func sample(pid: Int32) -> ProcessSample {
+        let at = monotonicNanoseconds()
+        var threads: [ThreadSample] = []
+        for tid in threadIDs(pid: pid) {
+            let base = "/proc/\(pid)/task/\(tid)"
+            guard let statText = readTextFile("\(base)/stat"), let stat = ProcParse.stat(statText) else { continue }
+            var t = ThreadSample(tid: tid, name: stat.name, state: stat.state, cpuTicks: stat.cpuTicks)
+            if let s = readTextFile("\(base)/schedstat").flatMap(ProcParse.schedstat) {
+                t.onCpuNs = s.onCpuNs; t.runDelayNs = s.runDelayNs
+            }
+            if let call = readTextFile("\(base)/syscall").flatMap(ProcParse.syscall) {
+                t.syscall = call.number; t.syscallArg0 = call.arg0
+            }
+            threads.append(t)
+        }
+        var sample = ProcessSample(pid: pid, atNs: at, threads: threads,
+                                   cpuPressure: readTextFile("/proc/pressure/cpu").flatMap(ProcParse.pressure),
+                                   ioPressure: readTextFile("/proc/pressure/io").flatMap(ProcParse.pressure),
+                                   ticksPerSecond: ticksPerSecond)
+        if let stat = cgroupCPUStat(pid: pid) {
+            sample.throttledPeriods = stat.periods; sample.throttledUs = stat.throttledUs
+        }
+        return sample
+    }
+
+    /// cpu.stat of the cgroup that limits the process's CPU, v2 or v1.
+    static func cgroupCPUStat(pid: Int32) -> (periods: UInt64, throttledUs: UInt64)? {
+        guard let cg = readTextFile("/proc/\(pid)/cgroup").flatMap(ProcParse.cpuCgroup) else { return nil }
+        let candidates = cg.version == 2
+            ? ["/sys/fs/cgroup\(cg.path)/cpu.stat", "/sys/fs/cgroup/unified\(cg.path)/cpu.stat"]
+            : ["/sys/fs/cgroup/cpu\(cg.path)/cpu.stat", "/sys/fs/cgroup/cpu,cpuacct\(cg.path)/cpu.stat"]
+        for path in candidates {
+            if let s = readTextFile(path).flatMap(ProcParse.cgroupCPUStat) { return s }
+        }
+        return nil
+    }
+}
