@@ -1,22 +1,34 @@
 #!/usr/bin/env bash
-# Installs what defib needs on a fresh Debian machine: SQLite headers (GRDB links the system
-# libsqlite3), gdb (gcore and stack traces), curl (demo load), python3 (test backends).
-# Installs only what is missing; needs root (or sudo) for apt-get.
+# Installs what defib needs on a fresh Debian 12 machine, only what is missing (needs root or sudo):
+#   base (make demo, make test): libsqlite3-dev (GRDB links the system SQLite), libsystemd-dev
+#     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
+#     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
+#   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
+# Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
+group=${1:-base}
+
+pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+[ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 
 need=()
-dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
-command -v gdb   >/dev/null 2>&1 && command -v gcore >/dev/null 2>&1 || need+=(gdb)
-command -v curl  >/dev/null 2>&1 || need+=(curl)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || need+=("$p")
+done
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     export DEBIAN_FRONTEND=noninteractive
+    # Keep package scripts from starting daemons (monit, supervisord) on this machine.
+    policy=/usr/sbin/policy-rc.d; made_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null; $SUDO chmod 755 "$policy"; made_policy=1
+    fi
+    trap '[ -n "$made_policy" ] && $SUDO rm -f "$policy"' EXIT
     $SUDO apt-get update -qq
-    $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+    $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 if ! command -v swift >/dev/null 2>&1; then
