@@ -1,0 +1,179 @@
+import Foundation
+
+/// A JSON value whose objects keep their keys in the order they were built, so the output of
+/// `defib incidents --json` reads the same every time (JSONSerialization sorts or shuffles keys).
+public indirect enum JSONValue: Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case int(Int64)
+    case double(Double)
+    case string(String)
+    case array([JSONValue])
+    /// Members in output order.
+    case object([JSONMember])
+
+    /// The text: `pretty` = two-space indentation and one member per line; otherwise no whitespace at all.
+    public func rendered(pretty: Bool = true) -> String {
+        var out = ""
+        write(into: &out, pretty: pretty, indent: 0)
+        return out
+    }
+
+    private func write(into out: inout String, pretty: Bool, indent: Int) {
+        switch self {
+        case .null: out += "null"
+        case let .bool(b): out += b ? "true" : "false"
+        case let .int(i): out += String(i)
+        case let .double(d):
+            // JSON has no NaN or infinity; an integral value keeps its ".0" so readers see a float.
+            out += d.isFinite ? "\(d)" : "null"
+        case let .string(s): JSONValue.writeString(s, into: &out)
+        case let .array(items):
+            if items.isEmpty { out += "[]"; return }
+            out += "["
+            for (n, item) in items.enumerated() {
+                if n > 0 { out += "," }
+                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+                item.write(into: &out, pretty: pretty, indent: indent + 1)
+            }
+            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
+            out += "]"
+        case let .object(members):
+            if members.isEmpty { out += "{}"; return }
+            out += "{"
+            for (n, member) in members.enumerated() {
+                if n > 0 { out += "," }
+                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+                JSONValue.writeString(member.key, into: &out)
+                out += pretty ? ": " : ":"
+                member.value.write(into: &out, pretty: pretty, indent: indent + 1)
+            }
+            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
+            out += "}"
+        }
+    }
+
+    private static func writeString(_ s: String, into out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20:
+                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
+                    + String(scalar.value, radix: 16)
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        out += "\""
+    }
+
+    /// The value of `key` when this is an object.
+    public subscript(key: String) -> JSONValue? {
+        guard case let .object(members) = self else { return nil }
+        return members.first { $0.key == key }?.value
+    }
+}
+
+/// One `"key": value` pair of a JSON object.
+public struct JSONMember: Sendable, Equatable {
+    /// The member name.
+    public var key: String
+    /// The member value.
+    public var value: JSONValue
+    /// Makes a member.
+    public init(_ key: String, _ value: JSONValue) { self.key = key; self.value = value }
+}
+
+/// The incident as `defib incidents --json` shows it: the contract scripts and tests read.
+///
+/// Keys, in order: `id`, `service`, `pid`, `binary`, `cause` (the kind: missed-heartbeat, exited, signaled,
+/// start-timeout, spawn-failed), `cause_detail` (one sentence), `outcome`, `diagnosis` (may be empty),
+/// `signature` (null until incidents carry one), `started_at`, `detected_at`, `killed_at`, `restarted_at`,
+/// `ready_at` (RFC 3339 UTC with milliseconds, or null), `restore_ms` (detection to ready, null while not
+/// recovered), `new_pid`, `capture_method`, `core_path` (null when no core was written), `core_bytes`
+/// (0 without a core), `capture_ms` (null when no capture was attempted), `capture_error`, `lock_words`
+/// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state`, `threads` (null until
+/// incidents carry thread summaries), `notes`, and with `includeStacks` the `stacks` text (or null).
+public enum IncidentJSON {
+    /// The incident as an ordered JSON object.
+    public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
+        var members: [JSONMember] = [
+            .init("id", incident.id.map { .int($0) } ?? .null),
+            .init("service", .string(incident.service)),
+            .init("pid", .int(Int64(incident.pid))),
+            .init("binary", string(incident.binaryPath)),
+            .init("cause", .string(incident.cause.kind)),
+            .init("cause_detail", .string(incident.cause.summary)),
+            .init("outcome", .string(incident.outcome.rawValue)),
+            .init("diagnosis", .string(incident.diagnosis)),
+            .init("signature", .null),
+            .init("started_at", timestamp(incident.startedAt)),
+            .init("detected_at", timestamp(incident.detectedAt)),
+            .init("killed_at", timestamp(incident.killedAt)),
+            .init("restarted_at", timestamp(incident.restartedAt)),
+            .init("ready_at", timestamp(incident.readyAt)),
+            .init("restore_ms", restoreMilliseconds(incident).map { .int($0) } ?? .null),
+            .init("new_pid", incident.newPid.map { .int(Int64($0)) } ?? .null),
+            .init("capture_method", string(incident.capture?.method)),
+            .init("core_path", string(incident.capture?.path)),
+            .init("core_bytes", .int(incident.capture?.path == nil ? 0 : incident.capture?.bytes ?? 0)),
+            .init("capture_ms", incident.capture.map { .double(($0.durationMs * 1000).rounded() / 1000) } ?? .null),
+            .init("capture_error", string(incident.capture?.error)),
+            .init("lock_words", .array(lockWords(incident).map { .string($0) })),
+            .init("lock_state", .array(incident.lockState.map(lockObject))),
+            .init("threads", .null),
+            .init("notes", .array(incident.notes.map { .string($0) })),
+        ]
+        if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
+        return .object(members)
+    }
+
+    /// One incident as JSON text.
+    public static func string(_ incident: Incident, includeStacks: Bool = false, pretty: Bool = true) -> String {
+        object(incident, includeStacks: includeStacks).rendered(pretty: pretty)
+    }
+
+    /// A list of incidents as a JSON array (without stacks), in the order given.
+    public static func array(_ incidents: [Incident], pretty: Bool = true) -> String {
+        JSONValue.array(incidents.map { object($0) }).rendered(pretty: pretty)
+    }
+
+    /// Milliseconds from detection to the replacement's first pong; nil until then.
+    public static func restoreMilliseconds(_ incident: Incident) -> Int64? {
+        incident.readyAt.map { Int64(($0.timeIntervalSince(incident.detectedAt) * 1000).rounded()) }
+    }
+
+    /// The lock words that are real 64-bit values, normalised to "0x" + 16 lower-case hex digits
+    /// ("unknown" and other placeholders are left out).
+    public static func lockWords(_ incident: Incident) -> [String] {
+        incident.lockState.compactMap { normalizedWord($0.word) }
+    }
+
+    /// "0x" + 16 lower-case hex digits, or nil when `word` is not a 64-bit hex number.
+    public static func normalizedWord(_ word: String) -> String? {
+        let digits = word.lowercased().hasPrefix("0x") ? String(word.dropFirst(2)) : word
+        guard !digits.isEmpty, digits.count <= 16, let value = UInt64(digits, radix: 16) else { return nil }
+        let hex = String(value, radix: 16)
+        return "0x" + String(repeating: "0", count: 16 - hex.count) + hex
+    }
+
+    private static func lockObject(_ lock: LockState) -> JSONValue {
+        .object([
+            .init("name", .string(lock.name)),
+            .init("address", .string(lock.address)),
+            .init("word", .string(normalizedWord(lock.word) ?? lock.word)),
+            .init("source", .string(lock.source)),
+            .init("holder", string(lock.holder)),
+            .init("last_holder", string(lock.lastHolder)),
+            .init("readers_waiting", lock.readersWaiting.map { .int(Int64($0)) } ?? .null),
+            .init("writers_waiting", lock.writersWaiting.map { .int(Int64($0)) } ?? .null),
+        ])
+    }
+
+    private static func string(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
+    private static func timestamp(_ d: Date?) -> JSONValue { d.map { .string(RFC3339.string($0)) } ?? .null }
+}

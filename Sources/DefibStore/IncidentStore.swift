@@ -1,0 +1,235 @@
+import DefibCore
+import Foundation
+import GRDB
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The incident database: `<state_dir>/incidents.sqlite`, one row per incident.
+///
+/// The supervisor opens it read-write (`open`) and writes while `defib incidents` reads it from another
+/// process (`openReadOnly`): the file is in WAL mode so readers never block the writer, and both sides wait
+/// (busy timeout) rather than fail when the other holds a lock. The file is private (0600): cores and
+/// stacks paths, lock words and notes are nobody else's business.
+public final class IncidentStore: Sendable {
+    /// The database file.
+    public let path: String
+    private let reader: any DatabaseReader
+    private let writer: (any DatabaseWriter)?
+
+    /// The file name inside the state directory.
+    public static let fileName = "incidents.sqlite"
+    /// How long a connection waits for another process's lock before giving up.
+    static let busyTimeoutSeconds: TimeInterval = 10
+
+    private init(path: String, reader: any DatabaseReader, writer: (any DatabaseWriter)?) {
+        self.path = path; self.reader = reader; self.writer = writer
+    }
+
+    /// The database path for a state directory.
+    public static func databasePath(stateDirectory: String) -> String {
+        stateDirectory.hasSuffix("/") ? stateDirectory + fileName : "\(stateDirectory)/\(fileName)"
+    }
+
+    /// Opens (creating and migrating when needed) the store in `stateDirectory`, which must exist.
+    public static func open(stateDirectory: String) throws -> IncidentStore {
+        let path = databasePath(stateDirectory: stateDirectory)
+        try ensurePrivateFile(path)
+        var config = Configuration()
+        config.busyMode = .timeout(busyTimeoutSeconds)
+        config.label = "defib.incidents"
+        let pool: DatabasePool
+        do {
+            pool = try DatabasePool(path: path, configuration: config)   // DatabasePool switches the file to WAL
+        } catch {
+            throw StoreError(.open, path: path, "cannot open: \(sqliteMessage(error))")
+        }
+        do {
+            try IncidentSchema.migrator.migrate(pool)
+        } catch {
+            throw StoreError(.migration, path: path, "schema migration failed: \(sqliteMessage(error))")
+        }
+        return IncidentStore(path: path, reader: pool, writer: pool)
+    }
+
+    /// Opens an existing store for reading only (the CLI). Fails with `.missingDatabase` when there is none.
+    public static func openReadOnly(stateDirectory: String) throws -> IncidentStore {
+        let path = databasePath(stateDirectory: stateDirectory)
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw StoreError(.missingDatabase, path: path, "no incident database at \(path)")
+        }
+        var config = Configuration()
+        config.readonly = true
+        config.busyMode = .timeout(busyTimeoutSeconds)
+        config.label = "defib.incidents.readonly"
+        let queue: DatabaseQueue
+        do {
+            queue = try DatabaseQueue(path: path, configuration: config)
+        } catch {
+            throw StoreError(.open, path: path, "cannot open for reading: \(sqliteMessage(error))")
+        }
+        let initialized: Bool
+        do {
+            initialized = try queue.read { try $0.tableExists(IncidentSchema.table) }
+        } catch {
+            throw StoreError(.open, path: path, "cannot read: \(sqliteMessage(error))")
+        }
+        guard initialized else {
+            throw StoreError(.open, path: path, "not an incident database (no '\(IncidentSchema.table)' table)")
+        }
+        return IncidentStore(path: path, reader: queue, writer: nil)
+    }
+
+    // MARK: Writing
+
+    /// Records a new incident and returns its id (the incident's own `id` is ignored).
+    @discardableResult
+    public func insert(_ incident: Incident) throws -> Int64 {
+        let row = try StoredRow(incident, path: path)
+        return try write("insert incident") { db in
+            try db.execute(sql: """
+                INSERT INTO incident (service, pid, cause_kind, detected_at, outcome, signature, core_path, core_bytes, body)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, arguments: row.arguments)
+            return db.lastInsertedRowID
+        }
+    }
+
+    /// Replaces the stored incident with the same `id`.
+    public func update(_ incident: Incident) throws {
+        guard let id = incident.id else {
+            throw StoreError(.write, path: path, "update: the incident has no id (insert it first)")
+        }
+        let row = try StoredRow(incident, path: path)
+        let changed = try write("update incident \(id)") { db in
+            try db.execute(sql: """
+                UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
+                       core_path = ?, core_bytes = ?, body = ?
+                WHERE id = ?
+                """, arguments: row.arguments + [id])
+            return db.changesCount
+        }
+        if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
+    }
+
+    /// Removes one incident (retention). Returns false when there was none with that id.
+    @discardableResult
+    public func delete(id: Int64) throws -> Bool {
+        try write("delete incident \(id)") { db in
+            try db.execute(sql: "DELETE FROM incident WHERE id = ?", arguments: [id])
+            return db.changesCount > 0
+        }
+    }
+
+    // MARK: Reading
+
+    /// The incident with this id, or nil.
+    public func incident(id: Int64) throws -> Incident? {
+        try fetch("read incident \(id)", sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]).first
+    }
+
+    /// The newest incident (of `service`, when given), or nil when there is none.
+    public func latest(service: String? = nil) throws -> Incident? {
+        try list(service: service, limit: 1).first
+    }
+
+    /// Incidents newest first (by detection time, then id), optionally only one service's, only those
+    /// detected within `since...until` (both inclusive), and at most `limit` of them.
+    public func list(service: String? = nil, since: Date? = nil, until: Date? = nil, limit: Int? = nil) throws -> [Incident] {
+        let (filter, arguments) = Self.filter(service: service, since: since, until: until)
+        var sql = "SELECT \(Self.columns) FROM incident\(filter) ORDER BY detected_at DESC, id DESC"
+        var args = arguments
+        if let limit {
+            sql += " LIMIT ?"
+            args += [max(0, limit)]
+        }
+        return try fetch("list incidents", sql: sql, arguments: StatementArguments(args))
+    }
+
+    /// How many incidents match (same filters as `list`).
+    public func count(service: String? = nil, since: Date? = nil, until: Date? = nil) throws -> Int {
+        let (filter, arguments) = Self.filter(service: service, since: since, until: until)
+        do {
+            return try reader.read { db in
+                try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM incident\(filter)", arguments: StatementArguments(arguments)) ?? 0
+            }
+        } catch {
+            throw StoreError(.read, path: path, "count incidents: \(sqliteMessage(error))")
+        }
+    }
+
+    // MARK: Plumbing
+
+    private static let columns = "id, service, pid, detected_at, outcome, body"
+
+    private static func filter(service: String?, since: Date?, until: Date?) -> (String, [any DatabaseValueConvertible]) {
+        var clauses: [String] = []
+        var args: [any DatabaseValueConvertible] = []
+        if let service { clauses.append("service = ?"); args.append(service) }
+        if let since { clauses.append("detected_at >= ?"); args.append(since.storedMilliseconds) }
+        if let until { clauses.append("detected_at <= ?"); args.append(until.storedMilliseconds) }
+        return (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "), args)
+    }
+
+    private func fetch(_ what: String, sql: String, arguments: StatementArguments) throws -> [Incident] {
+        let rows: [Row]
+        do {
+            rows = try reader.read { try Row.fetchAll($0, sql: sql, arguments: arguments) }
+        } catch {
+            throw StoreError(.read, path: path, "\(what): \(sqliteMessage(error))")
+        }
+        return try rows.map { row in
+            let columns = IncidentCodec.Columns(id: row["id"], service: row["service"], pid: row["pid"],
+                                                detectedAtMs: row["detected_at"], outcome: row["outcome"])
+            let body: String = row["body"]
+            do {
+                return try IncidentCodec.decode(body, columns: columns)
+            } catch {
+                throw StoreError(.corruptRecord, path: path, "incident \(columns.id) cannot be decoded: \(error)")
+            }
+        }
+    }
+
+    private func write<T>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) throws -> T {
+        guard let writer else { throw StoreError(.readOnly, path: path, "\(what): the store was opened read-only") }
+        do {
+            return try writer.write(body)
+        } catch {
+            throw StoreError(.write, path: path, "\(what): \(sqliteMessage(error))")
+        }
+    }
+
+    /// Creates the database file 0600 before SQLite does (SQLite would honour the umask, typically 0644) and
+    /// tightens an existing one; the -wal and -shm files inherit the database file's mode.
+    private static func ensurePrivateFile(_ path: String) throws {
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else {
+            throw StoreError(.open, path: path, "cannot create: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        if fchmod(fd, 0o600) != 0 {
+            throw StoreError(.open, path: path, "cannot make it private (chmod 0600): \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+/// One incident flattened to the table's columns.
+private struct StoredRow {
+    var arguments: StatementArguments
+
+    init(_ incident: Incident, path: String) throws {
+        let body: String
+        do { body = try IncidentCodec.encode(incident) } catch {
+            throw StoreError(.write, path: path, "cannot encode incident: \(error)")
+        }
+        let core = incident.capture?.path
+        arguments = [incident.service, Int64(incident.pid), incident.cause.kind, incident.detectedAt.storedMilliseconds,
+                     incident.outcome.rawValue, nil as String?, core, incident.capture?.bytes ?? 0, body]
+    }
+}
+
+/// GRDB's messages carry the SQL and the code; the message alone reads better after our own context.
+func sqliteMessage(_ error: any Error) -> String {
+    if let e = error as? DatabaseError { return e.message ?? "\(e.resultCode)" }
+    return "\(error)"
+}

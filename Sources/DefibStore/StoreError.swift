@@ -1,0 +1,38 @@
+/// Something the incident store could not do. The description names the database file and the problem,
+/// e.g. `/var/lib/defib/incidents.sqlite: no incident 42`.
+public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What went wrong, coarse enough to branch on.
+    public enum Kind: String, Sendable {
+        /// There is no database file where one was expected (read-only open).
+        case missingDatabase = "missing-database"
+        /// SQLite could not open or create the file, or could not set it up.
+        case open
+        /// A schema migration failed.
+        case migration
+        /// A query failed.
+        case read
+        /// An insert, update or delete failed.
+        case write
+        /// No row with the requested id.
+        case notFound = "not-found"
+        /// A stored row could not be turned back into an `Incident`.
+        case corruptRecord = "corrupt-record"
+        /// A write was attempted through a store opened read-only.
+        case readOnly = "read-only"
+    }
+
+    /// What went wrong.
+    public var kind: Kind
+    /// The database file concerned.
+    public var path: String
+    /// The problem, in words (includes SQLite's own message when there is one).
+    public var message: String
+
+    /// Makes an error about `path`.
+    public init(_ kind: Kind, path: String, _ message: String) {
+        self.kind = kind; self.path = path; self.message = message
+    }
+
+    /// `PATH: MESSAGE`.
+    public var description: String { "\(path): \(message)" }
+}

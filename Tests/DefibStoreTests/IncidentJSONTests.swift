@@ -1,0 +1,124 @@
+import DefibCore
+import DefibStore
+import Foundation
+import Testing
+
+/// The `--json` contract (DefibCore.IncidentJSON), checked on incidents as the store gives them back.
+@Suite struct IncidentJSONTests {
+    static let contractKeys = ["id", "service", "pid", "binary", "cause", "cause_detail", "outcome", "diagnosis", "signature",
+                               "started_at", "detected_at", "killed_at", "restarted_at", "ready_at", "restore_ms", "new_pid",
+                               "capture_method", "core_path", "core_bytes", "capture_ms", "capture_error", "lock_words",
+                               "lock_state", "threads", "notes"]
+
+    func keys(_ v: JSONValue) -> [String] {
+        guard case let .object(members) = v else { return [] }
+        return members.map(\.key)
+    }
+
+    func parse(_ text: String) throws -> [String: Any] {
+        try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+    }
+
+    @Test func aFullIncidentHasEveryContractKeyInOrder() throws {
+        let dir = TempDirectory()
+        let store = try IncidentStore.open(stateDirectory: dir.path)
+        let id = try store.insert(fullyPopulated())
+        let incident = try #require(try store.incident(id: id))
+
+        #expect(keys(IncidentJSON.object(incident)) == Self.contractKeys)
+        #expect(keys(IncidentJSON.object(incident, includeStacks: true)) == Self.contractKeys + ["stacks"])
+
+        for pretty in [true, false] {
+            let o = try parse(IncidentJSON.string(incident, includeStacks: true, pretty: pretty))
+            #expect(o["id"] as? Int == Int(id))
+            #expect(o["service"] as? String == "proxy")
+            #expect(o["pid"] as? Int == 4123)
+            #expect(o["binary"] as? String == "/usr/local/bin/defib-proxy")
+            #expect(o["cause"] as? String == "missed-heartbeat")
+            #expect(o["cause_detail"] as? String == incident.cause.summary)
+            #expect(o["outcome"] as? String == "recovered")
+            #expect((o["diagnosis"] as? String)?.hasPrefix("corrupted-lock-word") == true)
+            #expect(o["signature"] is NSNull)
+            #expect(o["started_at"] as? String == "2026-11-18T11:05:40.000Z")
+            #expect(o["detected_at"] as? String == "2026-11-18T11:06:40.000Z")
+            #expect(o["killed_at"] as? String == "2026-11-18T11:06:40.812Z")
+            #expect(o["restarted_at"] as? String == "2026-11-18T11:06:40.915Z")
+            #expect(o["ready_at"] as? String == "2026-11-18T11:06:41.377Z")
+            #expect(o["restore_ms"] as? Int == 1377)
+            #expect(o["new_pid"] as? Int == 4190)
+            #expect(o["capture_method"] as? String == "gcore")
+            #expect(o["core_path"] as? String == "/var/lib/defib/cores/core.proxy.1.1795000000")
+            #expect(o["core_bytes"] as? Int == 48_123_904)
+            #expect(o["capture_ms"] as? Double == 801.25)
+            #expect(o["capture_error"] is NSNull)
+            #expect(o["lock_words"] as? [String] == ["0xfffffffffffffffe"], "'unknown' is not a word")
+            let locks = try #require(o["lock_state"] as? [[String: Any]])
+            #expect(locks.count == 2)
+            #expect(locks[0]["name"] as? String == "catalog")
+            #expect(locks[0]["address"] as? String == "0x00007f1234560000")
+            #expect(locks[0]["source"] as? String == "memory")
+            #expect(locks[0]["holder"] is NSNull)
+            #expect(locks[0]["last_holder"] as? String == "reload#7")
+            #expect(locks[0]["readers_waiting"] as? Int == 31)
+            #expect(locks[0]["writers_waiting"] as? Int == 1)
+            #expect(locks[1]["word"] as? String == "unknown")
+            #expect(locks[1]["readers_waiting"] is NSNull)
+            #expect(o["threads"] is NSNull)
+            #expect(o["notes"] as? [String] == incident.notes, "unicode survives")
+            #expect(o["stacks"] as? String == incident.stacks, "newlines and quotes survive")
+        }
+    }
+
+    @Test func anOpenIncidentWithoutCaptureUsesNullsAndZero() throws {
+        let incident = Incident(service: "svc", pid: 9, detectedAt: at(base), cause: .exited(code: 7))
+        let o = try parse(IncidentJSON.string(incident, includeStacks: true))
+        #expect(o["id"] is NSNull)
+        #expect(o["cause"] as? String == "exited")
+        #expect((o["cause_detail"] as? String)?.contains("code 7") == true)
+        #expect(o["outcome"] as? String == "open")
+        #expect(o["diagnosis"] as? String == "")
+        for key in ["binary", "started_at", "killed_at", "restarted_at", "ready_at", "restore_ms", "new_pid", "capture_method",
+                    "core_path", "capture_ms", "capture_error", "stacks"] {
+            #expect(o[key] is NSNull, "\(key) should be null")
+        }
+        #expect(o["core_bytes"] as? Int == 0)
+        #expect(o["lock_words"] as? [String] == [])
+        #expect(o["lock_state"] as? [Any] != nil)
+        #expect(o["notes"] as? [String] == [])
+    }
+
+    @Test func aCaptureWithoutACoreHasNoCorePathButItsDuration() throws {
+        var incident = Incident(service: "svc", pid: 9, detectedAt: at(base), cause: .exited(code: 7))
+        incident.capture = CaptureRecord(method: "gcore", path: nil, bytes: 123, durationMs: 10_000,
+                                         error: "gcore overran its 10000 ms budget")
+        let o = try parse(IncidentJSON.string(incident))
+        #expect(o["core_path"] is NSNull)
+        #expect(o["core_bytes"] as? Int == 0, "no file, no bytes")
+        #expect(o["capture_ms"] as? Double == 10_000)
+        #expect(o["capture_error"] as? String == "gcore overran its 10000 ms budget")
+    }
+
+    @Test func lockWordsAreNormalisedTo16LowerCaseHexDigits() {
+        #expect(IncidentJSON.normalizedWord("0xFFFFFFFFFFFFFFFE") == "0xfffffffffffffffe")
+        #expect(IncidentJSON.normalizedWord("0x8") == "0x0000000000000008")
+        #expect(IncidentJSON.normalizedWord("1f") == "0x000000000000001f")
+        #expect(IncidentJSON.normalizedWord("unknown") == nil)
+        #expect(IncidentJSON.normalizedWord("0x") == nil)
+        #expect(IncidentJSON.normalizedWord("0x1ffffffffffffffff") == nil, "more than 64 bits")
+    }
+
+    @Test func renderingEscapesAndKeepsOrder() throws {
+        let value = JSONValue.object([
+            .init("z", .string("tab\tquote\"backslash\\bell\u{07}")),
+            .init("a", .array([.int(-3), .double(0.5), .double(.nan), .bool(true), .null])),
+            .init("m", .object([])),
+        ])
+        let compact = value.rendered(pretty: false)
+        #expect(compact == #"{"z":"tab\tquote\"backslash\\bell\u0007","a":[-3,0.5,null,true,null],"m":{}}"#)
+        let back = try parse(value.rendered(pretty: true))
+        #expect(back["z"] as? String == "tab\tquote\"backslash\\bell\u{07}")
+        #expect(IncidentJSON.array([]) == "[]")
+        #expect(value["m"] == .object([]))
+        #expect(value["missing"] == nil)
+    }
+}
