@@ -1,0 +1,509 @@
+import Foundation
+import TOMLKit
+
+/// One thing wrong with a configuration: where (file, line, key) and what.
+public struct ConfigIssue: Sendable, Equatable, CustomStringConvertible {
+    /// The sort of problem.
+    public enum Kind: String, Sendable {
+        /// The file could not be read.
+        case unreadable
+        /// Not valid TOML (toml++'s message and position).
+        case syntax
+        /// A value of the wrong TOML type (`"1s"` where an integer belongs).
+        case type
+        /// A key or table defib does not know (usually a typo).
+        case unknownKey = "unknown-key"
+        /// A well-typed value outside what defib accepts, or a required setting missing.
+        case invalid
+    }
+
+    /// The sort of problem.
+    public var kind: Kind
+    /// The config file, when the problem comes from one.
+    public var file: String?
+    /// 1-based line in `file`, when known.
+    public var line: Int?
+    /// 1-based column, when known (syntax errors).
+    public var column: Int?
+    /// The dotted key concerned (`heartbeat.deadline_ms`), when there is one.
+    public var key: String?
+    /// What is wrong, in words.
+    public var message: String
+
+    /// Makes an issue.
+    public init(_ kind: Kind, key: String?, _ message: String, file: String? = nil, line: Int? = nil, column: Int? = nil) {
+        self.kind = kind; self.key = key; self.message = message; self.file = file; self.line = line; self.column = column
+    }
+
+    /// `FILE:LINE[:COLUMN]: KEY: MESSAGE`, leaving out what is not known.
+    public var description: String {
+        var location = file ?? ""
+        if let line {
+            location += (location.isEmpty ? "line " : ":") + String(line)
+            if let column { location += ":\(column)" }
+        }
+        var parts: [String] = []
+        if !location.isEmpty { parts.append(location) }
+        if let key { parts.append(key) }
+        parts.append(message)
+        return parts.joined(separator: ": ")
+    }
+}
+
+/// A configuration that cannot be used, with every problem found (not just the first).
+public struct ConfigError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// The problems, in file order where the file says.
+    public var issues: [ConfigIssue]
+    /// Wraps the problems found.
+    public init(_ issues: [ConfigIssue]) { self.issues = issues }
+    /// One problem per line.
+    public var description: String { issues.map(\.description).joined(separator: "\n") }
+}
+
+extension SupervisorConfig {
+    /// Shortest deadline accepted: below it, scheduling noise on a loaded machine alone looks like a hang.
+    public static let minimumDeadlineMs = 50
+    /// Longest duration accepted anywhere (7 days); larger values are typos and would overflow timers.
+    public static let maximumDurationMs = 7 * 24 * 3600 * 1000
+    /// Longest Unix socket path (`sun_path` holds 108 bytes including the terminating NUL).
+    public static let maximumSocketPathBytes = 107
+
+    /// Reads and parses a TOML config file (see `parse`).
+    public static func load(path: String) throws -> SupervisorConfig {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: no such file", file: path)])
+        }
+        guard !isDirectory.boolValue else {
+            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: is a directory", file: path)])
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: permission denied or I/O error", file: path)])
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: not UTF-8 text", file: path)])
+        }
+        return try parse(text, path: path)
+    }
+
+    /// Parses a TOML config. Settings absent from the text keep their defaults; `service.name`, `service.argv`
+    /// and `state_dir` may be absent here because `defib run` flags can supply them (call `validate()` on the
+    /// final config). Throws `ConfigError` listing every syntax, type, unknown-key and out-of-range problem,
+    /// each with `path`, line and key.
+    public static func parse(_ text: String, path: String) throws -> SupervisorConfig {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let error as TOMLParseError {
+            throw ConfigError([ConfigIssue(.syntax, key: nil, "syntax error: \(error.description)", file: path,
+                                           line: error.source.begin.line, column: error.source.begin.column)])
+        }
+        var reader = TOMLConfigReader(path: path, locations: KeyLocations(text))
+        let config = reader.read(table)
+        // Range checks only for what the file itself sets; what it leaves out is judged after flags are merged.
+        // A key whose value was already rejected kept its default, which says nothing about the file.
+        let rejected = reader.issues.compactMap(\.key)
+        for issue in config.validationIssues() {
+            guard let key = issue.key, reader.present.contains(key),
+                  !rejected.contains(where: { $0 == key || $0.hasPrefix(key + "[") || $0.hasPrefix(key + ".") }) else { continue }
+            reader.issues.append(reader.located(issue))
+        }
+        guard reader.issues.isEmpty else {
+            throw ConfigError(reader.issues.sorted { ($0.line ?? .max, $0.key ?? "") < ($1.line ?? .max, $1.key ?? "") })
+        }
+        return config
+    }
+
+    /// The same defaults `defib run` applies after merging flags: an empty service name becomes the
+    /// program's base name.
+    public func withDerivedDefaults() -> SupervisorConfig {
+        var c = self
+        if c.service.name.isEmpty, let first = c.service.argv.first, !first.isEmpty {
+            c.service.name = (first as NSString).lastPathComponent
+        }
+        return c
+    }
+
+    /// Throws `ConfigError` listing every setting that cannot work, each naming its key.
+    public func validate() throws {
+        let issues = validationIssues()
+        if !issues.isEmpty { throw ConfigError(issues) }
+    }
+
+    /// Every setting that cannot work, each naming its key (no file or line: the model does not know them).
+    public func validationIssues() -> [ConfigIssue] {
+        var issues: [ConfigIssue] = []
+        func bad(_ key: String, _ message: String) { issues.append(ConfigIssue(.invalid, key: key, message)) }
+        func duration(_ key: String, _ value: Int, minimum: Int = 1) {
+            if value < minimum || value > Self.maximumDurationMs {
+                bad(key, "must be between \(minimum) and \(Self.maximumDurationMs) ms, got \(value)")
+            }
+        }
+
+        if stateDirectory.isEmpty { bad("state_dir", "required: where incidents.sqlite, cores/ and run/ go") }
+        if service.argv.isEmpty { bad("service.argv", "required: the program to run and its arguments") }
+        else if service.argv[0].isEmpty { bad("service.argv", "the program (first element) is empty") }
+        if service.name.isEmpty {
+            bad("service.name", "required (or give service.argv, whose program name is the default)")
+        } else if service.name.contains("/") || service.name == "." || service.name == ".." {
+            bad("service.name", "\"\(service.name)\" cannot be used in paths: no '/', not '.' or '..'")
+        }
+        for key in service.environment.keys.sorted() where key.isEmpty || key.contains("=") {
+            bad("service.env", "\"\(key)\" is not an environment variable name")
+        }
+        if let dir = service.workingDirectory, dir.isEmpty { bad("service.working_directory", "must not be empty") }
+
+        duration("heartbeat.interval_ms", heartbeat.intervalMs)
+        duration("heartbeat.deadline_ms", heartbeat.deadlineMs, minimum: Self.minimumDeadlineMs)
+        if heartbeat.misses < 1 || heartbeat.misses > 1000 {
+            bad("heartbeat.misses", "must be between 1 and 1000, got \(heartbeat.misses)")
+        }
+        duration("heartbeat.start_timeout_ms", heartbeat.startTimeoutMs)
+        if let socket = heartbeat.controlSocket, socket.isEmpty { bad("heartbeat.control_socket", "must not be empty") }
+        if !service.name.isEmpty, !stateDirectory.isEmpty || heartbeat.controlSocket != nil,
+           controlSocketPath.utf8.count > Self.maximumSocketPathBytes {
+            bad(heartbeat.controlSocket == nil ? "state_dir" : "heartbeat.control_socket",
+                "control socket path \(controlSocketPath) is \(controlSocketPath.utf8.count) bytes; a Unix socket path holds at most \(Self.maximumSocketPathBytes)")
+        }
+
+        duration("capture.budget_ms", capture.budgetMs)
+        if let dir = capture.directory, dir.isEmpty { bad("capture.directory", "must not be empty") }
+
+        duration("restart.backoff_initial_ms", restart.backoffInitialMs)
+        duration("restart.backoff_max_ms", restart.backoffMaxMs)
+        if restart.backoffMaxMs < restart.backoffInitialMs {
+            bad("restart.backoff_max_ms", "must be at least backoff_initial_ms (\(restart.backoffInitialMs)), got \(restart.backoffMaxMs)")
+        }
+        if !(restart.backoffMultiplier >= 1 && restart.backoffMultiplier <= 100) {
+            bad("restart.backoff_multiplier", "must be between 1 and 100, got \(restart.backoffMultiplier)")
+        }
+        duration("restart.backoff_reset_ms", restart.backoffResetMs)
+        if restart.intensityMax < 0 || restart.intensityMax > 1_000_000 {
+            bad("restart.intensity_max", "must be between 0 and 1000000, got \(restart.intensityMax)")
+        }
+        duration("restart.intensity_window_ms", restart.intensityWindowMs)
+        duration("restart.stop_timeout_ms", restart.stopTimeoutMs)
+        return issues
+    }
+}
+
+/// Walks the parsed TOML tables into the model, collecting every type and unknown-key problem.
+private struct TOMLConfigReader {
+    let path: String
+    let locations: KeyLocations
+    var issues: [ConfigIssue] = []
+    /// Dotted keys the file sets (validation attaches file positions to these only).
+    var present: Set<String> = []
+
+    init(path: String, locations: KeyLocations) { self.path = path; self.locations = locations }
+
+    mutating func read(_ root: TOMLTable) -> SupervisorConfig {
+        var c = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
+        unknownKeys(root, prefix: "", known: ["state_dir", "service", "heartbeat", "capture", "restart"])
+        if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
+
+        if let t = table(root, "service") {
+            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory"])
+            if let v = string(t, "name", prefix: "service.") { c.service.name = v }
+            if let v = stringArray(t, "argv", prefix: "service.") { c.service.argv = v }
+            if let v = stringTable(t, "env", prefix: "service.") { c.service.environment = v }
+            if let v = string(t, "working_directory", prefix: "service.") { c.service.workingDirectory = v }
+        }
+        if let t = table(root, "heartbeat") {
+            let p = "heartbeat."
+            unknownKeys(t, prefix: p, known: ["interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket"])
+            if let v = int(t, "interval_ms", prefix: p) { c.heartbeat.intervalMs = v }
+            if let v = int(t, "deadline_ms", prefix: p) { c.heartbeat.deadlineMs = v }
+            if let v = int(t, "misses", prefix: p) { c.heartbeat.misses = v }
+            if let v = int(t, "start_timeout_ms", prefix: p) { c.heartbeat.startTimeoutMs = v }
+            if let v = string(t, "control_socket", prefix: p) { c.heartbeat.controlSocket = v }
+        }
+        if let t = table(root, "capture") {
+            let p = "capture."
+            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks"])
+            if let v = string(t, "method", prefix: p) {
+                let names = CaptureMethod.allCases.map(\.rawValue)
+                if let m = CaptureMethod(rawValue: v) { c.capture.method = m } else {
+                    add(.invalid, key: p + "method", "unknown capture method \"\(v)\" (expected one of: \(names.joined(separator: ", ")))"
+                        + (suggestion(v, among: names).map { "; did you mean \($0)?" } ?? ""))
+                }
+            }
+            if let v = int(t, "budget_ms", prefix: p) { c.capture.budgetMs = v }
+            if let v = string(t, "directory", prefix: p) { c.capture.directory = v }
+            if let v = bool(t, "stacks", prefix: p) { c.capture.stacks = v }
+        }
+        if let t = table(root, "restart") {
+            let p = "restart."
+            unknownKeys(t, prefix: p, known: ["backoff_initial_ms", "backoff_max_ms", "backoff_multiplier", "backoff_reset_ms",
+                                                  "intensity_max", "intensity_window_ms", "stop_timeout_ms"])
+            if let v = int(t, "backoff_initial_ms", prefix: p) { c.restart.backoffInitialMs = v }
+            if let v = int(t, "backoff_max_ms", prefix: p) { c.restart.backoffMaxMs = v }
+            if let v = number(t, "backoff_multiplier", prefix: p) { c.restart.backoffMultiplier = v }
+            if let v = int(t, "backoff_reset_ms", prefix: p) { c.restart.backoffResetMs = v }
+            if let v = int(t, "intensity_max", prefix: p) { c.restart.intensityMax = v }
+            if let v = int(t, "intensity_window_ms", prefix: p) { c.restart.intensityWindowMs = v }
+            if let v = int(t, "stop_timeout_ms", prefix: p) { c.restart.stopTimeoutMs = v }
+        }
+        return c
+    }
+
+    // MARK: Typed access, each recording a type problem with the key's line
+
+    mutating func table(_ t: TOMLTable, _ key: String) -> TOMLTable? {
+        guard let v = t[key] else { return nil }
+        if let table = v.table { return table }
+        typeMismatch(key, expected: "a table ([\(key)])", got: v)
+        return nil
+    }
+
+    mutating func string(_ t: TOMLTable, _ key: String, prefix: String) -> String? {
+        guard let v = value(t, key, prefix) else { return nil }
+        if let s = v.string { return s }
+        typeMismatch(prefix + key, expected: "a string", got: v)
+        return nil
+    }
+
+    mutating func int(_ t: TOMLTable, _ key: String, prefix: String) -> Int? {
+        guard let v = value(t, key, prefix) else { return nil }
+        if let i = v.int { return i }
+        typeMismatch(prefix + key, expected: "an integer", got: v)
+        return nil
+    }
+
+    mutating func number(_ t: TOMLTable, _ key: String, prefix: String) -> Double? {
+        guard let v = value(t, key, prefix) else { return nil }
+        if let d = v.double { return d }
+        if let i = v.int { return Double(i) }
+        typeMismatch(prefix + key, expected: "a number", got: v)
+        return nil
+    }
+
+    mutating func bool(_ t: TOMLTable, _ key: String, prefix: String) -> Bool? {
+        guard let v = value(t, key, prefix) else { return nil }
+        if let b = v.bool { return b }
+        typeMismatch(prefix + key, expected: "a boolean (true or false)", got: v)
+        return nil
+    }
+
+    mutating func stringArray(_ t: TOMLTable, _ key: String, prefix: String) -> [String]? {
+        guard let v = value(t, key, prefix) else { return nil }
+        guard let array = v.array else {
+            typeMismatch(prefix + key, expected: "an array of strings", got: v)
+            return nil
+        }
+        var out: [String] = []
+        var ok = true
+        for (n, element) in array.enumerated() {
+            if let s = element.string { out.append(s) } else {
+                typeMismatch("\(prefix)\(key)[\(n)]", expected: "a string", got: element)
+                ok = false
+            }
+        }
+        return ok ? out : nil
+    }
+
+    mutating func stringTable(_ t: TOMLTable, _ key: String, prefix: String) -> [String: String]? {
+        guard let v = value(t, key, prefix) else { return nil }
+        guard let table = v.table else {
+            typeMismatch(prefix + key, expected: "a table of strings", got: v)
+            return nil
+        }
+        var out: [String: String] = [:]
+        var ok = true
+        for (name, element) in table {
+            if let s = element.string { out[name] = s } else {
+                typeMismatch("\(prefix)\(key).\(name)", expected: "a string", got: element)
+                ok = false
+            }
+        }
+        return ok ? out : nil
+    }
+
+    private mutating func value(_ t: TOMLTable, _ key: String, _ prefix: String) -> TOMLValueConvertible? {
+        guard let v = t[key] else { return nil }
+        present.insert(prefix + key)
+        return v
+    }
+
+    /// Records every key of `t` not in `known`, with a suggestion when one is a near miss.
+    mutating func unknownKeys(_ t: TOMLTable, prefix: String, known: [String]) {
+        for key in t.keys where !known.contains(key) {
+            let what = (t[key]?.table != nil && t[key]?.table?.inline == false) ? "unknown table" : "unknown key"
+            let hint = suggestion(key, among: known).map { " (did you mean \($0)?)" } ?? ""
+            add(.unknownKey, key: prefix + key, what + hint)
+        }
+    }
+
+    mutating func typeMismatch(_ key: String, expected: String, got value: TOMLValueConvertible) {
+        add(.type, key: key, "expected \(expected), got \(describe(value))")
+    }
+
+    mutating func add(_ kind: ConfigIssue.Kind, key: String, _ message: String) {
+        issues.append(ConfigIssue(kind, key: key, message, file: path, line: locations.line(of: key)))
+    }
+
+    func located(_ issue: ConfigIssue) -> ConfigIssue {
+        var i = issue
+        i.file = path
+        i.line = issue.key.flatMap(locations.line(of:))
+        return i
+    }
+
+    func describe(_ v: TOMLValueConvertible) -> String {
+        switch v.type {
+        case .string: return "string \"\(v.string ?? "")\""
+        case .int: return "integer \(v.int ?? 0)"
+        case .double: return "floating-point number \(v.double ?? 0)"
+        case .bool: return "boolean \(v.bool ?? false)"
+        case .array: return "an array"
+        case .table: return "a table"
+        case .date: return "a date"
+        case .time: return "a time"
+        case .dateTime: return "a date-time"
+        }
+    }
+}
+
+/// The closest of `candidates` to `word` when it is a plausible typo (edit distance ≤ 2, or ≤ a third of
+/// the word's length for long words).
+func suggestion(_ word: String, among candidates: [String]) -> String? {
+    let scored = candidates.map { ($0, editDistance(word.lowercased(), $0)) }.min { $0.1 < $1.1 }
+    guard let (best, distance) = scored, distance <= max(2, word.count / 3) else { return nil }
+    return best
+}
+
+/// Levenshtein distance.
+func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    if b.isEmpty { return a.count }
+    var previous = Array(0...b.count)
+    for i in 1...a.count {
+        var current = [i] + Array(repeating: 0, count: b.count)
+        for j in 1...b.count {
+            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        previous = current
+    }
+    return previous[b.count]
+}
+
+/// Where each key is set in the TOML text. TOMLKit does not expose source positions for values, so this is
+/// a small scan of the source: table headers, `key =` lines and dotted keys, skipping strings, comments
+/// and the insides of multi-line arrays. Keys inside inline tables resolve to the line of their table.
+struct KeyLocations {
+    private var lines: [String: Int] = [:]
+
+    init(_ text: String) {
+        var table: [String] = []
+        var state = ValueScan()
+        var number = 0
+        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            if state.inValue {
+                state.scan(raw[...])
+                continue
+            }
+            let line = raw.drop { $0 == " " || $0 == "\t" }
+            if line.hasPrefix("[") {
+                let isArray = line.hasPrefix("[[")
+                let inner = line.dropFirst(isArray ? 2 : 1)
+                let header = KeyLocations.dottedKey(inner)
+                if header.rest.first == "]" {
+                    table = header.path
+                    record(table, number)
+                }
+                continue
+            }
+            let parsed = KeyLocations.dottedKey(line)
+            guard !parsed.path.isEmpty, parsed.rest.first == "=" else { continue }
+            record(table + parsed.path, number)
+            state.scan(parsed.rest.dropFirst())
+        }
+    }
+
+    private mutating func record(_ path: [String], _ line: Int) {
+        let key = path.joined(separator: ".")
+        if lines[key] == nil { lines[key] = line }
+    }
+
+    /// The line setting `key`, or the line of the nearest enclosing key or table that is in the text.
+    func line(of key: String) -> Int? {
+        // Array element keys like `service.argv[1]` live on their array's line.
+        var path = key.split(separator: "[").first.map(String.init) ?? key
+        while true {
+            if let line = lines[path] { return line }
+            guard let dot = path.lastIndex(of: ".") else { return nil }
+            path = String(path[..<dot])
+        }
+    }
+
+    /// A (possibly dotted, possibly quoted) key at the start of `s`, and what follows it (whitespace skipped).
+    static func dottedKey(_ s: Substring) -> (path: [String], rest: Substring) {
+        var rest = s
+        var path: [String] = []
+        func skipSpace() { rest = rest.drop { $0 == " " || $0 == "\t" } }
+        while true {
+            skipSpace()
+            guard let first = rest.first else { return (path, rest) }
+            if first == "\"" || first == "'" {
+                let body = rest.dropFirst()
+                guard let end = body.firstIndex(of: first) else { return ([], rest) }
+                path.append(String(body[..<end]))
+                rest = body[body.index(after: end)...]
+            } else {
+                let bare = rest.prefix { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }
+                guard !bare.isEmpty else { return (path, rest) }
+                path.append(String(bare))
+                rest = rest.dropFirst(bare.count)
+            }
+            skipSpace()
+            guard rest.first == "." else { return (path, rest) }
+            rest = rest.dropFirst()
+        }
+    }
+}
+
+/// Tracks, across lines, whether a value is still open: a multi-line string, or an array/inline table whose
+/// closing bracket is on a later line.
+private struct ValueScan {
+    var depth = 0
+    var multiline: String?
+
+    var inValue: Bool { depth > 0 || multiline != nil }
+
+    mutating func scan(_ s: Substring) {
+        var i = s.startIndex
+        while i < s.endIndex {
+            if let delimiter = multiline {
+                guard let r = s[i...].range(of: delimiter) else { return }
+                multiline = nil
+                i = r.upperBound
+                continue
+            }
+            let c = s[i]
+            switch c {
+            case "#": return
+            case "\"", "'":
+                let triple = String(repeating: String(c), count: 3)
+                if s[i...].hasPrefix(triple) {
+                    multiline = triple
+                    i = s.index(i, offsetBy: 3)
+                    continue
+                }
+                // A one-line string: skip to its closing quote (basic strings have escapes).
+                var j = s.index(after: i)
+                while j < s.endIndex, s[j] != c {
+                    if c == "\"", s[j] == "\\" { j = s.index(after: j); if j == s.endIndex { break } }
+                    j = s.index(after: j)
+                }
+                i = j < s.endIndex ? s.index(after: j) : j
+                continue
+            case "[", "{": depth += 1
+            case "]", "}": depth = max(0, depth - 1)
+            default: break
+            }
+            i = s.index(after: i)
+        }
+    }
+}
