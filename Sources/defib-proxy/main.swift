@@ -1,1 +1,2 @@
-print("proxy")
+// The reference proxy's entry point: everything lives in DefibProxy and DefibProxyCommand.swift.
+DefibProxyCommand.runAsMain()
