@@ -15,6 +15,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.2"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // The little C: fork/exec, pidfd, ptrace, process_vm_readv, prctl, wait-status helpers.
@@ -29,8 +31,10 @@ let package = Package(
             "FlightRecorder",
             .product(name: "TOMLKit", package: "TOMLKit"),
         ]),
+        // libsystemd: sd_notify, sd_watchdog_enabled, sd_journal_sendv.
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Every syscall the supervisor makes.
-        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "DefibCore"]),
+        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "CSystemd", "DefibCore"]),
         // The SQLite incident store.
         .target(name: "DefibStore", dependencies: [
             "DefibCore",
@@ -48,6 +52,11 @@ let package = Package(
         .target(name: "DefibRuntime", dependencies: [
             "DefibCore", "DefibPOSIX", "DefibStore",
             .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "defib", dependencies: [
             "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore",

@@ -23,6 +23,8 @@ public struct SupervisorConfig: Sendable, Equatable {
     }
     /// `[heartbeat]`
     public struct Heartbeat: Sendable, Equatable {
+        /// Where heartbeats come from: `ping` (control channel), `notify` (sd_notify WATCHDOG=1), `both`.
+        public var source: HeartbeatSource = .ping
         /// Time between the answer to one ping and the next ping.
         public var intervalMs: Int = 200
         /// How long one ping may stay unanswered before it counts as a miss.

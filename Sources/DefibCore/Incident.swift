@@ -12,8 +12,10 @@ public enum IncidentCause: Sendable, Equatable, Codable {
     case startTimeout(seconds: Double)
     /// The program could not be started at all (exec failed, bad path …).
     case spawnFailed(message: String)
+    /// The service asked to be treated as hung (sd_notify `WATCHDOG=trigger`).
+    case triggered(reason: String)
 
-    /// Short machine-readable kind: `missed-heartbeat`, `exited`, `signaled`, `start-timeout`, `spawn-failed`.
+    /// Short machine-readable kind: `missed-heartbeat`, `exited`, `signaled`, `start-timeout`, `spawn-failed`, `watchdog-trigger`.
     public var kind: String {
         switch self {
         case .missedHeartbeat: "missed-heartbeat"
@@ -21,6 +23,7 @@ public enum IncidentCause: Sendable, Equatable, Codable {
         case .signaled: "signaled"
         case .startTimeout: "start-timeout"
         case .spawnFailed: "spawn-failed"
+        case .triggered: "watchdog-trigger"
         }
     }
 
@@ -37,6 +40,7 @@ public enum IncidentCause: Sendable, Equatable, Codable {
             return "killed by signal \(signal) (\(signalName(signal)))" + (core ? ", core dumped by the kernel" : "")
         case let .startTimeout(seconds): return "no first pong within \(seconds) s of start"
         case let .spawnFailed(message): return "could not start: \(message)"
+        case let .triggered(reason): return reason
         }
     }
 }

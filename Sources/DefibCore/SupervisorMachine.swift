@@ -10,6 +10,8 @@ public enum FailureCause: Equatable, Sendable {
     /// The heartbeat went silent for `silenceMs` (≥ the deadline plus any extension) over `misses` missed pings.
     case missedHeartbeat(misses: Int, msSinceLastPong: Double?, lastError: String?, silenceMs: Double, extendedMs: Int, verdict: ProgressVerdict?)
     case startTimeout(ms: Int, lastError: String?)
+    /// The service asked to be treated as hung (sd_notify `WATCHDOG=trigger`).
+    case triggered(reason: String)
     case died(ChildStatus)
     case spawnFailed(message: String)
 }
@@ -34,6 +36,8 @@ public enum SupervisorAction: Equatable, Sendable {
     case deadlineExtended(byMs: Int, totalMs: Int, reason: String)
     /// A late heartbeat came back before the hang deadline: the silence is over.
     case heartbeatRecovered(silenceMs: Double, misses: Int, wasSuspect: Bool)
+    /// The service told us something for people (sd_notify STATUS=, STOPPING=1, …): log it, show it.
+    case serviceNotified(String)
     /// Record a new incident (as open) before anything else happens to the process.
     case openIncident(FailureCause)
     /// Read the lock state and take a core of `pid` within the budget, then report `captureFinished`.
@@ -75,7 +79,10 @@ public struct SupervisorMachine: Sendable {
 
     /// The knobs the policy needs, in milliseconds.
     public struct Settings: Sendable, Equatable {
-        /// Between a pong and the next ping.
+        /// Where heartbeats come from: pings on the control channel, sd_notify keep-alives, or both.
+        public var source: HeartbeatSource
+        /// Between a pong and the next ping; with sd_notify, the keep-alive period the child is asked
+        /// for (it is told WATCHDOG_USEC = twice this, and sends at half of that, as sd_watchdog_enabled(3) advises).
         public var intervalMs: Int
         /// Stage "miss": a ping unanswered this long counts as missed and is replaced by a new one.
         public var missMs: Int
@@ -101,10 +108,11 @@ public struct SupervisorMachine: Sendable {
         public var backoff: Backoff
         public var intensity: RestartIntensity
 
-        public init(intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
+        public init(source: HeartbeatSource = .ping, intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
                     extensionStepMs: Int? = nil, maxExtensionMs: Int? = nil, killJitterMs: Int = 0,
                     startTimeoutMs: Int, startRetryMs: Int = 25, killRetryMs: Int = 5000, stopTimeoutMs: Int,
                     backoff: Backoff, intensity: RestartIntensity) {
+            self.source = source
             self.intervalMs = intervalMs; self.deadlineMs = deadlineMs; self.missesBeforeHang = missesBeforeHang
             let stages = EscalationDefaults.stages(deadlineMs: deadlineMs, missesBeforeHang: missesBeforeHang)
             self.missMs = missMs ?? stages.missMs
@@ -117,7 +125,7 @@ public struct SupervisorMachine: Sendable {
         }
 
         public init(_ c: SupervisorConfig) {
-            self.init(intervalMs: c.heartbeat.intervalMs, deadlineMs: c.heartbeat.deadlineMs,
+            self.init(source: c.heartbeat.source, intervalMs: c.heartbeat.intervalMs, deadlineMs: c.heartbeat.deadlineMs,
                       missesBeforeHang: c.heartbeat.misses, missMs: c.escalation.missMs, suspectMs: c.escalation.suspectMs,
                       extensionStepMs: c.escalation.extensionStepMs, maxExtensionMs: c.escalation.maxExtensionMs,
                       killJitterMs: c.escalation.killJitterMs,
@@ -149,7 +157,17 @@ public struct SupervisorMachine: Sendable {
     private var pingDeadline: MonoTime?
     private var nextPingAt: MonoTime?
     /// When the first unanswered ping of the current silence was sent.
-    private var silentSince: MonoTime?
+    private var pingSilentSince: MonoTime?
+    /// sd_notify keep-alives: when the next WATCHDOG=1 is due, when the late one's silence began, when
+    /// the next miss is counted, and the period (the child may change it with WATCHDOG_USEC=).
+    private var keepAliveDue: MonoTime?
+    private var notifySilentSince: MonoTime?
+    private var nextNotifyMissAt: MonoTime?
+    public private(set) var keepAliveIntervalMs: Int
+    /// When a starting instance must have become ready (EXTEND_TIMEOUT_USEC= moves it).
+    private var startDeadline: MonoTime?
+    /// The heartbeat is silent since the earliest silence of any source.
+    private var silentSince: MonoTime? { [pingSilentSince, notifySilentSince].compactMap { $0 }.min() }
     private var awaitingVerdict = false
     private var backoffUntil: MonoTime?
     private var stopDeadline: MonoTime?
@@ -157,7 +175,10 @@ public struct SupervisorMachine: Sendable {
     private var exitedDuringCapture: ChildStatus?
     private var shutdownRequested = false
 
-    public init(settings: Settings) { self.settings = settings }
+    public init(settings: Settings) {
+        self.settings = settings
+        self.keepAliveIntervalMs = settings.intervalMs
+    }
 
     /// Whether the process is being watched for heartbeats (ready, possibly late).
     private var watching: Bool { phase == .running || phase == .suspect }
@@ -166,11 +187,10 @@ public struct SupervisorMachine: Sendable {
     public var nextWakeup: MonoTime? {
         switch phase {
         case .starting:
-            let start = instanceStartedAt.map { $0 + settings.startTimeoutMs }
-            return [pingDeadline ?? nextPingAt, start].compactMap { $0 }.min()
+            return [pingDeadline ?? nextPingAt, startDeadline].compactMap { $0 }.min()
         case .running, .suspect:
             if awaitingVerdict { return nil }
-            var times = [pingDeadline ?? nextPingAt].compactMap { $0 }
+            var times = [pingDeadline ?? nextPingAt, nextNotifyMissAt ?? keepAliveDue.map { $0 + settings.missMs }].compactMap { $0 }
             if let since = silentSince {
                 if phase == .running { times.append(since + settings.suspectMs) }
                 // Until enough pings are missed the hang deadline cannot fire; the next miss wakes us.
@@ -203,11 +223,14 @@ public struct SupervisorMachine: Sendable {
         phase = .starting
         pid = newPid
         instanceStartedAt = now
+        startDeadline = now + settings.startTimeoutMs
         readyAt = nil
         lastPongAt = nil
         lastPingError = nil
         resetSilence()
-        nextPingAt = now
+        keepAliveDue = nil
+        keepAliveIntervalMs = settings.intervalMs
+        nextPingAt = settings.source.usesPing ? now : nil
         var actions: [SupervisorAction] = incidentOpen ? [.incidentRestarted(newPid: newPid)] : []
         if shutdownRequested {
             // Asked to stop while the spawn was under way: stop the new instance at once.
@@ -236,8 +259,9 @@ public struct SupervisorMachine: Sendable {
     public mutating func tick(at now: MonoTime) -> [SupervisorAction] {
         switch phase {
         case .starting:
-            if let started = instanceStartedAt, now >= started + settings.startTimeoutMs {
-                return failInstance(.startTimeout(ms: settings.startTimeoutMs, lastError: lastPingError), at: now)
+            if let deadline = startDeadline, now >= deadline {
+                let ms = instanceStartedAt.map { Int(now.milliseconds(since: $0)) } ?? settings.startTimeoutMs
+                return failInstance(.startTimeout(ms: ms, lastError: lastPingError), at: now)
             }
             if let deadline = pingDeadline, now >= deadline {
                 // Before the first pong an unanswered ping is only retried; the start timeout decides.
@@ -250,6 +274,11 @@ public struct SupervisorMachine: Sendable {
             var actions: [SupervisorAction] = []
             if let deadline = pingDeadline, now >= deadline {
                 actions += pingMissed(reason: "no reply within \(settings.missMs) ms", retryAfterMs: 0, at: now)
+            }
+            if let due = keepAliveDue, now >= nextNotifyMissAt ?? due + settings.missMs {
+                if notifySilentSince == nil { notifySilentSince = due }
+                nextNotifyMissAt = now + settings.missMs
+                actions += countMiss(reason: "no WATCHDOG=1 for \(Int(now.milliseconds(since: due)) + keepAliveIntervalMs) ms", at: now)
             }
             actions += escalate(at: now)
             if watching && !awaitingVerdict { actions += pingIfDue(at: now) }
@@ -286,22 +315,82 @@ public struct SupervisorMachine: Sendable {
         lastPingError = nil
         nextPingAt = now + settings.intervalMs
         if phase != .starting {
-            var actions: [SupervisorAction] = []
-            if let since = silentSince, misses > 0 || phase == .suspect {
-                actions.append(.heartbeatRecovered(silenceMs: now.milliseconds(since: since), misses: misses, wasSuspect: phase == .suspect))
-            }
-            phase = .running
-            resetSilence()
-            return actions
+            let before = silentSince
+            pingSilentSince = nil
+            return sourceAnswered(silenceBefore: before, at: now)
         }
+        // With sd_notify only, READY=1 (not a pong) makes the instance ready.
+        guard settings.source.usesPing else { return [] }
+        return becomeReady(pid: pid, at: now)
+    }
+
+    /// A datagram from the child's sd_notify, already checked to come from the child itself.
+    public mutating func notifyReceived(_ fields: [NotifyField], at now: MonoTime) -> [SupervisorAction] {
+        guard phase == .starting || watching || phase == .shuttingDown, let pid else { return [] }
+        var actions: [SupervisorAction] = []
+        for field in fields {
+            switch field {
+            case .ready:
+                if phase == .starting && settings.source == .notify { actions += becomeReady(pid: pid, at: now) }
+            case .watchdog:
+                guard watching, settings.source.usesNotify, !awaitingVerdict else { continue }
+                let before = silentSince
+                lastPongAt = now
+                keepAliveDue = now + keepAliveIntervalMs
+                notifySilentSince = nil
+                nextNotifyMissAt = nil
+                actions += sourceAnswered(silenceBefore: before, at: now)
+            case .watchdogTrigger:
+                guard phase == .starting || watching else { continue }
+                return actions + failInstance(.triggered(reason: "the service sent WATCHDOG=trigger"), at: now)
+            case let .watchdogUsec(usec):
+                // The child changes its watchdog period; it sends keep-alives at half of it.
+                keepAliveIntervalMs = max(1, Int(usec / 2000))
+                if watching, settings.source.usesNotify, notifySilentSince == nil { keepAliveDue = now + keepAliveIntervalMs }
+                actions.append(.serviceNotified("WATCHDOG_USEC=\(usec): keep-alives now expected every \(keepAliveIntervalMs) ms"))
+            case let .extendTimeoutUsec(usec):
+                let until = now + Int(usec / 1000)
+                if phase == .starting, let d = startDeadline, until > d { startDeadline = until }
+                if phase == .shuttingDown, let d = stopDeadline, until > d { stopDeadline = until }
+                actions.append(.serviceNotified("EXTEND_TIMEOUT_USEC=\(usec)"))
+            case let .status(text):
+                actions.append(.serviceNotified("STATUS=\(text)"))
+            case .stopping:
+                actions.append(.serviceNotified("STOPPING=1"))
+            case .reloading:
+                actions.append(.serviceNotified("RELOADING=1"))
+            case .mainPid, .errno, .other:
+                continue
+            }
+        }
+        return actions
+    }
+
+    private mutating func becomeReady(pid: Int32, at now: MonoTime) -> [SupervisorAction] {
         resetSilence()
         phase = .running
         readyAt = now
+        startDeadline = nil
+        if settings.source.usesNotify { keepAliveDue = now + keepAliveIntervalMs }
         var actions: [SupervisorAction] = [.instanceReady(pid: pid)]
         if incidentOpen {
             incidentOpen = false
             actions.append(.closeIncident(.recovered))
         }
+        return actions
+    }
+
+    /// One source answered; the silence is over only when every source is answering.
+    private mutating func sourceAnswered(silenceBefore before: MonoTime?, at now: MonoTime) -> [SupervisorAction] {
+        guard silentSince == nil else { return [] }
+        var actions: [SupervisorAction] = []
+        if let before, misses > 0 || phase == .suspect {
+            actions.append(.heartbeatRecovered(silenceMs: now.milliseconds(since: before), misses: misses, wasSuspect: phase == .suspect))
+        }
+        phase = .running
+        misses = 0
+        extendedMs = 0
+        awaitingVerdict = false
         return actions
     }
 
@@ -417,26 +506,32 @@ public struct SupervisorMachine: Sendable {
     private mutating func resetSilence() {
         misses = 0
         extendedMs = 0
-        silentSince = nil
+        pingSilentSince = nil
+        notifySilentSince = nil
+        nextNotifyMissAt = nil
         awaitingVerdict = false
         pingDeadline = nil
     }
 
     private mutating func pingIfDue(at now: MonoTime) -> [SupervisorAction] {
-        guard pingDeadline == nil, let due = nextPingAt, now >= due else { return [] }
+        guard settings.source.usesPing, pingDeadline == nil, let due = nextPingAt, now >= due else { return [] }
         pingToken &+= 1
         pingDeadline = now + settings.missMs
         nextPingAt = nil
-        if watching && silentSince == nil { silentSince = now }
+        if watching && pingSilentSince == nil { pingSilentSince = now }
         return [.sendPing(token: pingToken)]
     }
 
     /// Stage "miss": count it, sample a baseline on the first one, send the next ping after `retryAfterMs`.
     private mutating func pingMissed(reason: String, retryAfterMs: Int, at now: MonoTime) -> [SupervisorAction] {
-        misses += 1
-        lastPingError = reason
         pingDeadline = nil
         nextPingAt = now + retryAfterMs
+        return countMiss(reason: reason, at: now)
+    }
+
+    private mutating func countMiss(reason: String, at now: MonoTime) -> [SupervisorAction] {
+        misses += 1
+        lastPingError = reason
         var actions: [SupervisorAction] = [.heartbeatMissed(misses: misses, silenceMs: silenceMs(at: now), reason: reason)]
         if misses == 1, let pid { actions.append(.sampleProgress(pid: pid)) }
         return actions
@@ -478,6 +573,7 @@ public struct SupervisorMachine: Sendable {
         phase = .capturing
         pingDeadline = nil
         nextPingAt = nil
+        keepAliveDue = nil
         awaitingVerdict = false
         return actions + [.captureEvidence(pid: pid)]
     }
@@ -487,7 +583,9 @@ public struct SupervisorMachine: Sendable {
         if let readyAt { settings.backoff.instanceWasHealthy(forMs: now.milliseconds(since: readyAt)) }
         readyAt = nil
         instanceStartedAt = nil
+        startDeadline = nil
         resetSilence()
+        keepAliveDue = nil
         nextPingAt = nil
         if shutdownRequested {
             phase = .stopped
@@ -524,11 +622,25 @@ public struct SupervisorMachine: Sendable {
         switch cause {
         case let .missedHeartbeat(misses, _, error, silence, _, _):
             "silent for \(Int(silence)) ms, \(misses) heartbeat(s) missed" + (error.map { " (\($0))" } ?? "")
-        case let .startTimeout(ms, error): "no first pong within \(ms) ms" + (error.map { " (last: \($0))" } ?? "")
+        case let .startTimeout(ms, error): "not ready within \(ms) ms" + (error.map { " (last: \($0))" } ?? "")
+        case let .triggered(reason): reason
         case let .died(status): describe(status)
         case let .spawnFailed(message): "could not start: \(message)"
         }
     }
+}
+
+/// Where heartbeats come from.
+public enum HeartbeatSource: String, Sendable, Codable, CaseIterable {
+    /// `ping TOKEN` → `pong TOKEN` on the control channel.
+    case ping
+    /// sd_notify `WATCHDOG=1` keep-alives on the NOTIFY_SOCKET the supervisor serves; `READY=1` marks start-up done.
+    case notify
+    /// Both must keep coming.
+    case both
+
+    public var usesPing: Bool { self != .notify }
+    public var usesNotify: Bool { self != .ping }
 }
 
 /// The escalation stages' timings derived from the deadline when the config leaves them out.

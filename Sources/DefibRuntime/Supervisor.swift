@@ -46,6 +46,8 @@ public final class Supervisor {
     /// Decisions taken before the incident existed (suspect evidence, deadline extensions), copied into it.
     var pendingNotes: [String] = []
     var lastThreadStates: String?
+    /// The last STATUS= the service sent over sd_notify.
+    var serviceStatus: String?
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -222,6 +224,9 @@ public final class Supervisor {
             let line = "deadline extended by \(byMs) ms (\(totalMs) ms in all): starved, not stuck: \(reason)"
             logger.warning("\(line)")
             pendingNotes.append(line)
+        case let .serviceNotified(text):
+            logger.info("service says: \(text)")
+            if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
         case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
             if wasSuspect { logger.warning("\(line); no kill") } else { logger.info("\(line)") }
@@ -291,6 +296,7 @@ public final class Supervisor {
         case let .died(.exited(code)): incidentCause = .exited(code: code)
         case let .died(.signaled(sig, core)): incidentCause = .signaled(signal: sig, coreDumped: core)
         case let .spawnFailed(message): incidentCause = .spawnFailed(message: message)
+        case let .triggered(reason): incidentCause = .triggered(reason: reason)
         }
         var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)

@@ -1,0 +1,121 @@
+import CoreMetrics
+import Metrics
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import Prometheus
+
+/// The supervisor's metrics, through swift-metrics. Without `[metrics] listen` they go nowhere (the
+/// default no-op backend); with it, `MetricsEndpoint` bootstraps Prometheus and serves them on loopback.
+struct SupervisorMetrics {
+    let service: String
+    let pingRoundTrip: CoreMetrics.Timer
+    let misses: CoreMetrics.Counter
+    let suspects: CoreMetrics.Counter
+    let extensions: CoreMetrics.Counter
+    let restarts: CoreMetrics.Counter
+    let captureDuration: CoreMetrics.Timer
+    let captureBytes: CoreMetrics.Recorder
+    let notifyRejected: CoreMetrics.Counter
+
+    init(service: String) {
+        self.service = service
+        let dims = [("service", service)]
+        pingRoundTrip = CoreMetrics.Timer(label: "defib_heartbeat_rtt_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
+        misses = CoreMetrics.Counter(label: "defib_heartbeat_misses_total", dimensions: dims)
+        suspects = CoreMetrics.Counter(label: "defib_suspect_total", dimensions: dims)
+        extensions = CoreMetrics.Counter(label: "defib_deadline_extensions_total", dimensions: dims)
+        restarts = CoreMetrics.Counter(label: "defib_restarts_total", dimensions: dims)
+        captureDuration = CoreMetrics.Timer(label: "defib_capture_duration_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
+        captureBytes = CoreMetrics.Recorder(label: "defib_capture_bytes", dimensions: dims)
+        notifyRejected = CoreMetrics.Counter(label: "defib_notify_rejected_total", dimensions: dims)
+    }
+
+    /// Incidents by cause (missed-heartbeat, exited, signaled, start-timeout, spawn-failed).
+    func incident(cause: String) {
+        CoreMetrics.Counter(label: "defib_incidents_total", dimensions: [("service", service), ("cause", cause)]).increment()
+    }
+
+    /// A verdict the progress judge gave when a heartbeat was late (stuck, starved, busy, …).
+    func verdict(_ kind: String) {
+        CoreMetrics.Counter(label: "defib_progress_verdicts_total", dimensions: [("service", service), ("verdict", kind)]).increment()
+    }
+
+    /// One gauge per phase, 1 for the current one: `defib_phase{phase="running"} 1`.
+    func phase(_ current: String, all: [String]) {
+        for p in all {
+            CoreMetrics.Gauge(label: "defib_phase", dimensions: [("service", service), ("phase", p)]).record(p == current ? 1 : 0)
+        }
+    }
+}
+
+/// `/metrics` in the Prometheus text format on a loopback port, served by SwiftNIO on its own thread
+/// (the supervisor's loop never waits for a scrape).
+final class MetricsEndpoint {
+    let registry: PrometheusCollectorRegistry
+    let group: MultiThreadedEventLoopGroup
+    let channel: Channel
+
+    /// Bootstraps swift-metrics with Prometheus and binds `host:port`. Call once, before metrics are made.
+    init(host: String, port: Int) throws {
+        let registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets = [
+            "defib_heartbeat_rtt_seconds": [.microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1),
+                                            .milliseconds(2), .milliseconds(5), .milliseconds(10), .milliseconds(25),
+                                            .milliseconds(50), .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1)],
+            "defib_capture_duration_seconds": [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                                               .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+                                               .seconds(2), .seconds(5), .seconds(10), .seconds(30)],
+        ]
+        factory.valueHistogramBuckets = ["defib_capture_bytes": [1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 4e9]]
+        MetricsSystem.bootstrap(factory)
+        self.registry = registry
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        do {
+            channel = try ServerBootstrap(group: group)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelInitializer { channel in
+                    channel.pipeline.configureHTTPServerPipeline().flatMap {
+                        channel.pipeline.addHandler(MetricsHandler(registry: registry))
+                    }
+                }
+                .bind(host: host, port: port).wait()
+        } catch {
+            try? group.syncShutdownGracefully()
+            throw error
+        }
+    }
+
+    var boundPort: Int? { channel.localAddress?.port }
+
+    func close() {
+        try? channel.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+}
+
+private final class MetricsHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let registry: PrometheusCollectorRegistry
+    private var path = ""
+    init(registry: PrometheusCollectorRegistry) { self.registry = registry }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case let .head(head): path = head.uri
+        case .body: break
+        case .end:
+            let found = path == "/metrics" || path.hasPrefix("/metrics?")
+            let body = found ? registry.emitToBuffer() : Array("not found: try /metrics\n".utf8)
+            var headers = HTTPHeaders()
+            headers.add(name: "Content-Type", value: found ? "text/plain; version=0.0.4; charset=utf-8" : "text/plain")
+            headers.add(name: "Content-Length", value: String(body.count))
+            headers.add(name: "Connection", value: "close")
+            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: found ? .ok : .notFound, headers: headers))), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: body)))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in context.close(promise: nil) }
+        }
+    }
+}
