@@ -48,6 +48,19 @@ public final class Supervisor {
     var lastThreadStates: String?
     /// The last STATUS= the service sent over sd_notify.
     var serviceStatus: String?
+    /// The NOTIFY_SOCKET served to the child.
+    var notifyServer: NotifyServer?
+    /// systemd's watchdog period for us (WATCHDOG_USEC), when it watches us.
+    let systemdWatchdogUsec: UInt64?
+    var nextSystemdKeepAlive: Int64 = 0
+    var announcedReady = false
+    var lastStatusSent: String?
+    var lastIncidentLine: String?
+    var firstReadyAtNs: Int64?
+    let testWedgeAfterReadyMs: Int?
+    let metrics: SupervisorMetrics
+    var lastPhase: SupervisorMachine.Phase?
+    var pingSentAtNs: Int64 = 0
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -64,12 +77,19 @@ public final class Supervisor {
         self.passedSockets = passedSockets
         self.machine = SupervisorMachine(settings: .init(config))
         self.signals = signals
+        self.metrics = SupervisorMetrics(service: config.service.name)
+        self.systemdWatchdogUsec = SystemdNotifier.watchdogUsec()
+        self.testWedgeAfterReadyMs = ProcessInfo.processInfo.environment["DEFIB_TEST_WEDGE_AFTER_READY_MS"].flatMap { Int($0) }
         try becomeChildSubreaper()
         try makeDirectory(config.stateDirectory, mode: 0o700)
         try makeDirectory(config.coreDirectory, mode: 0o700)
-        let socketDir = (config.controlSocketPath as NSString).deletingLastPathComponent
-        try makeDirectory(socketDir, mode: 0o700)
+        try makeDirectory(runDirectory, mode: 0o700)
+        notifyServer = try NotifyServer(path: notifySocketPath)
     }
+
+    /// The instance's run directory (0700): control socket, notify socket, flight recorder.
+    var runDirectory: String { (config.controlSocketPath as NSString).deletingLastPathComponent }
+    var flightRecorderPath: String { runDirectory + "/flight-recorder" }
 
     func now() -> MonoTime { MonoTime(nanoseconds: monotonicNanoseconds()) }
 
@@ -87,6 +107,7 @@ public final class Supervisor {
 
     private func waitForEvents() {
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)]
+        if let notifyServer { fds.append(pollfd(fd: notifyServer.fd, events: Int16(POLLIN), revents: 0)) }
         if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
         if let locksQuery { fds.append(pollfd(fd: locksQuery.request.fd, events: Int16(POLLIN), revents: 0)) }
         var timeoutMs: Int32 = 1000
@@ -94,6 +115,7 @@ public final class Supervisor {
             timeoutMs = Int32(clamping: max(0, (wake.nanoseconds - monotonicNanoseconds() + 999_999) / 1_000_000))
         }
         if let q = locksQuery { timeoutMs = min(timeoutMs, Int32(clamping: max(0, (q.deadline - monotonicNanoseconds()) / 1_000_000))) }
+        if let keepAlive = msUntilSystemdKeepAlive { timeoutMs = min(timeoutMs, keepAlive) }
         _ = poll(&fds, nfds_t(fds.count), min(timeoutMs, 1000))
 
         for sig in signals.drain() {
@@ -101,15 +123,24 @@ public final class Supervisor {
             case SIGCHLD: handleReaped(reapAll())
             default:
                 logger.info("received \(signalName(sig)); stopping the service and exiting")
+                SystemdNotifier.notify("STOPPING=1\nSTATUS=stopping (\(signalName(sig)))")
                 perform(machine.shutdown(at: now()))
             }
         }
         handleReaped(reapAll())  // a SIGCHLD can be merged with one already drained
+        handleNotifyMessages()
         if let ping { pollPing(ping.token, ping.request) }
         if let q = locksQuery { pollLocksQuery(q.request, deadline: q.deadline) }
         perform(machine.tick(at: now()))
         // A ping the machine gave up on (deadline passed) is abandoned.
         if let p = ping, machine.pingInFlight != p.token { p.request.close(); ping = nil }
+        keepSystemdWatchdogFed()
+        if machine.phase != lastPhase {
+            lastPhase = machine.phase
+            metrics.phase(machine.phase.rawValue, all: SupervisorMachine.Phase.allCases.map(\.rawValue))
+        }
+        updateSystemdStatus()
+        wedgeIfAskedForTests()
     }
 
     private func handleReaped(_ reaped: [Reaped]) {
@@ -136,6 +167,7 @@ public final class Supervisor {
         case let .reply(line):
             request.close(); ping = nil
             if line == "pong \(token)" {
+                metrics.pingRoundTrip.recordNanoseconds(monotonicNanoseconds() - pingSentAtNs)
                 let wasStarting = machine.phase == .starting
                 perform(machine.pongReceived(token: token, at: now()))
                 if wasStarting && machine.phase == .running { queryLocks() }
@@ -191,7 +223,7 @@ public final class Supervisor {
 
     // MARK: actions
 
-    private func perform(_ actions: [SupervisorAction]) {
+    func perform(_ actions: [SupervisorAction]) {
         for action in actions { perform(action) }
     }
 
@@ -201,13 +233,16 @@ public final class Supervisor {
             spawnInstance()
         case let .sendPing(token):
             switch ControlRequest.start(path: config.controlSocketPath, line: "ping \(token)") {
-            case let .success(r): ping = (token, r)
+            case let .success(r): ping = (token, r); pingSentAtNs = monotonicNanoseconds()
             case let .failure(e): perform(machine.pingFailed(token: token, reason: e.problem, at: now()))
             }
         case let .instanceReady(pid):
-            logger.info("service \(config.service.name) pid \(pid) is ready (answered ping)")
+            logger.info("service \(config.service.name) pid \(pid) is ready")
+            if firstReadyAtNs == nil { firstReadyAtNs = monotonicNanoseconds() }
+            updateSystemdStatus(ready: true)
         case let .heartbeatMissed(misses, silenceMs, reason):
             logger.notice("heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
+            metrics.misses.increment()
         case let .sampleProgress(pid):
             baselineSample = ProcSampler.sample(pid: pid)
         case let .collectSoftEvidence(pid, silenceMs):
@@ -216,14 +251,17 @@ public final class Supervisor {
             if let before = baselineSample { line += "; progress since the first miss: \(ProgressJudge.judge(before: before, after: now).reason)" }
             logger.warning("\(line)")
             pendingNotes.append(line)
+            metrics.suspects.increment()
         case let .judgeProgress(pid):
             let verdict = judgeProgress(pid: pid)
             logger.notice("progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
+            metrics.verdict(verdict.kind)
             perform(machine.progressJudged(verdict, at: now()))
         case let .deadlineExtended(byMs, totalMs, reason):
             let line = "deadline extended by \(byMs) ms (\(totalMs) ms in all): starved, not stuck: \(reason)"
             logger.warning("\(line)")
             pendingNotes.append(line)
+            metrics.extensions.increment()
         case let .serviceNotified(text):
             logger.info("service says: \(text)")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
@@ -254,6 +292,7 @@ public final class Supervisor {
         case let .closeIncident(outcome):
             closeIncident(outcome)
         case let .scheduleRestart(delayMs):
+            metrics.restarts.increment()
             logger.info("restarting \(config.service.name) in \(delayMs) ms (restart \(machine.restarts))")
         case let .exit(code):
             if code != 0 { logger.error("giving up on \(config.service.name): restart intensity exceeded") }
@@ -262,15 +301,8 @@ public final class Supervisor {
     }
 
     private func spawnInstance() {
-        var env = currentEnvironment()
-        for (k, v) in config.service.environment { env[k] = v }
-        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
-        env["DEFIB_SERVICE"] = config.service.name
-        // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
-        // service should die (and dump) on them like any other program.
-        if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
         unlink(config.controlSocketPath)
-        var request = SpawnRequest(argv: config.service.argv, environment: env, workingDirectory: config.service.workingDirectory)
+        var request = SpawnRequest(argv: config.service.argv, environment: childEnvironment(), workingDirectory: config.service.workingDirectory)
         request.passFDs = passedSockets.map(\.fd)
         request.passFDNames = passedSockets.map(\.name)
         do {
@@ -317,6 +349,8 @@ public final class Supervisor {
             logger.error("could not record incident: \(error)")
         }
         incident = new
+        metrics.incident(cause: incidentCause.kind)
+        lastIncidentLine = "\(new.id.map { "#\($0)" } ?? "") \(incidentCause.kind) at \(RFC3339.string(detected))"
         logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)")
     }
 

@@ -1,0 +1,92 @@
+import DefibCore
+import DefibPOSIX
+import Foundation
+import Glibc
+
+/// defib inside systemd (Type=notify, WatchdogSec=) and systemd's protocols offered to the child.
+extension Supervisor {
+    /// The NOTIFY_SOCKET we serve to the child, next to its control socket.
+    var notifySocketPath: String { (config.controlSocketPath as NSString).deletingLastPathComponent + "/notify.sock" }
+
+    /// Environment for a new instance: ours, minus what systemd gave *us* (our NOTIFY_SOCKET, watchdog,
+    /// passed sockets), plus the child's own: its control socket, our NOTIFY_SOCKET, WATCHDOG_USEC when
+    /// keep-alives are expected, and the config's variables.
+    func childEnvironment() -> [String: String] {
+        var env = currentEnvironment()
+        for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] {
+            env.removeValue(forKey: key)
+        }
+        // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
+        // service should die (and dump) on them like any other program.
+        if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }
+        for (k, v) in config.service.environment { env[k] = v }
+        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
+        env["DEFIB_SERVICE"] = config.service.name
+        env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
+        if let notifyServer { env["NOTIFY_SOCKET"] = notifyServer.path }
+        if config.heartbeat.source.usesNotify {
+            // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
+            env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
+        }
+        return env
+    }
+
+    /// Reads every pending sd_notify datagram; only the child's own pid is heard (NotifyAccess=main).
+    func handleNotifyMessages() {
+        guard let notifyServer else { return }
+        for message in notifyServer.receiveAll() {
+            guard let child, message.pid == child.pid else {
+                metrics.notifyRejected.increment()
+                logger.warning("ignored sd_notify message from pid \(message.pid) (only the service's main pid \(child.map { String($0.pid) } ?? "-") is heard): \(message.text.prefix(120))")
+                continue
+            }
+            let parsed = NotifyProtocol.parse(message.text)
+            for problem in parsed.problems { logger.warning("sd_notify from pid \(message.pid): \(problem)") }
+            if message.truncated { logger.warning("sd_notify from pid \(message.pid): datagram longer than 4 KiB, truncated") }
+            perform(machine.notifyReceived(parsed.fields, at: now()))
+        }
+    }
+
+    /// WATCHDOG=1 to our own manager, at half its WATCHDOG_USEC, sent from the loop itself: if the loop
+    /// (our event loop and decision loop, which are one) stops turning, systemd's watchdog fires.
+    func keepSystemdWatchdogFed() {
+        guard let usec = systemdWatchdogUsec else { return }
+        let nowNs = monotonicNanoseconds()
+        guard nowNs >= nextSystemdKeepAlive else { return }
+        SystemdNotifier.notify("WATCHDOG=1")
+        nextSystemdKeepAlive = nowNs + Int64(usec) * 500   // half the period, in ns
+    }
+
+    /// Milliseconds until the next keep-alive to systemd is due (for the poll timeout).
+    var msUntilSystemdKeepAlive: Int32? {
+        guard systemdWatchdogUsec != nil else { return nil }
+        return Int32(clamping: max(0, (nextSystemdKeepAlive - monotonicNanoseconds()) / 1_000_000))
+    }
+
+    /// STATUS= for `systemctl status`, sent when it changes; READY=1 the first time the service answers.
+    func updateSystemdStatus(ready: Bool = false) {
+        guard SystemdNotifier.isEnabled else { return }
+        var status = "\(config.service.name): \(machine.phase.rawValue)"
+        if let pid = machine.pid { status += " pid \(pid)" }
+        status += "; \(machine.restarts) restart(s)"
+        if let last = lastIncidentLine { status += "; last incident \(last)" }
+        if let serviceStatus { status += "; service: \(serviceStatus.prefix(80))" }
+        var message = ""
+        if ready && !announcedReady {
+            announcedReady = true
+            message += "READY=1\n"
+        }
+        guard !message.isEmpty || status != lastStatusSent else { return }
+        lastStatusSent = status
+        SystemdNotifier.notify(message + "STATUS=" + status)
+    }
+
+    /// A test-only fault (never set in production): wedge the loop this long after the first ready, to
+    /// prove that systemd's watchdog restarts a wedged defib.
+    func wedgeIfAskedForTests() {
+        guard let ms = testWedgeAfterReadyMs, let since = firstReadyAtNs,
+              monotonicNanoseconds() - since >= Int64(ms) * 1_000_000 else { return }
+        logger.critical("DEFIB_TEST_WEDGE_AFTER_READY_MS: wedging the event loop on purpose (test-only fault)")
+        while true { sleep(3600) }
+    }
+}
