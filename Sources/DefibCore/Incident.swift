@@ -68,6 +68,13 @@ public struct LockState: Sendable, Equatable, Codable {
     public var lastHolder: String?     // last write holder label, when known
     public var readersWaiting: Int?
     public var writersWaiting: Int?
+    /// The current write holder's thread and since when it holds (ms since the epoch).
+    public var holderTid: Int32?
+    public var holderSinceUnixMs: Int64?
+    /// "buggy" (parking_lot 0.8.0–0.12.3) or "fixed" (0.12.4).
+    public var revert: String?
+    /// The last slow-lock events from the flight recorder, oldest first.
+    public var events: [LockEventRecord]?
     public init(name: String, address: String, word: String, source: String,
                 holder: String? = nil, lastHolder: String? = nil, readersWaiting: Int? = nil, writersWaiting: Int? = nil) {
         self.name = name; self.address = address; self.word = word; self.source = source
@@ -111,6 +118,14 @@ public struct Incident: Sendable, Equatable, Codable {
     public var progress: ProgressVerdict?
     /// Thread states at the suspect stage and at the hang, e.g. "8 S (8 in futex)".
     public var threadStates: String?
+    /// A short hash grouping repeats of the same hang (see `IncidentSignature`).
+    public var signature: String?
+    /// Threads in the core (or in /proc when no core was taken).
+    public var threads: Int?
+    /// The evidence behind `diagnosis`, one line each.
+    public var diagnosisEvidence: [String]?
+    /// Where the flight recorder was read from and what it said at the hang, when there was one.
+    public var flightRecorder: String?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {
