@@ -1,1 +1,0 @@
-// The flight recorder format lands here (see ParkingLock).
