@@ -1,0 +1,106 @@
+/// How a timed writer that gives up while waiting for readers reverts its bits.
+public enum RevertStrategy: String, Sendable, CaseIterable {
+    /// parking_lot 0.8.0–0.12.3: one blind wrapping add of `prev &- (WRITER | WRITER_PARKED)`, with a
+    /// timed-out callback that does nothing. Corrupts the word when a reader's unlock clears
+    /// WRITER_PARKED in the window before the add.
+    case buggy
+    /// parking_lot 0.12.4: the timed-out callback clears WRITER_PARKED under the queue lock; the revert
+    /// subtracts only WRITER.
+    case fixed
+}
+
+/// An RwLock operation that cannot proceed.
+public enum RwLockError: Error, Equatable, CustomStringConvertible {
+    /// A recursive read would overflow the reader count (parking_lot panics with "RwLock reader count overflow").
+    case readerCountOverflow(word: UInt64)
+
+    /// "reader count overflow (lock word 0x…)".
+    public var description: String {
+        switch self {
+        case .readerCountOverflow(let word): "reader count overflow (lock word \(LockWord.hex(word)))"
+        }
+    }
+}
+
+/// One write holder, for telemetry.
+public struct LockHolder: Sendable, Equatable {
+    /// What the holder is doing, with context (e.g. "catalog.update app=shop").
+    public var label: String
+    /// Kernel thread id (gettid) of the holder.
+    public var tid: Int32
+    /// CLOCK_MONOTONIC when the lock was taken.
+    public var sinceMonotonicNs: UInt64
+    /// Wall clock when the lock was taken (Unix ms).
+    public var sinceUnixMs: Int64
+
+    /// Makes a holder record.
+    public init(label: String, tid: Int32, sinceMonotonicNs: UInt64, sinceUnixMs: Int64) {
+        self.label = label
+        self.tid = tid
+        self.sinceMonotonicNs = sinceMonotonicNs
+        self.sinceUnixMs = sinceUnixMs
+    }
+}
+
+/// A lock's state at one moment, read without taking the lock.
+public struct LockSnapshot: Sendable, Equatable {
+    /// The lock's name.
+    public var name: String
+    /// Address of the 64-bit lock word (stable for the lock's life).
+    public var address: UInt
+    /// The raw lock word.
+    public var word: UInt64
+    /// The timeout-revert strategy in force.
+    public var revert: RevertStrategy
+    /// The current write holder.
+    public var holder: LockHolder?
+    /// The previous write holder.
+    public var lastHolder: LockHolder?
+    /// Readers parked on the lock.
+    public var readersWaiting: Int
+    /// Writers parked on the lock (on either queue).
+    public var writersWaiting: Int
+
+    /// Makes a snapshot.
+    public init(name: String, address: UInt, word: UInt64, revert: RevertStrategy, holder: LockHolder?,
+                lastHolder: LockHolder?, readersWaiting: Int, writersWaiting: Int) {
+        self.name = name
+        self.address = address
+        self.word = word
+        self.revert = revert
+        self.holder = holder
+        self.lastHolder = lastHolder
+        self.readersWaiting = readersWaiting
+        self.writersWaiting = writersWaiting
+    }
+}
+
+/// The bits of the 64-bit lock word (parking_lot's raw_rwlock.rs).
+public enum LockWord {
+    /// Some thread is parked in the main queue (key = word address).
+    public static let parked: UInt64 = 0b0001
+    /// A writer holding WRITER is parked waiting for readers (key = address + 1).
+    public static let writerParked: UInt64 = 0b0010
+    /// An upgradable reader holds the lock (not used by this project).
+    public static let upgradable: UInt64 = 0b0100
+    /// With no readers: a writer holds the lock. With readers: a writer waits for them to leave.
+    public static let writer: UInt64 = 0b1000
+    /// The reader count's unit; the count lives in the upper 60 bits.
+    public static let oneReader: UInt64 = 0b1_0000
+    /// Mask of the reader-count bits.
+    public static let readersMask: UInt64 = ~0b1111
+
+    /// Readers counted in `word`.
+    public static func readerCount(_ word: UInt64) -> UInt64 { word >> 4 }
+
+    /// A reader count no real program reaches (≥ 2^59): the signature of the timeout-revert underflow.
+    public static func isCorrupt(_ word: UInt64) -> Bool {
+        word & (writer | writerParked) == (writer | writerParked) && readerCount(word) >= (1 << 59)
+    }
+
+    /// "0x" and 16 hex digits.
+    public static func hex(_ word: UInt64) -> String {
+        let digits = String(word, radix: 16)
+        return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
+    }
+}
