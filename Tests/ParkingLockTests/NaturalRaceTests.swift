@@ -1,0 +1,34 @@
+import ParkingLock
+import Testing
+
+extension ParkingLockSuite {
+    /// The race without the gate: readers whose holds track the writers' timeout T, writers looping on
+    /// tryWrite(for: T). The buggy revert must corrupt the word within the bound; the fixed one must
+    /// survive the same configuration, with thousands of writer timeouts to show the window was exercised.
+    @Suite(.serialized) struct NaturalRace {
+        static let config = ChurnConfig(readers: 4, writers: 2, timeout: .microseconds(200))
+        /// Allowance for the buggy variant (the spec measured medians of 1–5 s, a max of 33 s).
+        static let bound: Duration = .seconds(60)
+
+        @Test(arguments: [ReaderHold.exactlyTimeout, .randomUpToTwiceTimeout])
+        func buggyCorruptsAndFixedSurvives(hold: ReaderHold) throws {
+            var config = Self.config
+            config.hold = hold
+            let buggy = runChurn(config, revert: .buggy, duration: Self.bound)
+            print("natural race, \(config), buggy: \(buggy)")
+            #expect(buggy.corrupted, "buggy revert did not corrupt within \(Self.bound): \(buggy)")
+            #expect(!buggy.stalled || buggy.corrupted)
+            #expect(buggy.writerTimeouts > 0)
+
+            // The fixed run lasts at least 3× what the buggy one needed, and at least 8 s.
+            let seconds = min(60, max(8, Int((buggy.seconds * 3).rounded(.up))))
+            let fixed = runChurn(config, revert: .fixed, duration: .seconds(seconds))
+            print("natural race, \(config), fixed: \(fixed)")
+            #expect(!fixed.corrupted, "fixed revert corrupted the word: \(fixed)")
+            #expect(!fixed.stalled, "fixed run stopped making progress: \(fixed)")
+            #expect(fixed.writerTimeouts >= 5000, "too few writer timeouts to mean anything: \(fixed)")
+            #expect(fixed.reads > 1000 && fixed.writes > 1000, "\(fixed)")
+            #expect(fixed.finalWord == 0, "word not clean once every worker left: \(LockWord.hex(fixed.finalWord))")
+        }
+    }
+}
