@@ -1,0 +1,378 @@
+import CDefibShims
+import DefibCore
+import Glibc
+
+/// How the native core writer works.
+public struct NativeCoreOptions: Sendable, Equatable {
+    /// Wall-time budget for the whole capture. Past it no more memory is copied: the core is kept, marked truncated.
+    public var budgetMs: Int
+    /// Threads copying memory (the calling thread is one of them).
+    public var writerThreads: Int = 2
+    /// The thread to put first, which gdb shows as the current thread; nil = the thread-group leader.
+    public var firstThread: Int32? = nil
+    /// Bytes read with one process_vm_readv (512 KiB measured best here; larger chunks thrash the cache).
+    public var chunkBytes: Int = 512 << 10
+    /// How long to wait for every thread to stop (threads in uninterruptible sleep never do). Not part of the budget:
+    /// registers of every thread are worth more than memory.
+    public var stopTimeoutMs: Int = 500
+
+    /// Options with a budget and the defaults for everything else.
+    public init(budgetMs: Int, writerThreads: Int = 2, firstThread: Int32? = nil, chunkBytes: Int = 512 << 10,
+                stopTimeoutMs: Int = 500) {
+        self.budgetMs = budgetMs; self.writerThreads = writerThreads; self.firstThread = firstThread
+        self.chunkBytes = chunkBytes; self.stopTimeoutMs = stopTimeoutMs
+    }
+
+    /// The first invalid option, named with its value, or nil.
+    public var validationError: String? {
+        if budgetMs <= 0 { return "budgetMs must be positive, got \(budgetMs)" }
+        if !(1...16).contains(writerThreads) { return "writerThreads must be 1…16, got \(writerThreads)" }
+        if chunkBytes < 4096 || chunkBytes % 4096 != 0 || chunkBytes > 64 << 20 {
+            return "chunkBytes must be a multiple of 4096 between 4096 and 64 MiB, got \(chunkBytes)"
+        }
+        if stopTimeoutMs <= 0 { return "stopTimeoutMs must be positive, got \(stopTimeoutMs)" }
+        return nil
+    }
+}
+
+/// What the native core writer did.
+public struct NativeCoreResult: Sendable, Equatable {
+    /// Method "native"; `path` nil when no file was kept; `error` says why it failed or that it was truncated.
+    public var record: CaptureRecord
+    /// Threads in the core (stopped and registers read).
+    public var threads: Int
+    /// Disk space the core really takes (st_blocks × 512): zero pages are holes.
+    public var allocatedBytes: Int64
+    /// True when the budget ran out (or the process died) before all memory was copied. Headers are still valid.
+    public var truncated: Bool
+    /// Milliseconds from the first PTRACE_SEIZE until every thread was stopped.
+    public var stopMs: Double
+    /// Things worth recording that did not make the capture fail ("2 threads did not stop …").
+    public var notes: [String]
+    /// True when the process's main thread died during the capture. Its exit status was left for the parent to reap.
+    public var processExited: Bool
+}
+
+/// Writes an ELF core of a live process from the outside, the way the kernel would (see
+/// /work/shared/reference/core-capture.md): stop every thread with ptrace, read registers, copy the mappings the
+/// kernel's default coredump_filter would, detach. The process keeps running afterwards.
+public enum NativeCoreWriter {
+    /// Captures `pid` into `path` (created 0600, replaced if it exists). Every ptrace call is made from the calling
+    /// thread. Never throws: failures are in `record.error`, and no file is left when nothing useful was written.
+    public static func capture(pid: Int32, path: String, options: NativeCoreOptions) -> NativeCoreResult {
+        let started = monotonicNanoseconds()
+        func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
+        var notes: [String] = []
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
+            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
+        }
+        if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
+        if pid <= 0 { return failed("invalid pid \(pid)") }
+        if path.isEmpty { return failed("invalid core path: empty") }
+        let deadline = started + Int64(options.budgetMs) * 1_000_000
+
+        // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
+        let processStat: ProcStat
+        do { processStat = try ProcStat.read("/proc/\(pid)/stat") } catch {
+            return failed("process \(pid) not found (\(error))")
+        }
+        // Open before stopping, so a bad path never stops the process.
+        let fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }
+        defer { close(fd) }
+        fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
+
+        let stopStarted = monotonicNanoseconds()
+        var process: StoppedProcess
+        do {
+            process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
+        } catch {
+            unlink(path)
+            if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
+            return failed("\(error)")
+        }
+        let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
+        var attached = true
+        defer { if attached { process.detachAll() } }
+        if process.stopped.isEmpty {
+            unlink(path)
+            process.detachAll(); attached = false
+            return failed("process \(pid) exited before any thread could be stopped", stopMs: stopMs, exited: process.leaderExited)
+        }
+        if !process.unstopped.isEmpty {
+            notes.append("\(process.unstopped.count) thread(s) did not stop within \(options.stopTimeoutMs) ms (uninterruptible sleep?): "
+                         + "\(process.unstopped.sorted().map(String.init).joined(separator: ", ")); they are not in the core")
+        }
+
+        // Everything below reads a stopped process; a failure to read a /proc file means it died.
+        let snapshot: ProcessSnapshot
+        do {
+            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat)
+        } catch {
+            unlink(path)
+            process.detachAll(); attached = false
+            return failed("reading process \(pid) after stopping it: \(error)", stopMs: stopMs, exited: process.leaderExited)
+        }
+        notes += snapshot.notes
+        if snapshot.threads.isEmpty {
+            unlink(path)
+            process.detachAll(); attached = false
+            return failed("every thread of process \(pid) vanished while its registers were read", stopMs: stopMs,
+                          exited: process.leaderExited)
+        }
+
+        let plan = CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes)
+        let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
+                                      deadline: deadline)
+        copier.run(threads: options.writerThreads)
+
+        // Memory is copied: let the process go before the headers are written.
+        process.detachAll(); attached = false
+
+        var layout = plan.layout
+        var truncated = false
+        var error: String? = nil
+        switch copier.failure {
+        case .diskFull(let e)?:
+            unlink(path)
+            return failed("disk full while writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
+        case .writeFailed(let e)?:
+            unlink(path)
+            return failed("writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
+        case .processGone?:
+            truncated = true
+            error = "truncated: process \(pid) died during the capture"
+        case nil:
+            break
+        }
+        if copier.timedOut {
+            truncated = true
+            error = "truncated: the \(options.budgetMs) ms budget ran out"
+        }
+        if truncated {
+            // A segment keeps the copied prefix of its units; the rest reads as "not in the core" rather than zeros.
+            var complete = 0, withData = 0
+            for (segment, unitIndices) in plan.unitsBySegment.enumerated() where !unitIndices.isEmpty {
+                withData += 1
+                var prefix: UInt64 = 0
+                for u in unitIndices {
+                    guard copier.isDone(u) else { break }
+                    prefix += UInt64(plan.units[u].length)
+                }
+                if prefix == layout.segments[segment].filesz { complete += 1 }
+                layout.setFileSize(prefix, ofSegment: segment)
+            }
+            error! += " after \(copier.bytesWritten >> 20) MiB written; \(complete) of \(withData) mappings complete"
+        }
+
+        let header = layout.headerBytes(notes: plan.notes)
+        let headerWrite = header.withUnsafeBytes { raw -> Int in
+            var done = 0
+            while done < raw.count {
+                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return n == 0 ? -2 : -1 }
+                done += n
+            }
+            return 0
+        }
+        if headerWrite != 0 {
+            let e = SystemError("pwrite(\(path), headers)", errno: headerWrite == -2 ? ENOSPC : errno)
+            unlink(path)
+            let full = e.errno == ENOSPC || e.errno == EDQUOT
+            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
+                          stopMs: stopMs, exited: process.leaderExited)
+        }
+        if retryingEINTR({ ftruncate(fd, off_t(layout.fileSize)) }) != 0 {
+            let e = SystemError("ftruncate(\(path), \(layout.fileSize))")
+            unlink(path)
+            let full = e.errno == ENOSPC || e.errno == EDQUOT || e.errno == EFBIG
+            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
+                          stopMs: stopMs, exited: process.leaderExited)
+        }
+        var st = stat()
+        fstat(fd, &st)
+        if process.leaderExited { notes.append("the main thread exited during the capture") }
+        if process.redelivered > 0 {
+            notes.append("re-delivered \(process.redelivered) signal(s) that arrived as the threads stopped")
+        }
+        if process.vanished > 0 { notes.append("\(process.vanished) thread(s) ended during the capture") }
+        return NativeCoreResult(
+            record: CaptureRecord(method: "native", path: path, bytes: Int64(st.st_size), durationMs: elapsedMs(), error: error),
+            threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
+            stopMs: stopMs, notes: notes, processExited: process.leaderExited)
+    }
+}
+
+/// One stopped thread's registers and signal state.
+struct ThreadSnapshot {
+    var tid: Int32
+    var registers: [UInt8]
+    var fpRegisters: [UInt8]?
+    var xstate: [UInt8]?
+    var status: ProcStatus
+    var stat: ProcStat?
+}
+
+/// Everything read from a stopped process, in the order the core wants it.
+struct ProcessSnapshot {
+    var pid: Int32
+    var stat: ProcStat
+    var status: ProcStatus
+    var threads: [ThreadSnapshot]
+    var mappings: [SmapsEntry]
+    var extents: [DumpExtent]
+    /// For `.firstPageIfELF` mappings: whether memory starts with the ELF magic.
+    var elfHeaderAt: Set<UInt64>
+    var auxv: [UInt8]
+    var commandLine: [UInt8]
+    var notes: [String]
+
+    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat) throws -> ProcessSnapshot {
+        var notes: [String] = []
+        let smapsText = try readProcText("/proc/\(pid)/smaps")
+        let mappings = try SmapsParser.parse(smapsText)
+        let filter = (try? readProcText("/proc/\(pid)/coredump_filter"))
+            .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
+        let extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
+        var elfHeaderAt: Set<UInt64> = []
+        for (m, e) in zip(mappings, extents) where e == .firstPageIfELF {
+            var magic: UInt32 = 0
+            let n = withUnsafeMutableBytes(of: &magic) { defib_read_memory(pid, m.start, $0.baseAddress, 4) }
+            if n == 4 && magic == 0x464c_457f { elfHeaderAt.insert(m.start) }
+        }
+        let status = ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
+        let auxv = (try? readProcFile("/proc/\(pid)/auxv")) ?? []
+        let cmdline = (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
+
+        // gdb's current thread is the first NT_PRSTATUS: the requested one, else the leader.
+        var order = tids
+        let wanted = first ?? pid
+        if let i = order.firstIndex(of: wanted) {
+            order.remove(at: i); order.insert(wanted, at: 0)
+        } else if let first {
+            notes.append("requested first thread \(first) is not a stopped thread of \(pid); using \(order[0])")
+        }
+        var threads: [ThreadSnapshot] = []
+        for tid in order {
+            var regs = [UInt8](repeating: 0, count: PrStatus.registersSize)
+            let n = regs.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_PRSTATUS), $0.baseAddress, $0.count) }
+            if n != PrStatus.registersSize {
+                notes.append("thread \(tid) left out: \(SystemError("ptrace(PTRACE_GETREGSET, \(tid), NT_PRSTATUS)"))")
+                continue
+            }
+            var fp = [UInt8](repeating: 0, count: 512)
+            let fn = fp.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_PRFPREG), $0.baseAddress, $0.count) }
+            var xs = [UInt8](repeating: 0, count: 32 << 10)
+            let xn = xs.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_X86_XSTATE), $0.baseAddress, $0.count) }
+            let tStatus = (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
+            let tStat = try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat")
+            threads.append(ThreadSnapshot(tid: tid, registers: regs,
+                                          fpRegisters: fn == 512 ? fp : nil,
+                                          xstate: xn > 0 ? Array(xs.prefix(xn)) : nil,
+                                          status: tStatus, stat: tStat))
+        }
+        return ProcessSnapshot(pid: pid, stat: stat, status: status, threads: threads, mappings: mappings, extents: extents,
+                               elfHeaderAt: elfHeaderAt, auxv: auxv, commandLine: cmdline, notes: notes)
+    }
+}
+
+/// The notes, the layout and the copy units of one core, decided before any byte is written.
+struct CorePlan {
+    var notes: [UInt8]
+    var layout: ELFCoreLayout
+    var units: [CopyUnit]
+    /// Unit indices of each segment, in address order.
+    var unitsBySegment: [[Int]]
+
+    init(snapshot s: ProcessSnapshot, chunkBytes: Int) {
+        notes = Self.encodeNotes(s)
+        var segments: [CoreSegment] = []
+        for (m, extent) in zip(s.mappings, s.extents) {
+            let filesz: UInt64
+            switch extent {
+            case .nothing: filesz = 0
+            case .whole: filesz = m.size
+            case .firstPageIfELF: filesz = s.elfHeaderAt.contains(m.start) ? min(ELF.pageSize, m.size) : 0
+            }
+            let flags: UInt32 = (m.isReadable ? 4 : 0) | (m.isWritable ? 2 : 0) | (m.isExecutable ? 1 : 0)
+            segments.append(CoreSegment(vaddr: m.start, memsz: m.size, filesz: filesz, flags: flags))
+        }
+        layout = ELFCoreLayout(segments: segments, notesSize: notes.count)
+        units = []
+        unitsBySegment = Array(repeating: [], count: segments.count)
+        // Small mappings first (stacks, .data, the vDSO): if the budget runs out it cuts the big buffers, not the
+        // memory a backtrace needs.
+        let bySize = layout.segments.indices.filter { layout.segments[$0].filesz > 0 }
+            .sorted { (layout.segments[$0].filesz, $0) < (layout.segments[$1].filesz, $1) }
+        for index in bySize {
+            let seg = layout.segments[index]
+            let anonymous = !s.mappings[index].isFileBacked && s.mappings[index].path != "[vdso]"
+            var offset: UInt64 = 0
+            while offset < seg.filesz {
+                let length = Int(min(UInt64(chunkBytes), seg.filesz - offset))
+                unitsBySegment[index].append(units.count)
+                units.append(CopyUnit(segment: index, address: seg.vaddr + offset, length: length,
+                                      fileOffset: seg.offset + offset, skipAbsentPages: anonymous))
+                offset += UInt64(length)
+            }
+        }
+    }
+
+    /// Notes in the kernel's order: first thread PRSTATUS, PRPSINFO, SIGINFO, AUXV, FILE, then its FPREGSET and
+    /// XSTATE; each later thread PRSTATUS, FPREGSET, XSTATE.
+    static func encodeNotes(_ s: ProcessSnapshot) -> [UInt8] {
+        let hz = UInt64(max(sysconf(Int32(_SC_CLK_TCK)), 1))
+        var list: [CoreNote] = []
+        for (i, t) in s.threads.enumerated() {
+            var pr = PrStatus()
+            // A live capture has no fatal signal. SIGSTOP is what it is: the process stopped from outside, as gcore
+            // records it, so gdb says "stopped" rather than naming a crash that never happened.
+            pr.signal = SIGSTOP
+            pr.pending = t.status.pending
+            pr.held = t.status.blocked
+            pr.pid = t.tid; pr.ppid = s.stat.ppid; pr.pgrp = s.stat.pgrp; pr.sid = s.stat.session
+            if let st = t.stat {
+                pr.utime = CoreTimeval(ticks: st.utime, ticksPerSecond: hz)
+                pr.stime = CoreTimeval(ticks: st.stime, ticksPerSecond: hz)
+            }
+            pr.cutime = CoreTimeval(ticks: s.stat.cutime, ticksPerSecond: hz)
+            pr.cstime = CoreTimeval(ticks: s.stat.cstime, ticksPerSecond: hz)
+            pr.registers = t.registers
+            pr.fpValid = t.fpRegisters != nil
+            list.append(CoreNote(type: ELF.NT_PRSTATUS, desc: pr.encode()))
+            if i == 0 {
+                list.append(CoreNote(type: ELF.NT_PRPSINFO, desc: Self.psinfo(s).encode()))
+                list.append(CoreNote(type: ELF.NT_SIGINFO,
+                                     desc: encodeSigInfo(signal: SIGSTOP, code: 0, senderPid: getpid(), senderUid: getuid())))
+                if !s.auxv.isEmpty { list.append(CoreNote(type: ELF.NT_AUXV, desc: s.auxv)) }
+                let files = s.mappings.filter(\.isFileBacked)
+                    .map { FileMapping(start: $0.start, end: $0.end, offset: $0.offset, path: $0.path) }
+                list.append(CoreNote(type: ELF.NT_FILE, desc: encodeFileNote(files)))
+            }
+            if let fp = t.fpRegisters { list.append(CoreNote(type: ELF.NT_PRFPREG, desc: fp)) }
+            if let xs = t.xstate { list.append(CoreNote(type: ELF.NT_X86_XSTATE, desc: xs)) }
+        }
+        var w = ByteWriter()
+        for note in list { note.encode(into: &w) }
+        return w.bytes
+    }
+
+    static func psinfo(_ s: ProcessSnapshot) -> PrPsInfo {
+        var ps = PrPsInfo()
+        let state = PrPsInfo.state(fromLetter: s.stat.state)
+        ps.state = state.index; ps.stateLetter = state.letter
+        ps.zombie = state.letter == UInt8(ascii: "Z")
+        ps.nice = Int8(clamping: s.stat.nice)
+        ps.flags = s.stat.flags
+        ps.uid = s.status.uid; ps.gid = s.status.gid
+        ps.pid = s.pid; ps.ppid = s.stat.ppid; ps.pgrp = s.stat.pgrp; ps.sid = s.stat.session
+        ps.fname = Array(s.stat.comm.utf8)
+        // The kernel's psargs: argv joined by spaces (NULs become spaces), at most 79 bytes.
+        var args = s.commandLine
+        while args.last == 0 { args.removeLast() }
+        ps.psargs = args.map { $0 == 0 ? UInt8(ascii: " ") : $0 }
+        return ps
+    }
+}
