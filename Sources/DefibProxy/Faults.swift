@@ -141,8 +141,8 @@ public final class FaultInjector: @unchecked Sendable {
         let catalog = self.catalog, logger = self.logger
         startThread(name: "fault-race") {
             for attempt in 1...20 {
-                if FaultInjector.runStagedRace(catalog: catalog, update: update) {
-                    logger.warning("fault timeout-race: catalog lock word corrupted to \(hex16(lock.rawWord)) (attempt \(attempt))")
+                if let word = FaultInjector.runStagedRace(catalog: catalog, update: update) {
+                    logger.warning("fault timeout-race: catalog lock word corrupted to \(hex16(word)) (attempt \(attempt))")
                     return
                 }
                 logger.info("fault timeout-race: attempt \(attempt) left the word at \(hex16(lock.rawWord)) (a concurrent reader); staging again")
@@ -153,8 +153,9 @@ public final class FaultInjector: @unchecked Sendable {
 
     /// One run of the forced schedule: T1 holds a read lock; T2's `tryWrite(for: 50 ms)` times out and
     /// parks at the gate; T1 unlocks (its unpark callback clears WRITER_PARKED); T2's blind revert
-    /// lands. Returns whether the word ended up corrupted. Blocks until both threads are done.
-    static func runStagedRace(catalog: Catalog, update: RouteUpdate) -> Bool {
+    /// lands. Returns the corrupted word seen right after the revert, or nil when the word came out
+    /// valid. Blocks until both threads are done.
+    static func runStagedRace(catalog: Catalog, update: RouteUpdate) -> UInt64? {
         let lock = catalog.lock
         let readerHolds = ThreadEvent()
         let writerDone = ThreadEvent()
@@ -167,16 +168,20 @@ public final class FaultInjector: @unchecked Sendable {
             lock.unlockShared()
             readerDone.set()
         }
+        let wordAfterRevert = Atomic<UInt64>(0)
         startThread(name: "fault-writer-t2") {
             _ = readerHolds.wait(timeoutNs: 10_000_000_000)
             _ = catalog.apply(update, timeout: stagedWriterTimeout)
+            // As close to the revert as we can see it: a request reader parking later sets PARKED (…ff).
+            wordAfterRevert.store(lock.rawWord, ordering: .relaxed)
             writerDone.set()
         }
         // The writer cannot finish before the reader unlocked (the gate), so both are done after this.
         _ = readerDone.wait(timeoutNs: 15_000_000_000)
         _ = writerDone.wait(timeoutNs: 15_000_000_000)
         lock.timeoutGate.disarm()
-        return isCorruptedWord(lock.rawWord)
+        let word = wordAfterRevert.load(ordering: .relaxed)
+        return isCorruptedWord(word) ? word : nil
     }
 
     /// A harmless real update for the staged writer: re-announce the first machine as it is.
