@@ -68,11 +68,16 @@ public final class IncidentStore: Sendable {
         } catch {
             throw StoreError(.open, path: path, "cannot open for reading: \(sqliteMessage(error))")
         }
-        let initialized: Bool
+        let (initialized, empty): (Bool, Bool)
         do {
-            initialized = try queue.read { try $0.tableExists(IncidentSchema.table) }
+            (initialized, empty) = try queue.read { db in
+                (try db.tableExists(IncidentSchema.table), try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master") == 0)
+            }
         } catch {
             throw StoreError(.open, path: path, "cannot read: \(sqliteMessage(error))")
+        }
+        if !initialized && empty {
+            throw StoreError(.uninitialized, path: path, "the incident database has no schema yet (a supervisor is creating it?)")
         }
         guard initialized else {
             throw StoreError(.open, path: path, "not an incident database (no '\(IncidentSchema.table)' table)")

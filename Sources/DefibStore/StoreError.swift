@@ -5,6 +5,8 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     public enum Kind: String, Sendable {
         /// There is no database file where one was expected (read-only open).
         case missingDatabase = "missing-database"
+        /// The file exists but is still empty: a supervisor has created it and not yet set up the schema.
+        case uninitialized
         /// SQLite could not open or create the file, or could not set it up.
         case open
         /// A schema migration failed.

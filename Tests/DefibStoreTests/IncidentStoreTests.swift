@@ -292,6 +292,12 @@ func fullyPopulated() -> Incident {
         #expect(nowhere.kind == .open)
         #expect(nowhere.description == "\(dir.path)/no/such/dir/incidents.sqlite: cannot create: No such file or directory")
 
+        // A file a supervisor has just created and not yet migrated: distinguishable, so `list` can say "none yet".
+        FileManager.default.createFile(atPath: dir.database, contents: nil)
+        let fresh = try #require(throws: StoreError.self) { try IncidentStore.openReadOnly(stateDirectory: dir.path) }
+        #expect(fresh.kind == .uninitialized, "\(fresh)")
+        try FileManager.default.removeItem(atPath: dir.database)
+
         let notADatabase = "\(dir.path)/incidents.sqlite"
         try "hello, I am a text file, not SQLite at all, padded to look like a page ....................................."
             .write(toFile: notADatabase, atomically: false, encoding: .utf8)
