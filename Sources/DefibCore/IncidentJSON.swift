@@ -3,13 +3,19 @@ import Foundation
 /// A JSON value whose objects keep their keys in the order they were built, so the output of
 /// `defib incidents --json` reads the same every time (JSONSerialization sorts or shuffles keys).
 public indirect enum JSONValue: Sendable, Equatable {
+    /// `null`.
     case null
+    /// `true` / `false`.
     case bool(Bool)
+    /// An integer, written without a fraction.
     case int(Int64)
+    /// A float, written with Swift's shortest round-tripping form (NaN and infinities become `null`).
     case double(Double)
+    /// A string, escaped as JSON requires.
     case string(String)
+    /// An array.
     case array([JSONValue])
-    /// Members in output order.
+    /// An object; members in output order.
     case object([JSONMember])
 
     /// The text: `pretty` = two-space indentation and one member per line; otherwise no whitespace at all.
