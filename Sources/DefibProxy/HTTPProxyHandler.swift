@@ -243,7 +243,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         state = .idle
         backend.close(promise: nil)
         env.stats.failed()
-        respondGatewayError(status: .gatewayTimeout, body: "\(target.describe) sent no response within \(env.responseTimeout.nanoseconds / 1_000_000) ms\n", keepAlive: keepAlive)
+        respondGatewayError(status: .badGateway, body: "\(target.describe) sent no response within \(env.responseTimeout.nanoseconds / 1_000_000) ms\n", keepAlive: keepAlive)
     }
 
     private func respondGatewayError(status: HTTPResponseStatus, body: String, keepAlive: Bool) {

@@ -4,7 +4,7 @@ import Synchronization
 public final class ProxyStats: Sendable {
     /// Requests answered with a backend's response or by `/healthz`.
     public let requestsServed = Atomic<Int>(0)
-    /// Requests the proxy answered with an error of its own (400, 404, 413, 502, 504).
+    /// Requests the proxy answered with an error of its own (400, 404, 413, 502).
     public let requestsFailed = Atomic<Int>(0)
     /// Catalog updates applied (including no-ops).
     public let updatesApplied = Atomic<Int>(0)

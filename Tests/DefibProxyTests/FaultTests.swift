@@ -25,7 +25,7 @@ struct FaultTests {
         leak(catalog)
         let update = FaultInjector.stagedUpdate(catalog.snapshot())
         #expect(update == .up(app: "shop", machine: "m1", address: BackendAddress(host: "127.0.0.1", port: 1)))
-        #expect(FaultInjector.runStagedRace(catalog: catalog, update: update))
+        #expect(FaultInjector.runStagedRace(catalog: catalog, update: update) == corrupted)
         #expect(catalog.lock.rawWord == corrupted, "word \(hex16(catalog.lock.rawWord))")
         #expect(catalog.lock.snapshot().holder == nil, "nobody holds the lock, yet …")
         #expect(readerStaysBlocked(catalog), "… every reader parks forever")
@@ -37,7 +37,7 @@ struct FaultTests {
 
     @Test func stagedScheduleWithTheFixedRevertLeavesACleanLock() throws {
         let catalog = try twoMachineCatalog(revert: .fixed)
-        #expect(!FaultInjector.runStagedRace(catalog: catalog, update: FaultInjector.stagedUpdate(catalog.snapshot())))
+        #expect(FaultInjector.runStagedRace(catalog: catalog, update: FaultInjector.stagedUpdate(catalog.snapshot())) == nil)
         #expect(catalog.lock.rawWord == 0)
         #expect(catalog.route(host: "shop") != .unknownHost)
         #expect(catalog.apply(.down(app: "shop", machine: "m2"), timeout: .seconds(1)) == .applied(changed: true))

@@ -51,6 +51,19 @@ struct ServerTests {
         #expect(server.stats.requestsFailed.load(ordering: .relaxed) == 2)
     }
 
+    @Test func backendThatNeverAnswersGets502NamingIt() throws {
+        let silent = SilentBackend()
+        defer { silent.stop() }
+        let (server, port) = try start {
+            $0.routeFlags = ["slow.test=127.0.0.1:\(silent.port)"]
+            $0.responseTimeoutMs = 300
+        }
+        defer { server.shutdown() }
+        let reply = try #require(httpGet(port: port, path: "/", host: "slow.test"))
+        #expect(reply.status == 502)
+        #expect(reply.text.hasSuffix("backend 127.0.0.1:\(silent.port) (app slow.test, machine m1) sent no response within 300 ms\n"), "\(reply.text)")
+    }
+
     @Test func keepAliveServesSeveralRequestsOnOneConnectionWithABody() throws {
         let backend = RawBackend(body: "ok")
         defer { backend.stop() }
