@@ -30,6 +30,11 @@ enum IncidentCodec {
     }
 
     static func decode(_ body: String, columns: Columns) throws -> Incident {
+        // Rows written by this version decode directly; only older ones need completing.
+        if var incident = try? decoder.decode(Incident.self, from: Data(body.utf8)) {
+            incident.id = columns.id
+            return incident
+        }
         guard var object = try JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any] else {
             throw DecodeFailure(message: "body is not a JSON object")
         }
@@ -55,16 +60,6 @@ enum IncidentCodec {
             }
         }
         guard object["cause"] != nil else { throw DecodeFailure(message: "body has no cause") }
-        let decoder = JSONDecoder()
-        decoder.dateDecodingStrategy = .custom { decoder in
-            let c = try decoder.singleValueContainer()
-            if let seconds = try? c.decode(Double.self) { return Date(timeIntervalSince1970: seconds) }
-            let text = try c.decode(String.self)
-            guard let date = parseRFC3339(text) else {
-                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 timestamp: \(text)")
-            }
-            return date
-        }
         var incident = try decoder.decode(Incident.self, from: JSONSerialization.data(withJSONObject: object))
         incident.id = columns.id
         return incident
@@ -75,12 +70,35 @@ enum IncidentCodec {
         var description: String { message }
     }
 
-    static func parseRFC3339(_ text: String) -> Date? {
+    private static var decoder: JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let c = try decoder.singleValueContainer()
+            if let seconds = try? c.decode(Double.self) { return Date(timeIntervalSince1970: seconds) }
+            let text = try c.decode(String.self)
+            guard let date = parseRFC3339(text) else {
+                throw DecodingError.dataCorruptedError(in: c, debugDescription: "not an RFC 3339 timestamp: \(text)")
+            }
+            return date
+        }
+        return decoder
+    }
+
+    // Formatters are costly to build (most of the time of listing thousands of incidents went there) and
+    // ISO8601DateFormatter is documented thread-safe, so one of each is shared.
+    nonisolated(unsafe) private static let withFraction: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let d = f.date(from: text) { return d }
+        return f
+    }()
+    nonisolated(unsafe) private static let withoutFraction: ISO8601DateFormatter = {
+        let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime]
-        return f.date(from: text)
+        return f
+    }()
+
+    static func parseRFC3339(_ text: String) -> Date? {
+        withFraction.date(from: text) ?? withoutFraction.date(from: text)
     }
 }
 

@@ -162,7 +162,7 @@ func parseDateArgument(_ text: String, option: String, now: Date = Date()) throw
 enum Format {
     /// `2026-11-23 10:00:00.123` in UTC.
     static func time(_ date: Date, milliseconds: Bool = true) -> String {
-        let s = RFC3339.string(date)   // 2026-11-23T10:00:00.123Z
+        let s = IncidentJSON.rfc3339(date)   // 2026-11-23T10:00:00.123Z
         let body = s.replacingOccurrences(of: "T", with: " ").replacingOccurrences(of: "Z", with: "")
         return milliseconds ? body : String(body.prefix(19))
     }
