@@ -30,8 +30,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         case rejecting(HTTPRequestHead, status: HTTPResponseStatus, body: String)
         case healthz(HTTPRequestHead)
         case collecting(HTTPRequestHead, body: ByteBuffer?, target: Target)
-        case connecting(keepAlive: Bool, target: Target)
-        case awaitingResponse(keepAlive: Bool, target: Target, backend: Channel, timeout: Scheduled<Void>?)
+        case connecting(HTTPRequestHead, target: Target)
+        case awaitingResponse(HTTPRequestHead, target: Target, backend: Channel, timeout: Scheduled<Void>?)
         case relaying(keepAlive: Bool, backend: Channel)
     }
 
@@ -170,8 +170,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     private func forward(_ request: HTTPRequestHead, body: ByteBuffer?, to target: Target) {
         guard let context else { return }
-        let keepAlive = request.isKeepAlive
-        state = .connecting(keepAlive: keepAlive, target: target)
+        state = .connecting(request, target: target)
         let loop = context.eventLoop
         let me = NIOLoopBound(self, eventLoop: loop)
         let bootstrap = ClientBootstrap(group: loop)
@@ -191,7 +190,7 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
         let outbound = Self.backendRequest(request, bodyLength: body?.readableBytes ?? 0, client: clientAddress)
         connected.whenComplete { result in
-            me.value.backendConnected(result, request: outbound, body: body, original: request)
+            me.value.backendConnected(result, outbound: outbound, body: body)
         }
     }
 
@@ -217,8 +216,8 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         return HTTPRequestHead(version: .http1_1, method: request.method, uri: request.uri, headers: headers)
     }
 
-    private func backendConnected(_ result: Result<Channel, Error>, request: HTTPRequestHead, body: ByteBuffer?, original: HTTPRequestHead) {
-        guard case let .connecting(keepAlive, target) = state else {
+    private func backendConnected(_ result: Result<Channel, Error>, outbound: HTTPRequestHead, body: ByteBuffer?) {
+        guard case let .connecting(request, target) = state else {
             // The client went away while we connected.
             if case let .success(channel) = result { channel.close(promise: nil) }
             return
@@ -227,38 +226,35 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         case let .failure(error):
             state = .idle
             env.stats.failed()
-            respond(original, status: .badGateway, body: "\(target.describe) unreachable: \(Self.describe(error))\n")
+            respond(request, status: .badGateway, body: "\(target.describe) unreachable: \(Self.describe(error))\n")
         case let .success(backend):
             let me = NIOLoopBound(self, eventLoop: backend.eventLoop)
             let timeout = backend.eventLoop.scheduleTask(in: env.responseTimeout) { me.value.backendTimedOut() }
-            state = .awaitingResponse(keepAlive: keepAlive, target: target, backend: backend, timeout: timeout)
-            backend.write(HTTPClientRequestPart.head(request), promise: nil)
+            state = .awaitingResponse(request, target: target, backend: backend, timeout: timeout)
+            backend.write(HTTPClientRequestPart.head(outbound), promise: nil)
             if let body, body.readableBytes > 0 { backend.write(HTTPClientRequestPart.body(.byteBuffer(body)), promise: nil) }
             backend.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
         }
     }
 
     private func backendTimedOut() {
-        guard case let .awaitingResponse(keepAlive, target, backend, _) = state else { return }
+        guard case let .awaitingResponse(request, target, backend, _) = state else { return }
         state = .idle
         backend.close(promise: nil)
         env.stats.failed()
-        respondGatewayError(status: .badGateway, body: "\(target.describe) sent no response within \(env.responseTimeout.nanoseconds / 1_000_000) ms\n", keepAlive: keepAlive)
-    }
-
-    private func respondGatewayError(status: HTTPResponseStatus, body: String, keepAlive: Bool) {
-        let fake = HTTPRequestHead(version: .http1_1, method: .GET, uri: "/", headers: keepAlive ? [:] : ["connection": "close"])
-        respond(fake, status: status, body: body)
+        respond(request, status: .badGateway, body: "\(target.describe) sent no response within \(env.responseTimeout.nanoseconds / 1_000_000) ms\n")
     }
 
     fileprivate func backendHead(_ head: HTTPResponseHead, from backend: Channel) {
-        guard case let .awaitingResponse(keepAlive, _, b, timeout) = state, b === backend, let context else { return }
+        guard case let .awaitingResponse(request, _, b, timeout) = state, b === backend, let context else { return }
         timeout?.cancel()
         var headers = HTTPHeaders()
         for (name, value) in head.headers where !hopByHop.contains(name.lowercased()) { headers.add(name: name, value: value) }
+        // An HTTP/1.0 client cannot take chunked framing: without a length the body ends at close.
+        let keepAlive = request.isKeepAlive && (request.version.minor >= 1 || headers.contains(name: "content-length"))
         if !keepAlive { headers.add(name: "connection", value: "close") }
         state = .relaying(keepAlive: keepAlive, backend: backend)
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: head.status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: head.status, headers: headers))), promise: nil)
     }
 
     fileprivate func backendBody(_ chunk: ByteBuffer, from backend: Channel) {
@@ -285,12 +281,12 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     fileprivate func backendClosed(_ backend: Channel, error: Error?) {
         switch state {
-        case let .awaitingResponse(keepAlive, target, b, timeout) where b === backend:
+        case let .awaitingResponse(request, target, b, timeout) where b === backend:
             timeout?.cancel()
             state = .idle
             env.stats.failed()
             let why = error.map { Self.describe($0) } ?? "connection closed without a response"
-            respondGatewayError(status: .badGateway, body: "\(target.describe) failed: \(why)\n", keepAlive: keepAlive)
+            respond(request, status: .badGateway, body: "\(target.describe) failed: \(why)\n")
         case let .relaying(_, b) where b === backend:
             // Mid-body: the client cannot be told cleanly; end the connection so it sees the truncation.
             state = .idle

@@ -80,6 +80,18 @@ struct ServerTests {
         #expect(requests.first?.lowercased().contains("content-length: 5") == true)
     }
 
+    @Test func http10ClientGetsAnHTTP10ResponseAndAClose() throws {
+        let backend = RawBackend(body: "old school")
+        defer { backend.stop() }
+        let (server, port) = try start { $0.routeFlags = ["a.test=127.0.0.1:\(backend.port)"] }
+        defer { server.shutdown() }
+        // No Connection header: HTTP/1.0 means close, and tcpExchange reads until the proxy closes.
+        let text = try #require(tcpExchange(port: port, "GET / HTTP/1.0\r\nHost: a.test\r\n\r\n"))
+        #expect(text.hasPrefix("HTTP/1.0 200 OK\r\n"), "\(text)")
+        #expect(text.hasSuffix("\r\n\r\nold school"))
+        #expect(!text.lowercased().contains("transfer-encoding"))
+    }
+
     @Test func controlChannelAnswersEveryCommand() throws {
         let dir = scratchPath("ctl")
         defer { try? FileManager.default.removeItem(atPath: dir) }
