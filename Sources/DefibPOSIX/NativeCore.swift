@@ -59,6 +59,8 @@ public struct NativeCoreResult: Sendable, Equatable {
 public enum NativeCoreWriter {
     /// Captures `pid` into `path` (created 0600, replaced if it exists). Every ptrace call is made from the calling
     /// thread. Never throws: failures are in `record.error`, and no file is left when nothing useful was written.
+    /// While it runs no other thread of this process may call waitpid(-1, __WALL): that would consume the ptrace
+    /// stops it waits for. A death of the main thread is never reaped here; the parent's own wait sees it.
     public static func capture(pid: Int32, path: String, options: NativeCoreOptions) -> NativeCoreResult {
         let started = monotonicNanoseconds()
         func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
@@ -187,7 +189,7 @@ public enum NativeCoreWriter {
         if retryingEINTR({ ftruncate(fd, off_t(layout.fileSize)) }) != 0 {
             let e = SystemError("ftruncate(\(path), \(layout.fileSize))")
             unlink(path)
-            let full = e.errno == ENOSPC || e.errno == EDQUOT || e.errno == EFBIG
+            let full = e.errno == ENOSPC || e.errno == EDQUOT
             return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
                           stopMs: stopMs, exited: process.leaderExited)
         }
