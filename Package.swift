@@ -34,7 +34,7 @@ let package = Package(
         // libsystemd: sd_notify, sd_watchdog_enabled, sd_journal_sendv.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Every syscall the supervisor makes.
-        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "CSystemd", "DefibCore"]),
+        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "CSystemd", "DefibCore", "FlightRecorder"]),
         // The SQLite incident store.
         .target(name: "DefibStore", dependencies: [
             "DefibCore",

@@ -183,6 +183,33 @@ extension SupervisorConfig {
         }
         duration("restart.intensity_window_ms", restart.intensityWindowMs)
         duration("restart.stop_timeout_ms", restart.stopTimeoutMs)
+
+        for (key, value) in [("escalation.miss_ms", escalation.missMs), ("escalation.suspect_ms", escalation.suspectMs),
+                             ("escalation.extension_step_ms", escalation.extensionStepMs)] {
+            if let value { duration(key, value) }
+        }
+        if let v = escalation.maxExtensionMs, v < 0 || v > Self.maximumDurationMs {
+            bad("escalation.max_extension_ms", "must be between 0 and \(Self.maximumDurationMs) ms, got \(v)")
+        }
+        if let suspect = escalation.suspectMs, suspect > heartbeat.deadlineMs {
+            bad("escalation.suspect_ms", "must not exceed heartbeat.deadline_ms (\(heartbeat.deadlineMs)), got \(suspect)")
+        }
+        if escalation.killJitterMs < 0 || escalation.killJitterMs > Self.maximumDurationMs {
+            bad("escalation.kill_jitter_ms", "must be between 0 and \(Self.maximumDurationMs) ms, got \(escalation.killJitterMs)")
+        }
+        if let v = retention.maxUseBytes, v <= 0 { bad("retention.max_use_mb", "must be positive") }
+        if let v = retention.keepFreeBytes, v < 0 { bad("retention.keep_free_mb", "must not be negative") }
+        if retention.maxPerService < 1 { bad("retention.max_per_service", "must be at least 1, got \(retention.maxPerService)") }
+        var seen: Set<String> = []
+        for socket in sockets {
+            if !SocketSpec.isValidName(socket.name) {
+                bad("sockets.\(socket.name)", "a socket name may hold letters, digits, '_', '-' and '.' only (it goes into LISTEN_FDNAMES)")
+            }
+            if !seen.insert(socket.name).inserted { bad("sockets.\(socket.name)", "given twice") }
+        }
+        if let listen = metricsListen, SocketSpec.parseAddress(listen) == nil {
+            bad("metrics.listen", "expected \"HOST:PORT\", got \"\(listen)\"")
+        }
         return issues
     }
 }
@@ -199,7 +226,8 @@ private struct TOMLConfigReader {
 
     mutating func read(_ root: TOMLTable) -> SupervisorConfig {
         var c = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
-        unknownKeys(root, prefix: "", known: ["state_dir", "service", "heartbeat", "capture", "restart"])
+        unknownKeys(root, prefix: "", known: ["state_dir", "service", "heartbeat", "capture", "restart", "escalation",
+                                              "retention", "sockets", "metrics"])
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
@@ -211,7 +239,8 @@ private struct TOMLConfigReader {
         }
         if let t = table(root, "heartbeat") {
             let p = "heartbeat."
-            unknownKeys(t, prefix: p, known: ["interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket"])
+            unknownKeys(t, prefix: p, known: ["source", "interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket"])
+            if let v = string(t, "source", prefix: p) { c.heartbeat.source = oneOf(v, key: p + "source", what: "heartbeat source", default: c.heartbeat.source) }
             if let v = int(t, "interval_ms", prefix: p) { c.heartbeat.intervalMs = v }
             if let v = int(t, "deadline_ms", prefix: p) { c.heartbeat.deadlineMs = v }
             if let v = int(t, "misses", prefix: p) { c.heartbeat.misses = v }
@@ -220,14 +249,9 @@ private struct TOMLConfigReader {
         }
         if let t = table(root, "capture") {
             let p = "capture."
-            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks"])
-            if let v = string(t, "method", prefix: p) {
-                let names = CaptureMethod.allCases.map(\.rawValue)
-                if let m = CaptureMethod(rawValue: v) { c.capture.method = m } else {
-                    add(.invalid, key: p + "method", "unknown capture method \"\(v)\" (expected one of: \(names.joined(separator: ", ")))"
-                        + (suggestion(v, among: names).map { "; did you mean \($0)?" } ?? ""))
-                }
-            }
+            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress"])
+            if let v = string(t, "compress", prefix: p) { c.capture.compress = oneOf(v, key: p + "compress", what: "compression", default: c.capture.compress) }
+            if let v = string(t, "method", prefix: p) { c.capture.method = oneOf(v, key: p + "method", what: "capture method", default: c.capture.method) }
             if let v = int(t, "budget_ms", prefix: p) { c.capture.budgetMs = v }
             if let v = string(t, "directory", prefix: p) { c.capture.directory = v }
             if let v = bool(t, "stacks", prefix: p) { c.capture.stacks = v }
@@ -244,10 +268,49 @@ private struct TOMLConfigReader {
             if let v = int(t, "intensity_window_ms", prefix: p) { c.restart.intensityWindowMs = v }
             if let v = int(t, "stop_timeout_ms", prefix: p) { c.restart.stopTimeoutMs = v }
         }
+        if let t = table(root, "escalation") {
+            let p = "escalation."
+            unknownKeys(t, prefix: p, known: ["miss_ms", "suspect_ms", "extension_step_ms", "max_extension_ms", "kill_jitter_ms"])
+            if let v = int(t, "miss_ms", prefix: p) { c.escalation.missMs = v }
+            if let v = int(t, "suspect_ms", prefix: p) { c.escalation.suspectMs = v }
+            if let v = int(t, "extension_step_ms", prefix: p) { c.escalation.extensionStepMs = v }
+            if let v = int(t, "max_extension_ms", prefix: p) { c.escalation.maxExtensionMs = v }
+            if let v = int(t, "kill_jitter_ms", prefix: p) { c.escalation.killJitterMs = v }
+        }
+        if let t = table(root, "retention") {
+            let p = "retention."
+            unknownKeys(t, prefix: p, known: ["max_use_mb", "keep_free_mb", "max_per_service"])
+            if let v = int(t, "max_use_mb", prefix: p) { c.retention.maxUseBytes = Int64(v) << 20 }
+            if let v = int(t, "keep_free_mb", prefix: p) { c.retention.keepFreeBytes = Int64(v) << 20 }
+            if let v = int(t, "max_per_service", prefix: p) { c.retention.maxPerService = v }
+        }
+        if let t = table(root, "sockets") {
+            for name in t.keys.sorted() {
+                guard let address = string(t, name, prefix: "sockets.") else { continue }
+                guard let parsed = SocketSpec.parseAddress(address) else {
+                    add(.invalid, key: "sockets." + name, "expected \"HOST:PORT\" or \"[IPV6]:PORT\", got \"\(address)\"")
+                    continue
+                }
+                c.sockets.append(SocketSpec(name: name, host: parsed.host, port: parsed.port))
+            }
+        }
+        if let t = table(root, "metrics") {
+            unknownKeys(t, prefix: "metrics.", known: ["listen"])
+            if let v = string(t, "listen", prefix: "metrics.") { c.metricsListen = v }
+        }
         return c
     }
 
     // MARK: Typed access, each recording a type problem with the key's line
+
+    /// A string naming one case of `T`; anything else is an error listing the choices.
+    mutating func oneOf<T: RawRepresentable & CaseIterable>(_ v: String, key: String, what: String, default d: T) -> T where T.RawValue == String {
+        if let value = T(rawValue: v) { return value }
+        let names = T.allCases.map(\.rawValue)
+        add(.invalid, key: key, "unknown \(what) \"\(v)\" (expected one of: \(names.joined(separator: ", ")))"
+            + (suggestion(v, among: names).map { "; did you mean \($0)?" } ?? ""))
+        return d
+    }
 
     mutating func table(_ t: TOMLTable, _ key: String) -> TOMLTable? {
         guard let v = t[key] else { return nil }

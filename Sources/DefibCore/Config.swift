@@ -1,7 +1,51 @@
 /// How a captured core is taken.
 public enum CaptureMethod: String, Sendable, Codable, CaseIterable {
+    /// defib's own ptrace core writer: fast, only the pages that matter.
+    case native
+    /// The kernel's dump (RLIMIT_CORE raised, a core-dumping signal): for hosts where ptrace is not allowed.
+    /// It kills the process; the core goes where core_pattern says.
+    case kernel
+    /// gdb's gcore.
     case gcore
+    /// No core (lock words, flight recorder and /proc are still read).
     case none
+}
+
+/// Compression of a core after the restart (never before it).
+public enum CoreCompression: String, Sendable, Codable, CaseIterable {
+    case none, gzip, zstd
+}
+
+/// A listening socket the supervisor binds once and passes to every instance (LISTEN_FDS).
+public struct SocketSpec: Sendable, Equatable {
+    /// LISTEN_FDNAMES entry: letters, digits, `_`, `-`, `.`.
+    public var name: String
+    public var host: String
+    public var port: Int
+    public init(name: String, host: String, port: Int) { self.name = name; self.host = host; self.port = port }
+
+    /// "HOST:PORT" or "[V6]:PORT" → (host, port); nil when it is neither.
+    public static func parseAddress(_ text: String) -> (host: String, port: Int)? {
+        var host: Substring
+        var portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else { return nil }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { return nil }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+            if host.contains(":") { return nil }
+        }
+        guard !host.isEmpty, let port = Int(portText), (0...65535).contains(port) else { return nil }
+        return (String(host), port)
+    }
+
+    /// Whether `name` can go into LISTEN_FDNAMES (colon-separated, at most 255 bytes).
+    public static func isValidName(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 255 && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_-.".contains($0)) }
+    }
 }
 
 /// Everything the supervisor needs to know, after the TOML file and the flags are merged.
@@ -39,7 +83,9 @@ public struct SupervisorConfig: Sendable, Equatable {
     }
     /// `[capture]`
     public struct Capture: Sendable, Equatable {
-        public var method: CaptureMethod = .gcore
+        public var method: CaptureMethod = .native
+        /// Compress cores after the restart.
+        public var compress: CoreCompression = .none
         /// Time allowed for the core; past it the capture is abandoned and the kill goes ahead.
         public var budgetMs: Int = 10000
         /// Where cores go; nil = `<state_dir>/cores`.
@@ -83,6 +129,12 @@ public struct SupervisorConfig: Sendable, Equatable {
     public var capture: Capture
     public var restart: Restart
     public var escalation: Escalation = .init()
+    /// `[retention]`: how many cores, and how much disk, to keep.
+    public var retention: CoreRetentionPolicy = .init()
+    /// `[sockets]`: listening sockets bound by the supervisor and passed to every instance.
+    public var sockets: [SocketSpec] = []
+    /// `[metrics] listen`: where Prometheus metrics are served ("127.0.0.1:9464"); nil = off.
+    public var metricsListen: String?
     /// `state_dir`: incidents.sqlite, cores/, run/.
     public var stateDirectory: String
 

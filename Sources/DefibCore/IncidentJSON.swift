@@ -98,12 +98,13 @@ public struct JSONMember: Sendable, Equatable {
 ///
 /// Keys, in order: `id`, `service`, `pid`, `binary`, `cause` (the kind: missed-heartbeat, exited, signaled,
 /// start-timeout, spawn-failed), `cause_detail` (one sentence), `outcome`, `diagnosis` (may be empty),
-/// `signature` (null until incidents carry one), `started_at`, `detected_at`, `killed_at`, `restarted_at`,
+/// `signature` (groups repeats; null until known), `started_at`, `detected_at`, `killed_at`, `restarted_at`,
 /// `ready_at` (RFC 3339 UTC with milliseconds, or null), `restore_ms` (detection to ready, null while not
 /// recovered), `new_pid`, `capture_method`, `core_path` (null when no core was written), `core_bytes`
 /// (0 without a core), `capture_ms` (null when no capture was attempted), `capture_error`, `lock_words`
-/// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state`, `threads` (null until
-/// incidents carry thread summaries), `notes`, and with `includeStacks` the `stacks` text (or null).
+/// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state`, `threads` (count in the core, or
+/// in /proc), `diagnosis_evidence`, `silence_ms`, `extended_ms`, `progress` ({kind, reason} from /proc),
+/// `thread_states`, `flight_recorder`, `notes`, and with `includeStacks` the `stacks` text (or null).
 public enum IncidentJSON {
     /// The incident as an ordered JSON object.
     public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
@@ -116,7 +117,7 @@ public enum IncidentJSON {
             .init("cause_detail", .string(incident.cause.summary)),
             .init("outcome", .string(incident.outcome.rawValue)),
             .init("diagnosis", .string(incident.diagnosis)),
-            .init("signature", .null),
+            .init("signature", string(incident.signature)),
             .init("started_at", timestamp(incident.startedAt)),
             .init("detected_at", timestamp(incident.detectedAt)),
             .init("killed_at", timestamp(incident.killedAt)),
@@ -131,7 +132,13 @@ public enum IncidentJSON {
             .init("capture_error", string(incident.capture?.error)),
             .init("lock_words", .array(lockWords(incident).map { .string($0) })),
             .init("lock_state", .array(incident.lockState.map(lockObject))),
-            .init("threads", .null),
+            .init("threads", incident.threads.map { .int(Int64($0)) } ?? .null),
+            .init("diagnosis_evidence", .array((incident.diagnosisEvidence ?? []).map { .string($0) })),
+            .init("silence_ms", incident.silenceMs.map { .double($0.rounded()) } ?? .null),
+            .init("extended_ms", incident.extendedMs.map { .int(Int64($0)) } ?? .null),
+            .init("progress", incident.progress.map { .object([.init("kind", .string($0.kind)), .init("reason", .string($0.reason))]) } ?? .null),
+            .init("thread_states", string(incident.threadStates)),
+            .init("flight_recorder", string(incident.flightRecorder)),
             .init("notes", .array(incident.notes.map { .string($0) })),
         ]
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
@@ -177,6 +184,12 @@ public enum IncidentJSON {
             .init("last_holder", string(lock.lastHolder)),
             .init("readers_waiting", lock.readersWaiting.map { .int(Int64($0)) } ?? .null),
             .init("writers_waiting", lock.writersWaiting.map { .int(Int64($0)) } ?? .null),
+            .init("holder_tid", lock.holderTid.map { .int(Int64($0)) } ?? .null),
+            .init("revert", string(lock.revert)),
+            .init("events", .array((lock.events ?? []).map { e in
+                .object([.init("kind", .string(e.kind)), .init("tid", .int(Int64(e.tid))), .init("at", .string(rfc3339(Date(timeIntervalSince1970: Double(e.unixMs) / 1000)))),
+                         .init("word_after", .string(normalizedWord(e.wordAfter) ?? e.wordAfter)), .init("label", .string(e.label))])
+            })),
         ])
     }
 

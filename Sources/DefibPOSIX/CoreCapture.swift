@@ -88,20 +88,32 @@ public struct StacksJob: Sendable {
         if out < 0 { throw SystemError("open(\(outputPath))") }
         defer { close(out) }
         var request = SpawnRequest(argv: [gdb, "-batch", "-nx", "-q",
-                                          "-ex", "set pagination off", "-ex", "set width 0",
+                                          "-ex", "set pagination off", "-ex", "set width 0", "-ex", "set complaints 0",
                                           "-ex", "thread apply all bt", binary, core],
                                    environment: currentEnvironment())
         request.stdoutFD = out; request.stderrFD = out; request.stdinFromDevNull = true
         return StacksJob(child: try spawnProcess(request), outputPath: outputPath, incidentID: incidentID)
     }
 
-    /// The output, once the job has ended.
+    /// The output, once the job has ended: the threads and their frames, without gdb's chatter about
+    /// debug info (kept only when there are no frames at all, so a failure still explains itself).
     public func output(maxBytes: Int = 4 << 20) -> String {
         guard let f = fopen(outputPath, "r") else { return "" }
         defer { fclose(f) }
         var data = [UInt8](repeating: 0, count: maxBytes)
         let n = fread(&data, 1, maxBytes, f)
-        return String(decoding: data[0..<n], as: UTF8.self)
+        return Self.stacksOnly(String(decoding: data[0..<n], as: UTF8.self))
+    }
+
+    /// Keeps "Thread …" headers, "#N …" frames and the blank lines between threads.
+    public static func stacksOnly(_ text: String) -> String {
+        // Frames before the first "Thread" header are gdb's report of the current frame while loading.
+        let lines = text.split(separator: "\n", omittingEmptySubsequences: false).drop { !$0.hasPrefix("Thread ") }
+        let kept = lines.filter { $0.hasPrefix("Thread ") || $0.hasPrefix("#") || $0.isEmpty }
+        guard kept.contains(where: { $0.hasPrefix("#") }) else { return text }
+        var out = kept.map(String.init).joined(separator: "\n")
+        while out.hasPrefix("\n") { out.removeFirst() }
+        return out
     }
 }
 

@@ -1,19 +1,24 @@
 import DefibCore
 import Glibc
 
-/// Reads a small file (under /proc or /sys) whole; nil when it cannot be opened.
-public func readTextFile(_ path: String, maxBytes: Int = 1 << 20) -> String? {
+/// Reads a file whole (up to `maxBytes`); nil when it cannot be opened.
+public func readFileBytes(_ path: String, maxBytes: Int = 1 << 20) -> [UInt8]? {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     if fd < 0 { return nil }
     defer { close(fd) }
     var data: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 16384)
+    var chunk = [UInt8](repeating: 0, count: 65536)
     while data.count < maxBytes {
-        let n = retryingEINTR { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+        let n = retryingEINTR { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, maxBytes - data.count)) } }
         if n <= 0 { break }
         data += chunk[0..<n]
     }
-    return String(decoding: data.prefix(maxBytes), as: UTF8.self)
+    return data
+}
+
+/// Reads a small text file (under /proc or /sys) whole; nil when it cannot be opened.
+public func readTextFile(_ path: String, maxBytes: Int = 1 << 20) -> String? {
+    readFileBytes(path, maxBytes: maxBytes).map { String(decoding: $0, as: UTF8.self) }
 }
 
 /// The thread ids of a process (/proc/PID/task), sorted; empty when the process is gone.

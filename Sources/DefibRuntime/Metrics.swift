@@ -51,13 +51,13 @@ struct SupervisorMetrics {
 
 /// `/metrics` in the Prometheus text format on a loopback port, served by SwiftNIO on its own thread
 /// (the supervisor's loop never waits for a scrape).
-final class MetricsEndpoint {
+public final class MetricsEndpoint {
     let registry: PrometheusCollectorRegistry
     let group: MultiThreadedEventLoopGroup
     let channel: Channel
 
     /// Bootstraps swift-metrics with Prometheus and binds `host:port`. Call once, before metrics are made.
-    init(host: String, port: Int) throws {
+    public init(host: String, port: Int) throws {
         let registry = PrometheusCollectorRegistry()
         var factory = PrometheusMetricsFactory(registry: registry)
         factory.durationHistogramBuckets = [
@@ -89,7 +89,7 @@ final class MetricsEndpoint {
 
     var boundPort: Int? { channel.localAddress?.port }
 
-    func close() {
+    public func close() {
         try? channel.close().wait()
         try? group.syncShutdownGracefully()
     }

@@ -81,12 +81,13 @@ extension Supervisor {
         SystemdNotifier.notify(message + "STATUS=" + status)
     }
 
-    /// A test-only fault (never set in production): wedge the loop this long after the first ready, to
-    /// prove that systemd's watchdog restarts a wedged defib.
+    /// A test-only fault (never set in production): when DEFIB_TEST_WEDGE_FILE names a file and that
+    /// file appears, remove it and wedge the loop for good — to prove that systemd's watchdog restarts
+    /// (and cores) a wedged defib.
     func wedgeIfAskedForTests() {
-        guard let ms = testWedgeAfterReadyMs, let since = firstReadyAtNs,
-              monotonicNanoseconds() - since >= Int64(ms) * 1_000_000 else { return }
-        logger.critical("DEFIB_TEST_WEDGE_AFTER_READY_MS: wedging the event loop on purpose (test-only fault)")
+        guard let path = testWedgeFile, access(path, F_OK) == 0 else { return }
+        unlink(path)
+        logger.critical("DEFIB_TEST_WEDGE_FILE: wedging the event loop on purpose (test-only fault)")
         while true { sleep(3600) }
     }
 }

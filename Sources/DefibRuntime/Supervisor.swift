@@ -1,14 +1,9 @@
 import DefibCore
 import DefibPOSIX
+import DefibStore
 import Foundation
 import Glibc
 import Logging
-
-/// Where incidents go. `IncidentStore` (SQLite) is the real one.
-public protocol IncidentRecorder: AnyObject {
-    func insert(_ incident: Incident) throws -> Int64
-    func update(_ incident: Incident) throws
-}
 
 /// One lock the service told us about: its name and the address of its word in the service's memory.
 struct KnownLock: Equatable {
@@ -27,7 +22,7 @@ struct KnownLock: Equatable {
 public final class Supervisor {
     let config: SupervisorConfig
     let logger: Logger
-    let recorder: IncidentRecorder
+    let recorder: IncidentStore
     var machine: SupervisorMachine
     let signals: SignalQueue
     /// Descriptors passed to every instance (LISTEN_FDS), bound once by us.
@@ -39,7 +34,11 @@ public final class Supervisor {
     var locksQuery: (request: ControlRequest, deadline: Int64)?
     var knownLocks: [KnownLock] = []
     var incident: Incident?
-    var stacksJobs: [Int32: StacksJob] = [:]
+    var backgroundJobs: [Int32: BackgroundJob] = [:]
+    /// The pid of the last instance, kept after it is reaped (an exit incident names it).
+    var lastChildPid: Int32?
+    /// The /proc sample taken when progress was last judged.
+    var lastSample: ProcessSample?
     var exitCode: Int32?
     /// The /proc sample taken at the first miss of the current silence.
     var baselineSample: ProcessSample?
@@ -56,8 +55,7 @@ public final class Supervisor {
     var announcedReady = false
     var lastStatusSent: String?
     var lastIncidentLine: String?
-    var firstReadyAtNs: Int64?
-    let testWedgeAfterReadyMs: Int?
+    let testWedgeFile: String?
     let metrics: SupervisorMetrics
     var lastPhase: SupervisorMachine.Phase?
     var pingSentAtNs: Int64 = 0
@@ -69,7 +67,7 @@ public final class Supervisor {
         return try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
     }
 
-    public init(config: SupervisorConfig, recorder: IncidentRecorder, logger: Logger, signals: SignalQueue,
+    public init(config: SupervisorConfig, recorder: IncidentStore, logger: Logger, signals: SignalQueue,
                 passedSockets: [(name: String, fd: Int32)] = []) throws {
         self.config = config
         self.recorder = recorder
@@ -79,7 +77,7 @@ public final class Supervisor {
         self.signals = signals
         self.metrics = SupervisorMetrics(service: config.service.name)
         self.systemdWatchdogUsec = SystemdNotifier.watchdogUsec()
-        self.testWedgeAfterReadyMs = ProcessInfo.processInfo.environment["DEFIB_TEST_WEDGE_AFTER_READY_MS"].flatMap { Int($0) }
+        self.testWedgeFile = ProcessInfo.processInfo.environment["DEFIB_TEST_WEDGE_FILE"]
         try becomeChildSubreaper()
         try makeDirectory(config.stateDirectory, mode: 0o700)
         try makeDirectory(config.coreDirectory, mode: 0o700)
@@ -143,21 +141,26 @@ public final class Supervisor {
         wedgeIfAskedForTests()
     }
 
-    private func handleReaped(_ reaped: [Reaped]) {
+    func handleReaped(_ reaped: [Reaped]) {
         for r in reaped {
             if let child, r.pid == child.pid {
-                logger.warning("service pid \(r.pid) ended: \(describe(r.status))")
-                child.closePidfd()
-                self.child = nil
-                ping?.request.close(); ping = nil
-                locksQuery = nil
-                perform(machine.childExited(r.status, at: now()))
-            } else if let job = stacksJobs.removeValue(forKey: r.pid) {
-                finishStacks(job, status: r.status)
+                childReaped(child, status: r.status)
+            } else if let job = backgroundJobs.removeValue(forKey: r.pid) {
+                finishBackgroundJob(job, status: r.status)
             } else {
                 logger.debug("reaped orphan pid \(r.pid): \(describe(r.status))")
             }
         }
+    }
+
+    /// The instance is gone (reaped by the loop, or by the kernel capture's wait).
+    func childReaped(_ child: ChildProcess, status: ChildStatus) {
+        logger.warning("service pid \(child.pid) ended: \(describe(status))")
+        child.closePidfd()
+        self.child = nil
+        ping?.request.close(); ping = nil
+        locksQuery = nil
+        perform(machine.childExited(status, at: now()))
     }
 
     private func pollPing(_ token: UInt64, _ request: ControlRequest) {
@@ -238,7 +241,6 @@ public final class Supervisor {
             }
         case let .instanceReady(pid):
             logger.info("service \(config.service.name) pid \(pid) is ready")
-            if firstReadyAtNs == nil { firstReadyAtNs = monotonicNanoseconds() }
             updateSystemdStatus(ready: true)
         case let .heartbeatMissed(misses, silenceMs, reason):
             logger.notice("heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
@@ -274,7 +276,7 @@ public final class Supervisor {
             openIncident(cause)
         case let .captureEvidence(pid):
             captureEvidence(pid: pid)
-            perform(machine.captureFinished(at: now()))
+            perform(machine.captureFinished(at: now(), jitterDraw: Double.random(in: 0..<1)))
         case let .kill(pid):
             logger.warning("killing pid \(pid) and its process group (SIGKILL)")
             if let child, child.pid == pid { try? child.signal(SIGKILL) }
@@ -308,6 +310,7 @@ public final class Supervisor {
         do {
             let c = try spawnProcess(request)
             child = c
+            lastChildPid = c.pid
             childStartedAt = Date()
             knownLocks = []
             logger.info("started \(config.service.name): pid \(c.pid) (\(c.executable))")
@@ -330,7 +333,7 @@ public final class Supervisor {
         case let .spawnFailed(message): incidentCause = .spawnFailed(message: message)
         case let .triggered(reason): incidentCause = .triggered(reason: reason)
         }
-        var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? 0,
+        var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
         if case let .startTimeout(_, lastError?) = cause { new.notes.append("last control-channel error: \(lastError)") }
         if case let .missedHeartbeat(_, _, _, silence, extended, verdict) = cause {
@@ -351,7 +354,9 @@ public final class Supervisor {
         incident = new
         metrics.incident(cause: incidentCause.kind)
         lastIncidentLine = "\(new.id.map { "#\($0)" } ?? "") \(incidentCause.kind) at \(RFC3339.string(detected))"
-        logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)")
+        logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)",
+                       metadata: ["message_id": "\(DefibMessageID.incidentOpened)", "incident_id": "\(new.id.map(String.init) ?? "")",
+                                  "service": "\(config.service.name)", "pid": "\(new.pid)", "cause": "\(incidentCause.kind)"])
     }
 
     /// Progress since the first miss; with no baseline, two samples 100 ms apart.
@@ -362,60 +367,14 @@ public final class Supervisor {
             usleep(100_000)
         }
         let after = ProcSampler.sample(pid: pid)
+        lastSample = after
         lastThreadStates = after.stateSummary
         return ProgressJudge.judge(before: before!, after: after)
     }
 
-    private func lockState(_ l: KnownLock, word: String, source: String) -> LockState {
+    func lockState(_ l: KnownLock, word: String, source: String) -> LockState {
         LockState(name: l.name, address: hex64(l.address), word: word, source: source, holder: l.holder,
                   lastHolder: l.lastHolder, readersWaiting: l.readersWaiting, writersWaiting: l.writersWaiting)
-    }
-
-    /// Lock words straight from the hung process's memory, then (briefly) the live telemetry, then the core.
-    private func captureEvidence(pid: Int32) {
-        guard var current = incident else { return }
-        current.binaryPath = ProcessMemory.executable(pid: pid) ?? current.binaryPath
-        // The words, read without the service's help.
-        var states: [LockState] = []
-        for l in knownLocks {
-            do {
-                let w = try ProcessMemory.readUInt64(pid: pid, address: l.address)
-                states.append(lockState(l, word: hex64(w), source: "memory"))
-            } catch {
-                states.append(lockState(l, word: l.word ?? "unknown", source: "control"))
-                current.notes.append("could not read lock '\(l.name)' from memory: \(error)")
-            }
-        }
-        // Holders and waiters, if the control channel still answers `locks` (it takes no lock).
-        if case let .success(line) = ControlRequest.roundTrip(path: config.controlSocketPath, line: "locks", timeoutMs: 200),
-           let live = Self.parseLocks(line) {
-            for l in live {
-                if let i = states.firstIndex(where: { $0.address == hex64(l.address) }) {
-                    states[i].holder = l.holder; states[i].lastHolder = l.lastHolder
-                    states[i].readersWaiting = l.readersWaiting; states[i].writersWaiting = l.writersWaiting
-                } else {
-                    states.append(lockState(l, word: l.word ?? "unknown", source: "control"))
-                }
-            }
-        }
-        if !states.isEmpty { current.lockState = states }
-        current.diagnosis = Diagnosis.fromLocks(current.lockState.map { ($0.name, $0.word) }) ?? ""
-        incident = current
-        saveIncident()
-
-        switch config.capture.method {
-        case .none:
-            incident?.capture = CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)
-        case .gcore:
-            let stamp = Int(Date().timeIntervalSince1970)
-            let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(incident?.id.map(String.init) ?? "x").\(stamp)"
-            logger.info("capturing a core of pid \(pid) with gcore (budget \(config.capture.budgetMs) ms)")
-            let record = GcoreCapture.capture(pid: pid, prefix: prefix, budgetMs: config.capture.budgetMs)
-            if let error = record.error { logger.error("core capture failed: \(error)") }
-            else { logger.info("core written: \(record.path ?? "") (\(record.bytes) bytes, \(Int(record.durationMs)) ms)") }
-            incident?.capture = record
-        }
-        saveIncident()
     }
 
     private func closeIncident(_ outcome: IncidentOutcome) {
@@ -426,56 +385,22 @@ public final class Supervisor {
         saveIncident()
         let id = current.id.map(String.init) ?? "?"
         let took = current.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(current.detectedAt) * 1000) } ?? ""
-        logger.warning("incident \(id) closed: \(outcome.rawValue)\(took)")
-        if config.capture.stacks, let core = current.capture?.path, let binary = current.binaryPath, let cid = current.id {
-            do {
-                let job = try StacksJob.start(binary: binary, core: core, outputPath: core + ".stacks.txt", incidentID: cid)
-                stacksJobs[job.child.pid] = job
-            } catch {
-                logger.error("could not run gdb for stacks: \(error)")
-            }
-        }
+        logger.warning("incident \(id) closed: \(outcome.rawValue)\(took)",
+                       metadata: ["message_id": "\(DefibMessageID.incidentClosed)", "incident_id": "\(id)", "service": "\(config.service.name)",
+                                  "diagnosis": "\(current.diagnosis)", "signature": "\(current.signature ?? "")"])
         incident = nil
+        afterIncidentClosed(current)
     }
 
-    private func finishStacks(_ job: StacksJob, status: ChildStatus) {
-        job.child.closePidfd()
-        let text = job.output()
-        unlink(job.outputPath)
-        // The incident may already be closed and gone from memory: update the stored record.
-        guard let store = recorder as? IncidentReader, var stored = try? store.incident(id: job.incidentID) else { return }
-        stored.stacks = text
-        if status != .exited(code: 0) { stored.notes.append("gdb ended \(describe(status)) while reading stacks") }
-        do { try recorder.update(stored) } catch { logger.error("could not store stacks: \(error)") }
-        logger.info("stacks for incident \(job.incidentID) stored (\(text.split(separator: "\n").count) lines)")
-    }
-
-    /// Waits (bounded) for background gdb runs so the last incident gets its stacks.
-    private func finishBackgroundJobs() {
-        let deadline = monotonicNanoseconds() + 60_000_000_000
-        while !stacksJobs.isEmpty && monotonicNanoseconds() < deadline {
-            var pfd = pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)
-            _ = poll(&pfd, 1, 200)
-            _ = signals.drain()
-            handleReaped(reapAll())
-        }
-        for job in stacksJobs.values { try? job.child.signal(SIGKILL) }
-    }
-
-    private func saveIncident() {
+    func saveIncident() {
         guard let incident, incident.id != nil else { return }
         do { try recorder.update(incident) } catch { logger.error("could not update incident: \(error)") }
     }
 
-    private func describe(_ s: ChildStatus) -> String {
+    func describe(_ s: ChildStatus) -> String {
         switch s {
         case let .exited(code): "exited with code \(code)"
         case let .signaled(sig, core): "killed by \(signalName(sig))\(core ? " (core dumped)" : "")"
         }
     }
-}
-
-/// Reading back a stored incident (for adding stacks after it closed).
-public protocol IncidentReader {
-    func incident(id: Int64) throws -> Incident?
 }

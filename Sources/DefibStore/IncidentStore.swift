@@ -128,6 +128,28 @@ public final class IncidentStore: Sendable {
 
     // MARK: Reading
 
+    /// One incident that still has a core on disk, from the indexed columns (no JSON decoding): what
+    /// core retention needs.
+    public struct CoreRow: Sendable, Equatable {
+        public var id: Int64
+        public var service: String
+        public var signature: String?
+        public var detectedUnixMs: Int64
+        public var corePath: String
+    }
+
+    /// Every incident whose core is recorded, oldest first.
+    public func incidentsWithCores() throws -> [CoreRow] {
+        do {
+            return try reader.read { db in
+                try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path FROM incident WHERE core_path IS NOT NULL ORDER BY detected_at, id")
+                    .map { CoreRow(id: $0["id"], service: $0["service"], signature: $0["signature"], detectedUnixMs: $0["detected_at"], corePath: $0["core_path"]) }
+            }
+        } catch {
+            throw StoreError(.read, path: path, "list cores: \(sqliteMessage(error))")
+        }
+    }
+
     /// The incident with this id, or nil.
     public func incident(id: Int64) throws -> Incident? {
         try fetch("read incident \(id)", sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]).first
@@ -229,7 +251,7 @@ private struct StoredRow {
         }
         let core = incident.capture?.path
         arguments = [incident.service, Int64(incident.pid), incident.cause.kind, incident.detectedAt.storedMilliseconds,
-                     incident.outcome.rawValue, nil as String?, core, incident.capture?.bytes ?? 0, body]
+                     incident.outcome.rawValue, incident.signature, core, incident.capture?.bytes ?? 0, body]
     }
 }
 

@@ -24,13 +24,16 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Heartbeat interval in milliseconds.")
     var interval: Int?
 
-    @Option(name: .long, help: "How long one ping may go unanswered, in milliseconds.")
+    @Option(name: .long, help: "Silence (ms) that makes a hang, unless the process is starved rather than stuck.")
     var deadline: Int?
 
-    @Option(name: .long, help: "Consecutive missed pings that make a hang.")
+    @Option(name: .long, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
-    @Option(name: .long, help: "Core capture method: gcore or none.")
+    @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1) or both.")
+    var heartbeat: HeartbeatSource?
+
+    @Option(name: .long, help: "Core capture method: native, kernel, gcore or none.")
     var capture: CaptureMethod?
 
     @Option(name: .long, help: "Core capture time budget in milliseconds.")
@@ -38,6 +41,12 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .long, help: "Control socket path (default: STATE_DIR/run/NAME/control.sock).")
     var controlSocket: String?
+
+    @Option(name: .customLong("socket"), help: ArgumentHelp("A listening socket to bind once and pass to every instance (repeatable).", valueName: "NAME=HOST:PORT"))
+    var sockets: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on this loopback address.", valueName: "HOST:PORT"))
+    var metrics: String?
 
     @Flag(name: .long, help: "Log debug details.")
     var verbose = false
@@ -64,6 +73,16 @@ struct RunCommand: ParsableCommand {
         if let deadline { cfg.heartbeat.deadlineMs = deadline }
         if let misses { cfg.heartbeat.misses = misses }
         if let capture { cfg.capture.method = capture }
+        if let heartbeat { cfg.heartbeat.source = heartbeat }
+        if let metrics { cfg.metricsListen = metrics }
+        for spec in sockets {
+            guard let eq = spec.firstIndex(of: "="), let address = SocketSpec.parseAddress(String(spec[spec.index(after: eq)...])) else {
+                throw ValidationError("--socket \(spec): expected NAME=HOST:PORT (e.g. http=127.0.0.1:8080)")
+            }
+            let name = String(spec[..<eq])
+            cfg.sockets.removeAll { $0.name == name }
+            cfg.sockets.append(SocketSpec(name: name, host: address.host, port: address.port))
+        }
         if let captureBudget { cfg.capture.budgetMs = captureBudget }
         if let controlSocket { cfg.heartbeat.controlSocket = controlSocket }
         if cfg.stateDirectory.isEmpty { throw ValidationError("missing --state-dir (or state_dir in the config file)") }
@@ -75,8 +94,8 @@ struct RunCommand: ParsableCommand {
     func run() throws {
         let signals = try Supervisor.takeOverSignals()
         let cfg = try makeConfig()
-        var logger = Logger(label: "defib")
-        logger.logLevel = verbose ? .debug : .info
+        DefibLogging.bootstrap(level: verbose ? .debug : .info)
+        let logger = Logger(label: "defib")
         let store: IncidentStore
         do {
             try makeDirectory(cfg.stateDirectory, mode: 0o700)
@@ -84,7 +103,26 @@ struct RunCommand: ParsableCommand {
         } catch {
             throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
         }
-        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals)
+        // Sockets first: a port already taken is a configuration error, before any child starts.
+        var passed: [(name: String, fd: Int32)] = []
+        for spec in cfg.sockets {
+            do {
+                let socket = try ListeningSocket.bind(name: spec.name, host: spec.host, port: spec.port)
+                passed.append((socket.name, socket.fd))
+                logger.info("socket '\(spec.name)' listening on \(socket.address), passed to every instance")
+            } catch {
+                throw ValidationError("\(error)")
+            }
+        }
+        var endpoint: MetricsEndpoint?
+        if let listen = cfg.metricsListen, let address = SocketSpec.parseAddress(listen) {
+            do { endpoint = try MetricsEndpoint(host: address.host, port: address.port) } catch {
+                throw ValidationError("metrics on \(listen): \(error)")
+            }
+            logger.info("Prometheus metrics on http://\(listen)/metrics")
+        }
+        defer { endpoint?.close() }
+        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals, passedSockets: passed)
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
         if code != 0 { throw ExitCode(code) }
@@ -92,4 +130,4 @@ struct RunCommand: ParsableCommand {
 }
 
 extension CaptureMethod: ExpressibleByArgument {}
-extension IncidentStore: IncidentRecorder, IncidentReader {}
+extension HeartbeatSource: ExpressibleByArgument {}

@@ -99,7 +99,7 @@ import Testing
         try c.withDerivedDefaults().validate()
         #expect(c.service.name == "proxy")
         #expect(c.service.argv.first == "/usr/local/bin/defib-proxy")
-        #expect(c.capture.method == .gcore)
+        #expect(c.capture.method == .native)
     }
 
     @Test func aSyntaxErrorCarriesFileLineAndColumn() {
@@ -190,7 +190,7 @@ import Testing
             "defib.toml:2: heartbeat.interval_ms: must be between 1 and \(SupervisorConfig.maximumDurationMs) ms, got 0",
             "defib.toml:3: heartbeat.deadline_ms: must be between 50 and \(SupervisorConfig.maximumDurationMs) ms, got 10",
             "defib.toml:4: heartbeat.misses: must be between 1 and 1000, got 0",
-            #"defib.toml:6: capture.method: unknown capture method "gcor" (expected one of: gcore, none); did you mean gcore?"#,
+            #"defib.toml:6: capture.method: unknown capture method "gcor" (expected one of: native, kernel, gcore, none); did you mean gcore?"#,
             "defib.toml:7: capture.budget_ms: must be between 1 and \(SupervisorConfig.maximumDurationMs) ms, got -5",
             "defib.toml:9: restart.backoff_multiplier: must be between 1 and 100, got 0.5",
             "defib.toml:10: restart.intensity_max: must be between 0 and 1000000, got -1",

@@ -52,8 +52,11 @@ struct WholePathTests {
         let newPid = try #require(incident["new_pid"] as? Int)
         #expect(newPid != Int(firstPid))
         #expect(kill(firstPid, 0) != 0, "the hung instance must be gone")
+        // The word read from memory at the kill (0x…ff once a reader parked, step 8 of the spec) and the
+        // flight recorder's word right after the timed-out writer's revert (0x…fe, step 7).
         let words = incident["lock_words"] as? [String] ?? []
         #expect(words.contains("0xfffffffffffffffe"), "lock words: \(words)")
+        #expect(words.allSatisfy { $0 == "0xfffffffffffffffe" || $0 == "0xffffffffffffffff" }, "lock words: \(words)")
         #expect((incident["diagnosis"] as? String)?.hasPrefix("corrupted-lock-word") == true)
         #expect(incident["detected_at"] is String)
         #expect((incident["capture_ms"] as? Double ?? 0) > 0)

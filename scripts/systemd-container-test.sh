@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# defib under a real systemd, booted in an isolated container: systemd-nspawn on an overlay root whose
+# upper layer is a tmpfs (nothing reaches this machine's files), inside its own PID and mount
+# namespaces, launched from its own cgroup and torn down by killing one process. Never boot systemd
+# bare on the host: its tmpfiles would wipe the machine's /tmp.
+#
+# Usage: systemd-container-test.sh BIN_DIR   (BIN_DIR holds the built defib and defib-proxy)
+# Prints PASS/FAIL lines; exit 0 only if every check passed; exit 77 when namespaces or systemd-nspawn
+# are not available here (the caller reports a skip).
+#
+# What it shows:
+#   1. systemd sees READY=1 (start returns once the proxy answers) and defib's STATUS= text;
+#   2. a hang injected into the proxy is handled by defib: an incident, a restart of the proxy,
+#      and systemd does not restart defib (NRestarts stays 0);
+#   3. SIGSTOP on defib: systemd's watchdog restarts defib, and afterwards exactly one proxy runs;
+#   4. a wedged event loop in defib (test-only fault): the watchdog's SIGABRT kills it with a core
+#      (ExecMainCode=dumped, signal 6, a core file), then one defib and one proxy run again.
+set -u
+BIN=$(cd "${1:?usage: $0 BIN_DIR}" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+NSPAWN=$(command -v systemd-nspawn || true)
+[ -x "$BIN/defib" ] && [ -x "$BIN/defib-proxy" ] || { echo "no defib/defib-proxy in $BIN"; exit 2; }
+[ -n "$NSPAWN" ] || { echo "SKIP: systemd-nspawn not installed (apt-get install systemd-container)"; exit 77; }
+[ "$(id -u)" = 0 ] || { echo "SKIP: needs root to create namespaces"; exit 77; }
+unshare -m -p -f true 2>/dev/null || { echo "SKIP: cannot create mount and PID namespaces here"; exit 77; }
+[ -d /sys/fs/cgroup/unified ] || [ -f /sys/fs/cgroup/cgroup.controllers ] || { echo "SKIP: no cgroup2 hierarchy"; exit 77; }
+
+W=$(mktemp -d /var/tmp/defib-sd.XXXXXX)
+if [ -d /sys/fs/cgroup/unified ]; then CGU=/sys/fs/cgroup/unified/defib-sd.$$; else CGU=/sys/fs/cgroup/defib-sd.$$; fi
+CGL=/sys/fs/cgroup/systemd/defib-sd.$$
+T0=$(date +%s.%N); P1=; BG=; FAIL=0
+log() { printf '[%5.1fs] %s\n' "$(echo "$(date +%s.%N) - $T0" | bc)" "$*"; }
+check() { if eval "$2"; then log "PASS: $1"; else log "FAIL: $1"; FAIL=1; fi; }
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+ct() { timeout 30 nsenter -t "$P1" -m -u -i -n -p -- env -i PATH=/usr/local/bin:/usr/bin:/bin SYSTEMD_PAGER=cat "$@"; }
+cleanup() {
+    trap - EXIT INT TERM
+    if alive "$P1"; then ct systemctl poweroff --no-block &>/dev/null
+        for _ in $(seq 50); do alive "$BG" || break; sleep 0.1; done; fi
+    alive "$BG" && { log "hard stop"; kill -TERM "$BG"; }
+    [ -n "$BG" ] && wait "$BG" 2>/dev/null
+    [ -e "$CGU/cgroup.kill" ] && echo 1 > "$CGU/cgroup.kill"
+    for _ in $(seq 50); do grep -qs 'populated 1' "$CGU/cgroup.events" || break; sleep 0.1; done
+    for c in "$CGU" "$CGL"; do [ -d "$c" ] && find "$c" -depth -type d -exec rmdir {} \; 2>/dev/null; done
+    if grep -q " $W" /proc/self/mountinfo; then log "FAIL: still mounted: $W"; FAIL=1; else rm -rf --one-file-system "$W"; fi
+    for m in /tmp/defib-sd-marker.$$ /var/tmp/defib-sd-marker.$$; do
+        if [ -e "$m" ]; then rm "$m"; else log "FAIL: $m vanished: the container touched the host's temp dirs"; FAIL=1; fi
+    done
+    log "cleaned up, FAIL=$FAIL"
+    exit $FAIL
+}
+trap cleanup EXIT; trap 'FAIL=1; cleanup' INT TERM
+touch /tmp/defib-sd-marker.$$ /var/tmp/defib-sd-marker.$$
+
+mkdir -p "$W/root" "$W/ovl" "$W/opt/bin" "$W/opt/units" "$CGU"
+cp "$BIN/defib" "$BIN/defib-proxy" "$W/opt/bin/"
+cp "$ROOT"/units/*.service "$W/opt/units/"
+timeout -s KILL 120 unshare -m --propagation private -p -f --kill-child --mount-proc -- bash -c '
+  set -e; W=$1; echo $$ > $2/cgroup.procs
+  mount -t tmpfs -o size=2g defib-sd $W/ovl; mkdir $W/ovl/upper $W/ovl/work
+  mount -t overlay defib-sd -o lowerdir=/,upperdir=$W/ovl/upper,workdir=$W/ovl/work $W/root
+  mount -t tmpfs defib-sd /run
+  SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 exec $3 -D $W/root -b \
+    --register=no --keep-unit --private-network --link-journal=no --resolv-conf=off \
+    --timezone=off --tmpfs=/tmp --tmpfs=/var/tmp --tmpfs=/var/log/journal \
+    --bind-ro=$W/opt:/opt/defib -- systemd.unit=basic.target
+' defib-sd "$W" "$CGU" "$NSPAWN" > "$W/console.log" 2>&1 &
+BG=$!
+for _ in $(seq 100); do
+    for p in $(cat "$CGU"/payload/init.scope/cgroup.procs 2>/dev/null); do
+        grep -qP '^NSpid:.*\t1$' /proc/$p/status && P1=$p; done
+    [ -n "$P1" ] || ! alive $BG && break; sleep 0.1
+done
+st=
+for _ in $(seq 100); do
+    [ -n "$P1" ] || break
+    st=$(ct systemctl is-system-running --wait 2>&1); case $st in running|degraded) break;; esac; sleep 0.1
+done
+check "booted: PID1=host pid ${P1:-none}, state=$st" '[ "$st" = running ] || [ "$st" = degraded ]'
+if [ $FAIL != 0 ]; then tail -20 "$W/console.log"; exit; fi
+
+U=defib@proxy
+STATE=/var/lib/defib/proxy
+ct install -m 0755 /opt/defib/bin/defib /opt/defib/bin/defib-proxy /usr/local/bin/
+ct cp /opt/defib/units/defib@.service /etc/systemd/system/
+ct mkdir -p /etc/defib /etc/systemd/system/$U.service.d
+ct sh -c 'cat > /etc/defib/proxy.toml' <<'EOF'
+state_dir = "/var/lib/defib/proxy"
+[service]
+argv = ["/usr/local/bin/defib-proxy", "--listen", "127.0.0.1:18080", "--route", "app.test=127.0.0.1:18081"]
+[heartbeat]
+interval_ms = 100
+deadline_ms = 1000
+EOF
+# A short watchdog so the test is quick; the trigger file arms the test-only wedge fault.
+ct sh -c "cat > /etc/systemd/system/$U.service.d/test.conf" <<EOF
+[Service]
+WatchdogSec=3s
+TimeoutAbortSec=5s
+Environment=DEFIB_TEST_WEDGE_FILE=$STATE/wedge-now
+EOF
+ct systemctl daemon-reload
+show() { ct systemctl show -p SubState,Result,NRestarts,MainPID,ExecMainCode,ExecMainStatus,StatusText $U; }
+load() { eval "$(show | sed "s/'//g; s/^\([A-Za-z]*\)=\(.*\)/\1='\2'/")"; }
+proxies() { ct ps -eo comm= | grep -c '^defib-proxy$'; }
+defibs() { ct ps -eo comm= | grep -c '^defib$'; }
+
+# 1. READY and STATUS.
+ct systemctl start $U; rc=$?          # returns once defib sent READY=1
+load; FIRST=$MainPID
+check "READY=1 seen: start rc=$rc, SubState=$SubState" '[ $rc = 0 ] && [ "$SubState" = running ]'
+check "STATUS= shown: '$StatusText'" '[[ "$StatusText" == proxy:\ running\ pid* ]]'
+
+# 2. A hang in the proxy is defib's business, not systemd's.
+ct defib ctl --state-dir $STATE fault timeout-race >/dev/null
+recovered=
+for _ in $(seq 150); do
+    if ct defib incidents --state-dir $STATE --json 2>/dev/null | grep -q '"outcome" *: *"recovered"'; then recovered=1; break; fi
+    sleep 0.2
+done
+load
+check "hang handled by defib: incident recovered, defib not restarted (NRestarts=$NRestarts, MainPID $FIRST->$MainPID)" \
+      '[ -n "$recovered" ] && [ "$NRestarts" = 0 ] && [ "$MainPID" = "$FIRST" ]'
+check "the incident names the corrupted lock word" \
+      'ct defib incidents --state-dir $STATE --json | grep -q 0xfffffffffffffffe'
+check "one proxy after the restart ($(proxies))" '[ "$(proxies)" = 1 ]'
+
+# 3. SIGSTOP on defib: systemd's watchdog restarts it; one proxy afterwards.
+ct kill -STOP "$MainPID"
+seen=
+for _ in $(seq 300); do
+    load
+    [ "$Result" = watchdog ] && seen=1
+    [ -n "$seen" ] && [ "$SubState" = running ] && [ "$MainPID" != "$FIRST" ] && [ "$MainPID" != 0 ] && break
+    sleep 0.1
+done
+SECOND=$MainPID
+check "SIGSTOP: watchdog fired and restarted defib (Result=$Result, NRestarts=$NRestarts, MainPID $FIRST->$SECOND)" \
+      '[ -n "$seen" ] && [ "$NRestarts" = 1 ] && [ "$SubState" = running ]'
+for _ in $(seq 50); do [ "$(proxies)" = 1 ] && [ "$(defibs)" = 1 ] && break; sleep 0.1; done
+check "exactly one defib ($(defibs)) and one proxy ($(proxies)) after the watchdog restart" '[ "$(proxies)" = 1 ] && [ "$(defibs)" = 1 ]'
+
+# 4. A wedged event loop: SIGABRT from the watchdog really kills defib and leaves a core.
+ct touch $STATE/wedge-now
+dumped=
+for _ in $(seq 300); do
+    load
+    if [ "$Result" = watchdog ] && [ "$ExecMainCode" = 3 ] && [ "$MainPID" = 0 -o "$MainPID" != "$SECOND" ]; then dumped=1; fi
+    [ -n "$dumped" ] && [ "$SubState" = running ] && [ "$MainPID" != "$SECOND" ] && [ "$MainPID" != 0 ] && break
+    sleep 0.1
+done
+check "wedged loop: killed by the watchdog with a core (ExecMainCode=$ExecMainCode dumped=3, status=$ExecMainStatus SIGABRT=6)" \
+      '[ -n "$dumped" ] && [ "$ExecMainStatus" = 6 ]'
+core=$(ct sh -c "ls $STATE/core* 2>/dev/null | head -1")
+check "the core file is in defib's working directory: '${core:-none}'" \
+      '[ -n "$core" ] && [ "$(ct head -c 4 "$core" | od -An -c | tr -d " ")" = "177ELF" ]'
+check "restarted after the wedge: NRestarts=$NRestarts, SubState=$SubState" '[ "$NRestarts" = 2 ] && [ "$SubState" = running ]'
+for _ in $(seq 50); do [ "$(proxies)" = 1 ] && [ "$(defibs)" = 1 ] && break; sleep 0.1; done
+check "exactly one defib ($(defibs)) and one proxy ($(proxies)) after the wedge" '[ "$(proxies)" = 1 ] && [ "$(defibs)" = 1 ]'
+ct systemctl status --no-pager -n 0 $U | sed 's/^/    /'
