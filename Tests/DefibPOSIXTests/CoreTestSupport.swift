@@ -126,6 +126,17 @@ enum CoreTestSupport {
             }
         }
 
+        /// Thread states once every thread is back asleep (a detached thread runs briefly to re-enter its wait),
+        /// or whatever they are after 10 s.
+        func settledStates(expecting letter: Character = "S") -> [Character] {
+            var states = threadStates
+            for _ in 0..<1_000 where !states.allSatisfy({ $0 == letter }) {
+                usleep(10_000)
+                states = threadStates
+            }
+            return states
+        }
+
         func stop() {
             try? child.signal(SIGKILL)
             _ = waitForChild(child, timeoutMs: 10_000)

@@ -33,7 +33,7 @@ struct NativeCoreTests {
         var st = stat()
         #expect(stat(corePath, &st) == 0 && st.st_mode & 0o777 == 0o600)
         // Detached: every thread is back asleep, none left in a tracing stop.
-        #expect(fixture.threadStates.allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
+        #expect(fixture.settledStates().allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
 
         let native = try S.gdb(binary: fixture.binary, core: corePath, extra: ["print/x the_global"])
         #expect(Set(native.threads) == Set(tasks), "\(native.output)")
@@ -75,7 +75,7 @@ struct NativeCoreTests {
         #expect(error.contains("truncated") && error.contains("1 ms budget"), "\(error)")
         #expect(result.record.path == corePath && fileSize(corePath) == result.record.bytes)
         #expect(result.threads == tasks.count)
-        #expect(fixture.threadStates.allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
+        #expect(fixture.settledStates().allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
 
         let headers = try S.readCoreHeaders(corePath)
         #expect(headers.type == 4 && headers.machine == 62 && headers.firstNoteIsPrStatus)
@@ -103,7 +103,7 @@ struct NativeCoreTests {
         #expect(error.contains("disk full") && error.contains(corePath), "\(error)")
         #expect(result.record.path == nil && result.record.bytes == 0)
         #expect(access(corePath, F_OK) != 0, "the partial core must be removed")
-        #expect(fixture.threadStates.allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
+        #expect(fixture.settledStates().allSatisfy { $0 == "S" }, "\(fixture.threadStates)")
         // Detached cleanly: a second capture elsewhere can attach again.
         let again = NativeCoreWriter.capture(pid: fixture.pid, path: fixture.dir + "/ok.core", options: NativeCoreOptions(budgetMs: 60_000))
         #expect(again.record.error == nil, "\(again.record.error ?? "")")
@@ -238,23 +238,13 @@ struct NativeCoreTests {
         let fixture = try S.startFixture(dataMiB: 4, zeroMiB: 0, reserveMiB: 0)
         defer { fixture.stop(); S.removeTree(fixture.dir) }
         try fixture.child.signal(SIGSTOP)
-        var states: [Character] = []
-        for _ in 0..<500 {
-            states = fixture.threadStates
-            if states.allSatisfy({ $0 == "T" }) { break }
-            usleep(2_000)
-        }
+        let states = fixture.settledStates(expecting: "T")
         try #require(states.allSatisfy { $0 == "T" }, "\(states)")
         let corePath = fixture.dir + "/stopped.core"
         let result = NativeCoreWriter.capture(pid: fixture.pid, path: corePath, options: NativeCoreOptions(budgetMs: 30_000))
         #expect(result.record.error == nil, "\(result.record.error ?? "")")
         #expect(result.threads == 6)
-        var after: [Character] = []
-        for _ in 0..<500 {
-            after = fixture.threadStates
-            if after.allSatisfy({ $0 == "T" }) { break }
-            usleep(2_000)
-        }
+        let after = fixture.settledStates(expecting: "T")
         #expect(after.allSatisfy { $0 == "T" }, "group stop not restored: \(after)")
         let view = try S.gdb(binary: fixture.binary, core: corePath)
         #expect(view.threads.count == 6)
