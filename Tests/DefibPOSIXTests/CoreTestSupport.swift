@@ -64,22 +64,29 @@ enum CoreTestSupport {
 
     private static let builtFixture = Mutex<String?>(nil)
 
-    /// The fixture binary, compiled once per test process with `cc -g -O0 -pthread`.
+    /// The fixture binary, compiled with `cc -g -O0 -pthread` into /tmp/defib-core-fixture-HASH (one per source
+    /// version, shared by test runs; built in a temp dir and renamed into place so parallel runs never see half a file).
     static func fixtureBinary() throws -> String {
         try builtFixture.withLock { cached in
             if let cached { return cached }
+            var hash: UInt64 = 0xcbf2_9ce4_8422_2325   // FNV-1a of the source
+            for byte in hungThreadsFixtureSource.utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+            let binary = "/tmp/defib-core-fixture-\(String(hash, radix: 16))"
+            if access(binary, X_OK) == 0 { cached = binary; return binary }
             let dir = try makeTempDir("fixture")
+            defer { removeTree(dir) }
             let source = dir + "/hung_threads.c"
             let fd = open(source, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard fd >= 0 else { throw SystemError("open(\(source))") }
             let bytes = Array(hungThreadsFixtureSource.utf8)
             _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
             close(fd)
-            let binary = dir + "/hung_threads"
-            let (status, output) = try run(["cc", "-g", "-O0", "-pthread", "-o", binary, source], timeoutMs: 60_000)
+            let built = dir + "/hung_threads"
+            let (status, output) = try run(["cc", "-g", "-O0", "-pthread", "-o", built, source], timeoutMs: 60_000)
             guard status == .exited(code: 0) else {
                 throw FixtureError(message: "cc failed (\(String(describing: status))): \(output)")
             }
+            guard rename(built, binary) == 0 else { throw SystemError("rename(\(built), \(binary))") }
             cached = binary
             return binary
         }
