@@ -15,7 +15,7 @@ public struct FlightRecorderWriterError: Error, Equatable, CustomStringConvertib
 
     /// The class of failure.
     public var kind: Kind
-    /// The failing call ("open", "ftruncate", "mmap") or the argument's name.
+    /// The failing call ("open", "fchmod", "ftruncate", "mmap", "rename") or the argument's name.
     public var call: String
     /// The file involved.
     public var path: String
@@ -72,8 +72,9 @@ public final class FlightRecorderWriter: @unchecked Sendable {
     /// The recorder `LockRegistry.shared` currently routes to.
     public static var current: FlightRecorderWriter? { LockRegistry.shared.flightRecorder }
 
-    /// Creates (or truncates) `path` with mode 0600, sizes and maps it, writes the header, and routes
-    /// `LockRegistry.shared` to it, replacing (and closing) any recorder opened before.
+    /// Creates `path` afresh with mode 0600 (replacing any file there), sizes and maps it, writes the
+    /// header, and routes `LockRegistry.shared` to it, replacing (and closing) any recorder opened before.
+    /// The file appears complete, under its name, in one rename: readers should open it by path each time.
     @discardableResult
     public static func open(path: String, slotCount: Int = FlightRecordLayout.defaultSlotCount)
         throws(FlightRecorderWriterError) -> FlightRecorderWriter {
@@ -85,18 +86,22 @@ public final class FlightRecorderWriter: @unchecked Sendable {
                                             detail: "\(slotCount) is not in 1...\(FlightRecordLayout.maxSlotCount)")
         }
         let size = FlightRecordLayout.fileSize(slotCount: slotCount)
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw FlightRecorderWriterError(kind: .system, call: "open", path: path, errno: Glibc.errno) }
+        // Built under a temporary name and renamed into place: a reader never sees a half-made file, and
+        // a mapping of the file it replaces (ours or a previous instance's) never faults on a truncation.
+        let temporary = "\(path).tmp.\(getpid())"
+        func fail(_ call: String, _ file: String) -> FlightRecorderWriterError {
+            FlightRecorderWriterError(kind: .system, call: call, path: file, errno: Glibc.errno)
+        }
+        let fd = Glibc.open(temporary, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw fail("open", temporary) }
         defer { Glibc.close(fd) }
-        // O_CREAT's mode does not apply to a file that already existed.
-        guard fchmod(fd, 0o600) == 0 else {
-            throw FlightRecorderWriterError(kind: .system, call: "fchmod", path: path, errno: Glibc.errno)
-        }
-        guard ftruncate(fd, off_t(size)) == 0 else {
-            throw FlightRecorderWriterError(kind: .system, call: "ftruncate", path: path, errno: Glibc.errno)
-        }
+        var renamed = false
+        defer { if !renamed { unlink(temporary) } }
+        // O_CREAT's mode goes through the umask and does not apply to a file that already existed.
+        guard fchmod(fd, 0o600) == 0 else { throw fail("fchmod", temporary) }
+        guard ftruncate(fd, off_t(size)) == 0 else { throw fail("ftruncate", temporary) }
         guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
-            throw FlightRecorderWriterError(kind: .system, call: "mmap", path: path, errno: Glibc.errno)
+            throw fail("mmap", temporary)
         }
         FlightRecordEncoder.writeHeaderStatics(into: mapped, pid: getpid(), pageSize: UInt32(sysconf(Int32(_SC_PAGESIZE))),
                                                slotCount: slotCount, createdUnixMs: defib_realtime_ms())
@@ -105,6 +110,12 @@ public final class FlightRecorderWriter: @unchecked Sendable {
         // Magic last: a reader that sees it sees a complete header.
         defib_fence_release()
         FlightRecordEncoder.writeMagic(into: mapped)
+        guard rename(temporary, path) == 0 else {
+            let error = fail("rename", "\(temporary) -> \(path)")
+            munmap(mapped, size)
+            throw error
+        }
+        renamed = true
         let writer = FlightRecorderWriter(path: path, slotCount: slotCount, base: mapped, size: size)
         LockRegistry.shared.install(writer)?.unmap()
         return writer

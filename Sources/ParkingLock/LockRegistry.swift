@@ -18,8 +18,7 @@ public final class LockRegistry: @unchecked Sendable {
 
     private let state = Mutex(State())
 
-    /// Makes an empty registry (tests; the process uses `shared`).
-    public init() {}
+    private init() {}
 
     /// The registered locks still alive, in registration order.
     public var locks: [RwLock] {

@@ -115,7 +115,8 @@ public final class RwLock: @unchecked Sendable {
 
     // MARK: Guard-style API
 
-    /// Takes a read lock, parking while a writer holds or waits for the lock.
+    /// Takes a read lock, parking while a writer holds or waits for the lock. Traps, as parking_lot
+    /// panics, if the reader count would overflow (`lockSharedRecursive` throws instead).
     public func lockShared() {
         if tryLockSharedFast(recursive: false) { return }
         if case .overflow(let w) = lockSharedSlow(recursive: false, deadline: nil) {
@@ -123,7 +124,7 @@ public final class RwLock: @unchecked Sendable {
         }
     }
 
-    /// Takes a read lock within `timeout`; false if it timed out.
+    /// Takes a read lock within `timeout`; false if it timed out. Traps like `lockShared` on overflow.
     public func tryLockShared(for timeout: Duration) -> Bool {
         if tryLockSharedFast(recursive: false) { return true }
         switch lockSharedSlow(recursive: false, deadline: timeout.deadlineFromNow) {

@@ -43,7 +43,7 @@ struct ChurnOutcome: Sendable, CustomStringConvertible {
     var reads: Int
 
     var description: String {
-        "corrupted=\(corrupted) stalled=\(stalled) after \(String(format: "%.2f", seconds)) s, word \(LockWord.hex(word)), "
+        "corrupted=\(corrupted) stalled=\(stalled) after \((seconds * 100).rounded() / 100) s, word \(LockWord.hex(word)), "
             + "\(writerTimeouts) writer timeouts, \(writes) writes, \(reads) reads"
     }
 }

@@ -20,8 +20,8 @@ extension ParkingLockSuite {
             #expect(!buggy.stalled || buggy.corrupted)
             #expect(buggy.writerTimeouts > 0)
 
-            // The fixed run lasts at least 3× what the buggy one needed, and at least 8 s.
-            let seconds = min(60, max(8, Int((buggy.seconds * 3).rounded(.up))))
+            // The fixed run lasts 3× what the buggy one needed, at least 8 s and at most 20 s.
+            let seconds = min(20, max(8, Int((buggy.seconds * 3).rounded(.up))))
             let fixed = runChurn(config, revert: .fixed, duration: .seconds(seconds))
             print("natural race, \(config), fixed: \(fixed)")
             #expect(!fixed.corrupted, "fixed revert corrupted the word: \(fixed)")
