@@ -23,7 +23,7 @@ let package = Package(
         .target(name: "CDefibShims"),
         // The flight recorder's on-disk format: written by ParkingLock in the service, read by the
         // supervisor. Pure Swift, no dependencies, so both sides share one definition.
-        .target(name: "FlightRecorder"),
+        .target(name: "FlightRecorder", exclude: ["FORMAT.md"]),
         // A parking_lot-faithful RwLock with its parking lot, telemetry and flight-recorder writer.
         .target(name: "ParkingLock", dependencies: ["CDefibShims", "FlightRecorder"]),
         // Pure logic: config model, supervision state machine, restart policy, incident model, diagnosis.
