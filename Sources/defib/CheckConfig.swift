@@ -50,14 +50,27 @@ struct CheckConfigCommand: ParsableCommand {
             rows.append(["  env", c.service.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")])
         }
         rows.append(["  working dir", c.service.workingDirectory ?? "(defib's)"])
-        rows.append(["heartbeat", "ping every \(h.intervalMs) ms; a reply later than \(h.deadlineMs) ms is a miss; "
-            + "\(h.misses) miss\(h.misses == 1 ? "" : "es") in a row make\(h.misses == 1 ? "s" : "") a hang; first pong within \(h.startTimeoutMs) ms"])
+        let stages = SupervisorMachine.Settings(c)
+        let source = h.source == .ping ? "ping every \(h.intervalMs) ms" : h.source == .notify
+            ? "sd_notify WATCHDOG=1 every \(h.intervalMs) ms" : "ping and sd_notify WATCHDOG=1, every \(h.intervalMs) ms"
+        rows.append(["heartbeat", "\(source); first answer within \(h.startTimeoutMs) ms"])
+        rows.append(["  stages", "miss after \(stages.missMs) ms, suspect at \(stages.suspectMs) ms of silence, hang at \(h.deadlineMs) ms"
+            + (h.misses > 1 ? " and \(h.misses) misses" : "")])
+        rows.append(["  starved", stages.maxExtensionMs == 0 ? "never extended"
+            : "deadline extended by \(stages.extensionStepMs) ms at a time, up to \(stages.maxExtensionMs) ms (never when stuck)"])
+        if stages.killJitterMs > 0 { rows.append(["  jitter", "kill delayed by up to \(stages.killJitterMs) ms"]) }
         rows.append(["  control", c.controlSocketPath])
         rows.append(["capture", cap.method == .none ? "none (no core)"
-            : "\(cap.method.rawValue), budget \(cap.budgetMs) ms, into \(c.coreDirectory), stacks \(cap.stacks ? "on" : "off")"])
+            : "\(cap.method.rawValue), budget \(cap.budgetMs) ms, into \(c.coreDirectory), stacks \(cap.stacks ? "on" : "off")"
+              + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")])
+        let ret = c.retention
+        rows.append(["retention", "\(ret.maxPerService) cores per service; at most \(ret.maxUseBytes.map { "\($0 >> 20) MiB" } ?? "10 % of the disk"), "
+            + "keeping \(ret.keepFreeBytes.map { "\($0 >> 20) MiB" } ?? "15 % of the disk") free"])
         rows.append(["restart", "backoff \(r.backoffInitialMs) ms ×\(r.backoffMultiplier) up to \(r.backoffMaxMs) ms, reset after \(r.backoffResetMs) ms ready"])
         rows.append(["  give up", "after more than \(r.intensityMax) restart\(r.intensityMax == 1 ? "" : "s") within \(r.intensityWindowMs) ms"])
         rows.append(["  stop", "SIGTERM, then SIGKILL after \(r.stopTimeoutMs) ms"])
+        for socket in c.sockets { rows.append(["socket", "\(socket.name) = \(socket.host):\(socket.port), passed as LISTEN_FDS"]) }
+        if let listen = c.metricsListen { rows.append(["metrics", "http://\(listen)/metrics"]) }
         rows.append(["incidents", c.databasePath])
         return Format.table(rows, indent: "  ")
     }

@@ -273,7 +273,7 @@ struct IncidentsCLITests {
         #expect(ok.code == 0, "\(ok.stderr)")
         #expect(ok.stdout.hasPrefix("\(example): ok\n"), "\(ok.stdout)")
         for expected in ["/var/lib/defib", "proxy: /usr/local/bin/defib-proxy", "ping every 200 ms", "/var/lib/defib/run/proxy/control.sock",
-                         "gcore, budget 10000 ms", "/var/lib/defib/incidents.sqlite"] {
+                         "native, budget 10000 ms", "hang at 1000 ms", "http = 127.0.0.1:8080", "/var/lib/defib/incidents.sqlite"] {
             #expect(ok.stdout.contains(expected), "summary lacks '\(expected)':\n\(ok.stdout)")
         }
 
