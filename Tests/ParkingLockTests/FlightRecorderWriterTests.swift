@@ -12,22 +12,38 @@ func makeTempDirectory() throws -> String {
     return String(cString: made!)
 }
 
+/// A failed system call in a test helper.
+struct SystemCallFailure: Error, CustomStringConvertible {
+    var call: String
+    var path: String
+    var errno: Int32
+    var description: String { "\(call)(\(path)): \(String(cString: strerror(errno)))" }
+}
+
 /// The whole file, with plain read(2) calls (which copy front to back, as the format requires).
 func readWholeFile(_ path: String) throws -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
-    try #require(fd >= 0, "open(\(path)): \(String(cString: strerror(errno)))")
+    guard fd >= 0 else { throw SystemCallFailure(call: "open", path: path, errno: errno) }
     defer { close(fd) }
     var st = stat()
-    try #require(fstat(fd, &st) == 0)
+    guard fstat(fd, &st) == 0 else { throw SystemCallFailure(call: "fstat", path: path, errno: errno) }
     var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
     var done = 0
     while done < bytes.count {
         let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
         if n < 0, errno == EINTR { continue }
-        try #require(n > 0, "read(\(path)): \(n)")
+        guard n > 0 else { throw SystemCallFailure(call: "read", path: path, errno: n == 0 ? EIO : errno) }
         done += n
     }
     return bytes
+}
+
+/// What a reader of the live file saw.
+struct ChurnReadOutcome: Sendable {
+    var good = 0
+    var torn = 0
+    var problems: [String] = []
+    var lastGeneration: UInt64 = 0
 }
 
 extension ParkingLockSuite {
@@ -164,7 +180,7 @@ extension ParkingLockSuite {
             #expect(zero?.description.contains("slotCount") == true)
         }
 
-        @Test func readingTheMappedFileWhileThreadsChurnNeverYieldsAnInconsistentRecord() throws {
+        @Test func readingTheMappedFileWhileThreadsChurnNeverYieldsAnInconsistentRecord() async throws {
             let dir = try makeTempDirectory()
             let path = dir + "/churn.rec"
             let writer = try FlightRecorderWriter.open(path: path, slotCount: 4)
@@ -192,35 +208,39 @@ extension ParkingLockSuite {
                 })
             }
 
-            var good = 0, torn = 0
-            var problems: [String] = []
-            var lastGeneration: UInt64 = 0
-            let end = defib_monotonic_ns() + 2_000_000_000
-            while defib_monotonic_ns() < end {
-                let bytes = try readWholeFile(path)
-                let record: FlightRecord
-                do {
-                    record = try FlightRecord.decode(bytes)
-                } catch where error.kind == .torn {
-                    torn += 1
-                    continue
-                } catch {
-                    problems.append("decode: \(error)")
-                    continue
+            let outcome = try await onDedicatedThread {
+                var outcome = ChurnReadOutcome()
+                let end = defib_monotonic_ns() + 2_000_000_000
+                while defib_monotonic_ns() < end {
+                    let bytes = try readWholeFile(path)
+                    let record: FlightRecord
+                    do {
+                        record = try FlightRecord.decode(bytes)
+                    } catch let error as FlightRecordError where error.kind == .torn {
+                        outcome.torn += 1
+                        continue
+                    } catch {
+                        outcome.problems.append("decode: \(error)")
+                        continue
+                    }
+                    outcome.good += 1
+                    if record.generation < outcome.lastGeneration {
+                        outcome.problems.append("generation went back: \(record.generation)")
+                    }
+                    outcome.lastGeneration = record.generation
+                    for slot in record.locks where slot.name.hasPrefix("fr-churn-") {
+                        outcome.problems += Self.inconsistencies(in: slot, address: addresses[slot.name])
+                    }
                 }
-                good += 1
-                if record.generation < lastGeneration { problems.append("generation went back: \(record.generation)") }
-                lastGeneration = record.generation
-                for slot in record.locks where slot.name.hasPrefix("fr-churn-") {
-                    problems += Self.inconsistencies(in: slot, address: addresses[slot.name])
-                }
+                return outcome
             }
             stop.set()
             for thread in threads { #expect(thread.join(timeout: .seconds(10))) }
-            print("flight recorder churn read: \(good) consistent reads, \(torn) torn reads rejected, generation \(lastGeneration)")
-            #expect(problems.isEmpty, "\(problems.prefix(5))")
-            #expect(good >= 50, "too few consistent reads (\(good)) to mean anything")
-            #expect(lastGeneration > 1000, "the writers hardly wrote: generation \(lastGeneration)")
+            print("flight recorder churn read: \(outcome.good) consistent reads, \(outcome.torn) torn reads rejected, "
+                + "generation \(outcome.lastGeneration)")
+            #expect(outcome.problems.isEmpty, "\(outcome.problems.prefix(5))")
+            #expect(outcome.good >= 50, "too few consistent reads (\(outcome.good)) to mean anything")
+            #expect(outcome.lastGeneration > 1000, "the writers hardly wrote: generation \(outcome.lastGeneration)")
         }
 
         /// What would betray a read mixing two updates of a slot.

@@ -11,10 +11,10 @@ extension ParkingLockSuite {
         static let bound: Duration = .seconds(60)
 
         @Test(arguments: [ReaderHold.exactlyTimeout, .randomUpToTwiceTimeout])
-        func buggyCorruptsAndFixedSurvives(hold: ReaderHold) throws {
-            var config = Self.config
-            config.hold = hold
-            let buggy = runChurn(config, revert: .buggy, duration: Self.bound)
+        func buggyCorruptsAndFixedSurvives(hold: ReaderHold) async throws {
+            let config = ChurnConfig(readers: Self.config.readers, writers: Self.config.writers,
+                                     timeout: Self.config.timeout, hold: hold)
+            let buggy = try await onDedicatedThread { runChurn(config, revert: .buggy, duration: Self.bound) }
             print("natural race, \(config), buggy: \(buggy)")
             #expect(buggy.corrupted, "buggy revert did not corrupt within \(Self.bound): \(buggy)")
             #expect(!buggy.stalled || buggy.corrupted)
@@ -22,7 +22,7 @@ extension ParkingLockSuite {
 
             // The fixed run lasts 3× what the buggy one needed, at least 8 s and at most 20 s.
             let seconds = min(20, max(8, Int((buggy.seconds * 3).rounded(.up))))
-            let fixed = runChurn(config, revert: .fixed, duration: .seconds(seconds))
+            let fixed = try await onDedicatedThread { runChurn(config, revert: .fixed, duration: .seconds(seconds)) }
             print("natural race, \(config), fixed: \(fixed)")
             #expect(!fixed.corrupted, "fixed revert corrupted the word: \(fixed)")
             #expect(!fixed.stalled, "fixed run stopped making progress: \(fixed)")

@@ -73,8 +73,10 @@ extension ParkingLockSuite {
             #expect(lock.rawWord == LockWord.writer | LockWord.parked)
             sleepFor(.milliseconds(200))
             #expect(!readerIn.isSet, "a reader got in while a writer held the lock")
-            let timedReader = TestThread { #expect(lock.tryRead(for: .milliseconds(20)) { true } == nil) }
+            let timedRead = SharedInt(-1)
+            let timedReader = TestThread { timedRead.set(lock.tryRead(for: .milliseconds(20)) { 1 } ?? 0) }
             #expect(timedReader.join(timeout: .seconds(10)))
+            #expect(timedRead.value == 0, "tryRead must time out behind a writer")
             lock.unlockExclusive()
             #expect(reader.join(timeout: .seconds(10)))
             #expect(readerIn.isSet)
@@ -110,21 +112,23 @@ extension ParkingLockSuite {
             for revert in RevertStrategy.allCases {
                 lock.revert = revert
                 lock.lockShared()
-                let writer = TestThread {
-                    #expect(lock.tryWrite(for: .milliseconds(30), label: "timed \(revert)") { true } == nil)
-                }
+                let wrote = SharedInt(-1)
+                let writer = TestThread { wrote.set(lock.tryWrite(for: .milliseconds(30), label: "timed \(revert)") { 1 } ?? 0) }
                 #expect(writer.join(timeout: .seconds(10)))
+                #expect(wrote.value == 0, "\(revert): tryWrite must time out behind a reader")
                 #expect(lock.rawWord == LockWord.oneReader, "\(revert): \(LockWord.hex(lock.rawWord))")
                 lock.unlockShared()
                 #expect(lock.rawWord == 0)
             }
             // A reader and a writer timing out behind a writer.
             lock.lockExclusive(label: "holder")
+            let read = SharedInt(-1), wrote = SharedInt(-1)
             let others = [
-                TestThread { #expect(lock.tryRead(for: .milliseconds(30)) { true } == nil) },
-                TestThread { #expect(lock.tryWrite(for: .milliseconds(30), label: "second") { true } == nil) },
+                TestThread { read.set(lock.tryRead(for: .milliseconds(30)) { 1 } ?? 0) },
+                TestThread { wrote.set(lock.tryWrite(for: .milliseconds(30), label: "second") { 1 } ?? 0) },
             ]
             for other in others { #expect(other.join(timeout: .seconds(10))) }
+            #expect(read.value == 0 && wrote.value == 0, "both must time out behind a writer")
             #expect(lock.rawWord == LockWord.writer)
             lock.unlockExclusive()
             #expect(lock.rawWord == 0)

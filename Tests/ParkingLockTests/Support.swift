@@ -6,7 +6,7 @@ import Testing
 
 /// The parent of every suite in this target. Serialized: the churn tests need the two cores to
 /// themselves, and the flight-recorder tests share `LockRegistry.shared`.
-@Suite(.serialized) struct ParkingLockSuite {}
+@Suite(.serialized, .timeLimit(.minutes(3))) struct ParkingLockSuite {}
 
 /// A real pthread running `body`. Threads that may park forever (on a deliberately corrupted lock)
 /// are simply never joined.
@@ -47,6 +47,15 @@ final class TestThread: @unchecked Sendable {
 
     /// Leaves the thread to run (or park) on its own.
     func detach() { pthread_detach(thread) }
+}
+
+/// Runs `body` on a dedicated pthread and awaits it, so that long blocking work (churn, polling)
+/// does not sit on a thread of the Swift concurrency pool the other test targets share. Assertions
+/// belong after the await: an `#expect` on a foreign thread is not attributed to the test.
+func onDedicatedThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        TestThread { continuation.resume(with: Result { try body() }) }.detach()
+    }
 }
 
 /// Polls `condition` every millisecond until it holds or `timeout` passes.
