@@ -2,6 +2,7 @@
 #include "lock_shims.h"
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/futex.h>
@@ -29,6 +30,20 @@ int defib_parker_still_parked(const uint32_t *futex) { return __atomic_load_n(fu
 void defib_parker_unpark_lock(uint32_t *futex) { __atomic_store_n(futex, 0, __ATOMIC_RELEASE); }
 
 void defib_parker_wake(uint32_t *futex) { syscall(SYS_futex, futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0); }
+
+static __thread int32_t cached_tid;
+static pthread_once_t tid_once = PTHREAD_ONCE_INIT;
+
+static void reset_cached_tid(void) { cached_tid = 0; }
+static void register_tid_reset(void) { pthread_atfork(NULL, NULL, reset_cached_tid); }
+
+int32_t defib_lock_tid(void) {
+    if (cached_tid == 0) {
+        pthread_once(&tid_once, register_tid_reset);
+        cached_tid = (int32_t)syscall(SYS_gettid);
+    }
+    return cached_tid;
+}
 
 void defib_cpu_relax(uint32_t n) {
     for (uint32_t i = 0; i < n; i++) {

@@ -36,7 +36,7 @@ extension RwLock {
     }
 
     func didAcquireWrite(label: String) {
-        let holder = LockHolder(label: label, tid: defib_gettid(), sinceMonotonicNs: defib_monotonic_ns(),
+        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
                                 sinceUnixMs: defib_realtime_ms())
         telemetry.withLock { t in
             t.holder = holder
@@ -75,7 +75,7 @@ extension RwLock {
     /// Appends a slow-lock event to the flight recorder, if one is attached.
     func record(_ kind: FlightRecord.EventKind, label: String) {
         guard recording.load(ordering: .relaxed) else { return }
-        let event = FlightRecord.Event(kind: kind, tid: defib_gettid(), monotonicNs: defib_monotonic_ns(),
+        let event = FlightRecord.Event(kind: kind, tid: defib_lock_tid(), monotonicNs: defib_monotonic_ns(),
                                        unixMs: defib_realtime_ms(), wordAfter: rawWord, label: label)
         telemetry.withLock { t in writeSlot(&t, event: event) }
     }

@@ -17,6 +17,10 @@ void defib_parker_unpark_lock(uint32_t *futex);
 /// FUTEX_WAKE one sleeper on the word.
 void defib_parker_wake(uint32_t *futex);
 
+/// The calling thread's kernel tid, cached per thread (the write path records it on every acquire;
+/// gettid is a system call). The cache is reset in a forked child.
+int32_t defib_lock_tid(void);
+
 /// `pause` `n` times (spin-loop hint).
 void defib_cpu_relax(uint32_t n);
 
