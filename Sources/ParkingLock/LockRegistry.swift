@@ -17,6 +17,8 @@ public final class LockRegistry: @unchecked Sendable {
     }
 
     private let state = Mutex(State())
+    /// Serializes `install`, which attaches locks outside `state`.
+    private let installing = Mutex(())
 
     private init() {}
 
@@ -38,23 +40,30 @@ public final class LockRegistry: @unchecked Sendable {
         }
     }
 
-    /// Called from the lock's deinit: drop the entry and free its recorder slot.
+    /// Called from the lock's deinit: drop the entry and free its recorder slot. Never loads another
+    /// entry's weak reference: a strong reference dropped here could run that lock's deinit, which
+    /// would come back for this same mutex.
     func unregister(_ lock: RwLock) {
         let id = ObjectIdentifier(lock)
         state.withLock { s in
             guard let index = s.entries.firstIndex(where: { $0.id == id }) else { return }
             s.entries.remove(at: index)
-            if s.recorder != nil { lock.attachRecorder(nil) }
+            lock.attachRecorder(nil)
         }
     }
 
-    /// Routes every registered lock (and every later one) to `recorder`; returns the one it replaces.
+    /// Routes every registered lock (and every later one) to `recorder`; returns the one it replaces,
+    /// which no lock writes to any more when this returns.
     func install(_ recorder: FlightRecorderWriter?) -> FlightRecorderWriter? {
-        state.withLock { s in
-            let old = s.recorder
-            s.recorder = recorder
-            for entry in s.entries {
-                guard let lock = entry.lock else { continue }
+        installing.withLock { _ in
+            let (old, live) = state.withLock { s in
+                let old = s.recorder
+                s.recorder = recorder
+                return (old, s.entries.compactMap(\.lock))
+            }
+            // Outside the state mutex: releasing `live` may run a lock's deinit, which unregisters.
+            // Locks registered from here on attach themselves to `recorder` in `register`.
+            for lock in live {
                 if let recorder { Self.attach(lock, to: recorder) } else { lock.attachRecorder(nil) }
             }
             return old

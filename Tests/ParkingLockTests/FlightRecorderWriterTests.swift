@@ -157,6 +157,38 @@ extension ParkingLockSuite {
             #expect(later.events.suffix(3).map(\.kind) == [.readerCountOverflow, .parkedRead, .readTimedOut])
         }
 
+        @Test func locksComingAndGoingWhileRecordersOpenAndClose() async throws {
+            let dir = try makeTempDirectory()
+            let stop = Flag()
+            let made = Counter()
+            let churners = (0..<2).map { t in
+                TestThread {
+                    while !stop.isSet {
+                        let lock = RwLock(name: "fr-transient-\(t)")
+                        lock.write(label: "transient") {}
+                        made.increment()
+                    }
+                }
+            }
+            let opened = try await onDedicatedThread {
+                var opened = 0
+                let end = defib_monotonic_ns() + 500_000_000
+                while defib_monotonic_ns() < end {
+                    let writer = try FlightRecorderWriter.open(path: dir + "/cycle.rec", slotCount: 2)
+                    opened += 1
+                    if opened % 2 == 0 { writer.close() }
+                }
+                FlightRecorderWriter.current?.close()
+                return opened
+            }
+            stop.set()
+            for churner in churners { #expect(churner.join(timeout: .seconds(10))) }
+            #expect(opened > 10 && made.count > 10, "opened \(opened) recorders, made \(made.count) locks")
+            #expect(FlightRecorderWriter.current == nil)
+            let record = try FlightRecord.decode(readWholeFile(dir + "/cycle.rec"), torn: .skip)
+            #expect(record.slotCount == 2)
+        }
+
         @Test func openFromEnvironmentDoesNothingWhenUnset() throws {
             guard getenv(FlightRecordLayout.environmentVariable) == nil else { return }
             let before = FlightRecorderWriter.current
