@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: defib supervising defib-proxy (in front of a real HTTP backend) under a steady load of
 # requests; the parking_lot try_write_for race is injected through the control channel; defib notices
-# the silence, takes a core, kills and restarts the proxy, and records the incident, printed at the end.
+# the silence, reads the lock word from the hung process's memory, writes a core, kills and restarts
+# the proxy, and records the incident, printed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=$(swift build --show-bin-path)
@@ -24,9 +25,10 @@ say "backend: python3 http.server on 127.0.0.1:$BACKEND_PORT"
 python3 -m http.server "$BACKEND_PORT" --bind 127.0.0.1 --directory "$STATE/site" >"$STATE/backend.log" 2>&1 &
 pids+=($!)
 
-say "supervisor: defib run (heartbeat 100 ms, deadline 1000 ms, capture gcore) -- defib-proxy on 127.0.0.1:$PROXY_PORT"
-"$BIN/defib" run --state-dir "$STATE" --interval 100 --deadline 1000 --capture gcore -- \
-    "$BIN/defib-proxy" --listen "127.0.0.1:$PROXY_PORT" --route "demo.local=127.0.0.1:$BACKEND_PORT" --churn 5 \
+say "supervisor: defib run (heartbeat 100 ms, deadline 1000 ms, native core) -- defib-proxy on a socket defib binds and passes (127.0.0.1:$PROXY_PORT)"
+"$BIN/defib" run --state-dir "$STATE" --interval 100 --deadline 1000 --capture native \
+    --socket "http=127.0.0.1:$PROXY_PORT" -- \
+    "$BIN/defib-proxy" --route "demo.local=127.0.0.1:$BACKEND_PORT" --churn 5 \
     2>&1 | sed -u 's/^/  [defib] /' &
 pids+=($!)
 
@@ -39,7 +41,7 @@ say "load: one request every 50 ms through the proxy (Host: demo.local)"
 (
     end=$((SECONDS + 40))
     while [ $SECONDS -lt $end ] && [ ! -e "$STATE/stop-load" ]; do
-        curl -s -o /dev/null -m 2 -w '%{http_code}\n' -H 'Host: demo.local' "http://127.0.0.1:$PROXY_PORT/" >>"$STATE/load.log" || echo "000" >>"$STATE/load.log"
+        curl -s -o /dev/null -m 5 -w '%{http_code}\n' -H 'Host: demo.local' "http://127.0.0.1:$PROXY_PORT/" >>"$STATE/load.log" || echo "000" >>"$STATE/load.log"
         sleep 0.05
     done
 ) &
@@ -65,12 +67,12 @@ sleep 2
 touch "$STATE/stop-load"; sleep 0.5
 
 ok=$(grep -c '^200$' "$STATE/load.log" || true); total=$(wc -l <"$STATE/load.log")
-say "load: $ok of $total requests answered 200 (the rest fell in the hang and the restart)"
+say "load: $ok of $total requests answered 200 (the others were in flight when the hung instance was killed)"
 
 say "defib incidents --state-dir $STATE"
 "$BIN/defib" incidents --state-dir "$STATE"
 
 say "defib incidents info last --state-dir $STATE"
-"$BIN/defib" incidents info last --state-dir "$STATE" | head -80
+"$BIN/defib" incidents info last --state-dir "$STATE" | head -60
 echo
-echo "(full stacks: defib incidents info last --state-dir $STATE;  open the core: defib incidents gdb last --state-dir $STATE)"
+echo "(full stacks: defib incidents info last --state-dir $STATE;  open the core in gdb: defib incidents gdb last --state-dir $STATE)"
