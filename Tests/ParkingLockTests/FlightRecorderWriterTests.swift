@@ -12,6 +12,17 @@ func makeTempDirectory() throws -> String {
     return String(cString: made!)
 }
 
+/// Removes a flat directory made by `makeTempDirectory` and the files in it.
+func removeTempDirectory(_ dir: String) {
+    guard let stream = opendir(dir) else { return }
+    while let entry = readdir(stream) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name != ".", name != ".." { unlink(dir + "/" + name) }
+    }
+    closedir(stream)
+    rmdir(dir)
+}
+
 /// A failed system call in a test helper.
 struct SystemCallFailure: Error, CustomStringConvertible {
     var call: String
@@ -52,6 +63,7 @@ extension ParkingLockSuite {
     @Suite(.serialized) struct FlightRecorderWriting {
         @Test func openMakesA0600FileAndRegisteredLocksMirrorIntoIt() throws {
             let dir = try makeTempDirectory()
+            defer { removeTempDirectory(dir) }
             let path = dir + "/flight.rec"
             // A stale file with a looser mode: open must replace it with a 0600 one.
             let stale = open(path, O_WRONLY | O_CREAT, 0o644)
@@ -123,6 +135,7 @@ extension ParkingLockSuite {
 
         @Test func theForcedRaceLeavesItsTraceInTheRecorder() throws {
             let dir = try makeTempDirectory()
+            defer { removeTempDirectory(dir) }
             let path = dir + "/race.rec"
             let writer = try FlightRecorderWriter.open(path: path)
             defer { writer.close() }
@@ -159,6 +172,7 @@ extension ParkingLockSuite {
 
         @Test func locksComingAndGoingWhileRecordersOpenAndClose() async throws {
             let dir = try makeTempDirectory()
+            defer { removeTempDirectory(dir) }
             let stop = Flag()
             let made = Counter()
             let churners = (0..<2).map { t in
@@ -214,6 +228,7 @@ extension ParkingLockSuite {
 
         @Test func readingTheMappedFileWhileThreadsChurnNeverYieldsAnInconsistentRecord() async throws {
             let dir = try makeTempDirectory()
+            defer { removeTempDirectory(dir) }
             let path = dir + "/churn.rec"
             let writer = try FlightRecorderWriter.open(path: path, slotCount: 4)
             defer { writer.close() }
