@@ -23,5 +23,11 @@ test: setup
 	swift build --build-tests
 	swift test
 
+## Benchmarks (a few minutes, not part of `make test`): core capture (native vs gcore vs the kernel's dump) and
+## defib's own cost; writes bench/REPORT.md and bench/*.json. Parts: scripts/bench.sh core overhead [peers].
+bench: setup
+	scripts/setup.sh bench
+	BENCH_COMMAND="make bench" scripts/bench.sh core overhead
+
 clean:
 	rm -rf .build demo-state

@@ -68,11 +68,17 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // `make bench`: core capture (native, gcore, the kernel's dump) and the supervisor's own cost.
+        .executableTarget(name: "defib-bench", dependencies: [
+            "DefibCore", "DefibPOSIX",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
         .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore"]),
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
     ]
 )

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Runs the named benchmark parts and writes bench/REPORT.md (make bench runs `core overhead`).
+#
+#   scripts/bench.sh [PART...]        default: core overhead
+#
+# Parts:
+#   core      core capture of the reference proxy, idle and with 512 MiB + 8 threads: native writer vs gcore vs
+#             the kernel's dump (defib-bench core)
+#   overhead  defib supervising the idle proxy at 10 Hz for 60 s: its CPU, RSS and start-up (defib-bench overhead)
+#
+# Adding a part (e.g. `peers`, defib vs monit/supervisord): define a function part_NAME below. It runs with
+# $BIN (the release binaries) and $OUT (the report directory) set and must write $OUT/NAME.json holding at least
+#   {"part": "NAME", "status": "ok" | "FAIL", "reason": null | "...",
+#    "targets": [{"id": "...", "target": "...", "measured": "...", "pass": true}],
+#    "markdown": "## Its section of REPORT.md\n..."}
+# (defib-bench's own parts show the shape; `defib-bench fail --part NAME --reason WHY` writes a FAIL one).
+# A part that exits non-zero without writing its JSON is reported as FAIL with its exit code; the other parts
+# still run. Every process a part starts must be stopped by its pid (or pidfd), never by name.
+#
+# Environment: BENCH_SCRATCH (default .build-bench), BENCH_OUT (default bench), BENCH_COMMAND (the command quoted
+# in the report; default this script's command line), BENCH_ARGS_core / BENCH_ARGS_overhead (extra flags, e.g.
+# BENCH_ARGS_overhead="--duration 10").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/opt/swift/usr/bin"
+
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(core overhead)
+SCRATCH=${BENCH_SCRATCH:-.build-bench}
+OUT=${BENCH_OUT:-bench}
+COMMAND=${BENCH_COMMAND:-"scripts/bench.sh ${parts[*]}"}
+mkdir -p "$OUT"
+
+echo "bench: release build into $SCRATCH"
+build_ok=1
+for product in defib-bench defib defib-proxy; do
+    if ! swift build -c release --scratch-path "$SCRATCH" --product "$product"; then
+        build_ok=0
+        echo "bench: release build of $product failed" >&2
+    fi
+done
+BIN="$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path 2>/dev/null || echo "$SCRATCH/release")"
+BENCH="$BIN/defib-bench"
+if [ ! -x "$BENCH" ]; then
+    # Without defib-bench there is nobody to write JSON: say so in a report of our own.
+    {
+        echo "# defib benchmarks"
+        echo
+        echo "Generated $(date -u +%Y-%m-%dT%H:%M:%SZ) by \`$COMMAND\`."
+        echo
+        echo "**FAIL**: defib-bench did not build (swift build -c release --scratch-path $SCRATCH --product defib-bench); no part ran: ${parts[*]}."
+    } > "$OUT/REPORT.md"
+    echo "bench: FAIL: defib-bench did not build; wrote $OUT/REPORT.md" >&2
+    exit 1
+fi
+export BIN OUT
+
+part_core() {
+    # shellcheck disable=SC2086
+    "$BENCH" core --out "$OUT" --proxy "$BIN/defib-proxy" ${BENCH_ARGS_core:-}
+}
+
+part_overhead() {
+    # shellcheck disable=SC2086
+    "$BENCH" overhead --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" ${BENCH_ARGS_overhead:-}
+}
+
+# part_peers() { ... }   # the peer comparison goes here (wrk, monit, supervisor are installed by setup.sh bench)
+
+failed=()
+for part in "${parts[@]}"; do
+    echo "bench: part $part"
+    rm -f "$OUT/$part.json"
+    if ! declare -F "part_$part" >/dev/null; then
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "unknown part '$part' (scripts/bench.sh defines: $(declare -F | awk '/part_/ {sub("part_", "", $3); printf "%s ", $3}'))"
+        failed+=("$part")
+        continue
+    fi
+    if [ "$build_ok" -eq 0 ]; then
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "the release build failed; see the build output"
+        failed+=("$part")
+        continue
+    fi
+    "part_$part"
+    rc=$?
+    if [ ! -s "$OUT/$part.json" ]; then
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "part_$part exited with code $rc without writing $OUT/$part.json"
+        failed+=("$part")
+    elif [ "$rc" -ne 0 ]; then
+        failed+=("$part")
+    fi
+done
+
+toolchain="$(swift --version 2>/dev/null | head -1)"
+"$BENCH" report --out "$OUT" --command "$COMMAND" --toolchain "$toolchain" "${parts[@]}"
+echo "bench: report in $OUT/REPORT.md (raw figures: ${parts[*]/%/.json})"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "bench: FAIL: part(s) could not run: ${failed[*]}" >&2
+    exit 1
+fi
+# Targets that were missed are FAIL lines in the report, not a failed command: the figures are the result.
+exit 0
