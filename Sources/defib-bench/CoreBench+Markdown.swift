@@ -25,7 +25,8 @@ enum CoreMarkdown {
         pages left as holes are not counted) ÷ wall time. "RSS/s" = the process's VmRSS ÷ wall time, the same \
         numerator for every method.
         - gdb check: one extra, untimed native core of each long-lived process, opened with \
-        `gdb -batch -ex 'info threads' defib-proxy CORE`; every thread of the process must be listed.
+        `gdb -batch -ex 'info threads' defib-proxy CORE`; every thread of the process must be listed. (gdb 13's \
+        "Section `.reg-xstate/N' in core file too small" warning also comes with the kernel's own cores on this CPU.)
 
         """
         for s in r.scenarios {

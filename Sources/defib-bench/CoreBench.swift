@@ -218,11 +218,12 @@ enum GdbOutput {
         return lwps.count
     }
 
-    /// gdb's distinct warnings and errors, each with how often it came (numbers such as thread ids folded into "N"),
-    /// so the report shows what gdb complained about without a line per thread.
+    /// gdb's distinct warnings and errors (told apart with numbers such as thread ids ignored), each as first seen
+    /// with how often it came, so the report shows what gdb complained about without a line per thread.
     static func complaints(_ text: String, max: Int = 3) -> [String] {
         var order: [String] = []
         var counts: [String: Int] = [:]
+        var firstSeen: [String: String] = [:]
         for line in text.split(separator: "\n") {
             guard let start = line.range(of: "warning:") ?? line.range(of: "error:") ?? line.range(of: "Error:")
                 ?? line.range(of: "is not a core dump") else { continue }
@@ -231,9 +232,9 @@ enum GdbOutput {
             for ch in message {
                 if ch.isNumber { if !inNumber { key += "N" }; inNumber = true } else { key.append(ch); inNumber = false }
             }
-            if counts[key] == nil { order.append(key) }
+            if counts[key] == nil { order.append(key); firstSeen[key] = message }
             counts[key, default: 0] += 1
         }
-        return order.prefix(max).map { counts[$0]! > 1 ? "\(counts[$0]!)× \($0)" : $0 }
+        return order.prefix(max).map { counts[$0]! > 1 ? "\(firstSeen[$0]!) (×\(counts[$0]!))" : firstSeen[$0]! }
     }
 }
