@@ -1,3 +1,4 @@
+import CDefibShims
 import DefibCore
 import Glibc
 
@@ -76,4 +77,29 @@ public enum ProcSampler {
         }
         return nil
     }
+}
+
+/// The children of `pid` (every thread's /proc/PID/task/TID/children), sorted.
+public func childProcesses(of pid: Int32) -> [Int32] {
+    var out: Set<Int32> = []
+    for tid in threadIDs(pid: pid) {
+        for field in (readTextFile("/proc/\(pid)/task/\(tid)/children") ?? "").split(whereSeparator: { $0 == " " || $0 == "\n" }) {
+            if let child = Int32(field) { out.insert(child) }
+        }
+    }
+    return out.sorted()
+}
+
+/// Kills a process by pid through a pidfd (so a pid recycled in between is never hit). False when it was gone.
+@discardableResult
+public func killProcess(_ pid: Int32, signal: Int32 = SIGKILL) -> Bool {
+    let fd = defib_pidfd_open(pid)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    return defib_pidfd_send_signal(fd, signal) == 0
+}
+
+/// The `comm` of a process, or "?".
+public func processName(_ pid: Int32) -> String {
+    readTextFile("/proc/\(pid)/stat").flatMap(ProcParse.stat)?.name ?? "?"
 }

@@ -160,7 +160,22 @@ public final class Supervisor {
         self.child = nil
         ping?.request.close(); ping = nil
         locksQuery = nil
+        killLeftovers(of: child.pid)
         perform(machine.childExited(status, at: now()))
+    }
+
+    /// Processes the instance started and left behind (daemonized out of its process group, or workers
+    /// of an instance that died) were re-parented to us, its subreaper: kill them, so the next instance
+    /// never runs beside a remnant of the last one.
+    func killLeftovers(of oldPid: Int32) {
+        let ours = Set(backgroundJobs.keys)
+        for pid in childProcesses(of: getpid()) where !ours.contains(pid) && pid != child?.pid {
+            let name = processName(pid)
+            guard killProcess(pid) else { continue }
+            let line = "killed pid \(pid) (\(name)), left behind by the instance pid \(oldPid)"
+            logger.warning("\(line)")
+            if incident != nil { incident?.notes.append(line); saveIncident() } else { pendingNotes.append(line) }
+        }
     }
 
     private func pollPing(_ token: UInt64, _ request: ControlRequest) {
@@ -341,8 +356,8 @@ public final class Supervisor {
             new.extendedMs = extended
             new.progress = verdict
             new.threadStates = lastThreadStates
-            new.notes += pendingNotes
         }
+        new.notes += pendingNotes
         pendingNotes.removeAll()
         baselineSample = nil
         new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }

@@ -82,6 +82,25 @@ struct SupervisorEdgeTests {
         #expect(defib.log.contains("ignored SIGTERM") || defib.log.contains("SIGKILL"), "\(defib.log)")
     }
 
+    @Test func remnantsOfADeadInstanceAreKilledNotLeftBeside() throws {
+        let dir = Scratch("remnant"); defer { dir.remove() }
+        let pidfile = "\(dir.path)/daemons"
+        let defib = try Background([Binaries.defib, "run", "--state-dir", dir.path, "--interval", "50", "--deadline", "400",
+                                    "--capture", "none", "--", Self.pingable],
+                                   env: ["MODE": "exit-after:5:4", "DAEMON_PIDFILE": pidfile], log: "\(dir.path)/defib.log")
+        defer { defib.stop() }
+        let restarted = waitUntil(timeoutMs: 20_000) {
+            ((try? incidentsJSON(stateDir: dir.path)) ?? []).contains { $0["outcome"] as? String == "recovered" }
+        }
+        #expect(restarted, "\(defib.log)")
+        let daemons = ((try? String(contentsOfFile: pidfile, encoding: .utf8)) ?? "").split(separator: "\n").compactMap { Int32($0) }
+        #expect(daemons.count >= 2, "each instance left a daemon: \(daemons)")
+        let first = try #require(daemons.first)
+        #expect(waitUntil(timeoutMs: 5000) { !isAlive(first) }, "the first instance's daemon (pid \(first)) must be gone")
+        let incident = try #require(try incidentsJSON(stateDir: dir.path).last)
+        #expect((incident["notes"] as? [String] ?? []).contains { $0.contains("killed pid \(first)") && $0.contains("left behind") }, "\(incident)")
+    }
+
     @Test func ctlNamesWhatIsWrong() throws {
         let noDir = try runCommand([Binaries.defib, "ctl", "ping"])
         #expect(noDir.code != 0)

@@ -1,10 +1,18 @@
 #!/usr/bin/env python3
 """A minimal supervised service for edge-case tests: answers `ping N` on $DEFIB_CONTROL_SOCKET.
 Behaviour is chosen with MODE: ok | hang-after:N (stop answering after N pings) | bad-reply |
-bad-reply-after:N | exit-after:N:CODE | ignore-term | slow-start:MS."""
+bad-reply-after:N | exit-after:N:CODE | ignore-term | slow-start:MS.
+With DAEMON_PIDFILE set it first forks a grandchild that leaves the process group (setsid) and sleeps,
+writing its pid there — a remnant the supervisor must clean up when the instance goes."""
 import os, socket, sys, time, signal
 
 path = os.environ["DEFIB_CONTROL_SOCKET"]
+if os.environ.get("DAEMON_PIDFILE") and os.fork() == 0:
+    os.setsid()
+    with open(os.environ["DAEMON_PIDFILE"], "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(3600)
+    os._exit(0)
 mode = os.environ.get("MODE", "ok")
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
