@@ -17,12 +17,41 @@ struct IncidentsInfoCommand: ParsableCommand {
     @Flag(name: .long, help: "Print the incident as a JSON object (with stacks).")
     var json = false
 
+    @Flag(name: .long, help: "Show Swift symbols in stacks as gdb printed them (mangled), not demangled.")
+    var mangled = false
+
     func validate() throws { _ = try IncidentSelector.parse(id) }
 
     func run() throws {
         let store = try location.openStore()
         let incident = try IncidentSelector.parse(id).resolve(in: store)
-        print(json ? IncidentJSON.string(incident, includeStacks: true) : Self.render(incident))
+        var shown = incident
+        if !json && !mangled, let stacks = shown.stacks { shown.stacks = Self.demangled(stacks) }
+        print(json ? IncidentJSON.string(incident, includeStacks: true) : Self.render(shown))
+    }
+
+    /// Swift symbols in gdb's frames ("$s10DefibProxy15ThreadConditionC4wait…") made readable with the
+    /// toolchain's swift-demangle when it is installed; the text unchanged otherwise.
+    static func demangled(_ stacks: String) -> String {
+        let candidates = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/swift-demangle" }
+            + ["/opt/swift/usr/bin/swift-demangle", "/usr/bin/swift-demangle"]
+        guard stacks.contains("$s"), let tool = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else { return stacks }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: tool)
+        process.arguments = ["--simplified"]
+        let input = Pipe(), output = Pipe()
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { return stacks }
+        // Write from another thread: the output pipe could fill while we write.
+        let data = Data(stacks.utf8)
+        let writer = Thread { input.fileHandleForWriting.write(data); try? input.fileHandleForWriting.close() }
+        writer.start()
+        let result = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0, let text = String(data: result, encoding: .utf8), !text.isEmpty else { return stacks }
+        return text
     }
 
     /// The human view, written for someone seeing defib for the first time.
