@@ -32,16 +32,17 @@ COMMAND=${BENCH_COMMAND:-"scripts/bench.sh ${parts[*]}"}
 mkdir -p "$OUT"
 
 echo "bench: release build into $SCRATCH"
-build_ok=1
-for product in defib-bench defib defib-proxy; do
+# A product that does not build fails the parts that need it (an older binary would give stale figures).
+declare -A broken=()
+for product in defib-bench defib-proxy defib; do
     if ! swift build -c release --scratch-path "$SCRATCH" --product "$product"; then
-        build_ok=0
+        broken[$product]=1
         echo "bench: release build of $product failed" >&2
     fi
 done
 BIN="$(swift build -c release --scratch-path "$SCRATCH" --show-bin-path 2>/dev/null || echo "$SCRATCH/release")"
 BENCH="$BIN/defib-bench"
-if [ ! -x "$BENCH" ]; then
+if [ -n "${broken[defib-bench]:-}" ] || [ ! -x "$BENCH" ]; then
     # Without defib-bench there is nobody to write JSON: say so in a report of our own.
     {
         echo "# defib benchmarks"
@@ -55,6 +56,10 @@ if [ ! -x "$BENCH" ]; then
 fi
 export BIN OUT
 
+# The products each part runs (checked against the build before it starts).
+needs_core="defib-proxy"
+needs_overhead="defib defib-proxy"
+
 part_core() {
     # shellcheck disable=SC2086
     "$BENCH" core --out "$OUT" --proxy "$BIN/defib-proxy" ${BENCH_ARGS_core:-}
@@ -65,6 +70,7 @@ part_overhead() {
     "$BENCH" overhead --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" ${BENCH_ARGS_overhead:-}
 }
 
+# needs_peers="defib defib-proxy"
 # part_peers() { ... }   # the peer comparison goes here (wrk, monit, supervisor are installed by setup.sh bench)
 
 failed=()
@@ -72,23 +78,33 @@ for part in "${parts[@]}"; do
     echo "bench: part $part"
     rm -f "$OUT/$part.json"
     if ! declare -F "part_$part" >/dev/null; then
-        "$BENCH" fail --out "$OUT" --part "$part" --reason "unknown part '$part' (scripts/bench.sh defines: $(declare -F | awk '/part_/ {sub("part_", "", $3); printf "%s ", $3}'))"
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "unknown part '$part' (scripts/bench.sh defines: $(declare -F | awk '/ part_/ {sub("part_", "", $3); print $3}' | paste -sd' '))"
         failed+=("$part")
         continue
     fi
-    if [ "$build_ok" -eq 0 ]; then
-        "$BENCH" fail --out "$OUT" --part "$part" --reason "the release build failed; see the build output"
+    needs_var="needs_$part"
+    missing=""
+    for product in ${!needs_var:-}; do
+        [ -n "${broken[$product]:-}" ] && missing+="$product "
+    done
+    if [ -n "$missing" ]; then
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "the release build of ${missing% } failed (swift build -c release --scratch-path $SCRATCH)"
         failed+=("$part")
         continue
     fi
-    "part_$part"
+    # stderr goes to the terminal and to a file, whose last lines explain a part that dies without its JSON.
+    errlog="$(mktemp)"
+    "part_$part" 2> >(tee "$errlog" >&2)
     rc=$?
+    wait $! 2>/dev/null
     if [ ! -s "$OUT/$part.json" ]; then
-        "$BENCH" fail --out "$OUT" --part "$part" --reason "part_$part exited with code $rc without writing $OUT/$part.json"
+        last="$(grep -m1 -iE '^(error|fatal)' "$errlog" || grep -v '^[[:space:]]*$' "$errlog" | tail -n 1)"
+        "$BENCH" fail --out "$OUT" --part "$part" --reason "part_$part exited with code $rc without writing $OUT/$part.json: ${last:-no output}"
         failed+=("$part")
     elif [ "$rc" -ne 0 ]; then
         failed+=("$part")
     fi
+    rm -f "$errlog"
 done
 
 toolchain="$(swift --version 2>/dev/null | head -1)"

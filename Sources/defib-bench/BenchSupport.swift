@@ -261,7 +261,10 @@ final class ManagedChild {
     }
 
     /// The last lines of its log, for error messages.
-    var logTail: String { tailOfFile(logPath, maxLines: 4) }
+    var logTail: String {
+        let tail = tailOfFile(logPath, maxLines: 4)
+        return tail.isEmpty ? "(it wrote nothing to \(logPath))" : tail
+    }
 }
 
 /// How a child ended, in words.

@@ -190,7 +190,7 @@ struct OverheadCommand: ParsableCommand {
         do { try bench.run(into: &report) } catch {
             report.status = "FAIL"
             report.reason = "\(error)"
-            if report.targets.isEmpty { report.targets = OverheadChecks.evaluate(report, restarted: false) }
+            if report.targets.isEmpty { report.targets = OverheadChecks.evaluate(report, restarted: nil) }
         }
         report.finishedAt = isoNow()
         report.machineAfter = MachineState.now()
@@ -230,7 +230,7 @@ struct ReportCommand: ParsableCommand {
     func run() throws {
         let envelopes = parts.map { ReportAssembler.load(part: $0, outDirectory: out) }
         let text = ReportAssembler.render(parts: envelopes, command: command, generatedAt: isoNow(), machine: MachineState.now(),
-                                          toolchain: toolchain)
+                                          toolchain: toolchain, outDirectory: out)
         let path = "\(out)/REPORT.md"
         do { try text.write(toFile: path, atomically: true, encoding: .utf8) } catch {
             throw BenchError(kind: .io, message: "writing \(path): \(error)")

@@ -47,7 +47,7 @@ enum ReportAssembler {
 
     /// The whole report.
     static func render(parts: [PartEnvelope], command: String, generatedAt: String, machine: MachineState,
-                       toolchain: String?) -> String {
+                       toolchain: String?, outDirectory: String = "bench") -> String {
         var md = "# defib benchmarks\n\n"
         md += "Generated \(generatedAt) by `\(command)`.\n\n"
         md += "**One run on one machine; ratios and medians.** The machine is a shared, noisy VM: compare methods within this "
@@ -74,7 +74,7 @@ enum ReportAssembler {
             }
             if p.status != "ok" { md += "\n**FAIL: \(p.reason ?? "no reason given")**\n" }
         }
-        md += "\n---\nRaw figures: " + parts.map { "`bench/\($0.part).json`" }.joined(separator: ", ") + ".\n"
+        md += "\n---\nRaw figures: " + parts.map { "`\(outDirectory)/\($0.part).json`" }.joined(separator: ", ") + ".\n"
         return md
     }
 
