@@ -59,6 +59,14 @@ enum CoreMarkdown {
                 }
                 md += "\n"
             }
+            if !s.warmupSamples.isEmpty {
+                md += "\nWarm-up captures of this process, before the timed ones (not in the figures above): "
+                    + s.warmupSamples.map { "\($0.method) \($0.error ?? formatMs($0.durationMs))" }.joined(separator: ", ")
+                    + ". The first capture of a run can be much slower than the later ones, and it is the case a real "
+                    + "incident meets, so it is shown. A plausible (unverified) cause on this VM: it runs virtio_balloon and a "
+                    + "DAMON `pageout` scheme, so free memory may have been handed back to the host and the first large write "
+                    + "into the page cache pays to get it back; later cores reuse the pages the previous, deleted core freed.\n"
+            }
             let stops = s.samples.compactMap(\.stopMs)
             if let stop = Spread(stops) { md += "\nNative: all threads stopped in \(formatMs(stop.median)) (median).\n" }
             for m in s.summaries where !m.failures.isEmpty {

@@ -98,6 +98,8 @@ struct ScenarioResult: Codable, Equatable {
     var processThreads: Int
     /// Every timed capture, in the order they ran.
     var samples: [CaptureSample]
+    /// The untimed warm-up captures (the first of each method on the long-lived process), kept for the record.
+    var warmupSamples: [CaptureSample] = []
     /// Per method, in the order native, gcore, kernel.
     var summaries: [MethodSummary]
     /// The gdb check of a native core (an extra, untimed capture).

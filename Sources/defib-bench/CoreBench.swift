@@ -56,6 +56,7 @@ struct CoreBench {
             for w in 0..<warmups {
                 for method in ["native", "gcore"] {
                     let s = try capture(method, rep: -1 - w, live: proxyChild, dir: dir, scenario: scenario)
+                    result.warmupSamples.append(s)
                     log("    warm-up \(method): \(s.error ?? formatMs(s.durationMs))")
                 }
             }
