@@ -58,8 +58,15 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
+        // The chaos harness: scenarios, load generator, measurements, report (`defib chaos`).
+        .target(name: "DefibChaos", dependencies: [
+            "DefibCore", "DefibPOSIX", "DefibStore",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .executableTarget(name: "defib", dependencies: [
-            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore",
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -78,6 +85,7 @@ let package = Package(
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
     ]
