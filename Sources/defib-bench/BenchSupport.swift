@@ -87,6 +87,10 @@ struct MachineState: Codable, Equatable {
     var kernel: String
     /// The first "model name" of /proc/cpuinfo.
     var cpuModel: String
+    /// /proc/pressure/cpu "some" total: µs during which some runnable task waited for a CPU (nil without PSI).
+    var cpuSomeStallUs: UInt64? = nil
+    /// When this was read (monotonic clock), to turn two readings into a share of time.
+    var atMonotonicNs: Int64 = 0
 
     /// Reads it now.
     static func now() -> MachineState {
@@ -101,7 +105,22 @@ struct MachineState: Codable, Equatable {
         return MachineState(nproc: Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))),
                             memTotalBytes: mem["MemTotal"] ?? 0, memAvailableBytes: mem["MemAvailable"] ?? 0,
                             memFreeBytes: mem["MemFree"] ?? 0, cachedBytes: mem["Cached"] ?? 0, dirtyBytes: mem["Dirty"] ?? 0,
-                            load: load, kernel: kernel, cpuModel: cpu)
+                            load: load, kernel: kernel, cpuModel: cpu,
+                            cpuSomeStallUs: readTextFile("/proc/pressure/cpu").flatMap(ProcParse.pressure)?.someTotalUs,
+                            atMonotonicNs: monotonicNanoseconds())
+    }
+
+    /// The share of the time between two readings during which some task waited for a CPU (the machine's contention
+    /// while a part ran: the other users of this shared machine, and the part's own processes), in percent.
+    static func cpuStallPercent(from a: MachineState, to b: MachineState) -> Double? {
+        guard let s0 = a.cpuSomeStallUs, let s1 = b.cpuSomeStallUs, b.atMonotonicNs > a.atMonotonicNs, s1 >= s0 else { return nil }
+        return Double(s1 - s0) * 1000 / Double(b.atMonotonicNs - a.atMonotonicNs) * 100
+    }
+
+    /// "CPU pressure while it ran: 23% of the time some task waited for a CPU." or "".
+    static func pressureLine(from a: MachineState, to b: MachineState) -> String {
+        guard let p = cpuStallPercent(from: a, to: b) else { return "" }
+        return String(format: "CPU pressure while it ran (/proc/pressure/cpu): some task waited for a CPU %.0f%% of the time.", p)
     }
 
     /// /proc/meminfo as bytes by key.

@@ -5,7 +5,8 @@ enum CoreMarkdown {
     static func render(_ r: CoreReport) -> String {
         var md = "## Core capture: native writer vs gcore vs the kernel's dump\n\n"
         md += "Started \(r.startedAt), finished \(r.finishedAt). \(r.gdbVersion).\n\n"
-        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).\n\n"
+        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
+            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
         md += """
         How it was measured:
         - The reference proxy (`defib-proxy`, release build) in two kinds: idle, and grown with `--ballast 512 --extra-threads 8` \

@@ -81,6 +81,17 @@ struct BenchParserTests {
         #expect(s == ProcessStatus(rssBytes: 25000 * 1024, hwmBytes: 30000 * 1024, threads: 3, voluntarySwitches: 1234))
     }
 
+    @Test func cpuPressureIsTheStallShareBetweenTwoReadings() throws {
+        var a = MachineState(nproc: 2, memTotalBytes: 0, memAvailableBytes: 0, memFreeBytes: 0, cachedBytes: 0, dirtyBytes: 0,
+                             load: [], kernel: "", cpuModel: "", cpuSomeStallUs: 1_000_000, atMonotonicNs: 0)
+        var b = a
+        b.cpuSomeStallUs = 3_500_000; b.atMonotonicNs = 10_000_000_000     // 2.5 s stalled in 10 s
+        #expect(try #require(MachineState.cpuStallPercent(from: a, to: b)) == 25)
+        a.cpuSomeStallUs = nil
+        #expect(MachineState.cpuStallPercent(from: a, to: b) == nil)
+        #expect(MachineState.pressureLine(from: a, to: b) == "")
+    }
+
     @Test func gdbInfoThreadsRowsAreCountedOncePerLWP() {
         let out = """
         [New LWP 101]
