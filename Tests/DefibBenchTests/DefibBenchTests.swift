@@ -62,6 +62,25 @@ struct BenchTargetTests {
         #expect(checks.filter { $0.id.hasPrefix("?") || $0.id.hasPrefix("idle") }.allSatisfy { !$0.pass })
     }
 
+    @Test func aSlowFirstCaptureIsCalledOutOnlyWhenItWasSlow() {
+        var big = Self.scenario("ballast", [
+            Self.sample("native", ms: 200, file: 700, allocated: 700), Self.sample("gcore", ms: 1000, file: 900, allocated: 900),
+        ])
+        let machine = MachineState(nproc: 2, memTotalBytes: 0, memAvailableBytes: 0, memFreeBytes: 0, cachedBytes: 0, dirtyBytes: 0,
+                                   load: [], kernel: "", cpuModel: "")
+        func render() -> String {
+            CoreMarkdown.render(CoreReport(status: "ok", startedAt: "", finishedAt: "", machineBefore: machine, machineAfter: machine,
+                                           gdbVersion: "gdb", reps: 1, warmups: 1, scenarios: [big], targets: [], markdown: ""))
+        }
+        big.warmupSamples = [Self.sample("native", ms: 1100, file: 700, allocated: 700), Self.sample("gcore", ms: 1100, file: 900, allocated: 900)]
+        let slow = render()
+        #expect(slow.contains("native 1100 ms, gcore 1100 ms."))
+        #expect(slow.contains("The first native capture took 5.5× its median"))
+        #expect(!slow.contains("gcore capture took"))
+        big.warmupSamples = [Self.sample("native", ms: 150, file: 700, allocated: 700)]
+        #expect(!render().contains("capture took"))
+    }
+
     @Test func failedSamplesAreLeftOutOfTheFiguresButCounted() {
         let s = MethodSummary.of("native", in: [
             Self.sample("native", ms: 10, file: 1, allocated: 1),
