@@ -211,7 +211,7 @@ public final class ChaosHarness {
         let windowEnd = ChaosClock.nowUnixMs()
         if let s = stress { stopStress(s); stress = nil }
         let defibBefore = session.defibAlive ? nil : describe(session.exitStatus)
-        if let early = defibBefore { problems.append("defib ended before the harness stopped it: \(early): \(session.logTail())") }
+        if let early = defibBefore { problems.append("defib ended before the harness stopped it: \(early) (see \(session.logPath))") }
         let ended = session.stop()
         if defibBefore == nil && ended != "exited with code 0" { problems.append("defib \(ended) when stopped") }
         let orphans = ProcFS.tagged(Session.tagName, tag)
@@ -238,7 +238,7 @@ public final class ChaosHarness {
         while ChaosClock.nowUnixMs() - onset < detectBound {
             try flag.check()
             if let i = session.incidents().first(where: { ($0.id ?? 0) > afterID }) { incident = i; break }
-            if !session.defibAlive { return ["defib \(describe(session.exitStatus)) while waiting for the incident: \(session.logTail())"] }
+            if !session.defibAlive { return ["defib \(describe(session.exitStatus)) while waiting for the incident (see \(session.logPath))"] }
             ChaosClock.sleep(ms: 50)
         }
         guard let first = incident, let id = first.id else {
@@ -251,7 +251,9 @@ public final class ChaosHarness {
             try flag.check()
             ChaosClock.sleep(ms: 50)
             current = session.incident(id: id) ?? current
-            if !session.defibAlive { break }
+            if !session.defibAlive {
+                return ["defib \(describe(session.exitStatus)) while incident #\(id) was open (see \(session.logPath))"]
+            }
         }
         if current.outcome == .open { return ["incident #\(id) still open \(Int(recoverBound)) ms after its detection"] }
         guard current.outcome == .recovered, let generator else { return [] }
@@ -310,7 +312,7 @@ public final class ChaosHarness {
             try flag.check()
             if !session.defibAlive {
                 restarts = 1
-                notes.append("defib \(describe(session.exitStatus)) before fault \(spec.run): \(session.logTail(lines: 4))")
+                notes.append("defib \(describe(session.exitStatus)) before fault \(spec.run) (see \(session.logPath))")
                 break
             }
             var problems: [String] = []

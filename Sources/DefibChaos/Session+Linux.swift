@@ -52,11 +52,8 @@ final class Session {
         let child: ChildProcess
         do { child = try spawnProcess(request) } catch { throw ChaosError(.setup, "\(defibPath): \(error)") }
         registry.register(child)
-        let resolved = (try? FileManager.default.destinationOfSymbolicLink(atPath: proxyPath)).map {
-            $0.hasPrefix("/") ? $0 : ((proxyPath as NSString).deletingLastPathComponent as NSString).appendingPathComponent($0)
-        } ?? proxyPath
         return Session(stateDir: stateDir, controlSocket: controlSocket, port: port, defib: child, logPath: logPath,
-                       proxyExecutable: realPath(resolved), registry: registry)
+                       proxyExecutable: realPath(proxyPath), registry: registry)
     }
 
     /// Whether defib is still running (reaps it if it ended).
@@ -68,7 +65,7 @@ final class Session {
 
     /// The proxy instance defib runs now (a live child of defib running the proxy executable).
     func currentProxyPid() -> Int32? {
-        let pids = ProcFS.children(of: defib.pid).filter { ProcFS.isAlive($0) && ProcFS.executable(of: $0).map(realPath) == proxyExecutable }
+        let pids = ProcFS.children(of: defib.pid).filter { ProcFS.isAlive($0) && runsProxy($0) }
         for p in pids { proxyPids.insert(p) }
         return pids.last
     }
@@ -76,9 +73,13 @@ final class Session {
     /// Children of defib that are not the current proxy (gdb and compression jobs are expected; anything
     /// else running the proxy executable is a leftover instance).
     func strayProxyInstances(current: Int32?) -> [Int32] {
-        ProcFS.children(of: defib.pid).filter {
-            $0 != current && ProcFS.isAlive($0) && ProcFS.executable(of: $0).map(realPath) == proxyExecutable
-        }
+        ProcFS.children(of: defib.pid).filter { $0 != current && ProcFS.isAlive($0) && runsProxy($0) }
+    }
+
+    private func runsProxy(_ pid: Int32) -> Bool {
+        // The executable, or its name when the file was replaced by a rebuild ("… (deleted)").
+        if let exe = ProcFS.executable(of: pid), realPath(exe) == proxyExecutable { return true }
+        return ProcFS.comm(of: pid) == String((proxyExecutable as NSString).lastPathComponent.prefix(15))
     }
 
     /// One ping on the control channel.
