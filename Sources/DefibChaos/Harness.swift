@@ -308,6 +308,9 @@ public final class ChaosHarness {
             try pause(ms: 1000)
         }
         let settleMs = max(settings.postMs, min(effective.restart.backoffResetMs + 100, 5000))
+        // An interruption still gets its soak summary (what was done until then), then goes on up.
+        var interruption: ChaosError?
+        do {
         for (n, spec) in plan.enumerated() {
             try flag.check()
             if !session.defibAlive {
@@ -372,6 +375,10 @@ public final class ChaosHarness {
                 }
             }
         }
+        } catch {
+            interruption = (error as? ChaosError) ?? ChaosError(.setup, "\(error)")
+            notes.append("\(error) after \(results.count) of \(plan.count) faults")
+        }
         if let s = stress { stopStress(s); stress = nil }
         let allIncidents = session.incidents()
         let wasAlive = session.defibAlive
@@ -385,6 +392,7 @@ public final class ChaosHarness {
                            recoveries: allIncidents.filter { $0.outcome == .recovered }.count, orphans: orphans.sorted(),
                            defibPid: session.defib.pid, supervisorRestarts: restarts, defibExit: wasAlive ? "stopped by the harness: \(ended)" : ended,
                            notes: notes)
+        if let interruption { throw interruption }
     }
 
     // MARK: parts
