@@ -38,7 +38,7 @@ public enum FlightRecordEncoder {
         put(revertCode(lock.revert), slot, S.revert)
         put(UInt8(lock.holder == nil ? 0 : 1), slot, S.hasHolder)
         put(UInt8(lock.lastHolder == nil ? 0 : 1), slot, S.hasLastHolder)
-        put(UInt8(0), slot, S.hasLastHolder + 1)
+        put(UInt8(lock.holder != nil && lock.holderWaitingForReaders ? 1 : 0), slot, S.holderWaitingForReaders)
         put(lock.address, slot, S.address)
         put(lock.word, slot, S.word)
         put(lock.readersWaiting, slot, S.readersWaiting)
@@ -51,16 +51,60 @@ public enum FlightRecordEncoder {
         writeHolder(lock.lastHolder, into: slot + S.lastHolder)
     }
 
-    /// Marks a slot empty (its lock is gone). Sequences untouched.
+    /// Marks a slot empty (its lock is gone): the fixed part and the version 2 extras are zeroed, so a
+    /// lock that gets the slot later inherits neither pinned events nor read holders. Sequences untouched.
     public static func writeSlotEmpty(into slot: UnsafeMutableRawPointer) {
-        let fixed = FlightRecordLayout.Slot.fixedRange
-        (slot + fixed.lowerBound).initializeMemory(as: UInt8.self, repeating: 0, count: fixed.count)
+        for range in [FlightRecordLayout.Slot.fixedRange, FlightRecordLayout.Slot.extrasRange] {
+            (slot + range.lowerBound).initializeMemory(as: UInt8.self, repeating: 0, count: range.count)
+        }
     }
 
     /// Writes event number `ordinal` (0-based, in recording order) into its ring position.
     public static func writeEvent(_ event: FlightRecord.Event, ordinal: UInt64, into slot: UnsafeMutableRawPointer) {
+        writeEvent(event, at: slot + FlightRecordLayout.eventOffset(ordinal: ordinal))
+    }
+
+    /// Writes (or, with nil, clears) the pinned write-timed-out event (v2).
+    public static func writePinnedWriteTimeout(_ event: FlightRecord.Event?, into slot: UnsafeMutableRawPointer) {
+        writePinned(event, at: slot + FlightRecordLayout.Slot.pinnedWriteTimeout)
+    }
+
+    /// Writes (or, with nil, clears) the pinned write-while-holding-read event (v2).
+    public static func writePinnedWriteWhileHoldingRead(_ event: FlightRecord.Event?, into slot: UnsafeMutableRawPointer) {
+        writePinned(event, at: slot + FlightRecordLayout.Slot.pinnedWriteWhileHoldingRead)
+    }
+
+    /// Writes the read-holder rows (the first `readHolderCapacity` of `holders`) and their counts (v2).
+    /// Holders past the capacity are added to `more`.
+    public static func writeReadHolders(_ holders: [FlightRecord.ReadHolder], more: UInt32, into slot: UnsafeMutableRawPointer) {
+        typealias S = FlightRecordLayout.Slot
+        typealias R = FlightRecordLayout.ReadHolderField
+        let rows = holders.prefix(FlightRecordLayout.readHolderCapacity)
+        put(UInt32(rows.count), slot, S.readHolderCount)
+        put(more &+ UInt32(clamping: holders.count - rows.count), slot, S.moreReadHolders)
+        for (index, h) in rows.enumerated() {
+            let p = slot + FlightRecordLayout.readHolderOffset(index)
+            put(UInt32(bitPattern: h.tid), p, R.tid)
+            put(h.depth, p, R.depth)
+            put(UInt16(h.threadExited ? 1 : 0), p, R.flags)
+            put(h.sinceMonotonicNs, p, R.sinceMonotonicNs)
+            put(UInt64(bitPattern: h.sinceUnixMs), p, R.sinceUnixMs)
+        }
+        let unused = FlightRecordLayout.readHolderCapacity - rows.count
+        (slot + FlightRecordLayout.readHolderOffset(rows.count))
+            .initializeMemory(as: UInt8.self, repeating: 0, count: unused * FlightRecordLayout.readHolderSize)
+    }
+
+    static func writePinned(_ event: FlightRecord.Event?, at p: UnsafeMutableRawPointer) {
+        guard let event else {
+            p.initializeMemory(as: UInt8.self, repeating: 0, count: FlightRecordLayout.eventSize)
+            return
+        }
+        writeEvent(event, at: p)
+    }
+
+    static func writeEvent(_ event: FlightRecord.Event, at p: UnsafeMutableRawPointer) {
         typealias E = FlightRecordLayout.EventField
-        let p = slot + FlightRecordLayout.eventOffset(ordinal: ordinal)
         put(event.kind.rawValue, p, E.kind)
         put(UInt16(0), p, E.kind + 2)
         put(UInt32(bitPattern: event.tid), p, E.tid)
@@ -151,6 +195,11 @@ extension FlightRecord {
                     let skipped = UInt64(max(0, lock.events.count - FlightRecordLayout.eventCapacity))
                     FlightRecordEncoder.writeEvent(event, ordinal: first + skipped + UInt64(i), into: slot)
                 }
+                if version >= 2 {
+                    FlightRecordEncoder.writePinnedWriteTimeout(lock.pinnedWriteTimeout, into: slot)
+                    FlightRecordEncoder.writePinnedWriteWhileHoldingRead(lock.pinnedWriteWhileHoldingRead, into: slot)
+                    FlightRecordEncoder.writeReadHolders(lock.readHolders ?? [], more: lock.moreReadHolders, into: slot)
+                }
                 let seq = lock.sequence & ~1
                 FlightRecordEncoder.writeSequence(seq, into: slot, at: FlightRecordLayout.Slot.seqBegin)
                 FlightRecordEncoder.writeSequence(seq, into: slot, at: FlightRecordLayout.Slot.seqEnd)
@@ -182,23 +231,24 @@ extension FlightRecord {
             throw FlightRecordError(kind: .truncated, detail: "\(bytes.count) bytes, header needs \(H.usedSize)")
         }
         let version: UInt32 = reader.get(H.version)
-        guard version == FlightRecordLayout.version else {
+        guard FlightRecordLayout.readableVersions.contains(version) else {
+            let readable = FlightRecordLayout.readableVersions
             throw FlightRecordError(kind: .unsupportedVersion,
-                                    detail: "version \(version), this decoder reads \(FlightRecordLayout.version)")
+                                    detail: "version \(version), this decoder reads \(readable.lowerBound) to \(readable.upperBound)")
         }
         let headerSize = Int(reader.get(H.headerSize) as UInt32)
         let slotSize = Int(reader.get(H.slotSize) as UInt32)
         let slotCount = Int(reader.get(H.slotCount) as UInt32)
         let eventCapacity = Int(reader.get(H.eventCapacity) as UInt32)
         guard headerSize == FlightRecordLayout.headerSize else {
-            throw FlightRecordError(kind: .malformed, detail: "headerSize \(headerSize), version 1 has \(FlightRecordLayout.headerSize)")
+            throw FlightRecordError(kind: .malformed, detail: "headerSize \(headerSize), version \(version) has \(FlightRecordLayout.headerSize)")
         }
         guard slotSize == FlightRecordLayout.slotSize else {
-            throw FlightRecordError(kind: .malformed, detail: "slotSize \(slotSize), version 1 has \(FlightRecordLayout.slotSize)")
+            throw FlightRecordError(kind: .malformed, detail: "slotSize \(slotSize), version \(version) has \(FlightRecordLayout.slotSize)")
         }
         guard eventCapacity == FlightRecordLayout.eventCapacity else {
             throw FlightRecordError(kind: .malformed,
-                                    detail: "eventCapacity \(eventCapacity), version 1 has \(FlightRecordLayout.eventCapacity)")
+                                    detail: "eventCapacity \(eventCapacity), version \(version) has \(FlightRecordLayout.eventCapacity)")
         }
         guard slotCount <= FlightRecordLayout.maxSlotCount else {
             throw FlightRecordError(kind: .malformed, detail: "slotCount \(slotCount) above \(FlightRecordLayout.maxSlotCount)")
@@ -220,7 +270,7 @@ extension FlightRecord {
             lastUpdateUnixMs: Int64(bitPattern: reader.get(H.lastUpdateUnixMs)))
         for index in 0..<slotCount {
             do {
-                if let lock = try decodeSlot(reader, index: index) { record.locks.append(lock) }
+                if let lock = try decodeSlot(reader, index: index, version: version) { record.locks.append(lock) }
             } catch where error.kind == .torn && torn == .skip {
                 record.tornSlots.append(index)
             }
@@ -228,7 +278,7 @@ extension FlightRecord {
         return record
     }
 
-    static func decodeSlot(_ reader: ByteReader, index: Int) throws(FlightRecordError) -> Lock? {
+    static func decodeSlot(_ reader: ByteReader, index: Int, version: UInt32) throws(FlightRecordError) -> Lock? {
         typealias S = FlightRecordLayout.Slot
         let base = FlightRecordLayout.slotOffset(index)
         let seqBegin: UInt64 = reader.get(base + S.seqBegin)
@@ -248,25 +298,38 @@ extension FlightRecord {
         var events: [Event] = []
         events.reserveCapacity(Int(kept))
         for ordinal in (eventCount - kept)..<eventCount {
-            typealias E = FlightRecordLayout.EventField
-            let p = base + FlightRecordLayout.eventOffset(ordinal: ordinal)
-            events.append(Event(kind: EventKind(rawValue: reader.get(p + E.kind)),
-                                tid: Int32(bitPattern: reader.get(p + E.tid)),
-                                monotonicNs: reader.get(p + E.monotonicNs),
-                                unixMs: Int64(bitPattern: reader.get(p + E.unixMs)),
-                                wordAfter: reader.get(p + E.wordAfter),
-                                label: reader.string(p + E.label, capacity: FlightRecordLayout.labelCapacity)))
+            events.append(reader.event(base + FlightRecordLayout.eventOffset(ordinal: ordinal)))
         }
+        var pinnedWriteTimeout: Event?
+        var pinnedWriteWhileHoldingRead: Event?
+        var readHolders: [ReadHolder]?
+        var moreReadHolders: UInt32 = 0
+        var holderWaiting = false
+        if version >= 2 {
+            pinnedWriteTimeout = reader.pinnedEvent(base + S.pinnedWriteTimeout)
+            pinnedWriteWhileHoldingRead = reader.pinnedEvent(base + S.pinnedWriteWhileHoldingRead)
+            let count: UInt32 = reader.get(base + S.readHolderCount)
+            guard count <= UInt32(FlightRecordLayout.readHolderCapacity) else {
+                throw FlightRecordError(kind: .malformed, slot: index,
+                                        detail: "slot \(index): readHolderCount \(count) above \(FlightRecordLayout.readHolderCapacity)")
+            }
+            readHolders = (0..<Int(count)).map { reader.readHolder(base + FlightRecordLayout.readHolderOffset($0)) }
+            moreReadHolders = reader.get(base + S.moreReadHolders)
+            holderWaiting = (reader.get(base + S.holderWaitingForReaders) as UInt8) != 0
+        }
+        let hasHolder = (reader.get(base + S.hasHolder) as UInt8) != 0
         return Lock(slot: index, sequence: seqBegin,
                     name: reader.string(base + S.name, capacity: FlightRecordLayout.nameCapacity),
                     address: reader.get(base + S.address), word: reader.get(base + S.word),
                     revert: FlightRecordEncoder.revertName(reader.get(base + S.revert)),
-                    holder: (reader.get(base + S.hasHolder) as UInt8) != 0 ? reader.holder(base + S.holder) : nil,
+                    holder: hasHolder ? reader.holder(base + S.holder) : nil, holderWaitingForReaders: hasHolder && holderWaiting,
                     lastHolder: (reader.get(base + S.hasLastHolder) as UInt8) != 0 ? reader.holder(base + S.lastHolder) : nil,
                     readersWaiting: reader.get(base + S.readersWaiting), writersWaiting: reader.get(base + S.writersWaiting),
                     updatedMonotonicNs: reader.get(base + S.updatedMonotonicNs),
                     updatedUnixMs: Int64(bitPattern: reader.get(base + S.updatedUnixMs)),
-                    eventCount: eventCount, events: events)
+                    eventCount: eventCount, events: events, pinnedWriteTimeout: pinnedWriteTimeout,
+                    pinnedWriteWhileHoldingRead: pinnedWriteWhileHoldingRead, readHolders: readHolders,
+                    moreReadHolders: moreReadHolders)
     }
 }
 
@@ -282,6 +345,29 @@ struct ByteReader {
         let field = bytes[offset..<(offset + capacity)]
         let end = field.firstIndex(of: 0) ?? field.endIndex
         return String(decoding: field[field.startIndex..<end], as: UTF8.self)
+    }
+
+    func event(_ offset: Int) -> FlightRecord.Event {
+        typealias E = FlightRecordLayout.EventField
+        return FlightRecord.Event(kind: FlightRecord.EventKind(rawValue: get(offset + E.kind)),
+                                  tid: Int32(bitPattern: get(offset + E.tid)),
+                                  monotonicNs: get(offset + E.monotonicNs),
+                                  unixMs: Int64(bitPattern: get(offset + E.unixMs)),
+                                  wordAfter: get(offset + E.wordAfter),
+                                  label: string(offset + E.label, capacity: FlightRecordLayout.labelCapacity))
+    }
+
+    /// A pinned event, or nil where its kind is 0 (none recorded).
+    func pinnedEvent(_ offset: Int) -> FlightRecord.Event? {
+        (get(offset + FlightRecordLayout.EventField.kind) as UInt16) == 0 ? nil : event(offset)
+    }
+
+    func readHolder(_ offset: Int) -> FlightRecord.ReadHolder {
+        typealias R = FlightRecordLayout.ReadHolderField
+        return FlightRecord.ReadHolder(tid: Int32(bitPattern: get(offset + R.tid)), depth: get(offset + R.depth),
+                                       threadExited: (get(offset + R.flags) as UInt16) & 1 != 0,
+                                       sinceMonotonicNs: get(offset + R.sinceMonotonicNs),
+                                       sinceUnixMs: Int64(bitPattern: get(offset + R.sinceUnixMs)))
     }
 
     func holder(_ offset: Int) -> FlightRecord.Holder {

@@ -56,8 +56,12 @@ public struct FlightRecord: Sendable, Equatable {
         public var word: UInt64
         /// The timeout-revert strategy: "fixed", "buggy", or "unknown(N)".
         public var revert: String
-        /// The current write holder, if any.
+        /// The current write holder, if any: a writer that owns WRITER, inside the lock or (see
+        /// `holderWaitingForReaders`) still waiting for the readers to leave.
         public var holder: Holder?
+        /// True when `holder` owns WRITER but waits for readers still inside (parked on address + 1);
+        /// its `since` is when it took WRITER. False when it is inside (or there is no holder).
+        public var holderWaitingForReaders: Bool
         /// The previous write holder, if any.
         public var lastHolder: Holder?
         /// Readers parked on the lock.
@@ -72,12 +76,28 @@ public struct FlightRecord: Sendable, Equatable {
         public var eventCount: UInt64
         /// The events still in the ring, oldest first.
         public var events: [Event]
+        /// The `write-timed-out` event kept outside the ring, never evicted: the first one whose
+        /// revert left a corrupted word (the moment of a parking_lot corruption), else the latest one.
+        /// Nil in a version 1 file.
+        public var pinnedWriteTimeout: Event?
+        /// The latest `write-while-holding-read` event (a self-deadlock's signature), kept outside the
+        /// ring. Nil in a version 1 file.
+        public var pinnedWriteWhileHoldingRead: Event?
+        /// Threads holding a read lock, oldest hold first, at most `FlightRecordLayout.readHolderCapacity`;
+        /// nil in a version 1 file (which did not track them).
+        public var readHolders: [ReadHolder]?
+        /// Read holds not in `readHolders`: threads past the listed ones, plus reads counted in the
+        /// word that no thread's row accounts for.
+        public var moreReadHolders: UInt32
 
         /// Makes a slot record.
         public init(slot: Int, sequence: UInt64 = 0, name: String, address: UInt64, word: UInt64,
-                    revert: String = "fixed", holder: Holder? = nil, lastHolder: Holder? = nil,
+                    revert: String = "fixed", holder: Holder? = nil, holderWaitingForReaders: Bool = false,
+                    lastHolder: Holder? = nil,
                     readersWaiting: UInt32 = 0, writersWaiting: UInt32 = 0, updatedMonotonicNs: UInt64 = 0,
-                    updatedUnixMs: Int64 = 0, eventCount: UInt64 = 0, events: [Event] = []) {
+                    updatedUnixMs: Int64 = 0, eventCount: UInt64 = 0, events: [Event] = [],
+                    pinnedWriteTimeout: Event? = nil, pinnedWriteWhileHoldingRead: Event? = nil,
+                    readHolders: [ReadHolder]? = [], moreReadHolders: UInt32 = 0) {
             self.slot = slot
             self.sequence = sequence
             self.name = name
@@ -85,6 +105,7 @@ public struct FlightRecord: Sendable, Equatable {
             self.word = word
             self.revert = revert
             self.holder = holder
+            self.holderWaitingForReaders = holderWaitingForReaders
             self.lastHolder = lastHolder
             self.readersWaiting = readersWaiting
             self.writersWaiting = writersWaiting
@@ -92,6 +113,42 @@ public struct FlightRecord: Sendable, Equatable {
             self.updatedUnixMs = updatedUnixMs
             self.eventCount = eventCount
             self.events = events
+            self.pinnedWriteTimeout = pinnedWriteTimeout
+            self.pinnedWriteWhileHoldingRead = pinnedWriteWhileHoldingRead
+            self.readHolders = readHolders
+            self.moreReadHolders = moreReadHolders
+        }
+
+        /// The ring's events plus the pinned ones that the ring no longer holds, oldest first.
+        public var allEvents: [Event] {
+            var all = events
+            for pinned in [pinnedWriteTimeout, pinnedWriteWhileHoldingRead].compactMap({ $0 }) where !all.contains(pinned) {
+                all.append(pinned)
+            }
+            return all.sorted { $0.monotonicNs < $1.monotonicNs }
+        }
+    }
+
+    /// A thread holding a read lock, as recorded.
+    public struct ReadHolder: Sendable, Equatable {
+        /// Kernel thread id of the holder.
+        public var tid: Int32
+        /// Read locks this thread holds on the lock (recursive depth).
+        public var depth: UInt16
+        /// The thread has exited while holding the read lock: nobody can ever release it.
+        public var threadExited: Bool
+        /// CLOCK_MONOTONIC (coarse: a few ms resolution) when the thread took its first read lock.
+        public var sinceMonotonicNs: UInt64
+        /// Wall clock when the thread took its first read lock (Unix ms), derived from the monotonic time.
+        public var sinceUnixMs: Int64
+
+        /// Makes a read-holder record.
+        public init(tid: Int32, depth: UInt16 = 1, threadExited: Bool = false, sinceMonotonicNs: UInt64, sinceUnixMs: Int64) {
+            self.tid = tid
+            self.depth = depth
+            self.threadExited = threadExited
+            self.sinceMonotonicNs = sinceMonotonicNs
+            self.sinceUnixMs = sinceUnixMs
         }
     }
 
@@ -162,6 +219,9 @@ public struct FlightRecord: Sendable, Equatable {
         public static let longHold = EventKind(rawValue: 6)
         /// A recursive read found the reader count full.
         public static let readerCountOverflow = EventKind(rawValue: 7)
+        /// A thread asked for the write lock while holding a read lock on the same lock: it waits for
+        /// itself (a self-deadlock with `write`, a certain timeout with `tryWrite`). Format version 2.
+        public static let writeWhileHoldingRead = EventKind(rawValue: 8)
 
         /// The kind's name as used in FORMAT.md, e.g. "parked-read".
         public var description: String {
@@ -173,6 +233,7 @@ public struct FlightRecord: Sendable, Equatable {
             case 5: "read-timed-out"
             case 6: "long-hold"
             case 7: "reader-count-overflow"
+            case 8: "write-while-holding-read"
             default: "unknown(\(rawValue))"
             }
         }

@@ -166,12 +166,18 @@ public final class FlightRecorderWriter: @unchecked Sendable {
         }
     }
 
-    /// Writes one lock's slot under its seqlock. The caller holds that lock's telemetry mutex, which
-    /// makes it the slot's only writer.
-    func writeSlot(_ index: Int, image: FlightRecord.Lock, event: (FlightRecord.Event, UInt64)?) {
+    /// Writes one lock's slot under its seqlock: the fixed part, the read holders, the pinned events
+    /// when `pinned` (they rarely change), and `event` into the ring. The caller holds that lock's
+    /// telemetry mutex, which makes it the slot's only writer.
+    func writeSlot(_ index: Int, image: FlightRecord.Lock, event: (FlightRecord.Event, UInt64)?, pinned: Bool) {
         let slot = base + FlightRecordLayout.slotOffset(index)
         seqlocked(slot, seqBegin: FlightRecordLayout.Slot.seqBegin, seqEnd: FlightRecordLayout.Slot.seqEnd) {
             FlightRecordEncoder.writeSlotFixed(image, into: slot)
+            FlightRecordEncoder.writeReadHolders(image.readHolders ?? [], more: image.moreReadHolders, into: slot)
+            if pinned {
+                FlightRecordEncoder.writePinnedWriteTimeout(image.pinnedWriteTimeout, into: slot)
+                FlightRecordEncoder.writePinnedWriteWhileHoldingRead(image.pinnedWriteWhileHoldingRead, into: slot)
+            }
             if let (event, ordinal) = event { FlightRecordEncoder.writeEvent(event, ordinal: ordinal, into: slot) }
         }
         state.withLock { s in

@@ -42,6 +42,29 @@ public struct LockHolder: Sendable, Equatable {
     }
 }
 
+/// A thread holding a read lock, for telemetry.
+public struct LockReadHolder: Sendable, Equatable {
+    /// Kernel thread id (gettid) of the holder.
+    public var tid: Int32
+    /// Read locks the thread holds on the lock (recursive depth).
+    public var depth: Int
+    /// CLOCK_MONOTONIC_COARSE (a few ms resolution) when the thread's first read lock was taken.
+    public var sinceMonotonicNs: UInt64
+    /// Wall clock of `sinceMonotonicNs` (Unix ms), derived when the snapshot was taken.
+    public var sinceUnixMs: Int64
+    /// The thread has exited while still holding the read lock: nobody can release it any more.
+    public var threadExited: Bool
+
+    /// Makes a read-holder record.
+    public init(tid: Int32, depth: Int, sinceMonotonicNs: UInt64, sinceUnixMs: Int64, threadExited: Bool = false) {
+        self.tid = tid
+        self.depth = depth
+        self.sinceMonotonicNs = sinceMonotonicNs
+        self.sinceUnixMs = sinceUnixMs
+        self.threadExited = threadExited
+    }
+}
+
 /// A lock's state at one moment, read without taking the lock.
 public struct LockSnapshot: Sendable, Equatable {
     /// The lock's name.
@@ -52,26 +75,39 @@ public struct LockSnapshot: Sendable, Equatable {
     public var word: UInt64
     /// The timeout-revert strategy in force.
     public var revert: RevertStrategy
-    /// The current write holder.
+    /// The writer that owns WRITER: inside the lock, or still waiting for readers to leave
+    /// (`holderWaitingForReaders`; then `since` is when it took WRITER).
     public var holder: LockHolder?
+    /// True while `holder` owns WRITER but waits for the readers inside (a reader count and a parked
+    /// writer: a leaked read lock, or a thread waiting for itself).
+    public var holderWaitingForReaders: Bool
     /// The previous write holder.
     public var lastHolder: LockHolder?
     /// Readers parked on the lock.
     public var readersWaiting: Int
     /// Writers parked on the lock (on either queue).
     public var writersWaiting: Int
+    /// Threads holding a read lock, oldest hold first (at most 8).
+    public var readHolders: [LockReadHolder]
+    /// Read holds not in `readHolders`: threads past the first 8, plus reads counted in the word that
+    /// no thread's record accounts for (a thread holding more than 16 locks, or a release on another thread).
+    public var moreReadHolders: Int
 
     /// Makes a snapshot.
     public init(name: String, address: UInt, word: UInt64, revert: RevertStrategy, holder: LockHolder?,
-                lastHolder: LockHolder?, readersWaiting: Int, writersWaiting: Int) {
+                holderWaitingForReaders: Bool = false, lastHolder: LockHolder?, readersWaiting: Int, writersWaiting: Int,
+                readHolders: [LockReadHolder] = [], moreReadHolders: Int = 0) {
         self.name = name
         self.address = address
         self.word = word
         self.revert = revert
         self.holder = holder
+        self.holderWaitingForReaders = holderWaitingForReaders
         self.lastHolder = lastHolder
         self.readersWaiting = readersWaiting
         self.writersWaiting = writersWaiting
+        self.readHolders = readHolders
+        self.moreReadHolders = moreReadHolders
     }
 }
 

@@ -5,7 +5,9 @@ import Synchronization
 /// Telemetry guarded by the lock's telemetry mutex. That mutex is a leaf (nothing blocks while holding
 /// it), taken only on write acquire/release, slow paths and snapshots, never on the read fast path.
 struct Telemetry {
+    /// The writer that owns WRITER: inside, or (with `holderWaitingForReaders`) waiting for readers.
     var holder: LockHolder?
+    var holderWaitingForReaders = false
     var lastHolder: LockHolder?
     /// The lock's flight-recorder slot, when a recorder is open and had a free slot.
     var slot: RecorderSlot?
@@ -18,6 +20,11 @@ final class RecorderSlot: @unchecked Sendable {
     let index: Int
     /// Events recorded in this slot; the next one goes to ring position `eventCount % capacity`.
     var eventCount: UInt64 = 0
+    /// The events kept outside the ring (see `FlightRecord.Lock.pinnedWriteTimeout`, `…WriteWhileHoldingRead`).
+    var pinnedWriteTimeout: FlightRecord.Event?
+    var pinnedWriteWhileHoldingRead: FlightRecord.Event?
+    /// The pinned area must be (re)written: set when a pinned event changes, and for a fresh slot.
+    var pinnedDirty = true
 
     init(writer: FlightRecorderWriter, index: Int) {
         self.writer = writer
@@ -29,10 +36,40 @@ extension RwLock {
     /// The lock's state now, read without taking the lock (only its telemetry mutex, which is never
     /// held across a wait), so it works while the lock itself is wedged.
     public func snapshot() -> LockSnapshot {
-        let (holder, lastHolder) = telemetry.withLock { ($0.holder, $0.lastHolder) }
-        return LockSnapshot(name: name, address: wordAddress, word: rawWord, revert: revert, holder: holder,
-                            lastHolder: lastHolder, readersWaiting: readersParked.load(ordering: .relaxed),
-                            writersWaiting: writersParked.load(ordering: .relaxed))
+        let (holder, waiting, lastHolder) = telemetry.withLock { ($0.holder, $0.holderWaitingForReaders, $0.lastHolder) }
+        let word = rawWord
+        let (readHolders, more) = readHolders(word: word)
+        var snapshot = LockSnapshot(name: name, address: wordAddress, word: word, revert: revert, holder: holder,
+                                    lastHolder: lastHolder, readersWaiting: readersParked.load(ordering: .relaxed),
+                                    writersWaiting: writersParked.load(ordering: .relaxed))
+        snapshot.holderWaitingForReaders = holder != nil && waiting
+        snapshot.readHolders = readHolders
+        snapshot.moreReadHolders = more
+        return snapshot
+    }
+
+    /// The threads holding a read lock on this lock, oldest first, up to `limit`; and the read holds
+    /// not listed (threads past the limit, plus reads in `word`'s count that no thread row accounts for).
+    func readHolders(word: UInt64, limit: Int = FlightRecordLayout.readHolderCapacity) -> ([LockReadHolder], Int) {
+        // No reader counted: nothing to look for (the common case on the write path).
+        if LockWord.readerCount(word) == 0 { return ([], 0) }
+        var trackedDepth: UInt64 = 0
+        var total = 0
+        let nowMonotonic = defib_monotonic_ns()
+        let nowUnixMs = defib_realtime_ms()
+        let holders = withUnsafeTemporaryAllocation(of: defib_read_holder.self, capacity: limit) { rows in
+            total = defib_read_holders(holdID, rows.baseAddress, limit, &trackedDepth)
+            return rows.prefix(min(total, limit)).map { row in
+                LockReadHolder(tid: row.tid, depth: Int(row.depth), sinceMonotonicNs: row.since_ns,
+                               sinceUnixMs: nowUnixMs - Int64((nowMonotonic &- min(row.since_ns, nowMonotonic)) / 1_000_000),
+                               threadExited: row.exited != 0)
+            }
+        }
+        let listed = holders.count
+        // A corrupted word's reader count is not a count of anything.
+        let counted = LockWord.isCorrupt(word) ? trackedDepth : LockWord.readerCount(word)
+        let untracked = counted > trackedDepth ? Int(clamping: counted - trackedDepth) : 0
+        return (holders, (total - listed) + untracked)
     }
 
     func didAcquireWrite(label: String) {
@@ -40,8 +77,45 @@ extension RwLock {
                                 sinceUnixMs: defib_realtime_ms())
         telemetry.withLock { t in
             t.holder = holder
+            t.holderWaitingForReaders = false
             writeSlot(&t, event: nil)
         }
+    }
+
+    /// The calling thread owns WRITER and starts waiting for the readers inside: it is the lock's
+    /// pending writer from now on. The recorder learns it with the next slot write: the writer's
+    /// `parked-write-for-readers` event if it has to sleep, its acquisition if the readers leave first.
+    func notePendingWriter(label: String) {
+        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
+                                sinceUnixMs: defib_realtime_ms())
+        telemetry.withLock { t in
+            t.holder = holder
+            t.holderWaitingForReaders = true
+        }
+    }
+
+    /// The pending writer timed out and reverted (WRITER is already released): it stops being the
+    /// holder — unless another writer has recorded itself since — and the timeout is recorded.
+    func pendingWriterGaveUp(label: String, wordAfterRevert: UInt64) {
+        let tid = defib_lock_tid()
+        let event = recording.load(ordering: .relaxed)
+            ? FlightRecord.Event(kind: .writeTimedOut, tid: tid, monotonicNs: defib_monotonic_ns(),
+                                 unixMs: defib_realtime_ms(), wordAfter: wordAfterRevert, label: label)
+            : nil
+        telemetry.withLock { t in
+            if t.holderWaitingForReaders, t.holder?.tid == tid {
+                t.holder = nil
+                t.holderWaitingForReaders = false
+            }
+            writeSlot(&t, event: event)
+        }
+    }
+
+    /// Records `write-while-holding-read` when the calling thread holds a read lock on this lock and
+    /// asks for its write lock. Nothing else changes: the caller goes on to wait for itself.
+    func noteIfHoldingRead(label: String) {
+        guard defib_read_hold_depth(holdID) > 0 else { return }
+        record(.writeWhileHoldingRead, label: label)
     }
 
     func willReleaseWrite() {
@@ -50,6 +124,7 @@ extension RwLock {
             guard let holder = t.holder else { return }
             t.lastHolder = holder
             t.holder = nil
+            t.holderWaitingForReaders = false
             var event: FlightRecord.Event?
             if t.slot != nil {
                 let now = defib_monotonic_ns()
@@ -101,26 +176,56 @@ extension RwLock {
         telemetry.withLock { $0.slot?.writer === writer }
     }
 
-    /// Rewrites the slot (fixed part, plus `event` in the ring). Call with the telemetry mutex held.
+    /// Rewrites the slot (fixed part, read holders, pinned events when they changed, plus `event` in
+    /// the ring). Call with the telemetry mutex held.
     private func writeSlot(_ t: inout Telemetry, event: FlightRecord.Event?) {
         guard let slot = t.slot else { return }
         var ordinal: UInt64?
-        if event != nil {
+        if let event {
             ordinal = slot.eventCount
             slot.eventCount += 1
+            pin(event, in: slot)
         }
+        let word = rawWord
+        let (holders, more) = readHolders(word: word)
         let image = FlightRecord.Lock(
-            slot: slot.index, name: name, address: UInt64(wordAddress), word: rawWord, revert: revert.rawValue,
-            holder: t.holder.map(Self.recorded), lastHolder: t.lastHolder.map(Self.recorded),
+            slot: slot.index, name: name, address: UInt64(wordAddress), word: word, revert: revert.rawValue,
+            holder: t.holder.map(Self.recorded), holderWaitingForReaders: t.holderWaitingForReaders,
+            lastHolder: t.lastHolder.map(Self.recorded),
             readersWaiting: UInt32(clamping: readersParked.load(ordering: .relaxed)),
             writersWaiting: UInt32(clamping: writersParked.load(ordering: .relaxed)),
             updatedMonotonicNs: defib_monotonic_ns(), updatedUnixMs: defib_realtime_ms(),
-            eventCount: slot.eventCount)
-        slot.writer.writeSlot(slot.index, image: image, event: event.map { ($0, ordinal!) })
+            eventCount: slot.eventCount, pinnedWriteTimeout: slot.pinnedWriteTimeout,
+            pinnedWriteWhileHoldingRead: slot.pinnedWriteWhileHoldingRead,
+            readHolders: holders.map(Self.recorded), moreReadHolders: UInt32(clamping: more))
+        slot.writer.writeSlot(slot.index, image: image, event: event.map { ($0, ordinal!) }, pinned: slot.pinnedDirty)
+        slot.pinnedDirty = false
+    }
+
+    /// Keeps the events the ring must not lose: the write timeout whose revert corrupted the word (once
+    /// one did, later timeouts on the corrupted lock do not replace it; until then the latest), and the
+    /// latest write-while-holding-read.
+    private func pin(_ event: FlightRecord.Event, in slot: RecorderSlot) {
+        switch event.kind {
+        case .writeTimedOut:
+            if let kept = slot.pinnedWriteTimeout, LockWord.isCorrupt(kept.wordAfter) { return }
+            slot.pinnedWriteTimeout = event
+            slot.pinnedDirty = true
+        case .writeWhileHoldingRead:
+            slot.pinnedWriteWhileHoldingRead = event
+            slot.pinnedDirty = true
+        default:
+            break
+        }
     }
 
     private static func recorded(_ h: LockHolder) -> FlightRecord.Holder {
         FlightRecord.Holder(label: h.label, tid: h.tid, sinceMonotonicNs: h.sinceMonotonicNs, sinceUnixMs: h.sinceUnixMs)
+    }
+
+    private static func recorded(_ h: LockReadHolder) -> FlightRecord.ReadHolder {
+        FlightRecord.ReadHolder(tid: h.tid, depth: UInt16(clamping: h.depth), threadExited: h.threadExited,
+                                sinceMonotonicNs: h.sinceMonotonicNs, sinceUnixMs: h.sinceUnixMs)
     }
 
 }

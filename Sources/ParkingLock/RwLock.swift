@@ -14,6 +14,10 @@ private let WRITER = LockWord.writer
 private let READERS_MASK = LockWord.readersMask
 private let ONE_READER = LockWord.oneReader
 
+// Ids for the per-thread read-hold bookkeeping: never reused, so a row left by a lock that is gone
+// cannot be mistaken for a hold on a new lock at the same address.
+private let nextHoldID = Atomic<UInt64>(1)
+
 // Park tokens: what a queued thread wants, added to the word by `wakeParkedThreads`.
 private let TOKEN_SHARED = UInt(ONE_READER)
 private let TOKEN_EXCLUSIVE = UInt(WRITER)
@@ -35,6 +39,8 @@ public final class RwLock: @unchecked Sendable {
     /// Set while a flight-recorder slot is attached, so slow paths skip the telemetry mutex otherwise.
     let recording = Atomic<Bool>(false)
     let telemetry = Mutex(Telemetry())
+    /// This lock's key in the per-thread read-hold tables (CDefibShims read_holds.c).
+    let holdID: UInt64
 
     /// Makes a lock. With `register`, it joins `LockRegistry.shared` (and gets a flight-recorder slot if one is open).
     public init(name: String, revert: RevertStrategy = .fixed, register: Bool = true) {
@@ -42,6 +48,7 @@ public final class RwLock: @unchecked Sendable {
         word = .allocate(capacity: 1)
         word.initialize(to: Atomic(0))
         revertCode = Atomic(revert == .buggy ? 1 : 0)
+        holdID = nextHoldID.wrappingAdd(1, ordering: .relaxed).oldValue
         if register { LockRegistry.shared.register(self) }
     }
 
@@ -118,17 +125,26 @@ public final class RwLock: @unchecked Sendable {
     /// Takes a read lock, parking while a writer holds or waits for the lock. Traps, as parking_lot
     /// panics, if the reader count would overflow (`lockSharedRecursive` throws instead).
     public func lockShared() {
-        if tryLockSharedFast(recursive: false) { return }
+        if tryLockSharedFast(recursive: false) {
+            defib_read_hold_enter(holdID)
+            return
+        }
         if case .overflow(let w) = lockSharedSlow(recursive: false, deadline: nil) {
             fatalError("RwLock \(name): \(RwLockError.readerCountOverflow(word: w))")
         }
+        defib_read_hold_enter(holdID)
     }
 
     /// Takes a read lock within `timeout`; false if it timed out. Traps like `lockShared` on overflow.
     public func tryLockShared(for timeout: Duration) -> Bool {
-        if tryLockSharedFast(recursive: false) { return true }
+        if tryLockSharedFast(recursive: false) {
+            defib_read_hold_enter(holdID)
+            return true
+        }
         switch lockSharedSlow(recursive: false, deadline: timeout.deadlineFromNow) {
-        case .acquired: return true
+        case .acquired:
+            defib_read_hold_enter(holdID)
+            return true
         case .timedOut:
             record(.readTimedOut, label: "")
             return false
@@ -139,25 +155,39 @@ public final class RwLock: @unchecked Sendable {
     /// Takes a recursive read lock: allowed past a writer that is waiting for readers. Throws
     /// `.readerCountOverflow` instead of wrapping the reader count.
     public func lockSharedRecursive() throws {
-        if tryLockSharedFast(recursive: true) { return }
+        if tryLockSharedFast(recursive: true) {
+            defib_read_hold_enter(holdID)
+            return
+        }
         if case .overflow(let w) = lockSharedSlow(recursive: true, deadline: nil) {
             record(.readerCountOverflow, label: "")
             throw RwLockError.readerCountOverflow(word: w)
         }
+        defib_read_hold_enter(holdID)
     }
 
-    /// Releases a read lock.
+    /// Releases a read lock. Release it on the thread that took it (parking_lot's guards cannot move
+    /// between threads either): the per-thread read-hold record is kept by the taker.
     public func unlockShared() {
+        // The hold record goes first: once the word drops the reader, a waiting writer may look.
+        defib_read_hold_exit(holdID)
         let state = word.pointee.wrappingSubtract(ONE_READER, ordering: .releasing).oldValue
         if state & (READERS_MASK | WRITER_PARKED) == (ONE_READER | WRITER_PARKED) {
             unlockSharedSlow()
         }
         // Only a lock with a writer in it can have one waiting at the gate: no extra load otherwise.
-        if state & WRITER != 0 { timeoutGate.readerUnlocked() }
+        if state & WRITER != 0 {
+            timeoutGate.readerUnlocked()
+            // A writer is parked waiting for readers that are not all gone: keep the recorder's read
+            // holders current while it waits (the last reader wakes it, and it records itself then).
+            if state & WRITER_PARKED != 0, state & READERS_MASK > ONE_READER { noteChange(event: nil) }
+        }
     }
 
-    /// Takes the write lock, recorded under `label`.
+    /// Takes the write lock, recorded under `label`. A thread that holds a read lock on this lock
+    /// deadlocks here, as with parking_lot; it is recorded (`write-while-holding-read`) first.
     public func lockExclusive(label: String) {
+        noteIfHoldingRead(label: label)
         if !word.pointee.weakCompareExchange(expected: 0, desired: WRITER, successOrdering: .acquiring,
                                              failureOrdering: .relaxed).exchanged {
             let acquired = lockExclusiveSlow(deadline: nil, label: label)
@@ -168,6 +198,7 @@ public final class RwLock: @unchecked Sendable {
 
     /// Takes the write lock within `timeout`, recorded under `label`; false if it timed out.
     public func tryLockExclusive(for timeout: Duration, label: String) -> Bool {
+        noteIfHoldingRead(label: label)
         let acquired = word.pointee.weakCompareExchange(expected: 0, desired: WRITER, successOrdering: .acquiring,
                                                         failureOrdering: .relaxed).exchanged
             || lockExclusiveSlow(deadline: timeout.deadlineFromNow, label: label)
@@ -246,7 +277,7 @@ public final class RwLock: @unchecked Sendable {
             record(.writeTimedOut, label: label)
             return false
         }
-        // Step 2: wait for the readers still inside to leave.
+        // Step 2: wait for the readers still inside to leave (as the lock's pending writer).
         return waitForReaders(deadline: deadline, prevValue: 0, label: label)
     }
 
@@ -281,6 +312,7 @@ public final class RwLock: @unchecked Sendable {
     private func waitForReaders(deadline: UInt64?, prevValue: UInt64, label: String) -> Bool {
         var spin = SpinWait()
         var state = word.pointee.load(ordering: .acquiring)
+        if state & READERS_MASK != 0 { notePendingWriter(label: label) }
         while state & READERS_MASK != 0 {
             if spin.spin() {
                 state = word.pointee.load(ordering: .acquiring)
@@ -333,7 +365,9 @@ public final class RwLock: @unchecked Sendable {
                         return tokenNormal
                     }
                 }
-                record(.writeTimedOut, label: label)
+                // The event carries the word our own add produced: the value right after the revert,
+                // before a reader parking behind it adds PARKED.
+                pendingWriterGaveUp(label: label, wordAfterRevert: old &+ delta)
                 return false
             }
         }
