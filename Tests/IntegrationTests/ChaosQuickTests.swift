@@ -86,13 +86,17 @@ struct ChaosQuickTests {
         let chaos = try Background([Binaries.defib, "chaos", "--quick", "--scenarios", "control", "--duration", "60s", "--report", "\(dir.path)/report"],
                                    log: "\(dir.path)/chaos.log")
         defer { chaos.stop(graceMs: 1000) }
-        // Wait for the supervised proxy: a grandchild of the harness.
+        // Wait until the supervised proxy (a grandchild of the harness) is ready and the load is on it.
         var started: [Int32] = []
+        let defibLog = "\(dir.path)/report/runs/001-control-steady-1/defib.log"
         let running = waitUntil(timeoutMs: 60_000) {
             started = descendants(of: chaos.pid)
             return started.contains { (readTextFile("/proc/\($0)/comm") ?? "").hasPrefix("defib-proxy") }
+                && (readTextFile(defibLog) ?? "").contains("is ready")
         }
-        try #require(running, "no proxy under the harness: \(chaos.log)")
+        try #require(running, "no ready proxy under the harness: \(chaos.log)")
+        usleep(500_000)
+        started = descendants(of: chaos.pid)
         try chaos.child.signal(SIGTERM)
         let status = chaos.wait(timeoutMs: 60_000)
         #expect(status == .exited(code: 128 + SIGTERM), "harness ended \(String(describing: status)): \(chaos.log)")
