@@ -138,10 +138,23 @@ final class ControlHandler: ChannelInboundHandler {
             o.add("last_holder", raw: holderJSON(s.lastHolder))
             o.add("readers_waiting", s.readersWaiting)
             o.add("writers_waiting", s.writersWaiting)
+            // The holder above may own WRITER yet still wait for readers (a leaked read, a self-deadlock).
+            o.add("holder_waiting_for_readers", raw: s.holderWaitingForReaders ? "true" : "false")
+            o.add("read_holders", raw: "[" + s.readHolders.map(readHolderJSON).joined(separator: ",") + "]")
+            o.add("more_read_holders", s.moreReadHolders)
             return o.closed
         }
         top.add("locks", raw: "[" + locks.joined(separator: ",") + "]")
         return top.closed
+    }
+
+    static func readHolderJSON(_ h: LockReadHolder) -> String {
+        var o = JSONLine()
+        o.add("tid", Int(h.tid))
+        o.add("depth", h.depth)
+        o.add("since_ms", h.sinceUnixMs)
+        o.add("exited", raw: h.threadExited ? "true" : "false")
+        return o.closed
     }
 
     static func holderJSON(_ h: LockHolder?) -> String {

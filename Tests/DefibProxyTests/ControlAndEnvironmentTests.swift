@@ -34,8 +34,15 @@ import Testing
         let snap = LockSnapshot(name: "catalog", address: 0x7f00_dead_beef, word: 0xFFFF_FFFF_FFFF_FFFE, revert: .buggy,
                                 holder: nil, lastHolder: holder, readersWaiting: 3, writersWaiting: 1)
         let json = ControlHandler.locksJSON(pid: 123, flightRecorder: nil, snapshots: [snap])
-        #expect(json == #"{"pid":123,"flight_recorder":null,"locks":[{"name":"catalog","address":"0x7f00deadbeef","word":"0xfffffffffffffffe","revert":"buggy","holder":null,"last_holder":{"label":"catalog.update app=\"q\" machine=m1","tid":77,"since_ms":1700000000000},"readers_waiting":3,"writers_waiting":1}]}"#)
+        #expect(json == #"{"pid":123,"flight_recorder":null,"locks":[{"name":"catalog","address":"0x7f00deadbeef","word":"0xfffffffffffffffe","revert":"buggy","holder":null,"last_holder":{"label":"catalog.update app=\"q\" machine=m1","tid":77,"since_ms":1700000000000},"readers_waiting":3,"writers_waiting":1,"holder_waiting_for_readers":false,"read_holders":[],"more_read_holders":0}]}"#)
         #expect(ControlHandler.locksJSON(pid: 1, flightRecorder: "/run/fr", snapshots: []) == #"{"pid":1,"flight_recorder":"/run/fr","locks":[]}"#)
+        // A reload waiting for a leaked reader: the pending writer and who holds the read lock.
+        let waiting = LockSnapshot(name: "catalog", address: 0x10, word: 0x1B, revert: .fixed,
+                                   holder: LockHolder(label: "catalog.reload", tid: 80, sinceMonotonicNs: 2, sinceUnixMs: 1_700_000_000_500),
+                                   holderWaitingForReaders: true, lastHolder: nil, readersWaiting: 1, writersWaiting: 1,
+                                   readHolders: [LockReadHolder(tid: 81, depth: 1, sinceMonotonicNs: 1, sinceUnixMs: 1_700_000_000_100, threadExited: true)],
+                                   moreReadHolders: 2)
+        #expect(ControlHandler.locksJSON(pid: 1, flightRecorder: nil, snapshots: [waiting]).hasSuffix(#""holder":{"label":"catalog.reload","tid":80,"since_ms":1700000000500},"last_holder":null,"readers_waiting":1,"writers_waiting":1,"holder_waiting_for_readers":true,"read_holders":[{"tid":81,"depth":1,"since_ms":1700000000100,"exited":true}],"more_read_holders":2}]}"#))
     }
 }
 

@@ -90,8 +90,11 @@ struct FaultTests {
         #expect(eventually(timeoutMs: 5000) { catalog.lock.rawWord & ~LockWord.parked == 0x1A }, "word \(hex16(catalog.lock.rawWord))")
         #expect(readerStaysBlocked(catalog))
         #expect(eventually(timeoutMs: 2000) { catalog.lock.snapshot().readersWaiting >= 1 })
-        // The updater is the writer parked waiting for readers (telemetry names holders only once acquired).
-        #expect(catalog.lock.snapshot().writersWaiting >= 1)
+        // The updater is the writer parked waiting for readers, and the one reader it waits for.
+        let snapshot = catalog.lock.snapshot()
+        #expect(snapshot.writersWaiting >= 1)
+        #expect(snapshot.holderWaitingForReaders && snapshot.holder?.label == "catalog.update app=shop machine=defib-fault")
+        #expect(snapshot.readHolders.map(\.tid) == [try #require(snapshot.holder?.tid)])
     }
 
     @Test func guardAcrossElseIsHarmlessWhenTheIfArmIsTaken() throws {
