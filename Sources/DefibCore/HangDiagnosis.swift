@@ -52,6 +52,8 @@ public struct DiagnosisInput: Sendable {
     public var progress: ProgressVerdict?
     /// /proc at the time of the hang.
     public var sample: ProcessSample?
+    /// /proc at the start of the window `progress` was judged over (with `sample`, it gives CPU rates).
+    public var baseline: ProcessSample?
     /// `thread apply all bt` from the core, when it is there.
     public var stacks: String?
     /// Wall clock of the detection, ms since the epoch (for "held for N s").
@@ -124,7 +126,12 @@ public enum Diagnoser {
             let readers = lock.readersWaiting ?? 0
             let writers = lock.writersWaiting ?? 0
             var evidence = ["lock '\(lock.name)' at \(lock.address): \(LockWord.describe(word)) (read from \(lock.source))"]
-            if let timedOut = lock.events?.last(where: { $0.kind == "write-timed-out" }) {
+            let timeouts = lock.events?.filter { $0.kind == "write-timed-out" } ?? []
+            // The recorder pins the timeout whose revert corrupted the word; later timeouts on the
+            // corrupted lock only show it already broken.
+            if let corrupting = timeouts.first(where: { LockWord.parse($0.wordAfter).map(Diagnosis.isCorrupted) ?? false }) {
+                evidence.append("timed-out writer whose revert corrupted the word: '\(corrupting.label)' tid \(corrupting.tid), word after its revert \(corrupting.wordAfter)")
+            } else if let timedOut = timeouts.last {
                 evidence.append("last timed-out writer: '\(timedOut.label)' tid \(timedOut.tid), word after its revert \(timedOut.wordAfter)")
             }
             if let last = lock.lastHolder { evidence.append("last write holder: \(last)") }
@@ -133,46 +140,97 @@ public enum Diagnoser {
                                  evidence: evidence)
         }
 
-        // Self-deadlock: a thread asked for the write lock while holding the read lock.
-        for lock in input.locks {
-            guard let event = lock.events?.last(where: { $0.kind == "write-while-holding-read" }) else { continue }
-            let stillThere = threads.isEmpty || threads.contains { $0.tid == event.tid }
-            guard stillThere else { continue }
+        // Self-deadlock: a thread asked for the write lock while holding the read lock (the recorder's
+        // event), or the pending writer is itself one of the read holders it waits for.
+        for (lock, word) in words {
+            let readHolderTids = lock.readHolders.map { Set($0.map(\.tid)) }
+            var suspect: (tid: Int32, label: String)?
+            if let event = lock.events?.last(where: { $0.kind == "write-while-holding-read" }) {
+                suspect = (event.tid, event.label)
+            } else if lock.holderWaitingForReaders == true, let tid = lock.holderTid, readHolderTids?.contains(tid) == true {
+                suspect = (tid, Self.label(of: lock.holder ?? ""))
+            }
+            guard let suspect else { continue }
+            // Still stuck: WRITER taken and readers counted (a timed write that gave up left neither).
+            guard word & LockWord.writer != 0, LockWord.readers(word) > 0 else { continue }
+            guard threads.isEmpty || threads.contains(where: { $0.tid == suspect.tid }) else { continue }
+            // It has let go of its read lock since: no longer waiting for itself.
+            if let tids = readHolderTids, !tids.contains(suspect.tid), (lock.moreReadHolders ?? 0) == 0 { continue }
+            var evidence = ["lock '\(lock.name)': \(lock.word) (\(LockWord.describe(word)))",
+                            "the waiting writer is one of the readers it waits for, so the reader count never reaches 0"]
+            if let thread = threads.first(where: { $0.tid == suspect.tid }) {
+                evidence.append("thread \(suspect.tid) is '\(thread.name)', \(Self.activity(of: thread))")
+            }
+            if let held = lock.readHolders?.first(where: { $0.tid == suspect.tid }) {
+                evidence.append("read holder \(held), for \(seconds(input.nowUnixMs - held.sinceUnixMs)) s")
+            }
+            let who = threads.first(where: { $0.tid == suspect.tid }).map { "thread '\($0.name)'" } ?? "it"
+            let queued = lock.readersWaiting ?? 0
             return HangDiagnosis(kind: .selfDeadlock,
-                                 sentence: "thread \(event.tid) waits for the write lock of '\(lock.name)' while holding its read lock ('\(event.label)')",
-                                 evidence: ["lock '\(lock.name)': \(lock.word)" + (LockWord.parse(lock.word).map { " (\(LockWord.describe($0)))" } ?? ""),
-                                            "the waiting writer is one of the readers it waits for, so the reader count never reaches 0"])
+                                 sentence: "thread \(suspect.tid) waits for the write lock of '\(lock.name)' while holding its read lock ('\(suspect.label)'): \(who) waits for itself, and \(queued) reader\(queued == 1 ? "" : "s") queue behind it",
+                                 evidence: evidence)
         }
 
-        // Leaked read lock: readers counted, a writer parked waiting for them, and no thread running.
+        // Leaked read lock: readers counted, a writer waiting for them, and none of the threads holding
+        // a read lock is running inside its read section (they are idle, parked or gone).
         let allAsleep = !threads.isEmpty && threads.allSatisfy { $0.state != "R" && $0.state != "D" }
         for (lock, word) in words {
             let readers = LockWord.readers(word)
-            guard readers > 0, word & LockWord.writerParked != 0 || (lock.writersWaiting ?? 0) > 0 else { continue }
-            guard allAsleep || input.progress?.kind == "stuck" else { continue }
+            let writerWaits = lock.holderWaitingForReaders == true || word & LockWord.writerParked != 0 || (lock.writersWaiting ?? 0) > 0
+            guard readers > 0, writerWaits else { continue }
             let writer = lock.holder ?? lock.events?.last(where: { $0.kind == "parked-write-for-readers" }).map { "'\($0.label)' tid \($0.tid)" } ?? "a writer"
             let waited = lock.holderSinceUnixMs.map { " for \(seconds(input.nowUnixMs - $0)) s" } ?? ""
+            let queue = "writer \(writer) has waited\(waited) for them and \(lock.readersWaiting ?? 0) new reader(s) queue behind it"
+            var evidence = ["lock '\(lock.name)': \(hexUpper(word)) (\(LockWord.describe(word)))"]
+            let holders = lock.readHolders ?? []
+            if holders.isEmpty {
+                // No read-holder record (an older recorder, or every hold untracked): judge the whole process.
+                guard allAsleep || input.progress?.kind == "stuck" else { continue }
+                evidence.append("a read guard was taken and never released; the hang began at the next write")
+                return HangDiagnosis(kind: .leakedReadLock,
+                                     sentence: "'\(lock.name)' counts \(readers) reader\(readers == 1 ? "" : "s") but no thread is running inside it\(stateText); \(queue)",
+                                     evidence: evidence)
+            }
+            let places = holders.map { holder in (holder, Self.whereIs(holder, lock: lock, threads: threads, progress: input.progress)) }
+            guard places.allSatisfy({ !$0.1.running }) else { continue }
+            let named = places.prefix(3).map { holder, place in
+                "thread \(holder.tid)\(place.name.map { " ('\($0)')" } ?? "") \(place.activity), holding it for \(seconds(input.nowUnixMs - holder.sinceUnixMs)) s"
+            }
+            let unnamed = holders.count - named.count + (lock.moreReadHolders ?? 0)
+            let holderText = named.joined(separator: "; ") + (unnamed > 0 ? "; and \(unnamed) more" : "")
+            for (holder, place) in places {
+                evidence.append("read holder \(holder): \(place.activity)")
+            }
+            evidence.append("a read guard was taken and never released; the hang began at the next write")
             return HangDiagnosis(kind: .leakedReadLock,
-                                 sentence: "'\(lock.name)' counts \(readers) reader\(readers == 1 ? "" : "s") but no thread is running inside it\(stateText); writer \(writer) has waited\(waited) for them and \(lock.readersWaiting ?? 0) new reader(s) queue behind it",
-                                 evidence: ["lock '\(lock.name)': \(hexUpper(word)) (\(LockWord.describe(word)))",
-                                            "a read guard was taken and never released; the hang began at the next write"])
+                                 sentence: "'\(lock.name)' counts \(readers) reader\(readers == 1 ? "" : "s") but no thread is running inside it: \(holderText); \(queue)",
+                                 evidence: evidence)
         }
 
         // Slow holder: a live write holder that has held the lock for long.
-        if let (lock, since) = input.locks.compactMap({ l in l.holderSinceUnixMs.map { (l, $0) } })
+        // (A writer still waiting for readers holds nothing yet.)
+        if let (lock, since) = input.locks.filter({ $0.holderWaitingForReaders != true }).compactMap({ l in l.holderSinceUnixMs.map { (l, $0) } })
             .filter({ input.nowUnixMs - $0.1 >= input.slowHoldMs }).min(by: { $0.1 < $1.1 }) {
             return HangDiagnosis(kind: .slowHolder,
                                  sentence: "\(lock.holder ?? "a writer") has held the write lock of '\(lock.name)' for \(seconds(input.nowUnixMs - since)) s; \(lock.readersWaiting ?? 0) reader(s) and \(lock.writersWaiting ?? 0) writer(s) waiting",
                                  evidence: ["lock '\(lock.name)': \(lock.word)"])
         }
 
-        // Dead loop: CPU time advancing and nobody waiting on a lock.
+        // Dead loop: CPU time advancing and nobody waiting on a lock. Also when the process also waited
+        // for a CPU ("starved"): spinning threads of its own compete for the cores, and a process that
+        // still got half a CPU or more over the whole window was not kept from answering by starvation.
         let lockWaits = input.locks.reduce(0) { $0 + ($1.readersWaiting ?? 0) + ($1.writersWaiting ?? 0) }
-        if case let .busy(reason)? = input.progress, lockWaits == 0 {
+        if lockWaits == 0 {
             let hot = threads.filter { $0.state == "R" }.map(\.name)
-            return HangDiagnosis(kind: .deadLoop,
-                                 sentence: "CPU time keeps advancing with no lock waits: \(reason)",
-                                 evidence: hot.isEmpty ? [] : ["running threads: " + hot.prefix(8).joined(separator: ", ")])
+            let running = hot.isEmpty ? [] : ["running threads: " + hot.prefix(8).joined(separator: ", ")]
+            if case let .busy(reason)? = input.progress {
+                return HangDiagnosis(kind: .deadLoop, sentence: "CPU time keeps advancing with no lock waits: \(reason)", evidence: running)
+            }
+            if case let .starved(reason)? = input.progress, let share = Self.cpuShare(input), share >= ProgressThresholds().busyCPUShare {
+                return HangDiagnosis(kind: .deadLoop,
+                                     sentence: "CPU time keeps advancing with no lock waits, \(Double(Int(share * 100)) / 100) CPUs' worth while also waiting for a CPU: \(reason)",
+                                     evidence: running)
+            }
         }
         if case let .starved(reason)? = input.progress {
             return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence and the process was starved for CPU or I/O: \(reason)")
@@ -181,6 +239,70 @@ public enum Diagnoser {
             return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence; the process was \(p.kind): \(p.reason)")
         }
         return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence" + stateText)
+    }
+
+    /// CPU time per wall time of the process between `baseline` and `sample` (1.0 = one core busy).
+    static func cpuShare(_ input: DiagnosisInput) -> Double? {
+        guard let before = input.baseline, let after = input.sample, before.pid == after.pid, after.atNs > before.atNs,
+              after.cpuNs >= before.cpuNs else { return nil }
+        return Double(after.cpuNs - before.cpuNs) / Double(after.atNs - before.atNs)
+    }
+
+    /// Where a read-holding thread is, per the /proc sample and the lock's events.
+    struct HolderPlace {
+        /// The thread's name, when it still exists.
+        var name: String?
+        /// e.g. "is idle in epoll_wait", "has exited".
+        var activity: String
+        /// Running or in uninterruptible I/O: plausibly still inside its read section.
+        var running: Bool
+    }
+
+    static func whereIs(_ holder: LockReadHolderRecord, lock: LockState, threads: [ThreadSample], progress: ProgressVerdict?) -> HolderPlace {
+        if holder.threadExited { return HolderPlace(activity: "has exited", running: false) }
+        guard !threads.isEmpty else {
+            // No sample: only a stuck process says the holder is not running.
+            return HolderPlace(activity: "(no thread sample)", running: progress?.kind != "stuck")
+        }
+        guard let thread = threads.first(where: { $0.tid == holder.tid }) else {
+            return HolderPlace(activity: "no longer exists", running: false)
+        }
+        if thread.state == "R" || thread.state == "D" {
+            return HolderPlace(name: thread.name, activity: activity(of: thread), running: true)
+        }
+        if lock.events?.contains(where: { $0.kind == "parked-read" && $0.tid == holder.tid && $0.unixMs >= holder.sinceUnixMs }) == true {
+            return HolderPlace(name: thread.name, activity: "is parked on another read of it, behind the writer", running: false)
+        }
+        return HolderPlace(name: thread.name, activity: activity(of: thread), running: false)
+    }
+
+    /// "is idle in epoll_wait", "is asleep in a futex wait", "is running", …
+    static func activity(of thread: ThreadSample) -> String {
+        switch thread.state {
+        case "R": return "is running"
+        case "D": return "is in uninterruptible sleep (I/O)"
+        case "T", "t": return "is stopped"
+        case "Z", "X": return "has exited"
+        default: break
+        }
+        if thread.inFutexWait { return "is asleep in a futex wait" }
+        if let call = thread.syscall, epollWaits.contains(call) { return "is idle in epoll_wait (back in its event loop)" }
+        if let call = thread.syscall { return "is asleep (state \(thread.state), system call \(call))" }
+        return "is asleep (state \(thread.state))"
+    }
+
+    #if arch(x86_64)
+    static let epollWaits: Set<Int> = [232, 281, 441]   // epoll_wait, epoll_pwait, epoll_pwait2
+    #elseif arch(arm64)
+    static let epollWaits: Set<Int> = [22, 441]          // epoll_pwait, epoll_pwait2
+    #else
+    static let epollWaits: Set<Int> = []
+    #endif
+
+    /// "catalog.reload tid=77" → "catalog.reload" (the form the supervisor stores holders in).
+    static func label(of holder: String) -> String {
+        guard let range = holder.range(of: " tid=", options: .backwards) else { return holder }
+        return String(holder[..<range.lowerBound])
     }
 
     static func hexUpper(_ w: UInt64) -> String {

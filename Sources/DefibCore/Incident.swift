@@ -73,13 +73,42 @@ public struct LockState: Sendable, Equatable, Codable {
     public var holderSinceUnixMs: Int64?
     /// "buggy" (parking_lot 0.8.0–0.12.3) or "fixed" (0.12.4).
     public var revert: String?
-    /// The last slow-lock events from the flight recorder, oldest first.
+    /// The last slow-lock events from the flight recorder, oldest first (with the pinned ones the ring
+    /// had already lost: the write timeout that corrupted the word, the last write-while-holding-read).
     public var events: [LockEventRecord]?
+    /// True when `holder` owns WRITER but still waits for the readers inside; false when it is inside.
+    /// Nil when the source does not say (flight recorder version 1, control channel).
+    public var holderWaitingForReaders: Bool?
+    /// The threads holding a read lock, oldest hold first (at most 8); nil when the source does not track them.
+    public var readHolders: [LockReadHolderRecord]?
+    /// Read holds not in `readHolders` (threads past the listed ones, reads no thread record accounts for).
+    public var moreReadHolders: Int?
     public init(name: String, address: String, word: String, source: String,
                 holder: String? = nil, lastHolder: String? = nil, readersWaiting: Int? = nil, writersWaiting: Int? = nil) {
         self.name = name; self.address = address; self.word = word; self.source = source
         self.holder = holder; self.lastHolder = lastHolder
         self.readersWaiting = readersWaiting; self.writersWaiting = writersWaiting
+    }
+}
+
+/// A thread holding a read lock, as the flight recorder saw it.
+public struct LockReadHolderRecord: Sendable, Equatable, Codable, CustomStringConvertible {
+    /// Kernel thread id.
+    public var tid: Int32
+    /// Read locks it holds on the lock (recursive depth).
+    public var depth: Int
+    /// When it took its first read lock (Unix ms; a few ms of resolution).
+    public var sinceUnixMs: Int64
+    /// The thread has exited still holding it.
+    public var threadExited: Bool
+    public init(tid: Int32, depth: Int = 1, sinceUnixMs: Int64, threadExited: Bool = false) {
+        self.tid = tid; self.depth = depth; self.sinceUnixMs = sinceUnixMs; self.threadExited = threadExited
+    }
+
+    /// "tid 123 since 2026-11-18T11:06:40.000Z" (+ " depth 2", " (exited)").
+    public var description: String {
+        "tid \(tid) since \(RFC3339.string(Date(timeIntervalSince1970: Double(sinceUnixMs) / 1000)))"
+            + (depth > 1 ? " depth \(depth)" : "") + (threadExited ? " (exited)" : "")
     }
 }
 

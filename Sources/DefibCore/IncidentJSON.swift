@@ -102,7 +102,10 @@ public struct JSONMember: Sendable, Equatable {
 /// `ready_at` (RFC 3339 UTC with milliseconds, or null), `restore_ms` (detection to ready, null while not
 /// recovered), `new_pid`, `capture_method`, `core_path` (null when no core was written), `core_bytes`
 /// (0 without a core), `capture_ms` (null when no capture was attempted), `capture_error`, `lock_words`
-/// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state`, `threads` (count in the core, or
+/// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state` (objects: `name`, `address`, `word`,
+/// `source`, `holder`, `last_holder`, `readers_waiting`, `writers_waiting`, `holder_tid`, `revert`, `events`,
+/// `holder_waiting_for_readers`, `read_holders` [{`tid`, `depth`, `since`, `exited`}], `more_read_holders`;
+/// null where the source did not say), `threads` (count in the core, or
 /// in /proc), `diagnosis_evidence`, `silence_ms`, `extended_ms`, `progress` ({kind, reason} from /proc),
 /// `thread_states`, `flight_recorder`, `notes`, and with `includeStacks` the `stacks` text (or null).
 public enum IncidentJSON {
@@ -190,6 +193,15 @@ public enum IncidentJSON {
                 .object([.init("kind", .string(e.kind)), .init("tid", .int(Int64(e.tid))), .init("at", .string(rfc3339(Date(timeIntervalSince1970: Double(e.unixMs) / 1000)))),
                          .init("word_after", .string(normalizedWord(e.wordAfter) ?? e.wordAfter)), .init("label", .string(e.label))])
             })),
+            .init("holder_waiting_for_readers", lock.holderWaitingForReaders.map { .bool($0) } ?? .null),
+            .init("read_holders", lock.readHolders.map { holders in
+                .array(holders.map { h in
+                    .object([.init("tid", .int(Int64(h.tid))), .init("depth", .int(Int64(h.depth))),
+                             .init("since", .string(rfc3339(Date(timeIntervalSince1970: Double(h.sinceUnixMs) / 1000)))),
+                             .init("exited", .bool(h.threadExited))])
+                })
+            } ?? .null),
+            .init("more_read_holders", lock.moreReadHolders.map { .int(Int64($0)) } ?? .null),
         ])
     }
 

@@ -28,8 +28,10 @@ extension Supervisor {
         let evidence = readLockEvidence(pid: pid, notes: &current.notes)
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }
         current.flightRecorder = evidence.recorderSummary
-        let diagnosis = Diagnoser.diagnose(DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
-                                                          sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000)))
+        var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
+                                   sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000))
+        if lastSample?.pid == pid, lastSampleBaseline?.pid == pid { input.baseline = lastSampleBaseline }
+        let diagnosis = Diagnoser.diagnose(input)
         current.diagnosis = diagnosis.line
         current.diagnosisEvidence = diagnosis.evidence
         current.threads = sample.threads.count
@@ -85,10 +87,19 @@ extension Supervisor {
                 state.holderTid = lock.holder?.tid
                 state.holderSinceUnixMs = lock.holder?.sinceUnixMs
                 state.revert = lock.revert
-                state.events = lock.events.map {
+                // The ring plus the events pinned outside it (the write timeout that corrupted the word, the
+                // last write-while-holding-read), which later parked readers would otherwise have pushed out.
+                let events = lock.allEvents
+                state.events = events.map {
                     LockEventRecord(kind: $0.kind.description, tid: $0.tid, unixMs: $0.unixMs, wordAfter: hex64($0.wordAfter), label: $0.label)
                 }
-                for e in lock.events where newest == nil || e.monotonicNs > newest!.ns { newest = (e.monotonicNs, e.tid) }
+                // Version 1 recorders tracked neither a pending writer nor read holders: leave them unknown.
+                if record.version >= 2 { state.holderWaitingForReaders = lock.holderWaitingForReaders }
+                state.readHolders = lock.readHolders?.map {
+                    LockReadHolderRecord(tid: $0.tid, depth: Int($0.depth), sinceUnixMs: $0.sinceUnixMs, threadExited: $0.threadExited)
+                }
+                state.moreReadHolders = lock.readHolders == nil ? nil : Int(lock.moreReadHolders)
+                for e in events where newest == nil || e.monotonicNs > newest!.ns { newest = (e.monotonicNs, e.tid) }
                 do {
                     state.word = hex64(try ProcessMemory.readUInt64(pid: pid, address: lock.address))
                     state.source = "memory"
@@ -98,7 +109,7 @@ extension Supervisor {
                 out.locks.append(state)
                 // The word right after a timed-out writer's revert: the moment of a corruption, before parked
                 // readers added their PARKED bit.
-                if let corrupting = lock.events.last(where: { $0.kind == .writeTimedOut && Diagnosis.isCorrupted($0.wordAfter) }),
+                if let corrupting = events.first(where: { $0.kind == .writeTimedOut && Diagnosis.isCorrupted($0.wordAfter) }),
                    hex64(corrupting.wordAfter) != state.word {
                     out.locks.append(LockState(name: lock.name, address: hex64(lock.address), word: hex64(corrupting.wordAfter),
                                                source: "flight-recorder: right after '\(corrupting.label)' (tid \(corrupting.tid)) timed out and reverted"))

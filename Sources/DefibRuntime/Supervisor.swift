@@ -39,6 +39,8 @@ public final class Supervisor {
     var lastChildPid: Int32?
     /// The /proc sample taken when progress was last judged.
     var lastSample: ProcessSample?
+    /// The sample `lastSample` was judged against (the start of the window of the last progress verdict).
+    var lastSampleBaseline: ProcessSample?
     var exitCode: Int32?
     /// The /proc sample taken at the first miss of the current silence.
     var baselineSample: ProcessSample?
@@ -359,6 +361,12 @@ public final class Supervisor {
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
+        // A death needs no evidence to be explained (no capture follows it): name it now. Hangs are
+        // diagnosed once their evidence has been read.
+        if case .died = cause {
+            new.diagnosis = Diagnoser.diagnose(DiagnosisInput(cause: incidentCause, locks: [],
+                                                              nowUnixMs: Int64(detected.timeIntervalSince1970 * 1000))).line
+        }
         baselineSample = nil
         new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }
         do {
@@ -383,6 +391,7 @@ public final class Supervisor {
         }
         let after = ProcSampler.sample(pid: pid)
         lastSample = after
+        lastSampleBaseline = before
         lastThreadStates = after.stateSummary
         return ProgressJudge.judge(before: before!, after: after)
     }

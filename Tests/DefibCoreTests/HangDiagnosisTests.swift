@@ -102,3 +102,172 @@ import Testing
         #expect(!Diagnosis.isCorrupted(0))
     }
 }
+
+/// The rules that use the flight recorder's version 2 evidence: the pending writer, the read holders, and
+/// the events pinned outside the ring.
+@Suite struct LockEvidenceDiagnosisTests {
+    static let now = HangDiagnosisTests.now
+    static let hang = HangDiagnosisTests.hang
+    static let epollWait = 232
+
+    /// A reload writer (tid 100) parked waiting for readers, one read holder (tid 101) since 5.2 s.
+    static func leakedLock(holders: [LockReadHolderRecord] = [LockReadHolderRecord(tid: 101, sinceUnixMs: now - 5200)],
+                           events: [LockEventRecord]? = nil) -> LockState {
+        var l = LockState(name: "catalog", address: "0x00007f0000001000", word: "0x000000000000001b", source: "memory",
+                          holder: "catalog.reload tid=100", readersWaiting: 3, writersWaiting: 1)
+        l.holderTid = 100
+        l.holderSinceUnixMs = now - 3000
+        l.holderWaitingForReaders = true
+        l.readHolders = holders
+        l.moreReadHolders = 0
+        l.events = events
+        return l
+    }
+
+    static func sample(_ threads: [ThreadSample]) -> ProcessSample { ProcessSample(pid: 1, atNs: 0, threads: threads) }
+
+    static func thread(_ tid: Int32, _ name: String, _ state: String = "S", syscall: Int? = Syscalls.futex) -> ThreadSample {
+        ThreadSample(tid: tid, name: name, state: state, cpuTicks: 0, syscall: state == "S" ? syscall : nil)
+    }
+
+    static func diagnose(_ lock: LockState, _ threads: [ThreadSample], progress: ProgressVerdict? = .stuck("asleep")) -> HangDiagnosis {
+        Diagnoser.diagnose(DiagnosisInput(cause: hang, locks: [lock], progress: progress, sample: sample(threads), nowUnixMs: now))
+    }
+
+    static let reloader = thread(100, "catalog-reload")
+    static let parkedReader = thread(102, "NIO-ELT-0-#1")
+
+    @Test func anIdleReadHolderBehindAWaitingWriterIsALeakedReadNamedWithItsHoldTime() {
+        let d = Self.diagnose(Self.leakedLock(), [Self.reloader, Self.thread(101, "NIO-ELT-0-#0", syscall: Self.epollWait), Self.parkedReader])
+        #expect(d.kind == .leakedReadLock, "\(d)")
+        #expect(d.sentence.hasPrefix("'catalog' counts 1 reader but no thread is running inside it: thread 101 ('NIO-ELT-0-#0') is idle in epoll_wait"), "\(d.sentence)")
+        #expect(d.sentence.contains("holding it for 5.2 s"))
+        #expect(d.sentence.contains("writer catalog.reload tid=100 has waited for 3.0 s for them and 3 new reader(s) queue behind it"))
+        #expect(d.evidence.contains { $0.hasPrefix("read holder tid 101 since ") && $0.contains("idle in epoll_wait") })
+    }
+
+    @Test func aHolderParkedOnAnotherReadOrGoneIsNotInsideItsReadSection() {
+        let parked = Self.diagnose(Self.leakedLock(events: [LockEventRecord(kind: "parked-read", tid: 101, unixMs: Self.now - 100, wordAfter: "0x1b", label: "")]),
+                                   [Self.reloader, Self.thread(101, "NIO-ELT-0-#0"), Self.parkedReader])
+        #expect(parked.kind == .leakedReadLock)
+        #expect(parked.sentence.contains("thread 101 ('NIO-ELT-0-#0') is parked on another read of it, behind the writer"), "\(parked.sentence)")
+
+        let exited = Self.diagnose(Self.leakedLock(holders: [LockReadHolderRecord(tid: 101, sinceUnixMs: Self.now - 800, threadExited: true)]),
+                                   [Self.reloader, Self.parkedReader])
+        #expect(exited.kind == .leakedReadLock)
+        #expect(exited.sentence.contains("thread 101 has exited, holding it for 0.8 s"), "\(exited.sentence)")
+
+        let vanished = Self.diagnose(Self.leakedLock(), [Self.reloader, Self.parkedReader])
+        #expect(vanished.kind == .leakedReadLock)
+        #expect(vanished.sentence.contains("thread 101 no longer exists"), "\(vanished.sentence)")
+    }
+
+    @Test func aReadHolderStillRunningIsASlowReaderNotALeak() {
+        for state in ["R", "D"] {
+            let d = Self.diagnose(Self.leakedLock(), [Self.reloader, Self.thread(101, "worker", state), Self.parkedReader], progress: .unclear("?"))
+            #expect(d.kind != .leakedReadLock, "\(state): \(d)")
+            #expect(d.kind != .slowHolder, "a writer waiting for readers holds nothing yet: \(d)")
+        }
+    }
+
+    @Test func manyHoldersAreNamedUpToThreeAndCounted() {
+        let holders = (0..<5).map { LockReadHolderRecord(tid: 110 + $0, sinceUnixMs: Self.now - 4000 + Int64($0)) }
+        var lock = Self.leakedLock(holders: holders)
+        lock.word = "0x000000000000007b"   // 7 readers: 5 listed, 2 more
+        lock.moreReadHolders = 2
+        let d = Self.diagnose(lock, [Self.reloader] + holders.map { Self.thread($0.tid, "w\($0.tid)", syscall: Self.epollWait) })
+        #expect(d.kind == .leakedReadLock)
+        #expect(d.sentence.contains("counts 7 readers"))
+        #expect(d.sentence.contains("thread 112 ('w112')") && !d.sentence.contains("thread 113"))
+        #expect(d.sentence.contains("; and 4 more;"), "\(d.sentence)")
+    }
+
+    @Test func thePendingWriterAmongTheReadHoldersIsASelfDeadlockEvenWithoutTheEvent() {
+        var lock = Self.leakedLock(holders: [LockReadHolderRecord(tid: 100, sinceUnixMs: Self.now - 2500)])
+        lock.holder = "catalog.update app=shop machine=defib-fault tid=100"
+        lock.word = "0x000000000000001a"
+        let d = Self.diagnose(lock, [Self.thread(100, "catalog-updates"), Self.parkedReader])
+        #expect(d.kind == .selfDeadlock, "\(d)")
+        #expect(d.sentence == "thread 100 waits for the write lock of 'catalog' while holding its read lock ('catalog.update app=shop machine=defib-fault'): thread 'catalog-updates' waits for itself, and 3 readers queue behind it")
+        #expect(d.evidence.contains { $0.hasPrefix("read holder tid 100 since ") && $0.hasSuffix("for 2.5 s") })
+        #expect(d.evidence.contains("thread 100 is 'catalog-updates', is asleep in a futex wait"))
+    }
+
+    @Test func aWriteWhileHoldingReadThatLetGoIsNotASelfDeadlockAnyMore() {
+        let event = LockEventRecord(kind: "write-while-holding-read", tid: 101, unixMs: Self.now - 9000, wordAfter: "0x10", label: "catalog.update retry")
+        // It timed out, released its read lock; another thread now leaks one.
+        let d = Self.diagnose(Self.leakedLock(holders: [LockReadHolderRecord(tid: 102, sinceUnixMs: Self.now - 4000)], events: [event]),
+                              [Self.reloader, Self.thread(101, "catalog-updates"), Self.thread(102, "NIO-ELT-0-#1", syscall: Self.epollWait)])
+        #expect(d.kind == .leakedReadLock, "\(d)")
+        // And with the lock idle again the old event explains nothing.
+        var idle = Self.leakedLock(holders: [], events: [event])
+        idle.word = "0x0000000000000000"
+        idle.holder = nil
+        idle.holderTid = nil
+        idle.holderSinceUnixMs = nil
+        idle.holderWaitingForReaders = false
+        #expect(Self.diagnose(idle, [Self.thread(101, "catalog-updates")]).kind == .unknown)
+    }
+
+    @Test func theCorruptingTimeoutIsNamedRatherThanTheLatest() {
+        let events = [
+            LockEventRecord(kind: "write-timed-out", tid: 4242, unixMs: Self.now - 900, wordAfter: "0xfffffffffffffffe", label: "catalog.update app=shop machine=m2"),
+            LockEventRecord(kind: "parked-read", tid: 7, unixMs: Self.now - 800, wordAfter: "0xffffffffffffffff", label: ""),
+            LockEventRecord(kind: "write-timed-out", tid: 4243, unixMs: Self.now - 100, wordAfter: "0xffffffffffffffff", label: "catalog.update app=blog machine=m1"),
+        ]
+        var lock = LockState(name: "catalog", address: "0x1000", word: "0xffffffffffffffff", source: "memory", readersWaiting: 5, writersWaiting: 1)
+        lock.events = events
+        let d = Self.diagnose(lock, [Self.reloader])
+        #expect(d.kind == .corruptedLockWord)
+        #expect(d.evidence.contains("timed-out writer whose revert corrupted the word: 'catalog.update app=shop machine=m2' tid 4242, word after its revert 0xfffffffffffffffe"))
+    }
+
+    @Test func readHolderRecordsDescribeThemselves() {
+        #expect(LockReadHolderRecord(tid: 7, depth: 2, sinceUnixMs: 1_795_000_000_000).description == "tid 7 since 2026-11-18T11:06:40.000Z depth 2")
+        #expect(LockReadHolderRecord(tid: 8, sinceUnixMs: 0, threadExited: true).description == "tid 8 since 1970-01-01T00:00:00.000Z (exited)")
+    }
+}
+
+/// Dead loops on a machine whose cores the loop itself fills.
+@Suite struct DeadLoopDiagnosisTests {
+    /// Two samples 2 s apart: `cpuMs` of CPU between them, two spinning threads (R) and three asleep.
+    static func samples(cpuMs: UInt64) -> (ProcessSample, ProcessSample) {
+        func sample(atNs: Int64, spun: UInt64) -> ProcessSample {
+            ProcessSample(pid: 7, atNs: atNs, threads: [
+                ThreadSample(tid: 7, name: "defib-proxy", state: "S", cpuTicks: 0, onCpuNs: 5_000_000, runDelayNs: 0, syscall: Syscalls.futex),
+                ThreadSample(tid: 8, name: "NIO-ELT-0-#0", state: "R", cpuTicks: 0, onCpuNs: spun / 2, runDelayNs: 0),
+                ThreadSample(tid: 9, name: "NIO-ELT-0-#1", state: "R", cpuTicks: 0, onCpuNs: spun / 2, runDelayNs: 0),
+                ThreadSample(tid: 10, name: "catalog-reload", state: "S", cpuTicks: 0, onCpuNs: 1_000_000, runDelayNs: 0, syscall: Syscalls.futex),
+            ])
+        }
+        return (sample(atNs: 1_000_000_000, spun: 100_000_000), sample(atNs: 3_000_000_000, spun: 100_000_000 + cpuMs * 1_000_000))
+    }
+
+    @Test func aLoopThatAlsoWaitsForACPUIsStillADeadLoop() {
+        let (before, after) = Self.samples(cpuMs: 3200)
+        let starved = ProgressVerdict.starved("run-queue wait +1055.9 ms in 2000 ms; CPU +3200 ms in 2000 ms; threads: 2 S (2 in futex), 2 R")
+        var input = DiagnosisInput(cause: HangDiagnosisTests.hang, locks: [HangDiagnosisTests.lock("0x0000000000000000")],
+                                   progress: starved, sample: after, nowUnixMs: HangDiagnosisTests.now)
+        input.baseline = before
+        let d = Diagnoser.diagnose(input)
+        #expect(d.kind == .deadLoop, "\(d)")
+        #expect(d.sentence.hasPrefix("CPU time keeps advancing with no lock waits, 1.6 CPUs' worth while also waiting for a CPU"), "\(d.sentence)")
+        #expect(d.evidence == ["running threads: NIO-ELT-0-#0, NIO-ELT-0-#1"])
+    }
+
+    @Test func aStarvedProcessThatGotLittleCPUIsNotCalledADeadLoop() {
+        let (before, after) = Self.samples(cpuMs: 300)
+        var input = DiagnosisInput(cause: HangDiagnosisTests.hang, locks: [], progress: .starved("run-queue wait +1500 ms in 2000 ms"),
+                                   sample: after, nowUnixMs: HangDiagnosisTests.now)
+        input.baseline = before
+        #expect(Diagnoser.diagnose(input).kind == .unknown)
+        // Without a baseline there is no rate to judge by.
+        input.baseline = nil
+        input.sample = Self.samples(cpuMs: 3200).1
+        #expect(Diagnoser.diagnose(input).kind == .unknown)
+        // Lock waits point elsewhere even while the CPU burns.
+        input.baseline = Self.samples(cpuMs: 3200).0
+        input.locks = [HangDiagnosisTests.lock("0x0000000000000009", readers: 2)]
+        #expect(Diagnoser.diagnose(input).kind != .deadLoop)
+    }
+}

@@ -123,3 +123,38 @@ import Testing
         #expect(value["missing"] == nil)
     }
 }
+
+extension IncidentJSONTests {
+    @Test func lockObjectsCarryThePendingWriterAndTheReadHoldersThroughTheStore() throws {
+        var incident = Incident(service: "proxy", pid: 4123, detectedAt: at(base), cause: .missedHeartbeat(misses: 4, lastPongAt: nil, lastError: nil))
+        var leaked = LockState(name: "catalog", address: "0x00007f1234560000", word: "0x1b", source: "memory",
+                               holder: "catalog.reload tid=4130", readersWaiting: 2, writersWaiting: 1)
+        leaked.holderTid = 4130
+        leaked.holderWaitingForReaders = true
+        leaked.readHolders = [LockReadHolderRecord(tid: 4125, sinceUnixMs: base - 5000),
+                              LockReadHolderRecord(tid: 4126, depth: 2, sinceUnixMs: base - 1000, threadExited: true)]
+        leaked.moreReadHolders = 1
+        // A lock from a source that says nothing about either (control channel, version 1 recorder).
+        let unknown = LockState(name: "sessions", address: "0x10", word: "0x0", source: "control")
+        incident.lockState = [leaked, unknown]
+        let dir = TempDirectory()
+        let store = try IncidentStore.open(stateDirectory: dir.path)
+        let stored = try #require(try store.incident(id: try store.insert(incident)))
+        #expect(stored.lockState == incident.lockState)
+
+        let o = try parse(IncidentJSON.string(stored))
+        let locks = try #require(o["lock_state"] as? [[String: Any]])
+        #expect(locks[0]["holder_waiting_for_readers"] as? Bool == true)
+        let holders = try #require(locks[0]["read_holders"] as? [[String: Any]])
+        #expect(holders.count == 2)
+        #expect(holders[0]["tid"] as? Int == 4125)
+        #expect(holders[0]["depth"] as? Int == 1)
+        #expect(holders[0]["since"] as? String == "2026-11-18T11:06:35.000Z")
+        #expect(holders[0]["exited"] as? Bool == false)
+        #expect(holders[1]["depth"] as? Int == 2 && holders[1]["exited"] as? Bool == true)
+        #expect(locks[0]["more_read_holders"] as? Int == 1)
+        for key in ["holder_waiting_for_readers", "read_holders", "more_read_holders"] {
+            #expect(locks[1][key] is NSNull, "\(key): unknown, not false or empty")
+        }
+    }
+}
