@@ -365,9 +365,9 @@ public final class RwLock: @unchecked Sendable {
                         return tokenNormal
                     }
                 }
-                // The event carries the word our own add produced: the value right after the revert,
-                // before a reader parking behind it adds PARKED.
-                pendingWriterGaveUp(label: label, wordAfterRevert: old &+ delta)
+                // The event carries the word as the revert (and the wake of parked readers, which clears
+                // PARKED when it wakes them all) left it: 0x…fe for the corruption, parked readers or not.
+                pendingWriterGaveUp(label: label, wordAfterRevert: word.pointee.load(ordering: .relaxed))
                 return false
             }
         }
