@@ -237,7 +237,7 @@ public final class ChaosHarness {
         var incident: Incident?
         while ChaosClock.nowUnixMs() - onset < detectBound {
             try flag.check()
-            if let i = session.incidents().first(where: { ($0.id ?? 0) > afterID }) { incident = i; break }
+            if let i = session.incidents(sinceUnixMs: onset - 5000).first(where: { ($0.id ?? 0) > afterID }) { incident = i; break }
             if !session.defibAlive { return ["defib \(describe(session.exitStatus)) while waiting for the incident (see \(session.logPath))"] }
             ChaosClock.sleep(ms: 50)
         }
@@ -296,6 +296,7 @@ public final class ChaosHarness {
         var injected = 0
         var lastID: Int64 = 0
         var restarts = 0
+        var previousEnd = ChaosClock.nowUnixMs()
         defer {
             if let s = stress { stopStress(s) }
             session.stop()
@@ -333,8 +334,8 @@ public final class ChaosHarness {
                     problems += try awaitRecovery(session: session, scenario: spec.scenario, onset: onset!, afterID: lastID, generator: generator)
                 }
                 // Stacks come after the restart, off the critical path: wait for them so each fault's evidence is checked.
-                if spec.scenario.expectsCore && effective.capture.method != .none && effective.capture.stacks,
-                   let id = session.incidents().first(where: { ($0.id ?? 0) > lastID })?.id {
+                if spec.scenario.expectsCore && effective.capture.method != .none && effective.capture.stacks, let onset,
+                   let id = session.incidents(sinceUnixMs: onset - 5000).first(where: { ($0.id ?? 0) > lastID })?.id {
                     let until = ChaosClock.nowUnixMs() + 90_000
                     while ChaosClock.nowUnixMs() < until, session.incident(id: id).map({ $0.stacks == nil && $0.capture?.path != nil }) ?? false {
                         try flag.check()
@@ -348,7 +349,8 @@ public final class ChaosHarness {
             }
             samples = generator?.stop(drainMs: 2000) ?? []
             let windowEnd = ChaosClock.nowUnixMs()
-            let fresh = session.incidents().filter { ($0.id ?? 0) > lastID }
+            let fresh = session.incidents(sinceUnixMs: previousEnd - 5000).filter { ($0.id ?? 0) > lastID }
+            previousEnd = windowEnd
             lastID = max(lastID, fresh.compactMap(\.id).max() ?? lastID)
             let facts = fresh.map(IncidentFacts.init)
             var checks: [Int64: CoreCheck] = [:]

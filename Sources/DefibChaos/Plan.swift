@@ -29,17 +29,17 @@ public enum ChaosPlan {
     public static let soakDefault: [ChaosScenario] = [.timeoutRace, .leakedRead, .guardAcrossElse, .deadLoop, .sigstop, .crash]
 
     /// The runs, in execution order.
-    /// - quick: the given scenarios (default all) once each under the first given load (default steady),
+    /// - quick: the given scenarios (default all) once each under each given load (default steady),
     ///   faults first, the control run last.
     /// - full: for each load (default all), for each scenario (default all), `runs` repetitions.
-    /// - soak: `runs` faults cycling through the scenarios (default `soakDefault`) under one load (default idle).
+    /// - soak: `runs` faults cycling through the scenarios (default `soakDefault`) under one load (the first
+    ///   given; default idle).
     public static func make(mode: ChaosMode, scenarios: [ChaosScenario]?, loads: [ChaosLoad]?, runs: Int) -> [RunSpec] {
         switch mode {
         case .quick:
-            let load = loads?.first ?? .steady
             let list = scenarios ?? ChaosScenario.allCases
             let ordered = list.filter { $0 != .control } + list.filter { $0 == .control }
-            return ordered.map { RunSpec(scenario: $0, load: load, run: 1) }
+            return (loads ?? [.steady]).flatMap { load in ordered.map { RunSpec(scenario: $0, load: load, run: 1) } }
         case .full:
             var out: [RunSpec] = []
             for load in loads ?? ChaosLoad.allCases {

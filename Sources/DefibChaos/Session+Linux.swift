@@ -132,10 +132,12 @@ final class Session {
         }
     }
 
-    /// The incidents so far, oldest first.
-    func incidents() -> [Incident] {
+    /// The incidents detected at or after `sinceUnixMs` (all when nil), oldest first. A soak polls with a
+    /// recent bound: decoding a thousand incidents with their stacks every 50 ms would be the soak's main cost.
+    func incidents(sinceUnixMs: Double? = nil) -> [Incident] {
         if store == nil { store = try? IncidentStore.openReadOnly(stateDirectory: stateDir) }
-        guard let store, let list = try? store.list() else { return [] }
+        let since = sinceUnixMs.map { Date(timeIntervalSince1970: $0 / 1000) }
+        guard let store, let list = try? store.list(since: since) else { return [] }
         return list.sorted { ($0.id ?? 0) < ($1.id ?? 0) }
     }
 

@@ -51,6 +51,8 @@ import Testing
         #expect(Set(plan.map(\.scenario)) == Set(ChaosScenario.allCases))
         let two = ChaosPlan.make(mode: .quick, scenarios: [.control, .crash], loads: [.idle], runs: 1)
         #expect(two == [RunSpec(scenario: .crash, load: .idle, run: 1), RunSpec(scenario: .control, load: .idle, run: 1)])
+        let perLoad = ChaosPlan.make(mode: .quick, scenarios: [.control, .sigstop], loads: [.steady, .overload], runs: 1)
+        #expect(perLoad.map(\.label) == ["sigstop steady run 1", "control steady run 1", "sigstop overload run 1", "control overload run 1"])
     }
 
     @Test func fullRunsEveryScenarioUnderEveryLoadNTimes() {
