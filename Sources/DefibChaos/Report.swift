@@ -324,6 +324,7 @@ public enum ChaosReport {
             for f in failures { md += "- \(f)\n" }
             md += "\n"
         }
+        md += runTable(results)
         if let soak, !soak.notes.isEmpty {
             md += "## Soak notes\n\n"
             for n in soak.notes { md += "- \(n)\n" }
@@ -347,6 +348,27 @@ public enum ChaosReport {
 
         """
         return md
+    }
+
+    /// Most rows of the per-run table (a soak has a row per fault; report.json has them all).
+    public static let maxRunRows = 200
+
+    /// One row per run: what happened and which evidence held.
+    static func runTable(_ results: [RunResult]) -> String {
+        guard !results.isEmpty else { return "" }
+        func ms(_ d: Double?) -> String { d.map { String(Int($0.rounded())) } ?? "–" }
+        func mark(_ b: Bool?) -> String { b.map { $0 ? "yes" : "**no**" } ?? "n/a" }
+        var md = "## Runs\n\n| # | scenario | load | run | recovered | detect ms | restore ms | ok / failed / refused | core | stacks | diagnosis | incident |\n"
+        md += "|---:|---|---|---:|---|---:|---:|---|---|---|---|---:|\n"
+        for (n, r) in results.prefix(maxRunRows).enumerated() {
+            let kind = IncidentFacts(id: 0, diagnosis: r.diagnosis, detectedUnixMs: 0).diagnosisKind
+            let diagnosis = r.diagnosisOK == false ? "**\(kind.isEmpty ? "(none)" : kind)**" : (kind.isEmpty ? "–" : kind)
+            md += "| \(n + 1) | \(r.scenario.rawValue) | \(r.load.rawValue) | \(r.run) | \(r.recovered ? "yes" : "**no**")"
+            md += " | \(ms(r.detectMs)) | \(ms(r.restoreMs)) | \(r.requestsOK) / \(r.requestsFailed) / \(r.requestsRefused)"
+            md += " | \(mark(r.coreOK)) | \(mark(r.stacksOK)) | \(diagnosis) | \(r.incidentID.map { "#\($0)" } ?? (r.falseKill ? "**false kill**" : "–")) |\n"
+        }
+        if results.count > maxRunRows { md += "\n\(results.count - maxRunRows) more run(s) in report.json.\n" }
+        return md + "\n"
     }
 
     static func fmt(_ d: Double) -> String {

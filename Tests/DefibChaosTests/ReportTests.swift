@@ -66,6 +66,8 @@ import Testing
         #expect(md.contains("- **PASS** — overload control: 1 run(s), 600 s under stress-ng with steady load, 0 kill(s) at deadline 1000 ms (the default)"))
         #expect(md.contains("- **PASS** — deadlock under overload: 3 run(s) (timeout-race/guard-across-else), slowest detection 1900 ms (silence 1001 ms, extended 500 ms); bound: deadline 1000 + max extension 2000 = 3000 ms"))
         #expect(!md.contains("## Failed checks"))
+        #expect(md.contains("| 1 | timeout-race | overload | 1 | yes | 1000 | 1201 | 300 / 2 / 1 | yes | yes | corrupted-lock-word | #1 |"))
+        #expect(md.contains("| 4 | control | overload | 1 | yes | – | – | 400 / 2 / 1 | n/a | n/a | – | – |"))
     }
 
     @Test func failuresMakeTheResultFailAndAreListed() {
