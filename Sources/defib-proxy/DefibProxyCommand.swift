@@ -68,6 +68,9 @@ struct DefibProxyCommand: ParsableCommand {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Flag(help: "sd_notify when NOTIFY_SOCKET is set: READY=1 once serving; with WATCHDOG_USEC, WATCHDOG=1 every half of it from a thread that first reads the catalog under its read lock.")
+    var sdNotify = false
+
     /// Parses flags; usage errors exit 2 like configuration errors (help still exits 0).
     static func runAsMain() {
         do {
@@ -92,7 +95,9 @@ struct DefibProxyCommand: ParsableCommand {
         let logger = Logger(label: "defib-proxy")
 
         var config = ProxyConfiguration()
+        var notify: SystemdNotifySettings?
         do {
+            if sdNotify { notify = try SystemdNotifySettings.fromEnvironment() }
             if let listen { config.listen = try BackendAddress.parse(Substring(listen)) }
             config.passedSockets = try ListenFDs.takeFromEnvironment() ?? []
             config.routesFile = routes
@@ -129,6 +134,14 @@ struct DefibProxyCommand: ParsableCommand {
         do { server = try ProxyServer.start(config, logger: logger) } catch {
             FileHandleStandardError.write("defib-proxy: \(error)\n")
             Glibc.exit(error.exitCode)
+        }
+        if let notify {
+            do { try ProxyNotifier(settings: notify, logger: logger).start(catalog: server.catalog) } catch {
+                FileHandleStandardError.write("defib-proxy: --sd-notify: \(error)\n")
+                Glibc.exit(1)
+            }
+        } else if sdNotify {
+            logger.notice("--sd-notify: NOTIFY_SOCKET is not set, so there is no manager to notify")
         }
         while true {
             let sig = signals.next()
