@@ -122,8 +122,8 @@ done
 load
 check "hang handled by defib: incident recovered, defib not restarted (NRestarts=$NRestarts, MainPID $FIRST->$MainPID)" \
       '[ -n "$recovered" ] && [ "$NRestarts" = 0 ] && [ "$MainPID" = "$FIRST" ]'
-check "the incident names the corrupted lock word" \
-      'ct defib incidents --state-dir $STATE --json | grep -q 0xfffffffffffffffe'
+words=$(ct defib incidents --state-dir $STATE --json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(" ".join(i["lock_words"]), "|", i["diagnosis"][:60])')
+check "the incident names the corrupted lock word: $words" '[[ "$words" == *0xfffffffffffffffe* ]]'
 core=$(ct defib incidents --state-dir $STATE --json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["capture_method"], i["core_path"], i["capture_error"])')
 check "a native core was taken under the unit's hardening: $core" '[[ "$core" == "native /var/lib/defib/proxy/cores/"*" None" ]]'
 check "one proxy after the restart ($(proxies))" '[ "$(proxies)" = 1 ]'

@@ -359,15 +359,20 @@ public final class RwLock: @unchecked Sendable {
                     ? prevValue &- (WRITER | WRITER_PARKED)  // assumes WRITER_PARKED is still set
                     : prevValue &- WRITER
                 let old = word.pointee.wrappingAdd(delta, ordering: .relaxed).oldValue
+                // The event carries the word exactly as the revert (and the wake of parked readers, which
+                // clears PARKED when it wakes them all) left it, from the atomic operations' own results —
+                // not a later re-read, which a woken reader re-parking would already have changed:
+                // 0x…fe for the corruption, parked readers or not.
+                var after = old &+ delta
                 if old & PARKED != 0 {
                     wakeParkedThreads(newState: prevValue) { _, result in
-                        if !result.haveMoreThreads { word.pointee.bitwiseAnd(~PARKED, ordering: .relaxed) }
+                        if !result.haveMoreThreads {
+                            after = word.pointee.bitwiseAnd(~PARKED, ordering: .relaxed).oldValue & ~PARKED
+                        }
                         return tokenNormal
                     }
                 }
-                // The event carries the word as the revert (and the wake of parked readers, which clears
-                // PARKED when it wakes them all) left it: 0x…fe for the corruption, parked readers or not.
-                pendingWriterGaveUp(label: label, wordAfterRevert: word.pointee.load(ordering: .relaxed))
+                pendingWriterGaveUp(label: label, wordAfterRevert: after)
                 return false
             }
         }
