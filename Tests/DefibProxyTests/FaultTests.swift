@@ -112,9 +112,10 @@ struct FaultTests {
         race.start()
         defer { race.stop() }
         #expect(catalog.lock.revert == .buggy)
-        // The spec measured medians of 1–5 s and a max near 33 s; allow 60 s on a shared machine.
-        let hit = eventually(timeoutMs: 60_000) { isCorruptedWord(catalog.lock.rawWord) }
-        #expect(hit, "no corruption within 60 s after \(race.writerTimeouts.load(ordering: .relaxed)) writer timeouts; word \(hex16(catalog.lock.rawWord))")
+        // The spec measured medians of 1–5 s and a max near 33 s; allow 100 s on a shared machine
+        // (the whole test suite runs in parallel on two cores).
+        let hit = eventually(timeoutMs: 100_000) { isCorruptedWord(catalog.lock.rawWord) }
+        #expect(hit, "no corruption within 100 s after \(race.writerTimeouts.load(ordering: .relaxed)) writer timeouts; word \(hex16(catalog.lock.rawWord))")
         #expect(race.writerTimeouts.load(ordering: .relaxed) > 0)
     }
 
