@@ -54,11 +54,14 @@ public struct ProcessSample: Sendable, Equatable, Codable {
     public var throttledPeriods: UInt64?
     /// sysconf(_SC_CLK_TCK).
     public var ticksPerSecond: Int
+    /// Online CPUs (sysconf(_SC_NPROCESSORS_ONLN)).
+    public var cpuCount: Int = 1
 
     public init(pid: Int32, atNs: Int64, threads: [ThreadSample], cpuPressure: PressureSample? = nil, ioPressure: PressureSample? = nil,
-                throttledUs: UInt64? = nil, throttledPeriods: UInt64? = nil, ticksPerSecond: Int = 100) {
+                throttledUs: UInt64? = nil, throttledPeriods: UInt64? = nil, ticksPerSecond: Int = 100, cpuCount: Int = 1) {
         self.pid = pid; self.atNs = atNs; self.threads = threads; self.cpuPressure = cpuPressure; self.ioPressure = ioPressure
         self.throttledUs = throttledUs; self.throttledPeriods = throttledPeriods; self.ticksPerSecond = ticksPerSecond
+        self.cpuCount = max(1, cpuCount)
     }
 
     /// CPU time of all threads, ns (schedstat when every thread has it, else clock ticks).
@@ -130,6 +133,9 @@ public struct ProgressThresholds: Sendable, Equatable {
     public var idleCPUShare: Double = 0.02
     /// CPU used per wall second at or above which the process is "busy".
     public var busyCPUShare: Double = 0.5
+    /// Share of all the machine's CPUs the process keeps busy by itself at or above which it is not
+    /// starved but the cause of the contention (a dead loop on every core queues for a CPU too).
+    public var saturationShare: Double = 0.75
     public init() {}
 }
 
@@ -152,6 +158,10 @@ public enum ProgressJudge {
         let stoppedThreads = counts["T", default: 0] + counts["t", default: 0]
         if stoppedThreads > 0 && runnable == 0 {
             return .stopped("\(stoppedThreads) of \(after.threads.count) threads stopped (state T); \(cpuText)")
+        }
+        let cpus = Double(max(1, after.cpuCount))
+        if cpuShare >= t.saturationShare * cpus, after.throttledPeriods == before.throttledPeriods || after.throttledPeriods == nil {
+            return .busy("\(cpuText): the process itself keeps \(fmt(cpuShare)) of \(Int(cpus)) CPUs busy (it is the contention, not its victim); threads: \(states)")
         }
         var starvedBecause: [String] = []
         if delayShare >= t.runDelayShare {

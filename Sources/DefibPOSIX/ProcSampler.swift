@@ -40,6 +40,7 @@ public func threadIDs(pid: Int32) -> [Int32] {
 /// process's help and without stopping it.
 public enum ProcSampler {
     public static let ticksPerSecond = Int(sysconf(Int32(_SC_CLK_TCK)))
+    public static let cpuCount = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     public static func sample(pid: Int32) -> ProcessSample {
         let at = monotonicNanoseconds()
@@ -59,7 +60,7 @@ public enum ProcSampler {
         var sample = ProcessSample(pid: pid, atNs: at, threads: threads,
                                    cpuPressure: readTextFile("/proc/pressure/cpu").flatMap(ProcParse.pressure),
                                    ioPressure: readTextFile("/proc/pressure/io").flatMap(ProcParse.pressure),
-                                   ticksPerSecond: ticksPerSecond)
+                                   ticksPerSecond: ticksPerSecond, cpuCount: cpuCount)
         if let stat = cgroupCPUStat(pid: pid) {
             sample.throttledPeriods = stat.periods; sample.throttledUs = stat.throttledUs
         }

@@ -76,6 +76,21 @@ import Testing
         #expect(ProgressJudge.judge(before: before, after: after).kind == "busy")
     }
 
+    @Test func aProcessSpinningOnEveryCPUIsBusyNotStarvedThoughItQueuesForACPU() {
+        func spin(_ ms: Int64, cpu: UInt64, delay: UInt64) -> ProcessSample {
+            var s = Self.sample(at: ms, [Self.thread(1, "R", cpuMs: cpu, delayMs: delay), Self.thread(2, "R", cpuMs: cpu, delayMs: delay),
+                                         Self.thread(3, "R", cpuMs: 5, delayMs: delay)], cpuPressure: 90)
+            s.cpuCount = 2
+            return s
+        }
+        let v = ProgressJudge.judge(before: spin(0, cpu: 100, delay: 0), after: spin(1000, cpu: 1000, delay: 300))
+        #expect(v.kind == "busy", "\(v)")
+        #expect(v.reason.contains("keeps 1.8 of 2 CPUs busy"))
+        // The same run-queue wait with the process getting a third of the machine: starved.
+        let w = ProgressJudge.judge(before: spin(0, cpu: 100, delay: 0), after: spin(1000, cpu: 430, delay: 300))
+        #expect(w.kind == "starved", "\(w)")
+    }
+
     @Test func stoppedAndGone() {
         let before = Self.sample(at: 0, [Self.thread(1, "T", cpuMs: 1)])
         #expect(ProgressJudge.judge(before: before, after: Self.sample(at: 100, [Self.thread(1, "T", cpuMs: 1)])).kind == "stopped")
