@@ -1,3 +1,5 @@
+import FlightRecorder
+
 /// How a timed writer that gives up while waiting for readers reverts its bits.
 public enum RevertStrategy: String, Sendable, CaseIterable {
     /// parking_lot 0.8.0–0.12.3: one blind wrapping add of `prev &- (WRITER | WRITER_PARKED)`, with a
@@ -22,25 +24,9 @@ public enum RwLockError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// One write holder, for telemetry.
-public struct LockHolder: Sendable, Equatable {
-    /// What the holder is doing, with context (e.g. "catalog.update app=shop").
-    public var label: String
-    /// Kernel thread id (gettid) of the holder.
-    public var tid: Int32
-    /// CLOCK_MONOTONIC when the lock was taken.
-    public var sinceMonotonicNs: UInt64
-    /// Wall clock when the lock was taken (Unix ms).
-    public var sinceUnixMs: Int64
-
-    /// Makes a holder record.
-    public init(label: String, tid: Int32, sinceMonotonicNs: UInt64, sinceUnixMs: Int64) {
-        self.label = label
-        self.tid = tid
-        self.sinceMonotonicNs = sinceMonotonicNs
-        self.sinceUnixMs = sinceUnixMs
-    }
-}
+/// One write holder, for telemetry: the same record the flight recorder keeps (label with context such
+/// as "catalog.update app=shop", gettid, CLOCK_MONOTONIC and wall clock when the lock was taken).
+public typealias LockHolder = FlightRecord.Holder
 
 /// A thread holding a read lock, for telemetry.
 public struct LockReadHolder: Sendable, Equatable {

@@ -190,8 +190,8 @@ extension RwLock {
         let (holders, more) = readHolders(word: word)
         let image = FlightRecord.Lock(
             slot: slot.index, name: name, address: UInt64(wordAddress), word: word, revert: revert.rawValue,
-            holder: t.holder.map(Self.recorded), holderWaitingForReaders: t.holderWaitingForReaders,
-            lastHolder: t.lastHolder.map(Self.recorded),
+            holder: t.holder, holderWaitingForReaders: t.holderWaitingForReaders,
+            lastHolder: t.lastHolder,
             readersWaiting: UInt32(clamping: readersParked.load(ordering: .relaxed)),
             writersWaiting: UInt32(clamping: writersParked.load(ordering: .relaxed)),
             updatedMonotonicNs: defib_monotonic_ns(), updatedUnixMs: defib_realtime_ms(),
@@ -217,10 +217,6 @@ extension RwLock {
         default:
             break
         }
-    }
-
-    private static func recorded(_ h: LockHolder) -> FlightRecord.Holder {
-        FlightRecord.Holder(label: h.label, tid: h.tid, sinceMonotonicNs: h.sinceMonotonicNs, sinceUnixMs: h.sinceUnixMs)
     }
 
     private static func recorded(_ h: LockReadHolder) -> FlightRecord.ReadHolder {
