@@ -77,7 +77,7 @@ let package = Package(
         ]),
         // `make bench`: core capture (native, gcore, the kernel's dump) and the supervisor's own cost.
         .executableTarget(name: "defib-bench", dependencies: [
-            "DefibCore", "DefibPOSIX",
+            "DefibCore", "DefibPOSIX", "DefibChaos",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),

@@ -7,6 +7,9 @@
 #   core      core capture of the reference proxy, idle and with 512 MiB + 8 threads: native writer vs gcore vs
 #             the kernel's dump (defib-bench core)
 #   overhead  defib supervising the idle proxy at 10 Hz for 60 s: its CPU, RSS and start-up (defib-bench overhead)
+#   peers     the same hang under defib, monit, systemd's watchdog (booted in an isolated container: needs root) and
+#             supervisord: hang -> serving, cores, records, refused connections, each supervisor's own cost
+#             (defib-bench peers; about 8 minutes; configs in bench/peers/; needs `scripts/setup.sh bench`)
 #
 # Adding a part (e.g. `peers`, defib vs monit/supervisord): define a function part_NAME below. It runs with
 # $BIN (the release binaries) and $OUT (the report directory) set and must write $OUT/NAME.json holding at least
@@ -18,8 +21,8 @@
 # still run. Every process a part starts must be stopped by its pid (or pidfd), never by name.
 #
 # Environment: BENCH_SCRATCH (default .build-bench), BENCH_OUT (default bench), BENCH_COMMAND (the command quoted
-# in the report; default this script's command line), BENCH_ARGS_core / BENCH_ARGS_overhead (extra flags, e.g.
-# BENCH_ARGS_overhead="--duration 10").
+# in the report; default this script's command line), BENCH_ARGS_core / BENCH_ARGS_overhead / BENCH_ARGS_peers (extra
+# flags, e.g. BENCH_ARGS_overhead="--duration 10", BENCH_ARGS_peers="--peers defib-native,monit --reps 3").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
@@ -70,8 +73,12 @@ part_overhead() {
     "$BENCH" overhead --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" ${BENCH_ARGS_overhead:-}
 }
 
-# needs_peers="defib defib-proxy"
-# part_peers() { ... }   # the peer comparison goes here (wrk, monit, supervisor are installed by setup.sh bench)
+needs_peers="defib defib-proxy"
+
+part_peers() {
+    # shellcheck disable=SC2086
+    "$BENCH" peers --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" --templates bench/peers ${BENCH_ARGS_peers:-}
+}
 
 failed=()
 for part in "${parts[@]}"; do

@@ -9,12 +9,12 @@ import Glibc
 struct DefibBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "defib-bench",
-        abstract: "Benchmarks: core capture (native, gcore, kernel) and the supervisor's own cost.",
+        abstract: "Benchmarks: core capture (native, gcore, kernel), the supervisor's own cost, and defib against its peers.",
         discussion: """
         Usually run through scripts/bench.sh (make bench). Each part writes OUT/PART.json with the keys part, status \
         ("ok" or "FAIL"), reason, targets and markdown; `report` turns the named parts into OUT/REPORT.md.
         """,
-        subcommands: [CoreCommand.self, OverheadCommand.self, ReportCommand.self, FailCommand.self])
+        subcommands: [CoreCommand.self, OverheadCommand.self, PeersCommand.self, ReportCommand.self, FailCommand.self])
 }
 
 /// Options every part shares.

@@ -1,0 +1,173 @@
+import Foundation
+
+/// The checks the summary shows for the peer comparison. Pure.
+enum PeersChecks {
+    static func evaluate(_ peers: [PeerResult], boundSeconds: Int) -> [TargetCheck] {
+        var out: [TargetCheck] = []
+        let failedRows = peers.filter { $0.status != "ok" }
+        out.append(TargetCheck(id: "peers.rows-ran", target: "every peer started and ran its repetitions",
+                               measured: failedRows.isEmpty ? "\(peers.count) of \(peers.count) rows ran"
+                                   : failedRows.map { "\($0.id.rawValue): \($0.reason ?? "?")" }.joined(separator: "; "),
+                               pass: failedRows.isEmpty && !peers.isEmpty))
+        let reps = peers.flatMap(\.reps)
+        let notShown = peers.flatMap { p in p.reps.filter { !$0.window.hangShown }.map { "\(p.id.rawValue) rep \($0.rep)" } }
+        out.append(TargetCheck(id: "peers.hang-shown",
+                               target: "the injected hang stopped the proxy serving in every repetition (no success from 300 ms after the fault until the hung instance ended)",
+                               measured: reps.isEmpty ? "no repetition ran" : notShown.isEmpty ? "\(reps.count) of \(reps.count) repetitions"
+                                   : "not shown in " + notShown.joined(separator: ", "),
+                               pass: !reps.isEmpty && notShown.isEmpty))
+        let defib = peers.filter { $0.id.supervisor == "defib" }
+        if !defib.isEmpty {
+            let summaries = defib.map { ($0.id, PeerSummary($0)) }
+            let missed = summaries.filter { $0.1.recovered < $0.1.reps || $0.1.reps == 0 }
+            out.append(TargetCheck(id: "peers.defib-recovered",
+                                   target: "defib restored service in every repetition of every configuration within \(boundSeconds) s",
+                                   measured: missed.isEmpty ? summaries.map { "\($0.0.rawValue) \($0.1.recovered)/\($0.1.reps)" }.joined(separator: ", ")
+                                       : missed.map { "\($0.0.rawValue) \($0.1.recovered)/\($0.1.reps)" }.joined(separator: ", "),
+                                   pass: missed.isEmpty && defib.allSatisfy { $0.status == "ok" }))
+            let passed = defib.filter { $0.id.socketPassed }
+            if !passed.isEmpty {
+                let refused = passed.flatMap(\.reps).reduce(0) { $0 + $1.window.refused }
+                let count = passed.flatMap(\.reps).count
+                out.append(TargetCheck(id: "peers.defib-socket-no-refusal",
+                                       target: "with its socket passed, defib's proxy refused no connection during any hang",
+                                       measured: "\(refused) ECONNREFUSED over \(count) repetitions (\(passed.map(\.id.rawValue).joined(separator: ", ")))",
+                                       pass: refused == 0 && count > 0))
+            }
+            let withCores = defib.filter { $0.id != .defibNone }
+            let lacking = withCores.flatMap { p in p.reps.filter { $0.core?.usable != true || !$0.recorded }.map { "\(p.id.rawValue) rep \($0.rep)" } }
+            let count = withCores.flatMap(\.reps).count
+            out.append(TargetCheck(id: "peers.defib-evidence",
+                                   target: "defib left a core gdb opens and an incident for every hang (capture native and gcore)",
+                                   measured: lacking.isEmpty ? "\(count) of \(count) repetitions" : "missing in " + lacking.joined(separator: ", "),
+                                   pass: lacking.isEmpty && count > 0))
+        }
+        if let sup = peers.first(where: { $0.id == .supervisord }), sup.status == "ok" {
+            let s = PeerSummary(sup)
+            out.append(TargetCheck(id: "peers.supervisord-never",
+                                   target: "supervisord, which has no hang detection, never restored service within \(boundSeconds) s (what the row is there to show)",
+                                   measured: "\(s.recovered) of \(s.reps) repetitions recovered",
+                                   pass: s.recovered == 0 && s.reps > 0))
+        }
+        return out
+    }
+}
+
+/// The peer comparison's section of REPORT.md. Pure.
+enum PeersMarkdown {
+    /// `templates`: the config files of bench/peers/ by name, quoted in the report.
+    static func render(_ r: PeersReport, defibCommand: String, templates: [(name: String, text: String)]) -> String {
+        let s = r.settings
+        var md = "## Peer comparison: defib vs monit, systemd's watchdog and supervisord\n\n"
+        md += "Started \(r.startedAt), finished \(r.finishedAt). **One run on one machine; medians and ratios.**\n\n"
+        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
+            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
+        md += """
+        How it was measured:
+        - The same release `defib-proxy` (`\(s.proxyArguments)`, plus `--listen 127.0.0.1:PORT` where it binds its own port, \
+        `--sd-notify` under systemd) in front of an in-process HTTP backend, supervised in turn by each row's supervisor.
+        - Each repetition: an open-loop HTTP load of \(Int(s.ratePerSecond)) requests/s (each on a new connection, request \
+        timeout \(Int(s.requestTimeoutMs)) ms) starts; after a moment the same hang is injected through the proxy's control \
+        socket, `fault timeout-race` (the parking_lot `try_write_for` race: the catalog lock word is left at \
+        0xfffffffffffffffe and every reader parks forever).
+        - **hang → serving**: from sending the fault to the first successful response that completed after the hung \
+        instance had ended (its pidfd polled every 5 ms), so the old instance's last answers never count. Bound: \
+        \(s.boundSeconds) s ("never" past it). p95 is nearest-rank: with \(s.reps) repetitions it is the largest value.
+        - **refused**: requests due between the fault and the recovery (or the bound) that met ECONNREFUSED: nobody \
+        listening on the port. **failed / timed out**: resets and short answers / no answer within the request timeout, same window.
+        - **core**: the core the supervisor left, opened with `gdb -batch -ex 'info threads' defib-proxy CORE` \
+        (\(s.gdbVersion)); usable = gdb lists the threads. Cores are deleted after the check.
+        - **recorded**: what the supervisor itself wrote down about the hang (quoted below each table).
+        - **supervisor's own cost**: its processes' CPU time over \(s.usageSeconds) s (process CPU clocks, every thread, ns \
+        resolution) and VmRSS, with the proxy healthy and idle, at each supervisor's tightest heartbeat.
+        - \(s.reps) repetitions per row (supervisord \(s.supervisordReps): it waits out the full bound each time).
+
+
+        """
+        md += "| supervisor (configuration) | listening socket kept across the restart | recovered | hang → serving: median | p95 | max | "
+            + "hung instance gone (median) | core: captured / usable in gdb | recorded by the supervisor | ECONNREFUSED per repetition (median; total) | "
+            + "failed / timed out (total) |\n"
+        md += "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        for p in r.peers {
+            if p.status != "ok" && p.reps.isEmpty {
+                md += "| \(p.id.title) | \(p.id.socketPassed ? "yes" : "no") | **FAIL**: \(escape(p.reason ?? "?")) | | | | | | | | |\n"
+                continue
+            }
+            let sum = PeerSummary(p)
+            let never = "never within \(s.boundSeconds) s"
+            md += "| \(p.id.title)\(p.status != "ok" ? " (**FAIL**: \(escape(p.reason ?? "?")))" : "") | \(p.id.socketPassed ? "yes" : "no") | "
+            md += "\(sum.recovered)/\(sum.reps) | "
+            md += sum.recovery.map { "**\(formatMs($0.median))**" } ?? never
+            md += " | " + (sum.recoveryP95.map(formatMs) ?? "–") + " | " + (sum.recovery.map { formatMs($0.max) } ?? "–") + " | "
+            md += (sum.oldGone.map { formatMs($0.median) } ?? "never (still hung)") + " | "
+            md += "\(sum.coresCaptured)/\(sum.reps) / \(sum.coresUsable)/\(sum.reps) | \(sum.recorded)/\(sum.reps) | "
+            let refusedMedian = Spread(sum.refused.map(Double.init)).map { String(format: "%.0f", $0.median) } ?? "–"
+            md += "\(refusedMedian); \(sum.refused.reduce(0, +)) | \(sum.failed.reduce(0, +)) / \(sum.timedOut.reduce(0, +)) |\n"
+        }
+        md += "\n" + ratios(r) + "\n"
+
+        md += "### The supervisors' own cost (proxy healthy and idle)\n\n"
+        md += "| supervisor | heartbeat | CPU (% of one core) | CPU time in window | VmRSS at the end (max) | processes |\n|---|---|---|---|---|---|\n"
+        for p in r.peers {
+            guard let u = p.usage else { continue }
+            md += "| \(p.id.supervisor) | \(u.heartbeat) | **\(String(format: "%.2f %%", u.cpuPercent))** | "
+                + String(format: "%.3f s of %.0f s", Double(u.cpuNs) / 1e9, u.seconds)
+                + " | \(formatBytes(u.rssEndBytes)) (\(formatBytes(u.rssMaxBytes))) | \(u.processes.joined(separator: ", ")) |\n"
+        }
+        md += "\nsystemd's figure is the container's whole PID 1 (it has nothing else to do there); the keep-alive thread that "
+            + "feeds it lives in the proxy. supervisord has no heartbeat at all.\n\n"
+
+        md += "### What each supervisor recorded, and every repetition\n\n"
+        for p in r.peers {
+            md += "**\(p.id.title)** (\(p.version)). \(p.configuration)\n\n"
+            if let reason = p.reason { md += "FAIL: \(reason)\n\n" }
+            if p.reps.isEmpty { continue }
+            md += "| rep | pid hung → new | hang → serving | hung instance gone | refused | failed | timed out | core | recorded |\n"
+            md += "|---|---|---|---|---|---|---|---|---|\n"
+            for rep in p.reps {
+                let core = rep.core.map { "\($0.gdbThreads) threads (\(formatBytes($0.bytes)))" } ?? (rep.coreNote ?? "none")
+                md += "| \(rep.rep) | \(rep.oldPid) → \(rep.newPid.map(String.init) ?? "–") | "
+                    + (rep.window.recoveryMs.map(formatMs) ?? "never within \(s.boundSeconds) s") + " | "
+                    + (rep.oldGoneMs.map(formatMs) ?? "never") + " | \(rep.window.refused) | \(rep.window.failed) | \(rep.window.timedOut) | "
+                    + "\(escape(core)) | \(escape(String(rep.record.prefix(300)))) |\n"
+            }
+            let problems = p.reps.flatMap { rep in rep.problems.map { "rep \(rep.rep): \($0)" } }
+            if !problems.isEmpty { md += "\nProblems: " + problems.map(escape).joined(separator: "; ") + "\n" }
+            for n in p.notes { md += "\n- \(n)" }
+            md += "\n\n"
+        }
+
+        md += "### Configurations\n\n"
+        md += "defib: `\(defibCommand)` (rows with the socket kept pass `--socket http=127.0.0.1:PORT`; the `--listen` row gives the "
+            + "proxy `--listen 127.0.0.1:PORT` instead). The others are rendered from `bench/peers/` (`@DIR@`, `@PROXY@`, "
+            + "`@PROXY_ARGS@`, `@PORT@`, `@CORES@` filled in); monit and supervisord run in the foreground as the benchmark's "
+            + "children with their files in its work directory; systemd 252 is booted in an isolated container (systemd-nspawn on an "
+            + "overlay of / with a tmpfs upper layer, own PID and mount namespaces and cgroup; sharing this machine's network "
+            + "namespace so the load reaches the proxy on 127.0.0.1, acceptable for a loopback benchmark).\n\n"
+        for t in templates {
+            md += "<details><summary><code>bench/peers/\(t.name)</code></summary>\n\n```\n\(t.text.hasSuffix("\n") ? t.text : t.text + "\n")```\n\n</details>\n\n"
+        }
+        md += "### Checks\n\n" + CoreMarkdown.targetTable(r.targets)
+        return md
+    }
+
+    /// "defib (native) restored service 3.1× faster than monit (median 1.4 s vs 4.4 s)" for every row that recovered.
+    static func ratios(_ r: PeersReport) -> String {
+        guard let base = r.peers.first(where: { $0.id == .defibNative }), let b = PeerSummary(base).recovery else { return "" }
+        var lines: [String] = []
+        for p in r.peers where p.id != .defibNative {
+            let s = PeerSummary(p)
+            if let o = s.recovery {
+                let ratio = o.median / max(b.median, 0.001)
+                lines.append("- \(p.id.title): median \(formatMs(o.median)), **\(formatRatio(ratio))** defib's default (\(formatMs(b.median))).")
+            } else if s.reps > 0 {
+                lines.append("- \(p.id.title): never within \(r.settings.boundSeconds) s, against defib's default \(formatMs(b.median)).")
+            }
+        }
+        return lines.isEmpty ? "" : "Against defib's default row (native capture, socket passed), median hang → serving:\n\n" + lines.joined(separator: "\n") + "\n"
+    }
+
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "\n", with: " ")
+    }
+}

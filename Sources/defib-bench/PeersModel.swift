@@ -1,0 +1,300 @@
+import DefibChaos
+import Foundation
+
+// The peer comparison's figures and the pure arithmetic on them: what bench/peers.json holds.
+
+/// The supervisors compared, each a row of the report (some supervisors give two rows: with and without a passed socket).
+enum PeerID: String, Codable, CaseIterable, Equatable {
+    case defibNative = "defib-native"
+    case defibGcore = "defib-gcore"
+    case defibNone = "defib-none"
+    case defibListen = "defib-listen"
+    case monit
+    case systemdSocket = "systemd-socket"
+    case systemdListen = "systemd-listen"
+    case supervisord
+
+    /// The supervisor program behind the row.
+    var supervisor: String {
+        switch self {
+        case .defibNative, .defibGcore, .defibNone, .defibListen: "defib"
+        case .monit: "monit"
+        case .systemdSocket, .systemdListen: "systemd"
+        case .supervisord: "supervisord"
+        }
+    }
+
+    /// Whether the listening socket outlives the proxy (bound by the supervisor and passed on, LISTEN_FDS).
+    var socketPassed: Bool { self == .defibNative || self == .defibGcore || self == .defibNone || self == .systemdSocket }
+
+    /// The row's name in the table.
+    var title: String {
+        switch self {
+        case .defibNative: "defib, `--capture native` (default)"
+        case .defibGcore: "defib, `--capture gcore`"
+        case .defibNone: "defib, `--capture none`"
+        case .defibListen: "defib, native, proxy binds `--listen` itself"
+        case .monit: "monit 1 s cycle, unixsocket ping, exec gcore + restart"
+        case .systemdSocket: "systemd `WatchdogSec=1s`, socket unit"
+        case .systemdListen: "systemd `WatchdogSec=1s`, proxy binds `--listen`"
+        case .supervisord: "supervisord (no hang detection)"
+        }
+    }
+
+    /// Parses a comma-separated list ("defib-native,monit"); "all" is every row. The error names the unknown one.
+    static func parseList(_ text: String) throws -> [PeerID] {
+        if text == "all" { return allCases }
+        var out: [PeerID] = []
+        for part in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !part.isEmpty {
+            guard let id = PeerID(rawValue: part) else {
+                throw BenchError(kind: .badArgument, message: "--peers: unknown peer '\(part)' (known: \(allCases.map(\.rawValue).joined(separator: ", ")), or all)")
+            }
+            if !out.contains(id) { out.append(id) }
+        }
+        if out.isEmpty { throw BenchError(kind: .badArgument, message: "--peers '\(text)': name at least one peer") }
+        return out
+    }
+}
+
+/// What the load generator saw in one repetition's window, and when service came back. Pure.
+struct RepWindow: Codable, Equatable {
+    /// Fault injection → first successful HTTP response served after the hung instance was gone; nil when that did not
+    /// happen within the bound.
+    var recoveryMs: Double?
+    /// Requests due in the window (fault injection → recovery, or → the bound).
+    var requests: Int
+    /// Of those: complete 200 responses (the old instance's last ones before the lock broke, and the new instance's).
+    var ok: Int
+    /// ECONNREFUSED: nobody listened on the port.
+    var refused: Int
+    /// Resets, short responses, errors other than refusals.
+    var failed: Int
+    /// No complete response within the request timeout.
+    var timedOut: Int
+    /// Successes completed between `hangGraceMs` after the fault and the old instance's end (or the window's end):
+    /// 0 when the proxy really stopped serving.
+    var okWhileHung: Int
+    /// Requests due in that same stretch: at least 1, or there was nothing to show the hang with.
+    var dueWhileHung: Int
+
+    /// Length of the window, in ms.
+    var lengthMs: Double
+
+    /// Time after the fault during which the old instance may still finish requests it had already routed (the staged
+    /// race takes tens of ms to break the lock).
+    static let hangGraceMs = 300.0
+
+    /// Counts the samples due in [fault, end], where end is the recovery or `faultAt + boundMs`. `oldGoneAt` is when the
+    /// hung instance ended (nil: it never did); a success counts as recovery only if it completed after that, so the old
+    /// instance's last responses never count as "serving again".
+    static func evaluate(samples: [RequestSample], faultAtUnixMs faultAt: Double, oldGoneAtUnixMs oldGoneAt: Double?,
+                         boundMs: Double) -> RepWindow {
+        let bound = faultAt + boundMs
+        var recoveryAt: Double?
+        if let gone = oldGoneAt {
+            recoveryAt = samples.lazy.filter { $0.outcome == .ok && $0.completedUnixMs >= gone && $0.completedUnixMs <= bound }
+                .map(\.completedUnixMs).min()
+        }
+        let end = recoveryAt ?? bound
+        var w = RepWindow(recoveryMs: recoveryAt.map { $0 - faultAt }, requests: 0, ok: 0, refused: 0, failed: 0, timedOut: 0,
+                          okWhileHung: 0, dueWhileHung: 0, lengthMs: end - faultAt)
+        let hungFrom = faultAt + hangGraceMs
+        let hungUntil = min(oldGoneAt ?? end, end)
+        for s in samples {
+            if s.scheduledUnixMs >= hungFrom && s.scheduledUnixMs < hungUntil { w.dueWhileHung += 1 }
+            if s.outcome == .ok && s.completedUnixMs >= hungFrom && s.completedUnixMs < hungUntil { w.okWhileHung += 1 }
+            guard s.scheduledUnixMs >= faultAt && s.scheduledUnixMs <= end else { continue }
+            w.requests += 1
+            switch s.outcome {
+            case .ok: w.ok += 1
+            case .refused: w.refused += 1
+            case .failed: w.failed += 1
+            case .timedOut: w.timedOut += 1
+            }
+        }
+        return w
+    }
+
+    /// Whether the proxy demonstrably stopped serving: requests were due while it hung and none succeeded.
+    var hangShown: Bool { dueWhileHung > 0 && okWhileHung == 0 }
+}
+
+/// A core file and what gdb made of it.
+struct CoreEvidence: Codable, Equatable {
+    /// Where it was (deleted after the check).
+    var path: String
+    /// st_size.
+    var bytes: Int64
+    /// Threads `gdb -batch -ex 'info threads' BINARY CORE` listed.
+    var gdbThreads: Int
+    /// gdb's exit and first complaint, for the report.
+    var gdbDetail: String
+    /// gdb listed at least one thread.
+    var usable: Bool { gdbThreads > 0 }
+}
+
+/// One fault injection and what followed.
+struct RepResult: Codable, Equatable {
+    /// 0-based.
+    var rep: Int
+    /// The instance that was hung.
+    var oldPid: Int32
+    /// The instance serving afterwards, when one was.
+    var newPid: Int32?
+    /// The proxy's answer to `fault timeout-race`.
+    var faultReply: String
+    /// When the fault command was sent (Unix ms).
+    var faultAtUnixMs: Double
+    /// Fault → the hung instance's end (killed), in ms; nil when it never ended within the bound.
+    var oldGoneMs: Double?
+    /// The requests.
+    var window: RepWindow
+    /// The core the supervisor left, if any.
+    var core: CoreEvidence?
+    /// Why there is no core, or what was wrong with it.
+    var coreNote: String?
+    /// Whether the supervisor recorded the event itself (an incident row, a log line, a journal entry).
+    var recorded: Bool
+    /// What it recorded, quoted.
+    var record: String
+    /// What went wrong in this repetition (the fault not acknowledged, the old instance not hung, …).
+    var problems: [String] = []
+}
+
+/// A supervisor's own cost while the proxy is healthy and idle.
+struct SupervisorUsage: Codable, Equatable {
+    /// The processes measured ("monit pid 123").
+    var processes: [String]
+    /// Window length (monotonic), in seconds.
+    var seconds: Double
+    /// CPU time of those processes in the window (clock_getcpuclockid: every thread, ns resolution), in ns.
+    var cpuNs: Int64
+    /// VmRSS summed over the processes, sampled once a second: largest and last.
+    var rssMaxBytes: Int64
+    var rssEndBytes: Int64
+    /// What the heartbeat was during the window.
+    var heartbeat: String
+
+    /// CPU as a percentage of one core.
+    var cpuPercent: Double { seconds > 0 ? Double(cpuNs) / 1e9 / seconds * 100 : 0 }
+}
+
+/// One row: a supervisor in one configuration, its repetitions and its cost.
+struct PeerResult: Codable, Equatable {
+    var id: PeerID
+    /// "ok", or "FAIL" when it could not start or run (then `reason` says why and `reps` holds what ran).
+    var status: String
+    var reason: String?
+    /// `monit -V` and the like.
+    var version: String
+    /// The exact supervisor configuration, in words, with the files under bench/peers/ it was made from.
+    var configuration: String
+    var reps: [RepResult]
+    var usage: SupervisorUsage?
+    /// Facts about this row worth a footnote (where the core went, what the log says).
+    var notes: [String] = []
+}
+
+/// Nearest-rank percentile of values (p in 0…100); nil for none. With 5 values p95 is the largest.
+func percentile(_ values: [Double], _ p: Double) -> Double? {
+    guard !values.isEmpty else { return nil }
+    let sorted = values.sorted()
+    let rank = Int((p / 100 * Double(sorted.count)).rounded(.up))
+    return sorted[min(max(rank, 1), sorted.count) - 1]
+}
+
+/// A row's figures boiled down for the table. Pure.
+struct PeerSummary: Equatable {
+    var reps: Int
+    var recovered: Int
+    /// Over the recovered repetitions.
+    var recovery: Spread?
+    var recoveryP95: Double?
+    var oldGone: Spread?
+    var coresCaptured: Int
+    var coresUsable: Int
+    var recorded: Int
+    var refused: [Int]
+    var failed: [Int]
+    var timedOut: [Int]
+    var hangShown: Int
+    var problems: Int
+
+    init(_ r: PeerResult) {
+        reps = r.reps.count
+        let times = r.reps.compactMap(\.window.recoveryMs)
+        recovered = times.count
+        recovery = Spread(times)
+        recoveryP95 = percentile(times, 95)
+        oldGone = Spread(r.reps.compactMap(\.oldGoneMs))
+        coresCaptured = r.reps.filter { $0.core != nil }.count
+        coresUsable = r.reps.filter { $0.core?.usable == true }.count
+        recorded = r.reps.filter(\.recorded).count
+        refused = r.reps.map(\.window.refused)
+        failed = r.reps.map(\.window.failed)
+        timedOut = r.reps.map(\.window.timedOut)
+        hangShown = r.reps.filter(\.window.hangShown).count
+        problems = r.reps.reduce(0) { $0 + $1.problems.count }
+    }
+}
+
+/// bench/peers.json: the envelope (part, status, reason, targets, markdown) plus every row's figures.
+struct PeersReport: Codable {
+    var part = "peers"
+    var status: String
+    var reason: String?
+    var startedAt: String
+    var finishedAt: String
+    var machineBefore: MachineState
+    var machineAfter: MachineState
+    /// The settings of the run.
+    var settings: PeersSettings
+    var peers: [PeerResult]
+    var targets: [TargetCheck]
+    var markdown: String
+}
+
+/// How the run was made (quoted in the report).
+struct PeersSettings: Codable, Equatable {
+    var reps: Int
+    var supervisordReps: Int
+    /// Open-loop load, requests per second, each on a new connection.
+    var ratePerSecond: Double
+    /// A request with no complete response after this long is a timeout.
+    var requestTimeoutMs: Double
+    /// How long each repetition waits for service to come back.
+    var boundSeconds: Int
+    /// The supervisor-cost window.
+    var usageSeconds: Int
+    /// The proxy's arguments common to every row.
+    var proxyArguments: String
+    /// gdb's version line.
+    var gdbVersion: String
+    /// /proc/sys/kernel/core_pattern at the start (where systemd's kernel core goes).
+    var corePattern: String
+}
+
+/// Fills `@NAME@` placeholders of a config template. Pure; the error names the template and the placeholder.
+enum PeerTemplate {
+    static func render(_ text: String, name: String, values: [String: String]) throws -> String {
+        var out = ""
+        var rest = Substring(text)
+        while let open = rest.firstIndex(of: "@") {
+            out += rest[..<open]
+            let afterOpen = rest.index(after: open)
+            guard let close = rest[afterOpen...].firstIndex(of: "@") else {
+                throw BenchError(kind: .badArgument, message: "template \(name): unterminated placeholder at '\(rest[open...].prefix(20))'")
+            }
+            let key = String(rest[afterOpen..<close])
+            guard !key.isEmpty, key.allSatisfy({ $0.isUppercase || $0 == "_" || $0.isNumber }) else {
+                throw BenchError(kind: .badArgument, message: "template \(name): '@\(key)@' is not a placeholder (write @NAME@ in capitals)")
+            }
+            guard let value = values[key] else {
+                throw BenchError(kind: .badArgument, message: "template \(name): no value for @\(key)@ (known: \(values.keys.sorted().joined(separator: ", ")))")
+            }
+            out += value
+            rest = rest[rest.index(after: close)...]
+        }
+        return out + rest
+    }
+}
