@@ -88,6 +88,8 @@ struct PeersCommand: ParsableCommand {
             }
             // The proxies monit's scripts start are orphaned by design: as subreaper they come back to us, to reap and kill.
             try becomeChildSubreaper()
+            // Before the backend's threads start, so that they inherit the blocked SIGINT/SIGTERM.
+            try PeersInterrupt.install(work: work)
             removeTree(work)
             try makeDirectories(work)
             backend = try ChaosBackend.start()
@@ -103,7 +105,7 @@ struct PeersCommand: ParsableCommand {
         let gdbVersion = toolVersion(["gdb", "--version"], work: work)
         let corePattern = (readTextFile("/proc/sys/kernel/core_pattern") ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
         let settings = PeersSettings(reps: reps, supervisordReps: supervisordReps, ratePerSecond: rate, requestTimeoutMs: Double(requestTimeoutMs),
-                                     boundSeconds: bound, usageSeconds: usageSeconds,
+                                     boundSeconds: bound, usageSeconds: usageSeconds, defibIntervalMs: interval, defibDeadlineMs: deadline,
                                      proxyArguments: "--route \(PeerRunner.appHost)=127.0.0.1:BACKEND --control-socket DIR/control.sock",
                                      gdbVersion: gdbVersion, corePattern: corePattern)
         let runner = PeerRunner(settings: settings, workDirectory: work, warmupMs: warmupMs, log: progress)
@@ -124,16 +126,19 @@ struct PeersCommand: ParsableCommand {
             case .defibNative, .defibGcore, .defibNone, .defibListen:
                 let config = "`defib run --interval \(interval) --deadline \(deadline) --capture \(DefibPeerSession.captureMethod(id))`"
                     + (id.socketPassed ? " with `--socket http=127.0.0.1:PORT` (defib binds the port once and passes it to every instance)"
-                        : ", the proxy binding `--listen 127.0.0.1:PORT` itself") + "; defaults otherwise (stacks on, restart at once)."
-                results.append(runner.run(id, reps: reps, measureUsage: usage, version: defibVersion, configuration: config) {
-                    try DefibPeerSession(id: id, defib: defibPath, proxy: proxy, directory: "\(work)/\(id.rawValue)", backendPort: backend.port,
-                                         intervalMs: interval, deadlineMs: deadline)
+                        : ", the proxy binding `--listen 127.0.0.1:PORT` itself")
+                    + "; defaults otherwise (gdb stacks after the restart; restart backoff 100 ms doubling, reset after 60 s healthy). "
+                    + "A fresh defib for every repetition, so each hang meets the first restart, which is immediate."
+                results.append(runner.run(id, reps: reps, measureUsage: usage, freshSessionPerRep: true, version: defibVersion,
+                                          configuration: config) { rep in
+                    try DefibPeerSession(id: id, defib: defibPath, proxy: proxy, directory: "\(work)/\(id.rawValue)/rep-\(rep)",
+                                         backendPort: backend.port, intervalMs: interval, deadlineMs: deadline)
                 })
             case .monit:
                 let config = "`monit -I -c monitrc`: `set daemon 1`; `check process` by pid file; `if failed unixsocket control.sock send \"ping monit\\n\" "
                     + "expect \"pong monit\" timeout 1 seconds then exec restart-with-gcore.sh` (gcore, SIGKILL, start); the proxy binds its port."
                 results.append(runner.run(id, reps: reps, measureUsage: usage, version: monitPath.map { toolVersion([$0, "-V"], work: work) } ?? "monit: not installed",
-                                          configuration: config) {
+                                          configuration: config) { _ in
                     guard let monitPath else { throw BenchError(kind: .startup, message: "monit is not installed (scripts/setup.sh bench)") }
                     return try MonitPeerSession(monitPath: monitPath, proxy: proxy, directory: "\(work)/monit", templates: peerTemplates,
                                                 backendPort: backend.port)
@@ -153,7 +158,7 @@ struct PeersCommand: ParsableCommand {
                     + "`Restart=on-watchdog`, `RestartSec=0`, `LimitCORE=infinity`; the proxy runs with `--sd-notify`."
                 let version = container.map { $0.ct(["systemctl", "--version"]).output.split(separator: "\n").first.map(String.init) ?? "systemd" }
                     ?? "systemd"
-                results.append(runner.run(id, reps: reps, measureUsage: usage, version: version, configuration: config) {
+                results.append(runner.run(id, reps: reps, measureUsage: usage, version: version, configuration: config) { _ in
                     guard let container else { throw BenchError(kind: .startup, message: "systemd container: \(containerFailure ?? "not booted")") }
                     return try SystemdPeerSession(id: id, container: container, proxy: proxy, templates: peerTemplates, backendPort: backend.port)
                 })
@@ -162,7 +167,7 @@ struct PeersCommand: ParsableCommand {
                     + "It has no hang detection; after the bound the hung proxy is killed by pid so that supervisord starts the next one."
                 results.append(runner.run(id, reps: supervisordReps, measureUsage: usage,
                                           version: supervisordPath.map { "supervisord " + toolVersion([$0, "--version"], work: work) } ?? "supervisord: not installed",
-                                          configuration: config) {
+                                          configuration: config) { _ in
                     guard let supervisordPath else { throw BenchError(kind: .startup, message: "supervisord is not installed (scripts/setup.sh bench)") }
                     return try SupervisordPeerSession(supervisordPath: supervisordPath, proxy: proxy, directory: "\(work)/supervisord",
                                                       templates: peerTemplates, backendPort: backend.port)

@@ -104,7 +104,7 @@ enum PeersMarkdown {
             let refusedMedian = Spread(sum.refused.map(Double.init)).map { String(format: "%.0f", $0.median) } ?? "–"
             md += "\(refusedMedian); \(sum.refused.reduce(0, +)) | \(sum.failed.reduce(0, +)) / \(sum.timedOut.reduce(0, +)) |\n"
         }
-        md += "\n" + ratios(r) + "\n"
+        md += "\n" + ratios(r) + "\n" + reading(s) + "\n"
 
         md += "### The supervisors' own cost (proxy healthy and idle)\n\n"
         md += "| supervisor | heartbeat | CPU (% of one core) | CPU time in window | VmRSS at the end (max) | processes |\n|---|---|---|---|---|---|\n"
@@ -165,6 +165,33 @@ enum PeersMarkdown {
             }
         }
         return lines.isEmpty ? "" : "Against defib's default row (native capture, socket passed), median hang → serving:\n\n" + lines.joined(separator: "\n") + "\n"
+    }
+
+    /// What the figures do and do not say, from the settings of the run.
+    static func reading(_ s: PeersSettings) -> String {
+        let i = Double(s.defibIntervalMs) / 1000, d = Double(s.defibDeadlineMs) / 1000
+        return """
+        Reading the figures:
+        - Each supervisor declares the hang at a different point of the silence. defib pings every \(s.defibIntervalMs) ms and \
+        declares a hang after \(s.defibDeadlineMs) ms without an answer: \(fmt(d))–\(fmt(d + i)) s after the hang began. systemd's \
+        `WatchdogSec=1s` counts from the last `WATCHDOG=1`, which the proxy sends every 500 ms: it fires 0.5–1.0 s after the hang \
+        began, so at the same nominal second it is about a quarter of a second quicker on average. monit tests once per 1 s cycle \
+        with a 1 s timeout (1–2 s), and its script runs gcore before the kill.
+        - "hung instance gone" includes taking the core: defib's native writer and the kernel's dump (systemd rows) copy only \
+        what is mapped; gcore (defib's gcore row, monit's script) drives gdb.
+        - defib is started afresh for each repetition: its default restart backoff (100 ms, doubling, reset after 60 s of health) \
+        would otherwise add 0.1, 0.2, 0.4, 0.8 s to repetitions a few seconds apart. monit and systemd as configured have no \
+        backoff (systemd: `RestartSec=0`, `StartLimitIntervalSec=0`); supervisord never gets to restart.
+        - Refusals come only where nobody holds the port between two instances (the proxy binds `--listen` itself); with the \
+        socket kept, connections wait in the kernel's queue and the new instance answers them. "failed" counts mostly connections \
+        the hung instance had already accepted, reset when it is killed: what a client sees when the process holding its \
+        connection dies. supervisord's "timed out" are requests that waited out the \(Int(s.requestTimeoutMs)) ms timeout.
+
+        """
+    }
+
+    private static func fmt(_ seconds: Double) -> String {
+        seconds == seconds.rounded() ? String(format: "%.1f", seconds) : String(format: "%.2g", seconds)
     }
 
     static func escape(_ s: String) -> String {

@@ -266,6 +266,9 @@ struct PeersSettings: Codable, Equatable {
     var boundSeconds: Int
     /// The supervisor-cost window.
     var usageSeconds: Int
+    /// `defib run --interval` and `--deadline`.
+    var defibIntervalMs: Int
+    var defibDeadlineMs: Int
     /// The proxy's arguments common to every row.
     var proxyArguments: String
     /// gdb's version line.

@@ -64,17 +64,27 @@ struct PeerRunner {
     /// The Host header the proxy routes to the backend.
     static let appHost = "app.test"
 
-    /// A row: start its session, measure the supervisor's cost if asked, run the repetitions, stop it.
-    func run(_ id: PeerID, reps: Int, measureUsage: Bool, version: String, configuration: String,
-             start: () throws -> PeerSession) -> PeerResult {
+    /// A row: start its session, measure the supervisor's cost if asked, run the repetitions, stop it. With
+    /// `freshSessionPerRep` every repetition gets a new session (`start(rep)`), so each hang is the supervisor's first.
+    func run(_ id: PeerID, reps: Int, measureUsage: Bool, freshSessionPerRep: Bool = false, version: String, configuration: String,
+             start: (Int) throws -> PeerSession) -> PeerResult {
         var result = PeerResult(id: id, status: "ok", reason: nil, version: version, configuration: configuration, reps: [], usage: nil)
         log("peers: \(id.rawValue): starting (\(version))")
-        let session: PeerSession
-        do { session = try start() } catch {
+        var session: PeerSession
+        do { session = try start(0) } catch {
             result.status = "FAIL"
             result.reason = "could not start: \(error)"
             log("peers: \(id.rawValue): FAIL: \(result.reason!)")
             return result
+        }
+        func finish(_ s: PeerSession) {
+            let problems = s.stop()
+            if !problems.isEmpty {
+                log("peers: \(id.rawValue): stopping: \(problems.joined(separator: "; "))")
+                result.notes.append("stopping it: " + problems.joined(separator: "; "))
+            }
+            for n in s.notes where !result.notes.contains(n) { result.notes.append(n) }
+            reapStrays()
         }
         do {
             let pid = try waitServing(session, timeoutMs: 60_000)
@@ -87,6 +97,11 @@ struct PeerRunner {
                 }
             }
             for rep in 0..<reps {
+                if freshSessionPerRep && rep > 0 {
+                    finish(session)
+                    session = try start(rep)
+                    _ = try waitServing(session, timeoutMs: 60_000)
+                }
                 let r = try runRep(session, rep: rep)
                 result.reps.append(r)
                 let rec = r.window.recoveryMs.map { formatMs($0) } ?? "never within \(settings.boundSeconds) s"
@@ -99,13 +114,7 @@ struct PeerRunner {
             result.reason = "\(error)"
             log("peers: \(id.rawValue): FAIL: \(error)")
         }
-        let problems = session.stop()
-        if !problems.isEmpty {
-            log("peers: \(id.rawValue): stopping: \(problems.joined(separator: "; "))")
-            result.notes.append("stopping it: " + problems.joined(separator: "; "))
-        }
-        result.notes += session.notes
-        reapStrays()
+        finish(session)
         return result
     }
 

@@ -47,6 +47,8 @@ final class SystemdContainer {
         guard mkdir(cgroupUnified, 0o755) == 0 || errno == EEXIST else {
             throw BenchError(kind: .startup, message: "\(SystemError("mkdir(\(cgroupUnified))"))")
         }
+        let (unified, legacy) = (cgroupUnified, cgroupLegacy)
+        PeersInterrupt.setCleanup("systemd container") { Self.removeCgroups(unified: unified, legacy: legacy) }
         // The same steps as scripts/systemd-container-test.sh, minus --private-network, plus the shared directory.
         let script = """
         set -e; W=$1; echo $$ > $2/cgroup.procs
@@ -119,22 +121,28 @@ final class SystemdContainer {
         }
         if launcher.poll() == nil { problems.append("the container did not power off within 10 s: killed") }
         launcher.stop(graceMs: 2000)
-        if access("\(cgroupUnified)/cgroup.kill", F_OK) == 0 {
-            try? "1".write(toFile: "\(cgroupUnified)/cgroup.kill", atomically: false, encoding: .utf8)
-        }
-        for _ in 0..<50 {
-            guard (readTextFile("\(cgroupUnified)/cgroup.events") ?? "").contains("populated 1") else { break }
-            sleepMs(100)
-        }
-        for root in [cgroupUnified, cgroupLegacy] { removeCgroupTree(root) }
+        Self.removeCgroups(unified: cgroupUnified, legacy: cgroupLegacy)
+        PeersInterrupt.setCleanup("systemd container", nil)
         if (readTextFile("/proc/self/mountinfo") ?? "").contains(" \(work)/") {
             problems.append("still mounted under \(work) after the container ended")
         }
         return problems
     }
 
+    /// Kills what is left in the container's cgroup (cgroup.kill), waits for it to empty, removes the cgroups.
+    static func removeCgroups(unified: String, legacy: String) {
+        if access("\(unified)/cgroup.kill", F_OK) == 0 {
+            try? "1".write(toFile: "\(unified)/cgroup.kill", atomically: false, encoding: .utf8)
+        }
+        for _ in 0..<50 {
+            guard (readTextFile("\(unified)/cgroup.events") ?? "").contains("populated 1") else { break }
+            sleepMs(100)
+        }
+        for root in [unified, legacy] { removeCgroupTree(root) }
+    }
+
     /// rmdir depth-first (cgroup directories hold only kernel files).
-    private func removeCgroupTree(_ path: String) {
+    private static func removeCgroupTree(_ path: String) {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: path) else { return }
         for e in entries {
             var st = stat()

@@ -196,7 +196,7 @@ struct PeersReportTests {
         let machine = MachineState(nproc: 2, memTotalBytes: 0, memAvailableBytes: 0, memFreeBytes: 0, cachedBytes: 0, dirtyBytes: 0,
                                    load: [], kernel: "", cpuModel: "")
         let settings = PeersSettings(reps: 3, supervisordReps: 1, ratePerSecond: 100, requestTimeoutMs: 5000, boundSeconds: 30,
-                                     usageSeconds: 20, proxyArguments: "--route app.test=127.0.0.1:BACKEND", gdbVersion: "gdb 13",
+                                     usageSeconds: 20, defibIntervalMs: 100, defibDeadlineMs: 1000, proxyArguments: "--route app.test=127.0.0.1:BACKEND", gdbVersion: "gdb 13",
                                      corePattern: "core")
         var report = PeersReport(status: "ok", startedAt: "s", finishedAt: "f", machineBefore: machine, machineAfter: machine,
                                  settings: settings, peers: Self.sample, targets: [], markdown: "")
@@ -212,5 +212,6 @@ struct PeersReportTests {
         #expect(md.contains("<code>bench/peers/monitrc</code>") && md.contains("set daemon 1"))
         #expect(md.contains("| monit 1 s cycle, unixsocket ping, exec gcore + restart | no | 3/3 |"))
         #expect(md.contains("1; 4 |"))   // refusals: median 1, total 4
+        #expect(md.contains("1.0–1.1 s after the hang began"))   // defib's 1000 ms deadline after its 100 ms pings
     }
 }
