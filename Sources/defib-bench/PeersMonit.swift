@@ -115,6 +115,7 @@ final class MonitPeerSession: PeerSession {
         let failed = lines.first { $0.contains("failed protocol test") || $0.contains("connection failed") || $0.contains("failed") }
         let exec = lines.first { $0.contains("exec") }
         let record = [failed, exec].compactMap { $0.map(Self.stripTimestamp) }.joined(separator: " / ")
+            .replacingOccurrences(of: directory + "/", with: "")
         let hasCore = access(core, R_OK) == 0
         return SessionEvidence(corePath: hasCore ? core : nil,
                                coreNote: hasCore ? nil : "no \(core) (restart.log: \(tailOfFile(directory + "/restart.log", maxLines: 2)))",
