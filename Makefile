@@ -24,10 +24,10 @@ test: setup
 	swift test
 
 ## Benchmarks (a few minutes, not part of `make test`): core capture (native vs gcore vs the kernel's dump) and
-## defib's own cost; writes bench/REPORT.md and bench/*.json. Parts: scripts/bench.sh core overhead [peers].
+## defib's own cost, and the same hang under defib, monit, systemd and supervisord; writes bench/REPORT.md and bench/*.json.
 bench: setup
 	scripts/setup.sh bench
-	BENCH_COMMAND="make bench" scripts/bench.sh core overhead
+	BENCH_COMMAND="make bench" scripts/bench.sh core overhead peers
 
 clean:
 	rm -rf .build demo-state
