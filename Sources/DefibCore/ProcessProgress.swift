@@ -173,6 +173,16 @@ public enum ProgressJudge {
         if let a = after.throttledPeriods, let b = before.throttledPeriods, a > b {
             starvedBecause.append("cgroup throttled \(a - b) period(s)")
         }
+        // Runnable in both samples yet (next to) no CPU in between: the thread wants to run and is not
+        // let — throttled by a cgroup quota, or outcompeted.
+        let beforeByTid = Dictionary(before.threads.map { ($0.tid, $0) }, uniquingKeysWith: { a, _ in a })
+        let waiting = after.threads.filter { t in
+            guard t.state == "R", let b = beforeByTid[t.tid], b.state == "R", let now = t.onCpuNs, let then = b.onCpuNs else { return false }
+            return Double(now &- then) < 0.05 * Double(wallNs)
+        }
+        if !waiting.isEmpty {
+            starvedBecause.append("\(waiting.count) runnable thread(s) got next to no CPU in \(fmt(wallMs)) ms")
+        }
         if blockedIO > 0, let p = after.ioPressure, p.someAvg10 >= t.ioPressureAvg10 {
             starvedBecause.append("\(blockedIO) thread(s) in D state, I/O pressure some avg10=\(fmt(p.someAvg10))%")
         }

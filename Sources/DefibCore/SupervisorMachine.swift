@@ -64,8 +64,9 @@ public enum SupervisorAction: Equatable, Sendable {
 ///
 /// Escalation is staged, like Envoy's miss / megamiss / kill. "Silence" runs from the moment the first
 /// unanswered ping was sent until a pong arrives:
-/// - **miss** — a ping unanswered for `missMs` (or a refused connection, a wrong reply): counted and
-///   logged, a new ping goes out; on the first miss a baseline /proc sample is taken;
+/// - **miss** — each `missMs` a ping stays unanswered (the same ping keeps waiting: a late pong counts),
+///   or a refused connection / wrong reply (then a new ping after a pause): counted and logged; on the
+///   first miss a baseline /proc sample is taken;
 /// - **suspect** — silence ≥ `suspectMs`: soft evidence is collected (thread states, flight recorder), no kill;
 /// - **hang** — silence ≥ `deadlineMs` (+ extensions) with at least `missesBeforeHang` misses: progress is
 ///   judged; a *starved* process (runnable but not getting a CPU, throttled, stalled on I/O) gets the
@@ -153,8 +154,9 @@ public struct SupervisorMachine: Sendable {
     private var lastPongAt: MonoTime?
     private var lastPingError: String?
     private var pingToken: UInt64 = 0
-    /// When the ping in flight counts as missed.
+    /// When the ping in flight counts as (once more) missed.
     private var pingDeadline: MonoTime?
+    private var pingSentAt: MonoTime?
     private var nextPingAt: MonoTime?
     /// When the first unanswered ping of the current silence was sent.
     private var pingSilentSince: MonoTime?
@@ -273,7 +275,11 @@ public struct SupervisorMachine: Sendable {
             if awaitingVerdict { return [] }
             var actions: [SupervisorAction] = []
             if let deadline = pingDeadline, now >= deadline {
-                actions += pingMissed(reason: "no reply within \(settings.missMs) ms", retryAfterMs: 0, at: now)
+                // Keep waiting on the same ping: a late pong still proves progress, and a struggling
+                // service is not handed one more connection per miss.
+                let waited = pingSentAt.map { Int(now.milliseconds(since: $0).rounded()) } ?? settings.missMs
+                pingDeadline = now + settings.missMs
+                actions += countMiss(reason: "no reply within \(waited) ms", at: now)
             }
             if let due = keepAliveDue, now >= nextNotifyMissAt ?? due + settings.missMs {
                 if notifySilentSince == nil { notifySilentSince = due }
@@ -517,12 +523,13 @@ public struct SupervisorMachine: Sendable {
         guard settings.source.usesPing, pingDeadline == nil, let due = nextPingAt, now >= due else { return [] }
         pingToken &+= 1
         pingDeadline = now + settings.missMs
+        pingSentAt = now
         nextPingAt = nil
         if watching && pingSilentSince == nil { pingSilentSince = now }
         return [.sendPing(token: pingToken)]
     }
 
-    /// Stage "miss": count it, sample a baseline on the first one, send the next ping after `retryAfterMs`.
+    /// A ping that failed outright (refused, reset, a wrong reply): a miss, and a new ping after `retryAfterMs`.
     private mutating func pingMissed(reason: String, retryAfterMs: Int, at now: MonoTime) -> [SupervisorAction] {
         pingDeadline = nil
         nextPingAt = now + retryAfterMs

@@ -157,6 +157,8 @@ extension Supervisor {
             case let .failure(error):
                 return (CaptureRecord(method: "kernel", path: nil, bytes: 0, durationMs: 0, error: "\(error)"), nil, [])
             case let .success(request):
+                // The core-dumping signal is the kill: the timeline says so.
+                incident?.killedAt = Date()
                 var status: ChildStatus?
                 if let c = child, c.pid == pid {
                     status = waitForChild(c, timeoutMs: budget)

@@ -91,6 +91,19 @@ import Testing
         #expect(w.kind == "starved", "\(w)")
     }
 
+    @Test func runnableThreadsThatGetNoCPUAreStarved() {
+        // A cgroup quota: the threads are runnable (R) but the CPU time does not move.
+        let before = Self.sample(at: 0, [Self.thread(1, "R", cpuMs: 100), Self.thread(2, "S", cpuMs: 3, syscall: Syscalls.futex)])
+        let after = Self.sample(at: 500, [Self.thread(1, "R", cpuMs: 101), Self.thread(2, "S", cpuMs: 3, syscall: Syscalls.futex)])
+        let v = ProgressJudge.judge(before: before, after: after)
+        #expect(v.kind == "starved", "\(v)")
+        #expect(v.reason.contains("1 runnable thread(s) got next to no CPU in 500 ms"))
+        // Runnable in only one of the samples says nothing.
+        let woke = Self.sample(at: 500, [Self.thread(1, "S", cpuMs: 100, syscall: Syscalls.futex), Self.thread(2, "R", cpuMs: 3)])
+        let asleep = Self.sample(at: 0, [Self.thread(1, "S", cpuMs: 100, syscall: Syscalls.futex), Self.thread(2, "S", cpuMs: 3, syscall: Syscalls.futex)])
+        #expect(ProgressJudge.judge(before: asleep, after: woke).kind != "starved")
+    }
+
     @Test func stoppedAndGone() {
         let before = Self.sample(at: 0, [Self.thread(1, "T", cpuMs: 1)])
         #expect(ProgressJudge.judge(before: before, after: Self.sample(at: 100, [Self.thread(1, "T", cpuMs: 1)])).kind == "stopped")

@@ -77,6 +77,34 @@ struct EvidenceTests {
         #expect(gdb.code == 0 && gdb.stdout.contains("Thread"), "\(gdb.stdout)\n\(gdb.stderr)")
     }
 
+    /// The kernel's dump as the capture method: defib raises RLIMIT_CORE, sends SIGSYS (the Swift runtime
+    /// does not trap it), reaps, and records where core_pattern put the core.
+    @Test(.enabled(if: (try? String(contentsOfFile: "/proc/sys/kernel/core_pattern", encoding: .utf8))?.hasPrefix("core") == true,
+                   "core_pattern is not a plain relative file here"))
+    func theKernelMethodKillsWithACoreWhereCorePatternSays() throws {
+        let dir = Scratch("kernelcore"); defer { dir.remove() }
+        let work = "\(dir.path)/work"
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        let cfg = try Self.config(dir, hangAfter: 5, extra: "[capture]\nmethod = \"kernel\"\nstacks = false\n")
+        try (try String(contentsOfFile: cfg, encoding: .utf8)).replacingOccurrences(of: "[service]\n", with: "[service]\nworking_directory = \"\(work)\"\n")
+            .write(toFile: cfg, atomically: true, encoding: .utf8)
+        let defib = try Background([Binaries.defib, "run", "--config", cfg], log: "\(dir.path)/defib.log")
+        defer { defib.stop() }
+        let state = "\(dir.path)/state"
+        let recovered = waitUntil(timeoutMs: 30_000) {
+            ((try? incidentsJSON(stateDir: state)) ?? []).contains { $0["outcome"] as? String == "recovered" }
+        }
+        defib.stop()
+        #expect(recovered, "\(defib.log)")
+        let incident = try #require(try incidentsJSON(stateDir: state).last)
+        #expect(incident["capture_method"] as? String == "kernel")
+        let core = try #require(incident["core_path"] as? String, "\(incident)")
+        #expect(core.hasPrefix(work), "the core is where core_pattern (relative) says: the service's cwd: \(core)")
+        #expect(FileManager.default.fileExists(atPath: core))
+        #expect(incident["killed_at"] is String, "the core-dumping signal is the kill")
+        #expect((incident["notes"] as? [String] ?? []).contains { $0.contains("SIGSYS") }, "\(incident["notes"] ?? "")")
+    }
+
     @Test(.enabled(if: getuid() == 0, "needs root to mount a small tmpfs"))
     func aFullDiskFailsTheCaptureCleanlyAndTheRestartStillHappens() throws {
         let dir = Scratch("diskfull"); defer { dir.remove() }
@@ -98,5 +126,54 @@ struct EvidenceTests {
         #expect((incident["capture_error"] as? String)?.contains("disk full") == true, "\(incident["capture_error"] ?? "nil")")
         let left = try FileManager.default.contentsOfDirectory(atPath: cores)
         #expect(left.isEmpty, "no partial core left: \(left)")
+    }
+}
+
+/// Issue 6's point, with a real starved process: a service throttled by a cgroup CPU quota answers its
+/// pings late — it is starved, not stuck — and defib extends the deadline instead of killing it.
+@Suite(.serialized, .timeLimit(.minutes(2)))
+struct StarvationTests {
+    static let cpuCgroupRoot = "/sys/fs/cgroup/cpu"
+
+    static var canThrottle: Bool {
+        getuid() == 0 && FileManager.default.isWritableFile(atPath: cpuCgroupRoot)
+            && FileManager.default.fileExists(atPath: "\(cpuCgroupRoot)/cpu.cfs_quota_us")
+    }
+
+    @Test(.enabled(if: canThrottle, "needs root and the cgroup v1 cpu controller at /sys/fs/cgroup/cpu"))
+    func aThrottledServiceGetsItsDeadlineExtendedAndIsNotKilled() throws {
+        let dir = Scratch("starved"); defer { dir.remove() }
+        let cgroup = "\(Self.cpuCgroupRoot)/defib-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try FileManager.default.createDirectory(atPath: cgroup, withIntermediateDirectories: false)
+        defer {
+            // Move anything left back to the root, then remove the group.
+            for pid in ((try? String(contentsOfFile: "\(cgroup)/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n") {
+                try? "\(pid)\n".write(toFile: "\(Self.cpuCgroupRoot)/cgroup.procs", atomically: false, encoding: .utf8)
+            }
+            rmdir(cgroup)
+        }
+        // 20 ms of CPU per 700 ms: the spinning worker eats it at once, so a ping waits up to ~680 ms.
+        try "700000\n".write(toFile: "\(cgroup)/cpu.cfs_period_us", atomically: false, encoding: .utf8)
+        try "20000\n".write(toFile: "\(cgroup)/cpu.cfs_quota_us", atomically: false, encoding: .utf8)
+
+        let state = "\(dir.path)/state"
+        // Deadline 300 ms: a ping waiting out a throttled period (up to ~680 ms) is late enough to be
+        // judged, and well inside the deadline plus the maximum extension (900 ms).
+        let defib = try Background([Binaries.defib, "run", "--state-dir", state, "--interval", "100", "--deadline", "300",
+                                    "--capture", "none", "--", "\(Binaries.fixtures)/pingable.py"],
+                                   env: ["MODE": "ok", "SPIN": "1"], log: "\(dir.path)/defib.log")
+        defer { defib.stop() }
+        try #require(waitUntil(timeoutMs: 15_000) { defib.log.contains("is ready") }, "\(defib.log)")
+        let child = try #require(pidOfChild(of: defib.pid))
+        try "\(child)\n".write(toFile: "\(cgroup)/cgroup.procs", atomically: false, encoding: .utf8)
+
+        // Watch for 8 s: the pings come back late, deadlines get extended, nothing is killed.
+        usleep(8_000_000)
+        let log = defib.log
+        #expect(log.contains("deadline extended by"), "the starved service got extensions:\n\(log)")
+        #expect(log.contains("cgroup throttled") || log.contains("run-queue wait"), "the reason names the starvation:\n\(log)")
+        #expect(!log.contains("incident"), "no incident for a starved service:\n\(log)")
+        #expect(pidOfChild(of: defib.pid) == child, "the same instance still runs")
+        #expect(((try? incidentsJSON(stateDir: state)) ?? []).isEmpty)
     }
 }

@@ -14,6 +14,14 @@ if os.environ.get("DAEMON_PIDFILE") and os.fork() == 0:
     time.sleep(3600)
     os._exit(0)
 mode = os.environ.get("MODE", "ok")
+if os.environ.get("SPIN") == "1":
+    # A CPU-hungry worker beside the control loop: under a CPU quota it eats the quota, and the
+    # answers to pings wait for the next period (starved, not stuck).
+    import threading
+    def spin():
+        while True:
+            pass
+    threading.Thread(target=spin, daemon=True).start()
 if mode == "ignore-term":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 if mode.startswith("slow-start:"):
@@ -27,9 +35,19 @@ s.bind(path)
 s.listen(16)
 print(f"pingable pid={os.getpid()} mode={mode}", file=sys.stderr, flush=True)
 pings = 0
+def reply(c, data):
+    # The supervisor may have given up on this ping and closed its end: that is no reason to die.
+    try:
+        c.sendall(data)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
 while True:
     c, _ = s.accept()
-    line = c.makefile().readline().strip()
+    try:
+        line = c.makefile().readline().strip()
+    except ConnectionResetError:
+        c.close()
+        continue
     if line.startswith("ping"):
         pings += 1
         if mode.startswith("hang-after:") and pings > int(mode.split(":")[1]):
@@ -39,11 +57,11 @@ while True:
             if pings > int(n):
                 sys.exit(int(code))
         if mode == "bad-reply" or (mode.startswith("bad-reply-after:") and pings > int(mode.split(":")[1])):
-            c.sendall(b"hello there\n")
+            reply(c, b"hello there\n")
         else:
-            c.sendall(("pong" + line[4:] + "\n").encode())
+            reply(c, ("pong" + line[4:] + "\n").encode())
     elif line == "locks":
-        c.sendall(b'{"pid":%d,"locks":[]}\n' % os.getpid())
+        reply(c, b'{"pid":%d,"locks":[]}\n' % os.getpid())
     else:
-        c.sendall(b"error unknown command\n")
+        reply(c, b"error unknown command\n")
     c.close()
