@@ -70,8 +70,11 @@ public final class IncidentStore: Sendable {
         }
         let (initialized, empty): (Bool, Bool)
         do {
+            // GRDB's migrator creates its bookkeeping table before the first migration commits: a file
+            // holding only that is a database being created, not a foreign one.
             (initialized, empty) = try queue.read { db in
-                (try db.tableExists(IncidentSchema.table), try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master") == 0)
+                (try db.tableExists(IncidentSchema.table),
+                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'grdb_%'") == 0)
             }
         } catch {
             throw StoreError(.open, path: path, "cannot read: \(sqliteMessage(error))")
