@@ -26,10 +26,11 @@ python3 -m http.server "$BACKEND_PORT" --bind 127.0.0.1 --directory "$STATE/site
 pids+=($!)
 
 say "supervisor: defib run (heartbeat 100 ms, deadline 1000 ms, native core) -- defib-proxy on a socket defib binds and passes (127.0.0.1:$PROXY_PORT)"
+# Process substitution, so that $! is defib itself (stopped by SIGTERM at the end, which stops the proxy).
 "$BIN/defib" run --state-dir "$STATE" --interval 100 --deadline 1000 --capture native \
     --socket "http=127.0.0.1:$PROXY_PORT" -- \
     "$BIN/defib-proxy" --route "demo.local=127.0.0.1:$BACKEND_PORT" --churn 5 \
-    2>&1 | sed -u 's/^/  [defib] /' &
+    > >(sed -u 's/^/  [defib] /') 2>&1 &
 pids+=($!)
 
 for _ in $(seq 1 200); do
@@ -73,6 +74,7 @@ say "defib incidents --state-dir $STATE"
 "$BIN/defib" incidents --state-dir "$STATE"
 
 say "defib incidents info last --state-dir $STATE"
-"$BIN/defib" incidents info last --state-dir "$STATE" | head -60
+"$BIN/defib" incidents info last --state-dir "$STATE" > "$STATE/incident.txt"
+head -60 "$STATE/incident.txt"
 echo
 echo "(full stacks: defib incidents info last --state-dir $STATE;  open the core in gdb: defib incidents gdb last --state-dir $STATE)"
