@@ -61,6 +61,8 @@ public final class Supervisor {
     let metrics: SupervisorMetrics
     var lastPhase: SupervisorMachine.Phase?
     var pingSentAtNs: Int64 = 0
+    /// Processes that were already our children when supervision began.
+    let childrenBeforeUs: Set<Int32>
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -78,6 +80,7 @@ public final class Supervisor {
         self.machine = SupervisorMachine(settings: .init(config))
         self.signals = signals
         self.metrics = SupervisorMetrics(service: config.service.name)
+        self.childrenBeforeUs = Set(childProcesses(of: getpid()))
         self.systemdWatchdogUsec = SystemdNotifier.watchdogUsec()
         self.testWedgeFile = ProcessInfo.processInfo.environment["DEFIB_TEST_WEDGE_FILE"]
         try becomeChildSubreaper()
@@ -170,7 +173,9 @@ public final class Supervisor {
     /// of an instance that died) were re-parented to us, its subreaper: kill them, so the next instance
     /// never runs beside a remnant of the last one.
     func killLeftovers(of oldPid: Int32) {
-        let ours = Set(backgroundJobs.keys)
+        // Not ours to kill: our own helpers, and children we had before we started supervising (a shell
+        // that exec'd defib after forking, say, a log filter leaves it as our child).
+        let ours = Set(backgroundJobs.keys).union(childrenBeforeUs)
         for pid in childProcesses(of: getpid()) where !ours.contains(pid) && pid != child?.pid {
             let name = processName(pid)
             guard killProcess(pid) else { continue }

@@ -101,6 +101,23 @@ struct SupervisorEdgeTests {
         #expect((incident["notes"] as? [String] ?? []).contains { $0.contains("killed pid \(first)") && $0.contains("left behind") }, "\(incident)")
     }
 
+    /// A shell that runs `defib run … > >(filter)` forks the filter before it execs defib: the filter is
+    /// defib's child, and must not be taken for a remnant of the service.
+    @Test func childrenDefibHadBeforeItStartedAreLeftAlone() throws {
+        let dir = Scratch("prechild"); defer { dir.remove() }
+        let script = "sleep 300 & exec \(Binaries.defib) run --state-dir \(dir.path) --interval 50 --deadline 400 --capture none -- \(Self.pingable)"
+        let defib = try Background(["bash", "-c", script], env: ["MODE": "exit-after:5:4"], log: "\(dir.path)/defib.log")
+        defer { defib.stop() }
+        let restarted = waitUntil(timeoutMs: 20_000) {
+            ((try? incidentsJSON(stateDir: dir.path)) ?? []).contains { $0["outcome"] as? String == "recovered" }
+        }
+        #expect(restarted, "\(defib.log)")
+        let sleeper = childProcesses(of: defib.pid).first { processName($0) == "sleep" }
+        #expect(sleeper != nil, "the sleep started before defib is still there: \(defib.log)")
+        if let sleeper { kill(sleeper, SIGKILL) }
+        #expect(!defib.log.contains("(sleep), left behind"), "\(defib.log)")
+    }
+
     @Test func ctlNamesWhatIsWrong() throws {
         let noDir = try runCommand([Binaries.defib, "ctl", "ping"])
         #expect(noDir.code != 0)
