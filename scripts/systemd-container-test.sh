@@ -9,6 +9,7 @@
 # are not available here (the caller reports a skip).
 #
 # What it shows:
+#   0. systemd-analyze verify prints nothing for defib.service and defib@proxy.service (binaries installed);
 #   1. systemd sees READY=1 (start returns once the proxy answers) and defib's STATUS= text;
 #   2. a hang injected into the proxy is handled by defib: an incident, a restart of the proxy,
 #      and systemd does not restart defib (NRestarts stays 0);
@@ -82,7 +83,7 @@ if [ $FAIL != 0 ]; then tail -20 "$W/console.log"; exit; fi
 U=defib@proxy
 STATE=/var/lib/defib/proxy
 ct install -m 0755 /opt/defib/bin/defib /opt/defib/bin/defib-proxy /usr/local/bin/
-ct cp /opt/defib/units/defib@.service /etc/systemd/system/
+ct cp /opt/defib/units/defib@.service /opt/defib/units/defib.service /etc/systemd/system/
 ct mkdir -p /etc/defib /etc/systemd/system/$U.service.d
 ct sh -c 'cat > /etc/defib/proxy.toml' <<'EOF'
 state_dir = "/var/lib/defib/proxy"
@@ -101,6 +102,8 @@ TimeoutAbortSec=5s
 Environment=DEFIB_TEST_WEDGE_FILE=$STATE/wedge-now
 EOF
 ct systemctl daemon-reload
+verify=$(ct systemd-analyze verify defib.service defib@proxy.service 2>&1)
+check "systemd-analyze verify prints nothing for the units: '${verify}'" '[ -z "$verify" ]'
 show() { ct systemctl show -p SubState,Result,NRestarts,MainPID,ExecMainCode,ExecMainStatus,StatusText $U; }
 load() { eval "$(show | sed "s/'//g; s/^\([A-Za-z]*\)=\(.*\)/\1='\2'/")"; }
 proxies() { ct ps -eo comm= | grep -c '^defib-proxy$'; }
