@@ -46,7 +46,6 @@ public final class Supervisor {
     var baselineSample: ProcessSample?
     /// Decisions taken before the incident existed (suspect evidence, deadline extensions), copied into it.
     var pendingNotes: [String] = []
-    var lastThreadStates: String?
     /// The last STATUS= the service sent over sd_notify.
     var serviceStatus: String?
     /// The NOTIFY_SOCKET served to the child.
@@ -362,7 +361,7 @@ public final class Supervisor {
             new.silenceMs = silence
             new.extendedMs = extended
             new.progress = verdict
-            new.threadStates = lastThreadStates
+            new.threadStates = lastSample?.stateSummary
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
@@ -397,7 +396,6 @@ public final class Supervisor {
         let after = ProcSampler.sample(pid: pid)
         lastSample = after
         lastSampleBaseline = before
-        lastThreadStates = after.stateSummary
         return ProgressJudge.judge(before: before!, after: after)
     }
 
