@@ -356,7 +356,14 @@ public final class Supervisor {
         }
         var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
-        if case let .startTimeout(_, lastError?) = cause { new.notes.append("last control-channel error: \(lastError)") }
+        if case let .startTimeout(_, lastError) = cause {
+            if let lastError { new.notes.append("last control-channel error: \(lastError)") }
+            // Never ready is a hang too: say whether it is stuck, stopped or busy.
+            if let pid = machine.pid {
+                new.progress = judgeProgress(pid: pid)
+                new.threadStates = lastSample?.stateSummary
+            }
+        }
         if case let .missedHeartbeat(_, _, _, silence, extended, verdict) = cause {
             new.silenceMs = silence
             new.extendedMs = extended

@@ -48,8 +48,11 @@ struct DiagnosisTests {
             // A proxy left stopped would never see the supervisor's SIGTERM.
             if let proxy { kill(proxy, SIGCONT) }
         }
+        // Ready in defib's eyes (its own first pong), not only answering ours: a fault before that would
+        // be a start timeout.
         let ready = try waitUntil(timeoutMs: 30_000) {
             try runCommand([Binaries.defib, "ctl", "--state-dir", state, "ping", "ready"]).stdout == "pong ready\n"
+                && defib.log.contains("is ready")
         }
         try #require(ready, "the proxy never answered: \(defib.log)")
         let proxy = try #require(pidOfChild(of: defib.pid))
