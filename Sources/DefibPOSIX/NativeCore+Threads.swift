@@ -39,7 +39,9 @@ struct StoppedProcess {
             if tids.isEmpty && seized.isEmpty {
                 throw StopFailure(error: SystemError("opendir(/proc/\(pid)/task)", errno: ESRCH))
             }
-            let fresh = tids.filter { !seized.contains($0) }
+            // The leader first: a refusal (EPERM) is then named by the process's own pid, whatever order the
+            // thread ids wrapped around into.
+            let fresh = tids.filter { !seized.contains($0) }.sorted { ($0 == pid ? 0 : 1, $0) < ($1 == pid ? 0 : 1, $1) }
             if fresh.isEmpty && waiting.isEmpty { break }
             for tid in fresh {
                 seized.insert(tid)

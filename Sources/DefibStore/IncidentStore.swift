@@ -71,10 +71,11 @@ public final class IncidentStore: Sendable {
         let (initialized, empty): (Bool, Bool)
         do {
             // GRDB's migrator creates its bookkeeping table before the first migration commits: a file
-            // holding only that is a database being created, not a foreign one.
+            // holding only that (and its primary key's sqlite_autoindex_grdb_migrations_1, hence tbl_name
+            // rather than name) is a database being created, not a foreign one.
             (initialized, empty) = try queue.read { db in
                 (try db.tableExists(IncidentSchema.table),
-                 try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM sqlite_master WHERE name NOT LIKE 'grdb_%'") == 0)
+                 try Int.fetchOne(db, sql: #"SELECT COUNT(*) FROM sqlite_master WHERE tbl_name NOT LIKE 'grdb\_%' ESCAPE '\'"#) == 0)
             }
         } catch {
             throw StoreError(.open, path: path, "cannot read: \(sqliteMessage(error))")

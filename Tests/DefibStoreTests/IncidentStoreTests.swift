@@ -298,6 +298,18 @@ func fullyPopulated() -> Incident {
         #expect(fresh.kind == .uninitialized, "\(fresh)")
         try FileManager.default.removeItem(atPath: dir.database)
 
+        // The migrator commits its bookkeeping table (with the autoindex of its primary key) before the first
+        // migration: still a database being created. A foreign table beside it is not an incident database.
+        let half = try DatabaseQueue(path: dir.database)
+        try half.write { db in try db.execute(sql: "CREATE TABLE grdb_migrations (identifier TEXT NOT NULL PRIMARY KEY)") }
+        let halfway = try #require(throws: StoreError.self) { try IncidentStore.openReadOnly(stateDirectory: dir.path) }
+        #expect(halfway.kind == .uninitialized, "\(halfway)")
+        try half.write { db in try db.execute(sql: "CREATE TABLE grdbx (a)") }
+        let foreign = try #require(throws: StoreError.self) { try IncidentStore.openReadOnly(stateDirectory: dir.path) }
+        #expect(foreign.kind == .open && foreign.message.contains("not an incident database"), "\(foreign)")
+        try half.close()
+        try FileManager.default.removeItem(atPath: dir.database)
+
         let notADatabase = "\(dir.path)/incidents.sqlite"
         try "hello, I am a text file, not SQLite at all, padded to look like a page ....................................."
             .write(toFile: notADatabase, atomically: false, encoding: .utf8)
