@@ -209,6 +209,7 @@ public final class ChaosHarness {
         samples = generator?.stop(drainMs: 2000) ?? []
         generator = nil
         let windowEnd = ChaosClock.nowUnixMs()
+        if spec.load == .overload, let p = stressProblem(stress) { problems.append(p) }
         if let s = stress { stopStress(s); stress = nil }
         let defibBefore = session.defibAlive ? nil : describe(session.exitStatus)
         if let early = defibBefore { problems.append("defib ended before the harness stopped it: \(early) (see \(session.logPath))") }
@@ -381,6 +382,7 @@ public final class ChaosHarness {
             interruption = (error as? ChaosError) ?? ChaosError(.setup, "\(error)")
             notes.append("\(error) after \(results.count) of \(plan.count) faults")
         }
+        if load == .overload, let p = stressProblem(stress) { notes.append(p) }
         if let s = stress { stopStress(s); stress = nil }
         let allIncidents = session.incidents()
         let wasAlive = session.defibAlive
@@ -424,6 +426,21 @@ public final class ChaosHarness {
             progress("defib chaos: could not start stress-ng: \(error)")
             return nil
         }
+    }
+
+    /// Why an overload run was not under overload: stress-ng never started, or ended before the run did.
+    /// nil when it ran throughout.
+    private func stressProblem(_ child: ChildProcess?) -> String? {
+        guard let child else { return "overload: stress-ng could not be started, so the run was not under overload" }
+        var st: UInt8 = 0
+        if let text = try? String(contentsOfFile: "/proc/\(child.pid)/stat", encoding: .utf8),
+           let close = text.lastIndex(of: ")"), let state = text[text.index(after: close)...].split(separator: " ").first {
+            st = state.utf8.first ?? 0
+        }
+        if st == 0 || st == UInt8(ascii: "Z") || st == UInt8(ascii: "X") {
+            return "overload: stress-ng (pid \(child.pid)) ended before the run did, so part of it was not under overload"
+        }
+        return nil
     }
 
     private func stopStress(_ child: ChildProcess) {

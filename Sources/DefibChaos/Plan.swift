@@ -26,7 +26,7 @@ public struct RunSpec: Sendable, Equatable {
 public enum ChaosPlan {
     /// The scenarios a soak cycles through when none are named: every fault whose onset is immediate
     /// (the natural race may take a minute to happen, so it is opt-in).
-    public static let soakDefault: [ChaosScenario] = [.timeoutRace, .leakedRead, .guardAcrossElse, .deadLoop, .sigstop, .crash]
+    public static let soakDefault: [ChaosScenario] = [.timeoutRace, .leakedRead, .guardAcrossElse, .slowHolder, .deadLoop, .sigstop, .crash]
 
     /// The runs, in execution order.
     /// - quick: the given scenarios (default all) once each under each given load (default steady),

@@ -149,7 +149,7 @@ public enum Verdicts {
 
     /// Real deadlocks under overload: detected within deadline + max extension (+ the stated tolerance).
     public static func overloadDeadlock(_ results: [RunResult], settings: ChaosSettings) -> Verdict? {
-        let runs = results.filter { ($0.scenario == .timeoutRace || $0.scenario == .guardAcrossElse) && $0.load == .overload }
+        let runs = results.filter { $0.scenario.isImmediateDeadlock && $0.load == .overload }
         guard !runs.isEmpty else { return nil }
         let limit = Double(settings.detectionBoundMs + settings.detectionToleranceMs)
         var late: [String] = []
@@ -159,7 +159,8 @@ public enum Verdicts {
         }
         let worst = runs.compactMap(\.detectMs).max()
         let worstRun = runs.first { $0.detectMs == worst }
-        var text = "deadlock under overload: \(runs.count) run(s) (timeout-race/guard-across-else), slowest detection "
+        let kinds = ChaosScenario.allCases.filter { k in k.isImmediateDeadlock && runs.contains { $0.scenario == k } }.map(\.rawValue)
+        var text = "deadlock under overload: \(runs.count) run(s) (\(kinds.joined(separator: "/"))), slowest detection "
             + (worst.map { "\(Int($0.rounded())) ms" } ?? "none")
         if let w = worstRun { text += " (silence \(w.silenceMs.map { "\(Int($0.rounded())) ms" } ?? "?"), extended \(w.extendedMs.map { "\($0) ms" } ?? "0 ms"))" }
         text += "; bound: deadline \(settings.deadlineMs) + max extension \(settings.maxExtensionMs) = \(settings.detectionBoundMs) ms"

@@ -252,7 +252,11 @@ public struct RunResult: Sendable, Equatable {
             .init("requests_failed", .int(Int64(requestsFailed))),
             .init("requests_refused", .int(Int64(requestsRefused))),
             .init("requests_timed_out", .int(Int64(requestsTimedOut))),
-            .init("core_ok", bool(coreOK)),
+            // core_ok and diagnosis_ok are always booleans: "the evidence is what the scenario calls for".
+            // Where it calls for none (a crash leaves no live process to capture, a control run no incident),
+            // that is none, and *_expected says which case it was.
+            .init("core_ok", .bool(coreOK ?? true)),
+            .init("core_expected", .bool(coreOK != nil)),
             .init("core_bytes", .int(coreBytes)),
             .init("capture_ms", captureMs.map { .double(($0 * 10).rounded() / 10) } ?? .null),
             .init("threads", threads.map { .int(Int64($0)) } ?? .null),
@@ -260,7 +264,8 @@ public struct RunResult: Sendable, Equatable {
             .init("stacks_ok", bool(stacksOK)),
             .init("diagnosis", .string(diagnosis)),
             .init("expected_diagnosis", str(expectedDiagnosis)),
-            .init("diagnosis_ok", bool(diagnosisOK)),
+            .init("diagnosis_ok", .bool(diagnosisOK ?? (incidentCount == 0))),
+            .init("diagnosis_expected", .bool(diagnosisOK != nil)),
             .init("lock_word", str(lockWord)),
             .init("lock_word_ok", bool(lockWordOK)),
             .init("false_kill", .bool(falseKill)),

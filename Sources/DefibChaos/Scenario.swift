@@ -11,6 +11,8 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     case leakedRead = "leaked-read"
     /// A read guard held across an else branch that takes the write lock: self-deadlock.
     case guardAcrossElse = "guard-across-else"
+    /// A catalog update holds the write lock while blocked in a call that does not return: a slow holder.
+    case slowHolder = "slow-holder"
     /// Every event loop spins forever (CPU-bound, no locks).
     case deadLoop = "dead-loop"
     /// SIGSTOP to the proxy: the process exists but runs nothing.
@@ -35,6 +37,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
         case .timeoutRace, .timeoutRaceNatural: .corruptedLockWord
         case .leakedRead: .leakedReadLock
         case .guardAcrossElse: .selfDeadlock
+        case .slowHolder: .slowHolder
         case .deadLoop: .deadLoop
         case .sigstop: .stopped
         case .crash: .signaled
@@ -56,8 +59,17 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     public var expectsCorruptedWord: Bool? {
         switch self {
         case .timeoutRace, .timeoutRaceNatural: true
-        case .leakedRead, .guardAcrossElse: false
+        case .leakedRead, .guardAcrossElse, .slowHolder: false
         default: nil
+        }
+    }
+
+    /// A lock deadlock that begins the moment the fault is injected (the natural race begins whenever the
+    /// race happens to strike): what the overload-deadlock verdict times.
+    public var isImmediateDeadlock: Bool {
+        switch self {
+        case .timeoutRace, .leakedRead, .guardAcrossElse, .slowHolder: true
+        default: false
         }
     }
 

@@ -331,21 +331,39 @@ public enum IncidentSignature {
         return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
-    /// For each thread in `thread apply all bt` output, its first three frames outside libc/libpthread
-    /// and the kernel-call wrappers, as function names; the distinct, sorted set.
+    /// The blocked threads of `thread apply all bt` output — those waiting on a lock, a futex or a condition
+    /// (an idle event loop in epoll_wait is not blocked) — each as its first three frames outside libc and the
+    /// kernel-call wrappers; the distinct, sorted set. With no blocked thread (a dead loop), the threads
+    /// running in user code (innermost frame not a wrapper) stand in; with none of those either, every thread.
     public static func topFrames(_ stacks: String) -> [String] {
-        var threads: [[String]] = []
-        var current: [String]? = nil
+        struct ThreadFrames { var top: [String] = []; var blocked = false; var innermostIsWrapper: Bool?; }
+        var threads: [ThreadFrames] = []
+        var current: ThreadFrames? = nil
         for line in stacks.split(separator: "\n", omittingEmptySubsequences: false) {
             if line.hasPrefix("Thread ") {
                 if let c = current { threads.append(c) }
-                current = []
+                current = ThreadFrames()
             } else if line.hasPrefix("#"), current != nil, let name = functionName(String(line)) {
-                if !isWrapper(name) && current!.count < 3 { current!.append(name) }
+                let wrapper = isWrapper(name)
+                if current!.innermostIsWrapper == nil { current!.innermostIsWrapper = wrapper }
+                if isBlockingWait(name) { current!.blocked = true }
+                if !wrapper && current!.top.count < 3 { current!.top.append(name) }
             }
         }
         if let c = current { threads.append(c) }
-        return Array(Set(threads.filter { !$0.isEmpty }.map { $0.joined(separator: " < ") })).sorted()
+        let withFrames = threads.filter { !$0.top.isEmpty }
+        var chosen = withFrames.filter(\.blocked)
+        if chosen.isEmpty { chosen = withFrames.filter { $0.innermostIsWrapper == false } }
+        if chosen.isEmpty { chosen = withFrames }
+        return Array(Set(chosen.map { $0.top.joined(separator: " < ") })).sorted()
+    }
+
+    /// A frame that means the thread waits for another thread: futexes (directly or through syscall(2), as
+    /// the parking lot does), mutexes, condition variables, rwlocks, and parking_lot-style parkers.
+    static func isBlockingWait(_ name: String) -> Bool {
+        let prefixes = ["futex", "__futex", "syscall", "__lll_lock", "pthread_cond", "___pthread_cond", "__pthread_cond",
+                        "pthread_mutex_lock", "__pthread_mutex_lock", "___pthread_mutex_lock", "pthread_rwlock", "__pthread_rwlock"]
+        return prefixes.contains { name.hasPrefix($0) } || name.contains("Parker") || name.contains("park")
     }
 
     /// "#3  0x000055d1 in $s11ParkingLock6RwLockC4read… (self=…) at …" → "$s11ParkingLock6RwLockC4read…".

@@ -118,6 +118,7 @@ public enum IncidentOutcome: String, Sendable, Codable {
     case recovered       // a new instance answered its first ping
     case gaveUp = "gave-up"   // restart intensity exceeded; the supervisor stopped
     case shutdown        // the supervisor was asked to stop before recovery finished
+    case replacementFailed = "replacement-failed"   // the new instance hung before it was ready: the next incident holds its evidence
 }
 
 /// A record of one time the supervised service stopped making progress or died.

@@ -100,8 +100,9 @@ public struct JSONMember: Sendable, Equatable {
 /// start-timeout, spawn-failed), `cause_detail` (one sentence), `outcome`, `diagnosis` (may be empty),
 /// `signature` (groups repeats; null until known), `started_at`, `detected_at`, `killed_at`, `restarted_at`,
 /// `ready_at` (RFC 3339 UTC with milliseconds, or null), `restore_ms` (detection to ready, null while not
-/// recovered), `new_pid`, `capture_method`, `core_path` (null when no core was written), `core_bytes`
-/// (0 without a core), `capture_ms` (null when no capture was attempted), `capture_error`, `lock_words`
+/// recovered), `new_pid`, `capture_method` ("none" when no capture was made, or not yet), `core_path` (null
+/// when no core was written), `core_bytes` (0 without a core), `capture_ms` (0 when no capture was made),
+/// `capture_error`, `lock_words`
 /// (the valid words of `lock_state` as 16-digit lower-case hex), `lock_state` (objects: `name`, `address`, `word`,
 /// `source`, `holder`, `last_holder`, `readers_waiting`, `writers_waiting`, `holder_tid`, `revert`, `events`,
 /// `holder_waiting_for_readers`, `read_holders` [{`tid`, `depth`, `since`, `exited`}], `more_read_holders`;
@@ -128,10 +129,10 @@ public enum IncidentJSON {
             .init("ready_at", timestamp(incident.readyAt)),
             .init("restore_ms", restoreMilliseconds(incident).map { .int($0) } ?? .null),
             .init("new_pid", incident.newPid.map { .int(Int64($0)) } ?? .null),
-            .init("capture_method", string(incident.capture?.method)),
+            .init("capture_method", .string(incident.capture?.method ?? "none")),
             .init("core_path", string(incident.capture?.path)),
             .init("core_bytes", .int(incident.capture?.path == nil ? 0 : incident.capture?.bytes ?? 0)),
-            .init("capture_ms", incident.capture.map { .double(($0.durationMs * 1000).rounded() / 1000) } ?? .null),
+            .init("capture_ms", .double(((incident.capture?.durationMs ?? 0) * 1000).rounded() / 1000)),
             .init("capture_error", string(incident.capture?.error)),
             .init("lock_words", .array(lockWords(incident).map { .string($0) })),
             .init("lock_state", .array(incident.lockState.map(lockObject))),

@@ -170,7 +170,12 @@ public enum ProgressJudge {
         if runnable > 0, let p = after.cpuPressure, p.someAvg10 >= t.cpuPressureAvg10 {
             starvedBecause.append("CPU pressure some avg10=\(fmt(p.someAvg10))%")
         }
-        if let a = after.throttledPeriods, let b = before.throttledPeriods, a > b {
+        // Throttling is the cgroup's (every process in it, the supervisor's neighbours too): it starves this
+        // process only if this process wanted a CPU — a thread runnable in either sample, time on a run
+        // queue, or CPU used. Every thread asleep with no CPU is stuck, however throttled the group.
+        let wantedCPU = runnable > 0 || before.stateCounts["R", default: 0] > 0 || delayShare >= t.runDelayShare
+            || cpuShare > t.idleCPUShare
+        if wantedCPU, let a = after.throttledPeriods, let b = before.throttledPeriods, a > b {
             starvedBecause.append("cgroup throttled \(a - b) period(s)")
         }
         // Runnable in both samples yet (next to) no CPU in between: the thread wants to run and is not

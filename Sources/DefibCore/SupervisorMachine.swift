@@ -567,7 +567,15 @@ public struct SupervisorMachine: Sendable {
     /// The instance failed: record the incident first, then either capture (it is alive) or restart (it is gone).
     private mutating func failInstance(_ cause: FailureCause, at now: MonoTime) -> [SupervisorAction] {
         var actions: [SupervisorAction]
-        if incidentOpen {
+        if incidentOpen, case .died = cause {
+            // A replacement that dies before it is ready is part of the same episode (a crash loop is one incident).
+            actions = [.noteIncident("the replacement failed too: \(describe(cause))")]
+        } else if incidentOpen, pid != nil {
+            // A replacement that hangs gets its own evidence (core, locks, diagnosis) in its own incident; the
+            // open one ends here, pointing at it, so neither overwrites the other's core.
+            actions = [.noteIncident("the replacement pid \(pid!) failed too before it was ready: \(describe(cause)); the next incident holds its evidence"),
+                       .closeIncident(.replacementFailed), .openIncident(cause)]
+        } else if incidentOpen {
             actions = [.noteIncident("the replacement failed too: \(describe(cause))")]
         } else {
             incidentOpen = true

@@ -130,6 +130,18 @@ public final class Catalog: @unchecked Sendable {
         lock.unlockShared()
     }
 
+    /// The slow-holder bug: an update that, inside its write section, makes a blocking call with no timeout
+    /// (a health check of the new backend, say) that does not come back for `holdFor`. Every reader — request
+    /// handlers, the control channel's ping — queues behind the live holder.
+    func applyHoldingWriteLock(_ update: RouteUpdate, holdFor: Duration, whileHolding: () -> Void = {}) {
+        lock.write(label: Self.updateLabel(update) + " (backend health check)") {
+            whileHolding()
+            sleepNanoseconds(UInt64(holdFor.components.seconds) * 1_000_000_000 + UInt64(holdFor.components.attoseconds / 1_000_000_000))
+            _ = try? table.apply(update)
+            publish()
+        }
+    }
+
     private func matches(_ m: Machine, _ u: RouteUpdate) -> Bool {
         switch u {
         case let .up(_, _, address): m.isUp && m.address == address

@@ -16,6 +16,9 @@ public enum FaultKind: String, CaseIterable, Sendable {
     case leakedRead = "leaked-read"
     /// A read guard held across an else branch that takes the write lock: self-deadlock.
     case guardAcrossElse = "guard-across-else"
+    /// A catalog update holds the write lock while blocked in a call that does not return (an hour):
+    /// a live, named holder every reader queues behind.
+    case slowHolder = "slow-holder"
     /// Every event loop thread spins forever (CPU-bound, no locks).
     case deadLoop = "dead-loop"
     /// The process aborts (SIGABRT, core dumped if allowed).
@@ -71,6 +74,9 @@ public final class FaultInjector: @unchecked Sendable {
     private let current = Mutex<ArmedFault?>(nil)
     private let naturalRace = Mutex<NaturalRace?>(nil)
 
+    /// How long the `slow-holder` update blocks inside its write section.
+    public static let slowHolderHold: Duration = .seconds(3600)
+
     /// Timeout of the staged writer in `timeout-race` (the story's `try_write_for(50 ms)`).
     public static let stagedWriterTimeout: Duration = .milliseconds(50)
 
@@ -115,6 +121,18 @@ public final class FaultInjector: @unchecked Sendable {
             updater.armGuardAcrossElse()
             // Trigger it now with an update that takes the else path (a machine the table does not have).
             updater.submit(Self.elseBranchTrigger(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable()), source: "fault guard-across-else")
+        case .slowHolder:
+            let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
+            let catalog = self.catalog, logger = self.logger
+            let holding = ThreadEvent()
+            startThread(name: "catalog-slow-update") {
+                catalog.applyHoldingWriteLock(update, holdFor: Self.slowHolderHold, whileHolding: { holding.set() })
+            }
+            // Reply once the write lock is held, so whoever armed it knows the hang has begun.
+            guard holding.wait(timeoutNs: 10_000_000_000) else {
+                return ("error fault slow-holder: the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))", .none)
+            }
+            logger.warning("fault slow-holder: '\(Catalog.updateLabel(update))' holds the catalog write lock in a call that will not return for \(Self.slowHolderHold)")
         case .deadLoop:
             return ("ok fault dead-loop armed", .spinEventLoops)
         case .crash, .exit:

@@ -372,11 +372,17 @@ public final class Supervisor {
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
-        // A death needs no evidence to be explained (no capture follows it): name it now. Hangs are
-        // diagnosed once their evidence has been read.
-        if case .died = cause {
-            new.diagnosis = Diagnoser.diagnose(DiagnosisInput(cause: incidentCause, locks: [],
-                                                              nowUnixMs: Int64(detected.timeIntervalSince1970 * 1000))).line
+        // A death or a failed start needs no evidence to be explained (no capture follows it): name it now.
+        // Hangs are diagnosed once their evidence has been read.
+        switch cause {
+        case .died, .spawnFailed:
+            let diagnosis = Diagnoser.diagnose(DiagnosisInput(cause: incidentCause, locks: [],
+                                                              nowUnixMs: Int64(detected.timeIntervalSince1970 * 1000)))
+            new.diagnosis = diagnosis.line
+            new.diagnosisEvidence = diagnosis.evidence
+            new.signature = signature(of: new)
+        case .missedHeartbeat, .startTimeout, .triggered:
+            break
         }
         baselineSample = nil
         new.lockState = knownLocks.map { lockState($0, word: $0.word ?? "unknown", source: "control") }

@@ -72,6 +72,7 @@ struct IncidentsInfoCommand: ParsableCommand {
         case .open: summary.append(["Outcome", "open: the supervisor is still handling it (or stopped mid-way)"])
         case .gaveUp: summary.append(["Outcome", "gave up: restart intensity exceeded, the supervisor stopped"])
         case .shutdown: summary.append(["Outcome", "shutdown: the supervisor was stopped before recovery finished"])
+        case .replacementFailed: summary.append(["Outcome", "replacement failed: the new instance hung before it was ready; the next incident has its evidence"])
         }
         if let newPid = i.newPid { summary.append(["New pid", String(newPid)]) }
         summary.append(["Binary", i.binaryPath ?? "-"])

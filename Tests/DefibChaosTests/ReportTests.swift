@@ -42,7 +42,9 @@ import Testing
         #expect(array[0]["detect_ms"] as? Int == 1000)
         #expect(array[0]["core_ok"] as? Bool == true)
         #expect(array[3]["scenario"] as? String == "control")
-        #expect(array[3]["core_ok"] is NSNull, "no core is expected in a control run")
+        #expect(array[0]["core_expected"] as? Bool == true && array[0]["diagnosis_ok"] as? Bool == true)
+        #expect(array[3]["core_ok"] as? Bool == true && array[3]["core_expected"] as? Bool == false, "no core is expected in a control run")
+        #expect(array[3]["diagnosis_ok"] as? Bool == true && array[3]["diagnosis_expected"] as? Bool == false, "nor a diagnosis")
         #expect(array[3]["false_kill"] as? Bool == false)
     }
 
@@ -64,7 +66,7 @@ import Testing
         #expect(md.contains("2 CPUs, 24000 MiB, Linux 6.18.44"))
         #expect(md.contains("deadline 1000 ms (default 1000 ms)"))
         #expect(md.contains("- **PASS** — overload control: 1 run(s), 600 s under stress-ng with steady load, 0 kill(s) at deadline 1000 ms (the default)"))
-        #expect(md.contains("- **PASS** — deadlock under overload: 3 run(s) (timeout-race/guard-across-else), slowest detection 1900 ms (silence 1001 ms, extended 500 ms); bound: deadline 1000 + max extension 2000 = 3000 ms"))
+        #expect(md.contains("- **PASS** — deadlock under overload: 3 run(s) (timeout-race), slowest detection 1900 ms (silence 1001 ms, extended 500 ms); bound: deadline 1000 + max extension 2000 = 3000 ms"))
         #expect(!md.contains("## Failed checks"))
         #expect(md.contains("| 1 | timeout-race | overload | 1 | yes | 1000 | 1201 | 300 / 2 / 1 | yes | yes | corrupted-lock-word | #1 |"))
         #expect(md.contains("| 4 | control | overload | 1 | yes | – | – | 400 / 2 / 1 | n/a | n/a | – | – |"))

@@ -13,7 +13,9 @@ import Testing
         #expect(ChaosScenario.crash.expectedDiagnosis == .signaled)
         #expect(ChaosScenario.control.expectedDiagnosis == nil)
         #expect(!ChaosScenario.crash.expectsCore && !ChaosScenario.control.expectsCore)
-        #expect(ChaosScenario.allCases.filter(\.expectsCore).count == 6)
+        #expect(ChaosScenario.slowHolder.expectedDiagnosis == .slowHolder && ChaosScenario.slowHolder.expectsCorruptedWord == false)
+        #expect(ChaosScenario.allCases.filter(\.expectsCore).count == 7)
+        #expect(ChaosScenario.allCases.filter(\.isImmediateDeadlock) == [.timeoutRace, .leakedRead, .guardAcrossElse, .slowHolder])
         #expect(ChaosScenario.timeoutRace.expectsCorruptedWord == true && ChaosScenario.leakedRead.expectsCorruptedWord == false)
         #expect(ChaosScenario.sigstop.fault == "SIGSTOP" && ChaosScenario.control.fault == "none")
     }

@@ -92,7 +92,23 @@ import Testing
         let sb = IncidentSignature.compute(causeKind: "missed-heartbeat", diagnosisKind: "corrupted-lock-word", lockNames: ["catalog"], stacks: b)
         #expect(sa == sb && sa.count == 16)
         #expect(sa != IncidentSignature.compute(causeKind: "missed-heartbeat", diagnosisKind: "leaked-read-lock", lockNames: ["catalog"], stacks: a))
-        #expect(IncidentSignature.topFrames(a) == ["$s11ParkingLock10ThreadParkerC4park < $s11ParkingLock6RwLockC10lockSharedyyF", "main"])
+        // Only the blocked thread counts: the idle event loop (epoll_wait) is no part of the hang.
+        #expect(IncidentSignature.topFrames(a) == ["$s11ParkingLock10ThreadParkerC4park < $s11ParkingLock6RwLockC10lockSharedyyF"])
+        let moreIdle = a + "\nThread 3 (LWP 12):\n#0  0x00007f03 in epoll_wait () from libc.so.6\n#1  0x000055dd in idleLoop () at x.swift:9\n"
+        #expect(IncidentSignature.compute(causeKind: "missed-heartbeat", diagnosisKind: "corrupted-lock-word", lockNames: ["catalog"], stacks: moreIdle) == sa,
+                "an extra idle thread does not split the group")
+    }
+
+    @Test func aDeadLoopWithNoBlockedThreadIsSignedByTheSpinningThreads() {
+        let stacks = """
+        Thread 2 (LWP 21):
+        #0  0x000055aa in $s10DefibProxy6FaultsC4spinyyF () at Faults.swift:190
+        #1  0x000055ab in $s7NIOCore9EventLoopC3runyyF () at EventLoop.swift:12
+        Thread 1 (LWP 20):
+        #0  0x00007f02 in epoll_wait () from /lib/x86_64-linux-gnu/libc.so.6
+        #1  0x000055cc in main () at main.swift:3
+        """
+        #expect(IncidentSignature.topFrames(stacks) == ["$s10DefibProxy6FaultsC4spinyyF < $s7NIOCore9EventLoopC3runyyF"])
     }
 
     @Test func corruptedWordsAreRecognised() {

@@ -63,11 +63,47 @@ import Testing
         #expect(ProgressJudge.judge(before: before, after: after).kind == "starved")
     }
 
-    @Test func cgroupThrottlingIsStarvation() {
-        let before = Self.sample(at: 0, [Self.thread(1, "S", cpuMs: 100)], throttled: 4)
-        let after = Self.sample(at: 1000, [Self.thread(1, "S", cpuMs: 100)], throttled: 9)
+    @Test func cgroupThrottlingIsStarvationOfAProcessThatWantsACPU() {
+        // A worker that ran a little and is runnable again: throttled, not stuck.
+        let before = Self.sample(at: 0, [Self.thread(1, "R", cpuMs: 100), Self.thread(2, "S", cpuMs: 1)], throttled: 4)
+        let after = Self.sample(at: 1000, [Self.thread(1, "S", cpuMs: 130), Self.thread(2, "S", cpuMs: 1)], throttled: 9)
         let v = ProgressJudge.judge(before: before, after: after)
         #expect(v.kind == "starved" && v.reason.contains("throttled 5 period"), "\(v)")
+    }
+
+    @Test func aDeadlockInAThrottledCgroupIsStuckNotStarved() {
+        // The cgroup's other processes (or the supervisor itself) are throttled; this one sleeps on a lock.
+        let before = Self.sample(at: 0, (1...4).map { Self.thread($0, "S", cpuMs: 100, syscall: Syscalls.futex) }, throttled: 4)
+        let after = Self.sample(at: 1000, (1...4).map { Self.thread($0, "S", cpuMs: 100, syscall: Syscalls.futex) }, cpuPressure: 95, throttled: 40)
+        let v = ProgressJudge.judge(before: before, after: after)
+        #expect(v.kind == "stuck", "\(v)")
+    }
+
+    /// "When stuck, never extend": every thread asleep in both samples, no CPU and no run-queue wait, is
+    /// stuck whatever the machine-wide signals say (CPU and I/O pressure, throttling, CPU count).
+    @Test func everyThreadAsleepWithNoCPUIsStuckWhateverTheOtherSignals() {
+        for threads in [1, 3, 16] {
+            for pressure in [0.0, 39.9, 40, 99] {
+                for io in [0.0, 80] {
+                    for throttled: (UInt64?, UInt64?) in [(nil, nil), (3, 3), (3, 50)] {
+                        for cpus in [1, 2, 64] {
+                            for futex in [true, false] {
+                                let sys = futex ? Syscalls.futex : nil
+                                var before = Self.sample(at: 0, (1...Int32(threads)).map { Self.thread($0, "S", cpuMs: 7, delayMs: 2, syscall: sys) },
+                                                         cpuPressure: pressure, throttled: throttled.0)
+                                var after = Self.sample(at: 800, (1...Int32(threads)).map { Self.thread($0, "S", cpuMs: 7, delayMs: 2, syscall: sys) },
+                                                        cpuPressure: pressure, throttled: throttled.1)
+                                before.ioPressure = PressureSample(someAvg10: io, someTotalUs: 0)
+                                after.ioPressure = PressureSample(someAvg10: io, someTotalUs: 0)
+                                before.cpuCount = cpus; after.cpuCount = cpus
+                                let v = ProgressJudge.judge(before: before, after: after)
+                                #expect(v.kind == "stuck", "threads \(threads) cpu pressure \(pressure) io \(io) throttled \(throttled) cpus \(cpus): \(v)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     @Test func spinningWithoutWaitingIsBusy() {

@@ -208,11 +208,53 @@ import Testing
         for ms: Int64 in [100, 225, 350, 475] { _ = d.tick(to: ms) }
         #expect(d.tick(to: 600).last == .judgeProgress(pid: 100))
         #expect(d.m.progressJudged(Self.stuck, at: d.now).first.map { if case .openIncident = $0 { true } else { false } } == true)
-        for verdict in [ProgressVerdict.busy("CPU +990 ms in 1000 ms"), .stopped("1 of 1 threads stopped"), .unclear("?")] {
+        for verdict in [ProgressVerdict.busy("CPU +990 ms in 1000 ms"), .stopped("1 of 1 threads stopped"), .unclear("?"), .gone] {
             var e = Self.drive(to: .running)
             for ms: Int64 in [100, 225, 350, 475, 600] { _ = e.tick(to: ms) }
             #expect(e.m.progressJudged(verdict, at: e.now).last == .captureEvidence(pid: 100), "\(verdict)")
         }
+    }
+
+    /// Starved at the first deadline (extended), stuck at the extended one: declared then, not extended again.
+    @Test func aStarvedThenStuckProcessIsDeclaredAtTheExtendedDeadline() {
+        var d = Self.drive(to: .running)
+        for ms: Int64 in [100, 225, 350, 475] { _ = d.tick(to: ms) }
+        #expect(d.tick(to: 600).last == .judgeProgress(pid: 100))
+        #expect(d.m.progressJudged(Self.starved, at: d.now).first == .deadlineExtended(byMs: 250, totalMs: 250, reason: Self.starved.reason))
+        #expect(d.m.phase == .suspect && d.m.nextWakeup == .milliseconds(725))
+        #expect(!d.tick(to: 700).contains(.judgeProgress(pid: 100)), "the extended deadline has not passed")
+        #expect(d.tick(to: 850).contains(.judgeProgress(pid: 100)))
+        let hang = d.m.progressJudged(Self.stuck, at: d.now)
+        guard case let .openIncident(.missedHeartbeat(_, _, _, silence, extended, verdict))? = hang.first else {
+            Issue.record("no incident: \(hang)"); return
+        }
+        #expect(silence == 750 && extended == 250 && verdict == Self.stuck)
+        #expect(hang.last == .captureEvidence(pid: 100) && d.m.phase == .capturing)
+    }
+
+    /// A replacement that hangs before it is ready closes the open incident and opens its own (its own core,
+    /// locks and diagnosis, nothing overwritten); one that dies is noted in the same incident (one crash loop, one incident).
+    @Test func aReplacementThatHangsGetsItsOwnIncidentOneThatDiesDoesNot() {
+        var d = Self.drive(to: .backoff)
+        #expect(d.m.incidentOpen)
+        #expect(d.tick(to: d.t + 1000) == [.spawn])
+        #expect(d.m.spawned(pid: 300, at: d.now).first == .incidentRestarted(newPid: 300))
+        let hung = d.tick(to: d.t + 2000)
+        #expect(hung.count == 4, "\(hung)")
+        guard hung.count == 4, case .noteIncident = hung[0], case .openIncident(.startTimeout) = hung[2] else {
+            Issue.record("\(hung)"); return
+        }
+        #expect(hung[1] == .closeIncident(.replacementFailed))
+        #expect(hung[3] == .captureEvidence(pid: 300))
+        #expect(d.m.incidentOpen && d.m.phase == .capturing)
+
+        var e = Self.drive(to: .backoff)
+        _ = e.tick(to: e.t + 1000)
+        _ = e.m.spawned(pid: 300, at: e.now)
+        let died = e.m.childExited(.exited(code: 1), at: e.now)
+        #expect(died.first == .noteIncident("the replacement failed too: exited with code 1"))
+        #expect(!died.contains { if case .openIncident = $0 { true } else { false } })
+        #expect(!died.contains { if case .closeIncident = $0 { true } else { false } })
     }
 
     @Test func aLatePongAfterSuspectRecoversWithoutAKill() {

@@ -11,9 +11,10 @@ struct ChaosQuickTests {
         let dir = Scratch("chaos"); defer { dir.remove() }
         let report = "\(dir.path)/report"
         let r = try runCommand([Binaries.defib, "chaos", "--quick", "--report", report], timeoutMs: 280_000)
-        #expect(r.code == 0 || r.code == 1, "exit \(r.code): \(r.stderr)")
+        // 0: every run recovered and every evidence check passed (1 lists what failed on stdout).
+        #expect(r.code == 0, "exit \(r.code): \(r.stdout)\n\(r.stderr)")
         // The progress lines name each run.
-        #expect(r.stderr.contains("[1/8] timeout-race steady run 1: detected in"), "\(r.stderr)")
+        #expect(r.stderr.contains("[1/9] timeout-race steady run 1: detected in"), "\(r.stderr)")
 
         let data = try #require(FileManager.default.contents(atPath: "\(report)/report.json"), "no report.json: \(r.stderr)")
         let runs = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
@@ -21,10 +22,13 @@ struct ChaosQuickTests {
                         "requests_failed", "requests_refused", "core_ok", "stacks_ok", "diagnosis", "diagnosis_ok", "lock_word", "false_kill", "incident_id"]
         for run in runs {
             for key in required { #expect(run.keys.contains(key), "\(run["scenario"] ?? "?") lacks \(key)") }
+            // The contract's types: booleans are booleans in every run, whatever the scenario.
+            for key in ["recovered", "core_ok", "diagnosis_ok"] { #expect(run[key] is Bool, "\(run["scenario"] ?? "?"): \(key) = \(run[key] ?? "missing")") }
+            #expect(run["requests_failed"] is Int, "\(run["scenario"] ?? "?")")
         }
         var byScenario: [String: [String: Any]] = [:]
         for run in runs { byScenario[run["scenario"] as? String ?? ""] = run }
-        let scenarios = ["timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "dead-loop", "sigstop", "crash", "control"]
+        let scenarios = ["timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "slow-holder", "dead-loop", "sigstop", "crash", "control"]
         #expect(Set(byScenario.keys) == Set(scenarios), "scenarios run: \(byScenario.keys.sorted())")
         #expect(runs.allSatisfy { $0["load"] as? String == "steady" })
 
@@ -36,16 +40,16 @@ struct ChaosQuickTests {
             #expect((run["requests_ok"] as? Int ?? 0) > 0, "\(why)")
             if name == "crash" {
                 // A crashed process cannot be captured: no core is expected.
-                #expect(run["core_ok"] is NSNull, "\(why)")
+                #expect(run["core_expected"] as? Bool == false && run["core_ok"] as? Bool == true, "\(why)")
             } else {
                 #expect(run["core_ok"] as? Bool == true, "\(why)")
                 #expect(run["stacks_ok"] as? Bool == true, "\(why)")
                 #expect(run["gdb_threads"] as? Int == run["threads"] as? Int, "\(why)")
             }
         }
-        // Diagnoses: the races, the stop, the dead loop and the crash. (leaked-read and guard-across-else depend on
-        // lock telemetry: their diagnosis_ok is reported in report.json, not asserted here.)
-        for (name, kind) in [("timeout-race", "corrupted-lock-word"), ("timeout-race-natural", "corrupted-lock-word"), ("dead-loop", "dead-loop"),
+        // Every fault's diagnosis.
+        for (name, kind) in [("timeout-race", "corrupted-lock-word"), ("timeout-race-natural", "corrupted-lock-word"), ("leaked-read", "leaked-read-lock"),
+                             ("guard-across-else", "self-deadlock"), ("slow-holder", "slow-holder"), ("dead-loop", "dead-loop"),
                              ("sigstop", "stopped"), ("crash", "signaled")] {
             let run = try #require(byScenario[name])
             #expect(run["diagnosis_ok"] as? Bool == true, "\(name): diagnosis '\(run["diagnosis"] ?? "")', expected \(kind)")
@@ -57,6 +61,13 @@ struct ChaosQuickTests {
             let word = run["lock_word"] as? String ?? ""
             #expect(word == "0xfffffffffffffffe" || word == "0xffffffffffffffff", "\(name): \(word)")
         }
+        // The other lock bugs leave a valid word (held, not corrupted).
+        for name in ["leaked-read", "guard-across-else", "slow-holder"] {
+            let run = try #require(byScenario[name])
+            #expect(run["lock_word_ok"] as? Bool == true, "\(name): lock word \(run["lock_word"] ?? "none")")
+        }
+        let controlRun = try #require(byScenario["control"])
+        #expect(controlRun["core_expected"] as? Bool == false && controlRun["diagnosis_expected"] as? Bool == false)
         let control = try #require(byScenario["control"])
         #expect(control["false_kill"] as? Bool == false, "control: \(control["checks_failed"] ?? "")")
         #expect(control["incident_id"] is NSNull)

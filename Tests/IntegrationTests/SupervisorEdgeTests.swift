@@ -52,6 +52,10 @@ struct SupervisorEdgeTests {
         #expect(incidents.first?["cause"] as? String == "spawn-failed")
         #expect((incidents.first?["cause_detail"] as? String)?.contains("/nonexistent/defib-test-program") == true)
         #expect(incidents.first?["outcome"] as? String == "gave-up")
+        // Diagnosed like any other incident, with no capture (and numbers that are numbers).
+        #expect((incidents.first?["diagnosis"] as? String ?? "").hasPrefix("exited: the program could not be started"), "\(incidents.first?["diagnosis"] ?? "")")
+        #expect(incidents.first?["signature"] is String)
+        #expect(incidents.first?["capture_method"] as? String == "none" && incidents.first?["capture_ms"] as? Double == 0)
     }
 
     @Test func shutdownStopsTheServiceAndLeavesNoProcessBehind() throws {
