@@ -444,14 +444,15 @@ public final class ChaosHarness {
     }
 
     private func stopStress(_ child: ChildProcess) {
+        // Every signal to the group goes out while the leader is unreaped: its pid (the group id) cannot
+        // have been given to another process yet.
         child.signalGroup(SIGTERM)
-        if waitForChild(child, timeoutMs: 3000) == nil {
-            child.signalGroup(SIGKILL)
-            try? child.signal(SIGKILL)
-            _ = waitForChild(child, timeoutMs: 5000)
-        }
-        // Workers that outlived their parent are still in its process group.
+        var pfd = pollfd(fd: child.pidfd, events: Int16(POLLIN), revents: 0)
+        _ = poll(&pfd, 1, 3000)   // the pidfd turns readable when the leader exits (still unreaped)
+        // Workers that outlive their parent are still in its process group.
         child.signalGroup(SIGKILL)
+        try? child.signal(SIGKILL)
+        _ = waitForChild(child, timeoutMs: 5000)
         registry.forget(child)
     }
 

@@ -160,10 +160,14 @@ extension SupervisorConfig {
         }
         duration("heartbeat.start_timeout_ms", heartbeat.startTimeoutMs)
         if let socket = heartbeat.controlSocket, socket.isEmpty { bad("heartbeat.control_socket", "must not be empty") }
-        if !service.name.isEmpty, !stateDirectory.isEmpty || heartbeat.controlSocket != nil,
-           controlSocketPath.utf8.count > Self.maximumSocketPathBytes {
-            bad(heartbeat.controlSocket == nil ? "state_dir" : "heartbeat.control_socket",
-                "control socket path \(controlSocketPath) is \(controlSocketPath.utf8.count) bytes; a Unix socket path holds at most \(Self.maximumSocketPathBytes)")
+        if !service.name.isEmpty, !stateDirectory.isEmpty || heartbeat.controlSocket != nil {
+            for (what, path) in [("control socket", controlSocketPath), ("notify socket", notifySocketPath)]
+            where path.utf8.count > Self.maximumSocketPathBytes {
+                bad(heartbeat.controlSocket == nil ? "state_dir" : "heartbeat.control_socket",
+                    "\(what) path \(path) is \(path.utf8.count) bytes; a Unix socket path holds at most \(Self.maximumSocketPathBytes)"
+                    + (heartbeat.controlSocket == nil ? " (set heartbeat.control_socket to a shorter path: the notify socket goes beside it)" : ""))
+                break
+            }
         }
 
         duration("capture.budget_ms", capture.budgetMs)
@@ -197,7 +201,7 @@ extension SupervisorConfig {
         if escalation.killJitterMs < 0 || escalation.killJitterMs > Self.maximumDurationMs {
             bad("escalation.kill_jitter_ms", "must be between 0 and \(Self.maximumDurationMs) ms, got \(escalation.killJitterMs)")
         }
-        if let v = retention.maxUseBytes, v <= 0 { bad("retention.max_use_mb", "must be positive") }
+        if let v = retention.maxUseBytes, v < 0 { bad("retention.max_use_mb", "must not be negative (0 = no limit)") }
         if let v = retention.keepFreeBytes, v < 0 { bad("retention.keep_free_mb", "must not be negative") }
         if retention.maxPerService < 1 { bad("retention.max_per_service", "must be at least 1, got \(retention.maxPerService)") }
         var seen: Set<String> = []
@@ -207,8 +211,19 @@ extension SupervisorConfig {
             }
             if !seen.insert(socket.name).inserted { bad("sockets.\(socket.name)", "given twice") }
         }
-        if let listen = metricsListen, SocketSpec.parseAddress(listen) == nil {
-            bad("metrics.listen", "expected \"HOST:PORT\", got \"\(listen)\"")
+        if let listen = metricsListen {
+            if let address = SocketSpec.parseAddress(listen) {
+                // The endpoint has no authentication and tells about the service: loopback only (put a proxy
+                // or node exporter's textfile collector in front of it to publish it).
+                if !SocketSpec.isLoopback(address.host) {
+                    bad("metrics.listen", "\(address.host) is not a loopback address: metrics are served on 127.0.0.0/8, ::1 or localhost only")
+                }
+            } else {
+                bad("metrics.listen", "expected \"HOST:PORT\", got \"\(listen)\"")
+            }
+        }
+        for socket in sockets where SocketSpec.numericHost(socket.host) == nil {
+            bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
         return issues
     }

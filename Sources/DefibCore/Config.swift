@@ -42,6 +42,23 @@ public struct SocketSpec: Sendable, Equatable {
         return (String(host), port)
     }
 
+    /// Whether `host` is a loopback address: 127.0.0.0/8, ::1, or localhost.
+    public static func isLoopback(_ host: String) -> Bool {
+        if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+    }
+
+    /// The numeric address to bind for `host`: itself when it is an IPv4 or IPv6 literal, 127.0.0.1 for
+    /// localhost; nil for anything else (defib does not resolve names for the sockets it binds).
+    public static func numericHost(_ host: String) -> String? {
+        if host == "localhost" { return "127.0.0.1" }
+        let v4 = host.split(separator: ".", omittingEmptySubsequences: false)
+        if v4.count == 4 && v4.allSatisfy({ !$0.isEmpty && $0.count <= 3 && UInt8($0) != nil }) { return host }
+        if host.contains(":") && host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) { return host }
+        return nil
+    }
+
     /// Whether `name` can go into LISTEN_FDNAMES (colon-separated, at most 255 bytes).
     public static func isValidName(_ name: String) -> Bool {
         !name.isEmpty && name.utf8.count <= 255 && name.allSatisfy { $0.isASCII && ($0.isLetter || $0.isNumber || "_-.".contains($0)) }
@@ -145,8 +162,15 @@ public struct SupervisorConfig: Sendable, Equatable {
     }
 
     public var controlSocketPath: String {
-        heartbeat.controlSocket ?? "\(stateDirectory)/run/\(service.name)/control.sock"
+        heartbeat.controlSocket ?? "\(runDirectory)/control.sock"
     }
+    /// `<state_dir>/run/<service>` (0700): the NOTIFY_SOCKET served to the child, its flight recorder, and
+    /// its control socket (or, when `heartbeat.control_socket` puts that elsewhere, a symlink to it that
+    /// `defib ctl --state-dir` follows).
+    public var runDirectory: String { "\(stateDirectory)/run/\(service.name)" }
+    /// The NOTIFY_SOCKET served to the child: in the run directory, or — with `heartbeat.control_socket` set,
+    /// typically to keep socket paths short — beside the control socket, as `<control_socket>.notify`.
+    public var notifySocketPath: String { heartbeat.controlSocket.map { $0 + ".notify" } ?? "\(runDirectory)/notify.sock" }
     public var coreDirectory: String { capture.directory ?? "\(stateDirectory)/cores" }
     public var databasePath: String { "\(stateDirectory)/incidents.sqlite" }
 }

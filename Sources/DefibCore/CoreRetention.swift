@@ -1,17 +1,39 @@
 /// Which cores to delete so the core directory stays within its limits, with systemd-coredump's
-/// semantics: `MaxUse` (bytes the cores may take), `KeepFree` (bytes the file system must keep free),
-/// and a maximum number of cores per service. Oldest first, except that the first core of each
-/// signature is kept longest: it is the one that explains a recurring hang. Pure.
+/// semantics (coredump.conf(5), coredump-vacuum.c): `MaxUse` (bytes the cores may take; default 10 % of
+/// the file system, at least 1 MiB and at most 4 GiB; 0 = no limit), `KeepFree` (bytes the file system
+/// must keep free, counting the blocks only root may use, as systemd does; default 15 %, at most 4 GiB;
+/// 0 = no limit), and — defib's own — a maximum number of cores per service. Like systemd, the next core
+/// to go is the oldest of the service with the most cores, and the core just written is never deleted;
+/// unlike it, the first core of each signature is kept longest: it is the one that explains a recurring
+/// hang. Pure.
 public struct CoreRetentionPolicy: Sendable, Equatable {
-    /// nil = 10 % of the file system (systemd-coredump's default).
+    /// nil = 10 % of the file system, clamped to 1 MiB … 4 GiB (systemd-coredump's default); 0 = no limit.
     public var maxUseBytes: Int64?
-    /// nil = 15 % of the file system.
+    /// nil = 15 % of the file system, at most 4 GiB; 0 = no limit.
     public var keepFreeBytes: Int64?
     /// Cores kept per service.
     public var maxPerService: Int
 
     public init(maxUseBytes: Int64? = nil, keepFreeBytes: Int64? = nil, maxPerService: Int = 20) {
         self.maxUseBytes = maxUseBytes; self.keepFreeBytes = keepFreeBytes; self.maxPerService = maxPerService
+    }
+
+    static let maxUseLower: Int64 = 1 << 20
+    static let maxUseUpper: Int64 = 4 << 30
+    static let keepFreeUpper: Int64 = 4 << 30
+
+    /// The MaxUse in force on a file system of `totalBytes` (0 = no limit).
+    public func effectiveMaxUse(totalBytes: Int64) -> Int64 {
+        if let v = maxUseBytes { return v }
+        guard totalBytes > 0 else { return Self.maxUseLower }
+        return min(max(totalBytes / 10, Self.maxUseLower), Self.maxUseUpper)
+    }
+
+    /// The KeepFree in force on a file system of `totalBytes` (0 = no limit).
+    public func effectiveKeepFree(totalBytes: Int64) -> Int64 {
+        if let v = keepFreeBytes { return v }
+        guard totalBytes > 0 else { return 1 << 20 }
+        return min(totalBytes * 15 / 100, Self.keepFreeUpper)
     }
 }
 
@@ -46,7 +68,8 @@ public struct CoreDeletion: Sendable, Equatable {
 }
 
 public enum CoreRetention {
-    /// The cores to delete, in order. `protected` incidents (the one being handled) are never chosen.
+    /// The cores to delete, in order. `protected` incidents (the core just written, the incident being
+    /// handled) are never chosen.
     public static func plan(cores: [StoredCore], space: FileSystemSpace, policy: CoreRetentionPolicy,
                             protected: Set<Int64> = []) -> [CoreDeletion] {
         // The first (oldest) core of each signature is kept longest.
@@ -56,37 +79,48 @@ public enum CoreRetention {
                 firstOfSignature.insert(first.incidentID)
             }
         }
-        // Deletion order: ordinary cores oldest first, then first-of-signature cores oldest first.
+        // Within a service: ordinary cores oldest first, then first-of-signature cores oldest first.
         func order(_ a: StoredCore, _ b: StoredCore) -> Bool {
             let pa = firstOfSignature.contains(a.incidentID), pb = firstOfSignature.contains(b.incidentID)
             if pa != pb { return !pa }
             return (a.detectedUnixMs, a.incidentID) < (b.detectedUnixMs, b.incidentID)
         }
-        var remaining = cores.filter { !protected.contains($0.incidentID) }.sorted(by: order)
+        var candidates: [String: [StoredCore]] = Dictionary(grouping: cores.filter { !protected.contains($0.incidentID) }, by: \.service)
+            .mapValues { $0.sorted(by: order) }
+        var count: [String: Int] = Dictionary(grouping: cores, by: \.service).mapValues(\.count)
         var deletions: [CoreDeletion] = []
         var use = cores.reduce(Int64(0)) { $0 + $1.bytes }
         var free = space.freeBytes
 
-        func delete(at index: Int, reason: String) {
-            let core = remaining.remove(at: index)
+        func delete(from service: String, reason: String) {
+            let core = candidates[service]!.removeFirst()
             deletions.append(CoreDeletion(core: core, reason: reason))
+            count[service, default: 1] -= 1
             use -= core.bytes
             free += core.bytes
         }
+        /// systemd's choice: the service with the most cores; on a tie, the one whose next core is older.
+        func worstService() -> String? {
+            candidates.filter { !$0.value.isEmpty }.max { a, b in
+                let ca = count[a.key, default: 0], cb = count[b.key, default: 0]
+                if ca != cb { return ca < cb }
+                let a0 = a.value[0], b0 = b.value[0]
+                if order(a0, b0) != order(b0, a0) { return order(b0, a0) }
+                return a.key > b.key
+            }?.key
+        }
 
         // Per service.
-        for service in Set(cores.map(\.service)).sorted() {
-            var count = cores.filter { $0.service == service }.count
-            while count > policy.maxPerService, let i = remaining.firstIndex(where: { $0.service == service }) {
-                delete(at: i, reason: "max-per-service")
-                count -= 1
+        for service in candidates.keys.sorted() {
+            while count[service, default: 0] > policy.maxPerService, !(candidates[service]?.isEmpty ?? true) {
+                delete(from: service, reason: "max-per-service")
             }
         }
         // MaxUse, then KeepFree.
-        let maxUse = policy.maxUseBytes ?? space.totalBytes / 10
-        while use > maxUse, !remaining.isEmpty { delete(at: 0, reason: "max-use") }
-        let keepFree = policy.keepFreeBytes ?? space.totalBytes * 15 / 100
-        while free < keepFree, !remaining.isEmpty { delete(at: 0, reason: "keep-free") }
+        let maxUse = policy.effectiveMaxUse(totalBytes: space.totalBytes)
+        while maxUse > 0, use > maxUse, let service = worstService() { delete(from: service, reason: "max-use") }
+        let keepFree = policy.effectiveKeepFree(totalBytes: space.totalBytes)
+        while keepFree > 0, free < keepFree, let service = worstService() { delete(from: service, reason: "keep-free") }
         return deletions
     }
 }

@@ -48,6 +48,8 @@ public enum SupervisorAction: Equatable, Sendable {
     case terminate(pid: Int32)
     /// Add a line to the open incident.
     case noteIncident(String)
+    /// Kill jitter: the kill waits `ms` (drawn up to `maxMs`). Note it in the incident and a metric.
+    case killDelayed(ms: Int, maxMs: Int)
     /// The replacement was spawned.
     case incidentRestarted(newPid: Int32)
     /// Finish the open incident.
@@ -175,6 +177,10 @@ public struct SupervisorMachine: Sendable {
     private var stopDeadline: MonoTime?
     private var killAt: MonoTime?
     private var exitedDuringCapture: ChildStatus?
+    /// The service announced STOPPING=1: no heartbeat is expected until then (stop_timeout_ms, or what
+    /// EXTEND_TIMEOUT_USEC= asks), so a service shutting down by itself is not declared hung.
+    private var serviceStoppingUntil: MonoTime?
+    private var serviceStoppingSince: MonoTime?
     private var shutdownRequested = false
 
     public init(settings: Settings) {
@@ -192,6 +198,7 @@ public struct SupervisorMachine: Sendable {
             return [pingDeadline ?? nextPingAt, startDeadline].compactMap { $0 }.min()
         case .running, .suspect:
             if awaitingVerdict { return nil }
+            if let until = serviceStoppingUntil { return until }
             var times = [pingDeadline ?? nextPingAt, nextNotifyMissAt ?? keepAliveDue.map { $0 + settings.missMs }].compactMap { $0 }
             if let since = silentSince {
                 if phase == .running { times.append(since + settings.suspectMs) }
@@ -274,6 +281,17 @@ public struct SupervisorMachine: Sendable {
         case .running, .suspect:
             if awaitingVerdict { return [] }
             var actions: [SupervisorAction] = []
+            if let until = serviceStoppingUntil {
+                guard now >= until else { return [] }
+                // Announced STOPPING=1 and still here: heartbeats are expected again, from now.
+                let waited = serviceStoppingSince.map { Int(now.milliseconds(since: $0)) } ?? settings.stopTimeoutMs
+                serviceStoppingUntil = nil
+                serviceStoppingSince = nil
+                resetSilence()
+                if settings.source.usesPing { nextPingAt = now }
+                if settings.source.usesNotify { keepAliveDue = now + keepAliveIntervalMs }
+                actions.append(.serviceNotified("still running \(waited) ms after STOPPING=1: heartbeats are expected again"))
+            }
             if let deadline = pingDeadline, now >= deadline {
                 // Keep waiting on the same ping: a late pong still proves progress, and a struggling
                 // service is not handed one more connection per miss.
@@ -358,11 +376,24 @@ public struct SupervisorMachine: Sendable {
                 let until = now + Int(usec / 1000)
                 if phase == .starting, let d = startDeadline, until > d { startDeadline = until }
                 if phase == .shuttingDown, let d = stopDeadline, until > d { stopDeadline = until }
+                if watching, let d = serviceStoppingUntil, until > d { serviceStoppingUntil = until }
                 actions.append(.serviceNotified("EXTEND_TIMEOUT_USEC=\(usec)"))
             case let .status(text):
                 actions.append(.serviceNotified("STATUS=\(text)"))
             case .stopping:
-                actions.append(.serviceNotified("STOPPING=1"))
+                guard watching, !awaitingVerdict, serviceStoppingUntil == nil else {
+                    actions.append(.serviceNotified("STOPPING=1"))
+                    continue
+                }
+                // Like systemd, which stops the watchdog of a service that is stopping: no hang is declared
+                // while it winds down; if it is still running after stop_timeout_ms, heartbeats count again.
+                resetSilence()
+                phase = .running
+                nextPingAt = nil
+                keepAliveDue = nil
+                serviceStoppingSince = now
+                serviceStoppingUntil = now + settings.stopTimeoutMs
+                actions.append(.serviceNotified("STOPPING=1: the service is stopping by itself; no heartbeat expected for up to \(settings.stopTimeoutMs) ms"))
             case .reloading:
                 actions.append(.serviceNotified("RELOADING=1"))
             case .mainPid, .errno, .other:
@@ -446,7 +477,7 @@ public struct SupervisorMachine: Sendable {
         let jitter = Int((Double(settings.killJitterMs) * min(max(jitterDraw, 0), 1)).rounded(.down))
         if jitter > 0 && !shutdownRequested {
             killAt = now + jitter
-            return [.noteIncident("kill delayed \(jitter) ms (kill jitter up to \(settings.killJitterMs) ms)")]
+            return [.killDelayed(ms: jitter, maxMs: settings.killJitterMs)]
         }
         stopDeadline = now + settings.killRetryMs
         return [.kill(pid: pid)]
@@ -567,6 +598,9 @@ public struct SupervisorMachine: Sendable {
     /// The instance failed: record the incident first, then either capture (it is alive) or restart (it is gone).
     private mutating func failInstance(_ cause: FailureCause, at now: MonoTime) -> [SupervisorAction] {
         var actions: [SupervisorAction]
+        let announcedStop = serviceStoppingSince.map { Int(now.milliseconds(since: $0)) }
+        serviceStoppingUntil = nil
+        serviceStoppingSince = nil
         if incidentOpen, case .died = cause {
             // A replacement that dies before it is ready is part of the same episode (a crash loop is one incident).
             actions = [.noteIncident("the replacement failed too: \(describe(cause))")]
@@ -582,6 +616,7 @@ public struct SupervisorMachine: Sendable {
             actions = [.openIncident(cause)]
         }
         if case .died = cause {
+            if let ms = announcedStop { actions.append(.noteIncident("the service had announced STOPPING=1 \(ms) ms before it ended")) }
             return actions + afterInstanceGone(at: now)
         }
         guard let pid else { return actions + afterInstanceGone(at: now) }

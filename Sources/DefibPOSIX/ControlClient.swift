@@ -15,7 +15,34 @@ public final class ControlRequest {
     private var closed = false
 
     /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
+    /// Whether something listens on the socket at `path` (it connects, or its backlog is full), without
+    /// sending anything. A socket file left by a process that is gone refuses.
+    public static func accepts(path: String) -> Bool {
+        switch connected(path: path) {
+        case let .success(fd): Glibc.close(fd); return true
+        case let .failure(e): return e.problem.hasPrefix("listen backlog full")
+        }
+    }
+
     public static func start(path: String, line: String) -> Result<ControlRequest, ControlError> {
+        let fd: Int32
+        switch connected(path: path) {
+        case let .success(f): fd = f
+        case let .failure(e): return .failure(e)
+        }
+        let request = ControlRequest(fd: fd, line: line)
+        let out = Array((line + "\n").utf8)
+        let written = out.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if written != out.count {
+            let problem = written < 0 ? SystemError("send").description : "short write"
+            request.close()
+            return .failure(ControlError(path: path, problem: problem))
+        }
+        return .success(request)
+    }
+
+    /// A non-blocking stream socket connected to `path`.
+    static func connected(path: String) -> Result<Int32, ControlError> {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         if fd < 0 { return .failure(ControlError(path: path, problem: SystemError("socket(AF_UNIX)").description)) }
         var addr = sockaddr_un()
@@ -43,15 +70,7 @@ public final class ControlRequest {
             }
             return .failure(ControlError(path: path, problem: problem))
         }
-        let request = ControlRequest(fd: fd, line: line)
-        let out = Array((line + "\n").utf8)
-        let written = out.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-        if written != out.count {
-            let problem = written < 0 ? SystemError("send").description : "short write"
-            request.close()
-            return .failure(ControlError(path: path, problem: problem))
-        }
-        return .success(request)
+        return .success(fd)
     }
 
     private init(fd: Int32, line: String) { self.fd = fd; self.line = line }

@@ -2,6 +2,7 @@ import CDefibShims
 import CSystemd
 import DefibCore
 import Glibc
+import Synchronization
 
 /// defib as a systemd service: sd_notify(3) to the service manager that started us (`Type=notify`).
 /// Every call is a no-op when NOTIFY_SOCKET is not set, so the same binary runs anywhere.
@@ -17,6 +18,49 @@ public enum SystemdNotifier {
     public static func watchdogUsec() -> UInt64? {
         var usec: UInt64 = 0
         return sd_watchdog_enabled(0, &usec) > 0 && usec > 0 ? usec : nil
+    }
+}
+
+/// Keeps systemd's watchdog fed from a helper thread while the supervisor's loop is busy with one bounded
+/// action (writing a core within its budget): the loop is not wedged, it is doing what it decided, and the
+/// helper stops by itself at `untilNs` so a capture that overruns its budget still lets the watchdog fire.
+public final class BoundedKeepAlive: @unchecked Sendable {
+    private final class Shared: @unchecked Sendable {
+        let done = Atomic<Bool>(false)
+        let periodNs: Int64, untilNs: Int64
+        init(periodNs: Int64, untilNs: Int64) { self.periodNs = periodNs; self.untilNs = untilNs }
+        var isDone: Bool { done.load(ordering: .acquiring) }
+        func run() {
+            while monotonicNanoseconds() < untilNs, !isDone {
+                SystemdNotifier.notify("WATCHDOG=1")
+                let wakeAt = min(monotonicNanoseconds() + periodNs, untilNs)
+                // Short steps, so finish() is noticed quickly.
+                while !isDone, case let left = wakeAt - monotonicNanoseconds(), left > 0 {
+                    usleep(UInt32(min(10_000_000, left) / 1000))
+                }
+            }
+        }
+    }
+    private let shared: Shared
+    private var thread: pthread_t?
+
+    /// Sends WATCHDOG=1 every `periodNs` until `finish()` or the monotonic time `untilNs`.
+    public init(periodNs: Int64, untilNs: Int64) {
+        shared = Shared(periodNs: max(1_000_000, periodNs), untilNs: untilNs)
+        var t = pthread_t()
+        let context = Unmanaged.passRetained(shared).toOpaque()
+        let rc = pthread_create(&t, nil, { raw in
+            let shared = Unmanaged<Shared>.fromOpaque(raw!).takeRetainedValue()
+            shared.run()
+            return nil
+        }, context)
+        if rc == 0 { thread = t } else { Unmanaged<Shared>.fromOpaque(context).release(); thread = nil }
+    }
+
+    /// Stops the keep-alives and waits for the helper thread.
+    public func finish() {
+        shared.done.store(true, ordering: .releasing)
+        if let thread { pthread_join(thread, nil); self.thread = nil }
     }
 }
 
@@ -72,7 +116,7 @@ public struct ListeningSocket: Sendable {
 
     public static func bind(name: String, host: String, port: Int, backlog: Int32 = 4096) throws -> ListeningSocket {
         var stage: UnsafePointer<CChar>? = nil
-        let fd = defib_listen_tcp(host, Int32(port), backlog, &stage)
+        let fd = defib_listen_tcp(SocketSpec.numericHost(host) ?? host, Int32(port), backlog, &stage)
         let address = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         if fd < 0 {
             throw SystemError("\(stage.map { String(cString: $0) } ?? "listen")(\(address)) for socket '\(name)'")

@@ -76,6 +76,8 @@ public enum DefibMessageID {
     public static let incidentOpened = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a03"
     public static let incidentClosed = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a04"
     public static let coreCaptured = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a05"
+    /// The stacks are stored and the signature is final (it groups repeats by the blocked threads' frames).
+    public static let evidenceComplete = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a06"
 }
 
 /// Picks the log destination once, at start: the journal when systemd connected our stderr to it,

@@ -17,6 +17,10 @@ struct SupervisorMetrics {
     let captureDuration: CoreMetrics.Timer
     let captureBytes: CoreMetrics.Recorder
     let notifyRejected: CoreMetrics.Counter
+    /// Kill jitter: the random delay drawn before a kill.
+    let killJitter: CoreMetrics.Timer
+    /// Heartbeats that came back late (after at least one miss): silences that ended without a kill.
+    let recoveries: CoreMetrics.Counter
 
     init(service: String) {
         self.service = service
@@ -29,6 +33,8 @@ struct SupervisorMetrics {
         captureDuration = CoreMetrics.Timer(label: "defib_capture_duration_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
         captureBytes = CoreMetrics.Recorder(label: "defib_capture_bytes", dimensions: dims)
         notifyRejected = CoreMetrics.Counter(label: "defib_notify_rejected_total", dimensions: dims)
+        killJitter = CoreMetrics.Timer(label: "defib_kill_jitter_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
+        recoveries = CoreMetrics.Counter(label: "defib_heartbeat_recoveries_total", dimensions: dims)
     }
 
     /// Incidents by cause (missed-heartbeat, exited, signaled, start-timeout, spawn-failed).

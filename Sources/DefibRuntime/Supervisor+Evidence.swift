@@ -48,10 +48,9 @@ extension Supervisor {
         metrics.captureBytes.record(capture.record.bytes)
         if let error = capture.record.error {
             logger.error("core capture (\(capture.record.method)) failed: \(error)")
-        } else if let path = capture.record.path {
+        } else if let path = capture.record.path, let current = incident {
             logger.info("core written: \(path) (\(capture.record.bytes) bytes, \(Int(capture.record.durationMs)) ms)",
-                        metadata: ["message_id": "\(DefibMessageID.coreCaptured)", "core_path": "\(path)",
-                                   "incident_id": "\(incident?.id.map(String.init) ?? "")", "service": "\(config.service.name)"])
+                        metadata: journalFields(current, messageID: DefibMessageID.coreCaptured))
         }
         saveIncident()
     }
@@ -200,7 +199,8 @@ extension Supervisor {
                 if status != .exited(code: 0) { stored.notes.append("gdb ended \(describe(status)) while reading stacks") }
                 stored.signature = signature(of: stored)
                 do { try recorder.update(stored) } catch { logger.error("could not store stacks: \(error)") }
-                logger.info("stacks for incident \(job.incidentID) stored (\(text.split(separator: "\n").count) lines), signature \(stored.signature ?? "-")")
+                logger.info("stacks for incident \(job.incidentID) stored (\(text.split(separator: "\n").count) lines), signature \(stored.signature ?? "-")",
+                            metadata: journalFields(stored, messageID: DefibMessageID.evidenceComplete))
             }
             compressOrTrim(incidentID: job.incidentID)
         case let .compress(id, child, input, output, tool):
@@ -217,7 +217,7 @@ extension Supervisor {
                 }
                 try? recorder.update(stored)
             }
-            applyRetention()
+            applyRetention(justWritten: id)
         }
     }
 
@@ -225,7 +225,7 @@ extension Supervisor {
         let tool = config.capture.compress
         guard tool != .none, let stored = try? recorder.incident(id: incidentID), let core = stored.capture?.path,
               !core.hasSuffix(".gz"), !core.hasSuffix(".zst") else {
-            applyRetention()
+            applyRetention(justWritten: incidentID)
             return
         }
         let output = core + (tool == .gzip ? ".gz" : ".zst")
@@ -237,21 +237,26 @@ extension Supervisor {
             backgroundJobs[child.pid] = .compress(incidentID: incidentID, child: child, input: core, output: output, tool: tool)
         } catch {
             logger.error("could not start \(tool.rawValue) on \(core): \(error)")
-            applyRetention()
+            applyRetention(justWritten: incidentID)
         }
     }
 
-    /// Deletes cores past `[retention]`'s limits; the incidents say which and why.
-    func applyRetention() {
+    /// Deletes cores past `[retention]`'s limits; the incidents say which and why. The core just written
+    /// (`justWritten`'s) and the open incident's are never deleted (systemd-coredump spares the new core
+    /// too). Only cores in the core directory are managed: a `kernel` capture's core lies where
+    /// core_pattern put it, on whatever file system that is, and stays the administrator's.
+    func applyRetention(justWritten: Int64? = nil) {
         guard let rows = try? recorder.incidentsWithCores(), !rows.isEmpty else { return }
         var fs = statvfs()
         guard statvfs(config.coreDirectory, &fs) == 0 else { return }
-        let space = FileSystemSpace(totalBytes: Int64(fs.f_blocks) * Int64(fs.f_frsize), freeBytes: Int64(fs.f_bavail) * Int64(fs.f_frsize))
-        let cores = rows.map { row in
+        // f_bfree, as systemd-coredump: KeepFree counts the blocks reserved for root as free.
+        let space = FileSystemSpace(totalBytes: Int64(fs.f_blocks) * Int64(fs.f_frsize), freeBytes: Int64(fs.f_bfree) * Int64(fs.f_frsize))
+        let directory = config.coreDirectory.hasSuffix("/") ? config.coreDirectory : config.coreDirectory + "/"
+        let cores = rows.filter { $0.corePath.hasPrefix(directory) }.map { row in
             StoredCore(incidentID: row.id, path: row.corePath, bytes: allocatedSize(row.corePath) ?? 0, service: row.service,
                        signature: row.signature, detectedUnixMs: row.detectedUnixMs)
         }
-        let protected: Set<Int64> = Set([incident?.id].compactMap { $0 })
+        let protected: Set<Int64> = Set([incident?.id, justWritten].compactMap { $0 })
         for deletion in CoreRetention.plan(cores: cores, space: space, policy: config.retention, protected: protected) {
             unlink(deletion.core.path)
             if var stored = try? recorder.incident(id: deletion.core.incidentID) {
@@ -270,21 +275,47 @@ extension Supervisor {
                                          stacks: incident.stacks)
     }
 
-    /// Waits (bounded) for background work so the last incident gets its stacks.
+    /// How long shutdown waits for gdb and compression before giving up on them: well inside the unit's
+    /// TimeoutStopSec= (15 s) once the service itself has stopped (stop_timeout_ms, 5 s by default).
+    static let backgroundJobsShutdownWaitMs: Int64 = 8_000
+
+    /// Waits (bounded) for background work so the last incident gets its stacks; what is still running at
+    /// the bound is killed, and its incident says so (the core stays: `defib incidents gdb ID` reads it).
     func finishBackgroundJobs() {
-        let deadline = monotonicNanoseconds() + 60_000_000_000
+        let deadline = monotonicNanoseconds() + Self.backgroundJobsShutdownWaitMs * 1_000_000
+        if !backgroundJobs.isEmpty { logger.info("waiting up to \(Self.backgroundJobsShutdownWaitMs) ms for \(backgroundJobs.count) background job(s) (gdb, compression)") }
         while !backgroundJobs.isEmpty && monotonicNanoseconds() < deadline {
             var pfd = pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0)
             _ = poll(&pfd, 1, 200)
             _ = signals.drain()
             handleReaped(reapAll())
         }
-        for job in backgroundJobs.values {
+        for (pid, job) in backgroundJobs {
+            let id: Int64
+            let note: String
             switch job {
-            case let .stacks(j): try? j.child.signal(SIGKILL)
-            case let .compress(_, c, _, _, _): try? c.signal(SIGKILL)
+            case let .stacks(j):
+                try? j.child.signal(SIGKILL)
+                _ = waitForChild(j.child, timeoutMs: 2000)
+                j.child.closePidfd()
+                unlink(j.outputPath)
+                id = j.incidentID
+                note = "stacks not taken: defib stopped before gdb finished (the core stays; `defib incidents gdb \(id)` reads it)"
+            case let .compress(incidentID, c, _, output, tool):
+                try? c.signal(SIGKILL)
+                _ = waitForChild(c, timeoutMs: 2000)
+                c.closePidfd()
+                unlink(output)
+                id = incidentID
+                note = "\(tool.rawValue) of the core stopped: defib stopped before it finished; the core stays uncompressed"
+            }
+            logger.warning("background job pid \(pid) killed at shutdown: \(note)")
+            if var stored = try? recorder.incident(id: id) {
+                stored.notes.append(note)
+                try? recorder.update(stored)
             }
         }
+        backgroundJobs.removeAll()
     }
 }
 

@@ -6,7 +6,7 @@ import Glibc
 /// defib inside systemd (Type=notify, WatchdogSec=) and systemd's protocols offered to the child.
 extension Supervisor {
     /// The NOTIFY_SOCKET we serve to the child, next to its control socket.
-    var notifySocketPath: String { (config.controlSocketPath as NSString).deletingLastPathComponent + "/notify.sock" }
+    var notifySocketPath: String { config.notifySocketPath }
 
     /// Environment for a new instance: ours, minus what systemd gave *us* (our NOTIFY_SOCKET, watchdog,
     /// passed sockets), plus the child's own: its control socket, our NOTIFY_SOCKET, WATCHDOG_USEC when
@@ -54,13 +54,26 @@ extension Supervisor {
         let nowNs = monotonicNanoseconds()
         guard nowNs >= nextSystemdKeepAlive else { return }
         SystemdNotifier.notify("WATCHDOG=1")
-        nextSystemdKeepAlive = nowNs + Int64(usec) * 500   // half the period, in ns
+        nextSystemdKeepAlive = nowNs + Self.keepAlivePeriodNs(watchdogUsec: usec)
     }
 
-    /// Milliseconds until the next keep-alive to systemd is due (for the poll timeout).
+    /// The keep-alive period: 40 % of WATCHDOG_USEC, so that with the loop's own latency the gap between two
+    /// keep-alives stays under the half that sd_watchdog_enabled(3) asks for.
+    static func keepAlivePeriodNs(watchdogUsec usec: UInt64) -> Int64 { Int64(usec) * 400 }
+
+    /// Milliseconds until the next keep-alive to systemd is due (for the poll timeout), rounded up so the
+    /// loop sleeps until it is due rather than spinning through its last millisecond.
     var msUntilSystemdKeepAlive: Int32? {
         guard systemdWatchdogUsec != nil else { return nil }
-        return Int32(clamping: max(0, (nextSystemdKeepAlive - monotonicNanoseconds()) / 1_000_000))
+        return Int32(clamping: max(0, (nextSystemdKeepAlive - monotonicNanoseconds() + 999_999) / 1_000_000))
+    }
+
+    /// While the loop writes a core (bounded by the capture budget), a helper keeps systemd's watchdog fed —
+    /// up to the budget plus a second, never longer: a capture that wedges past it lets the watchdog fire.
+    func keepAliveDuringCapture() -> BoundedKeepAlive? {
+        guard let usec = systemdWatchdogUsec else { return nil }
+        let until = monotonicNanoseconds() + Int64(config.capture.budgetMs + 1000) * 1_000_000
+        return BoundedKeepAlive(periodNs: Self.keepAlivePeriodNs(watchdogUsec: usec), untilNs: until)
     }
 
     /// STATUS= for `systemctl status`, sent when it changes; READY=1 the first time the service answers.

@@ -1,6 +1,7 @@
 import DefibCore
 import DefibPOSIX
 import DefibStore
+import FlightRecorder
 import Foundation
 import Glibc
 import Logging
@@ -85,12 +86,22 @@ public final class Supervisor {
         try becomeChildSubreaper()
         try makeDirectory(config.stateDirectory, mode: 0o700)
         try makeDirectory(config.coreDirectory, mode: 0o700)
+        try makeDirectory(config.stateDirectory + "/run", mode: 0o700)
         try makeDirectory(runDirectory, mode: 0o700)
+        if config.controlSocketPath != runDirectory + "/control.sock" {
+            // A control socket elsewhere: its directory is made (0700) only if missing — never chmod'ed, it
+            // may be shared (/run, /tmp) — and the run directory gets a symlink to it for `defib ctl`.
+            let dir = (config.controlSocketPath as NSString).deletingLastPathComponent
+            if access(dir, F_OK) != 0 { try makeDirectory(dir, mode: 0o700) }
+            let link = runDirectory + "/control.sock"
+            unlink(link)
+            if symlink(config.controlSocketPath, link) != 0 { throw SystemError("symlink(\(config.controlSocketPath), \(link))") }
+        }
         notifyServer = try NotifyServer(path: notifySocketPath)
     }
 
-    /// The instance's run directory (0700): control socket, notify socket, flight recorder.
-    var runDirectory: String { (config.controlSocketPath as NSString).deletingLastPathComponent }
+    /// The instance's run directory (0700): notify socket, flight recorder, the control socket or a link to it.
+    var runDirectory: String { config.runDirectory }
     var flightRecorderPath: String { runDirectory + "/flight-recorder" }
 
     func now() -> MonoTime { MonoTime(nanoseconds: monotonicNanoseconds()) }
@@ -266,12 +277,19 @@ public final class Supervisor {
         case let .heartbeatMissed(misses, silenceMs, reason):
             logger.notice("heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
             metrics.misses.increment()
+            // Kept for the incident, if this silence becomes one (the first few, then a count).
+            let line = "miss \(misses) after \(Int(silenceMs)) ms of silence: \(reason)"
+            if misses <= Self.missNotesKept { pendingNotes.append(line) }
+            else if misses == Self.missNotesKept + 1 { pendingNotes.append("further misses are counted, not listed (see misses in the cause)") }
         case let .sampleProgress(pid):
             baselineSample = ProcSampler.sample(pid: pid)
         case let .collectSoftEvidence(pid, silenceMs):
+            // Soft evidence, nothing done to the process: its threads, its progress, and its locks as the
+            // flight recorder shows them (the recorder is read from a file; the process is not touched).
             let now = ProcSampler.sample(pid: pid)
             var line = "suspect after \(Int(silenceMs)) ms of silence: threads \(now.stateSummary)"
             if let before = baselineSample { line += "; progress since the first miss: \(ProgressJudge.judge(before: before, after: now).reason)" }
+            if let locks = suspectLockSummary(pid: pid) { line += "; locks: \(locks)" }
             logger.warning("\(line)")
             pendingNotes.append(line)
             metrics.suspects.increment()
@@ -291,12 +309,16 @@ public final class Supervisor {
         case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
             if wasSuspect { logger.warning("\(line); no kill") } else { logger.info("\(line)") }
+            metrics.recoveries.increment()
             pendingNotes.removeAll()
             baselineSample = nil
         case let .openIncident(cause):
             openIncident(cause)
         case let .captureEvidence(pid):
+            let keepAlive = keepAliveDuringCapture()
             captureEvidence(pid: pid)
+            keepAlive?.finish()
+            keepSystemdWatchdogFed()
             perform(machine.captureFinished(at: now(), jitterDraw: Double.random(in: 0..<1)))
         case let .kill(pid):
             logger.warning("killing pid \(pid) and its process group (SIGKILL)")
@@ -307,6 +329,9 @@ public final class Supervisor {
             logger.info("stopping pid \(pid) (SIGTERM to its process group)")
             if let child, child.pid == pid { try? child.signal(SIGTERM) }
             _ = Glibc.kill(-pid, SIGTERM)
+        case let .killDelayed(ms, maxMs):
+            metrics.killJitter.recordMilliseconds(ms)
+            perform(.noteIncident("kill delayed \(ms) ms (kill jitter up to \(maxMs) ms)"))
         case let .noteIncident(note):
             logger.notice("\(note)")
             incident?.notes.append(note); saveIncident()
@@ -321,6 +346,21 @@ public final class Supervisor {
             if code != 0 { logger.error("giving up on \(config.service.name): restart intensity exceeded") }
             exitCode = code
         }
+    }
+
+    /// How many miss lines an incident keeps (the count is in its cause either way).
+    static let missNotesKept = 8
+
+    /// The flight recorder's view of the locks at the suspect stage, one line: each lock's word, its holder
+    /// and waiters. nil without a recorder for this pid.
+    func suspectLockSummary(pid: Int32) -> String? {
+        guard let record = try? FlightRecorderFile.read(path: flightRecorderPath), record.pid == pid, !record.locks.isEmpty else { return nil }
+        return record.locks.prefix(4).map { lock in
+            var text = "'\(lock.name)' \(hex64(lock.word))"
+            if let h = lock.holder { text += " held by \(h.label) tid=\(h.tid)" + (lock.holderWaitingForReaders ? " (waiting for readers)" : "") }
+            text += ", \(lock.readersWaiting) reader(s) and \(lock.writersWaiting) writer(s) waiting"
+            return text
+        }.joined(separator: "; ")
     }
 
     private func spawnInstance() {
@@ -362,6 +402,7 @@ public final class Supervisor {
             if let pid = machine.pid {
                 new.progress = judgeProgress(pid: pid)
                 new.threadStates = lastSample?.stateSummary
+                if let verdict = new.progress { metrics.verdict(verdict.kind) }
             }
         }
         if case let .missedHeartbeat(_, _, _, silence, extended, verdict) = cause {
@@ -395,8 +436,7 @@ public final class Supervisor {
         metrics.incident(cause: incidentCause.kind)
         lastIncidentLine = "\(new.id.map { "#\($0)" } ?? "") \(incidentCause.kind) at \(RFC3339.string(detected))"
         logger.warning("incident \(new.id.map(String.init) ?? "?") opened: \(incidentCause.summary)",
-                       metadata: ["message_id": "\(DefibMessageID.incidentOpened)", "incident_id": "\(new.id.map(String.init) ?? "")",
-                                  "service": "\(config.service.name)", "pid": "\(new.pid)", "cause": "\(incidentCause.kind)"])
+                       metadata: journalFields(new, messageID: DefibMessageID.incidentOpened))
     }
 
     /// Progress since the first miss; with no baseline, two samples 100 ms apart.
@@ -426,10 +466,23 @@ public final class Supervisor {
         let id = current.id.map(String.init) ?? "?"
         let took = current.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(current.detectedAt) * 1000) } ?? ""
         logger.warning("incident \(id) closed: \(outcome.rawValue)\(took)",
-                       metadata: ["message_id": "\(DefibMessageID.incidentClosed)", "incident_id": "\(id)", "service": "\(config.service.name)",
-                                  "diagnosis": "\(current.diagnosis)", "signature": "\(current.signature ?? "")"])
+                       metadata: journalFields(current, messageID: DefibMessageID.incidentClosed))
         incident = nil
         afterIncidentClosed(current)
+    }
+
+    /// The structured fields of an incident's journal entries (like systemd-coredump's): every entry carries
+    /// the incident, service, pid and cause, and whatever is known so far of the diagnosis, signature and core.
+    func journalFields(_ i: Incident, messageID: String) -> Logger.Metadata {
+        var fields: Logger.Metadata = ["message_id": "\(messageID)", "incident_id": "\(i.id.map(String.init) ?? "")",
+                                       "service": "\(i.service)", "pid": "\(i.pid)", "cause": "\(i.cause.kind)",
+                                       "outcome": "\(i.outcome.rawValue)"]
+        if !i.diagnosis.isEmpty { fields["diagnosis"] = "\(i.diagnosis)" }
+        if let signature = i.signature { fields["signature"] = "\(signature)" }
+        if let core = i.capture?.path { fields["core_path"] = "\(core)" }
+        if let method = i.capture?.method { fields["capture_method"] = "\(method)" }
+        if let newPid = i.newPid { fields["new_pid"] = "\(newPid)" }
+        return fields
     }
 
     func saveIncident() {

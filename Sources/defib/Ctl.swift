@@ -31,21 +31,31 @@ struct CtlCommand: ParsableCommand {
         if timeout <= 0 { throw ValidationError("--timeout must be positive") }
     }
 
+    /// The socket to talk to: --socket; or STATE_DIR/run/NAME/control.sock (a symlink when the config puts the
+    /// socket elsewhere). Without --name, the one service whose socket accepts connections — a socket left
+    /// behind by a supervisor that is gone (nothing listening) does not count.
     func socketPath() throws -> String {
         if let socket { return socket }
         let runDir = "\(stateDir!)/run"
         if let name { return "\(runDir)/\(name)/control.sock" }
         let names = (try? FileManager.default.contentsOfDirectory(atPath: runDir))?
             .filter { FileManager.default.fileExists(atPath: "\(runDir)/\($0)/control.sock") }.sorted() ?? []
-        switch names.count {
-        case 0: throw ValidationError("no control socket under \(runDir): is `defib run --state-dir \(stateDir!)` running?")
-        case 1: return "\(runDir)/\(names[0])/control.sock"
-        default: throw ValidationError("several services under \(runDir) (\(names.joined(separator: ", "))): pick one with --name")
+        if names.count == 1 { return "\(runDir)/\(names[0])/control.sock" }
+        if names.isEmpty { throw CtlError("no control socket under \(runDir): is `defib run --state-dir \(stateDir!)` running?") }
+        let live = names.filter { ControlRequest.accepts(path: "\(runDir)/\($0)/control.sock") }
+        switch live.count {
+        case 1: return "\(runDir)/\(live[0])/control.sock"
+        case 0: throw CtlError("no service answers under \(runDir) (stale sockets of \(names.joined(separator: ", "))): is `defib run --state-dir \(stateDir!)` running?")
+        default: throw CtlError("several services under \(runDir) (\(live.joined(separator: ", "))): pick one with --name")
         }
     }
 
     func run() throws {
-        let path = try socketPath()
+        let path: String
+        do { path = try socketPath() } catch let error as CtlError {
+            FileHandle.standardError.write(Data("defib ctl: \(error.message)\n".utf8))
+            throw ExitCode(2)
+        }
         switch ControlRequest.roundTrip(path: path, line: line.joined(separator: " "), timeoutMs: timeout) {
         case let .success(reply):
             print(reply)
@@ -55,4 +65,10 @@ struct CtlCommand: ParsableCommand {
             throw ExitCode(2)
         }
     }
+}
+
+/// No socket to talk to: exit 2 (cannot be reached), with the reason.
+struct CtlError: Error {
+    var message: String
+    init(_ message: String) { self.message = message }
 }

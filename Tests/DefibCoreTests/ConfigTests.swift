@@ -198,6 +198,28 @@ import Testing
         #expect(found.allSatisfy { $0.kind == .invalid })
     }
 
+    @Test func metricsStayOnLoopbackAndSocketsNeedAnAddress() {
+        let text = """
+            state_dir = "/x"
+            [service]
+            argv = ["a"]
+            [sockets]
+            http = "localhost:8080"
+            api = "api.example.com:9000"
+            v6 = "[::]:8081"
+            [metrics]
+            listen = "0.0.0.0:9464"
+            """
+        let found = issues(text).map(\.description)
+        #expect(found == [
+            "defib.toml:6: sockets.api: 'api.example.com' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)",
+            "defib.toml:9: metrics.listen: 0.0.0.0 is not a loopback address: metrics are served on 127.0.0.0/8, ::1 or localhost only",
+        ], "\(found)")
+        for host in ["127.0.0.1", "127.3.2.1", "::1", "localhost"] { #expect(SocketSpec.isLoopback(host), "\(host)") }
+        for host in ["0.0.0.0", "10.0.0.1", "::", "128.0.0.1", "127.0.0", "localhost.example"] { #expect(!SocketSpec.isLoopback(host), "\(host)") }
+        #expect(SocketSpec.numericHost("localhost") == "127.0.0.1" && SocketSpec.numericHost("::") == "::" && SocketSpec.numericHost("300.1.1.1") == nil)
+    }
+
     @Test func linesAreFoundPastMultiLineStringsAndArrays() {
         let text = """
             [service]

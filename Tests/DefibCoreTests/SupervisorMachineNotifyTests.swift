@@ -98,6 +98,34 @@ import Testing
         #expect(m.nextWakeup == Self.ms(10 + 1000 + 125))
     }
 
+    /// STOPPING=1 from the service: no hang is declared while it winds down (stop_timeout_ms, 1000 here, or
+    /// longer with EXTEND_TIMEOUT_USEC=); still running after that, heartbeats count again; an exit after it
+    /// is an incident that says the stop was announced.
+    @Test func stoppingSuspendsHeartbeatsForTheStopTimeoutOnly() {
+        var m = Self.machine(.notify)
+        _ = m.start(at: Self.ms(0)); _ = m.spawned(pid: 100, at: Self.ms(0)); _ = m.notifyReceived([.ready], at: Self.ms(0))
+        _ = m.tick(at: Self.ms(225))
+        #expect(m.misses == 1)
+        #expect(m.notifyReceived([.stopping], at: Self.ms(300)) ==
+                [.serviceNotified("STOPPING=1: the service is stopping by itself; no heartbeat expected for up to 1000 ms")])
+        #expect(m.misses == 0 && m.phase == .running && m.nextWakeup == Self.ms(1300))
+        for t: Int64 in [400, 700, 1000, 1299] { #expect(m.tick(at: Self.ms(t)) == [], "silent while stopping, at \(t)") }
+        #expect(m.tick(at: Self.ms(1300)) == [.serviceNotified("still running 1000 ms after STOPPING=1: heartbeats are expected again")])
+        // From then on, the usual stages: a miss 125 ms after the keep-alive due at 1400.
+        #expect(m.nextWakeup == Self.ms(1300 + 100 + 125))
+
+        var e = Self.machine(.ping)
+        _ = e.start(at: Self.ms(0))
+        guard case let .sendPing(t)? = e.spawned(pid: 100, at: Self.ms(0)).first else { Issue.record("no ping"); return }
+        _ = e.pongReceived(token: t, at: Self.ms(0))
+        _ = e.notifyReceived([.stopping], at: Self.ms(50))
+        _ = e.notifyReceived([.extendTimeoutUsec(3_000_000)], at: Self.ms(60))
+        #expect(e.nextWakeup == Self.ms(3060), "EXTEND_TIMEOUT_USEC= lengthens the wind-down")
+        #expect(e.tick(at: Self.ms(2000)) == [])
+        let ended = e.childExited(.exited(code: 0), at: Self.ms(2500))
+        #expect(ended.prefix(2) == [.openIncident(.died(.exited(code: 0))), .noteIncident("the service had announced STOPPING=1 2450 ms before it ended")])
+    }
+
     @Test func readyMeansNothingWhenOnlyPingsCount() {
         var m = Self.machine(.ping)
         _ = m.start(at: Self.ms(0)); _ = m.spawned(pid: 100, at: Self.ms(0))

@@ -351,7 +351,7 @@ import Testing
 
     @Test func killJitterDelaysTheKillByTheDrawAndShutdownCutsItShort() {
         var d = Self.drive(to: .capturing, killJitterMs: 1000)
-        #expect(d.m.captureFinished(at: d.now, jitterDraw: 0.25) == [.noteIncident("kill delayed 250 ms (kill jitter up to 1000 ms)")])
+        #expect(d.m.captureFinished(at: d.now, jitterDraw: 0.25) == [.killDelayed(ms: 250, maxMs: 1000)])
         #expect(d.m.nextWakeup == d.now + 250)
         #expect(d.tick(to: d.t + 249) == [])
         #expect(d.tick(to: d.t + 1) == [.kill(pid: 100)])

@@ -132,6 +132,54 @@ struct SupervisorEdgeTests {
         #expect(nothing.stderr.contains("no control socket"), "\(nothing.stderr)")
     }
 
+    /// A control socket the config puts outside the state directory is still found by `defib ctl --state-dir`
+    /// (through the run directory's link); a socket a gone supervisor left behind does not make it ambiguous;
+    /// and defib never chmods a directory it did not create.
+    @Test func ctlFindsAControlSocketElsewhereAndSkipsStaleOnes() throws {
+        let dir = Scratch("ctlelse"); defer { dir.remove() }
+        let state = "\(dir.path)/state"
+        let shared = "\(dir.path)/shared"
+        try FileManager.default.createDirectory(atPath: shared, withIntermediateDirectories: true)
+        chmod(shared, 0o755)
+        // A stale socket: bound by a process that is gone, so nothing accepts on it.
+        try FileManager.default.createDirectory(atPath: "\(state)/run/old", withIntermediateDirectories: true)
+        let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un(); addr.sun_family = sa_family_t(AF_UNIX)
+        let stalePath = Array("\(state)/run/old/control.sock".utf8)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in stalePath.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try #require(bound == 0)
+        close(stale)
+        let config = "\(dir.path)/edge.toml"
+        try """
+        state_dir = "\(state)"
+        [service]
+        name = "edge"
+        argv = ["\(Self.pingable)"]
+        env = { MODE = "ok" }
+        [heartbeat]
+        interval_ms = 50
+        deadline_ms = 400
+        control_socket = "\(shared)/edge.sock"
+        [capture]
+        method = "none"
+        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let defib = try Background([Binaries.defib, "run", "--config", config], log: "\(dir.path)/defib.log")
+        defer { defib.stop() }
+        let answered = try waitUntil(timeoutMs: 10_000) {
+            try runCommand([Binaries.defib, "ctl", "--state-dir", state, "ping", "9"]).stdout == "pong 9\n"
+        }
+        #expect(answered, "\(defib.log)")
+        var st = stat()
+        #expect(stat(shared, &st) == 0 && st.st_mode & 0o777 == 0o755, "a directory defib did not create keeps its mode")
+        for private_ in ["\(state)/run", "\(state)/run/edge"] {
+            #expect(stat(private_, &st) == 0 && st.st_mode & 0o777 == 0o700, "\(private_) is 0700")
+        }
+        // With the stale one gone from the picture, an explicit --name still reaches either.
+        let named = try runCommand([Binaries.defib, "ctl", "--state-dir", state, "--name", "old", "ping"])
+        #expect(named.code == 2 && named.stderr.contains("connection refused"), "\(named.stderr)")
+    }
+
     @Test func runRejectsBadArguments() throws {
         let noProgram = try runCommand([Binaries.defib, "run", "--state-dir", "/tmp/x"])
         #expect(noProgram.code != 0)
