@@ -11,6 +11,8 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     case leakedRead = "leaked-read"
     /// A read guard held across an else branch that takes the write lock: self-deadlock.
     case guardAcrossElse = "guard-across-else"
+    /// A catalog update reads the catalog from inside its write section: self-deadlock by re-entry.
+    case writeThenRead = "write-then-read"
     /// A catalog update holds the write lock while blocked in a call that does not return: a slow holder.
     case slowHolder = "slow-holder"
     /// Every event loop spins forever (CPU-bound, no locks).
@@ -36,7 +38,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
         switch self {
         case .timeoutRace, .timeoutRaceNatural: .corruptedLockWord
         case .leakedRead: .leakedReadLock
-        case .guardAcrossElse: .selfDeadlock
+        case .guardAcrossElse, .writeThenRead: .selfDeadlock
         case .slowHolder: .slowHolder
         case .deadLoop: .deadLoop
         case .sigstop: .stopped
@@ -59,7 +61,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     public var expectsCorruptedWord: Bool? {
         switch self {
         case .timeoutRace, .timeoutRaceNatural: true
-        case .leakedRead, .guardAcrossElse, .slowHolder: false
+        case .leakedRead, .guardAcrossElse, .writeThenRead, .slowHolder: false
         default: nil
         }
     }
@@ -68,7 +70,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     /// race happens to strike): what the overload-deadlock verdict times.
     public var isImmediateDeadlock: Bool {
         switch self {
-        case .timeoutRace, .leakedRead, .guardAcrossElse, .slowHolder: true
+        case .timeoutRace, .leakedRead, .guardAcrossElse, .writeThenRead, .slowHolder: true
         default: false
         }
     }

@@ -171,6 +171,25 @@ public enum Diagnoser {
                                  evidence: evidence)
         }
 
+        // Self-deadlock by re-entry: the thread that holds the write lock parked on the same lock again (a
+        // read, or a second write, from inside its write section): it waits for itself.
+        for (lock, word) in words {
+            guard lock.holderWaitingForReaders != true, let tid = lock.holderTid, word & LockWord.writer != 0 else { continue }
+            let since = lock.holderSinceUnixMs ?? Int64.min
+            guard let again = lock.events?.last(where: { ($0.kind == "parked-read" || $0.kind == "parked-write") && $0.tid == tid && $0.unixMs >= since })
+            else { continue }
+            guard threads.isEmpty || threads.contains(where: { $0.tid == tid && $0.state != "R" }) else { continue }
+            let how = again.kind == "parked-read" ? "for reading" : "for writing"
+            let who = threads.first(where: { $0.tid == tid }).map { "thread '\($0.name)'" } ?? "it"
+            let label = Self.label(of: lock.holder ?? "")
+            var evidence = ["lock '\(lock.name)': \(lock.word) (\(LockWord.describe(word)))",
+                            "the write holder \(lock.holder ?? "tid \(tid)") parked on the same lock \(how) (event \(again.kind), tid \(again.tid))"]
+            if let thread = threads.first(where: { $0.tid == tid }) { evidence.append("thread \(tid) is '\(thread.name)', \(Self.activity(of: thread))") }
+            return HangDiagnosis(kind: .selfDeadlock,
+                                 sentence: "thread \(tid) holds the write lock of '\(lock.name)' ('\(label)') and waits to take it again \(how): \(who) waits for itself; \(lock.readersWaiting ?? 0) reader(s) and \(lock.writersWaiting ?? 0) writer(s) waiting in all",
+                                 evidence: evidence)
+        }
+
         // Leaked read lock: readers counted, a writer waiting for them, and none of the threads holding
         // a read lock is running inside its read section (they are idle, parked or gone).
         let allAsleep = !threads.isEmpty && threads.allSatisfy { $0.state != "R" && $0.state != "D" }
@@ -239,6 +258,35 @@ public enum Diagnoser {
             return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence; the process was \(p.kind): \(p.reason)")
         }
         return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence" + stateText)
+    }
+
+    /// What the core's stacks add once gdb has read them (after the restart): evidence naming where the
+    /// blocked threads wait (or, with none blocked, where the running ones are), and for a hang no rule
+    /// explained, a sentence that points at them. The kind never changes: the rules decided it from the
+    /// live process.
+    public static func refine(_ d: HangDiagnosis, stacks: String) -> HangDiagnosis {
+        let (groups, blocked) = IncidentSignature.threadGroups(stacks)
+        guard !groups.isEmpty else { return d }
+        var out = d
+        let shown = groups.prefix(3).map { "\($0.threads) × \(demangleHint($0.frames))" }
+        let line = "stacks: " + (blocked ? "blocked threads wait in " : "no thread is blocked; running threads are in ") + shown.joined(separator: "; ")
+            + (groups.count > 3 ? "; and \(groups.count - 3) more" : "")
+        out.evidence.removeAll { $0.hasPrefix("stacks: ") }
+        out.evidence.append(line)
+        if d.kind == .unknown, !d.sentence.contains("; the core shows ") {
+            let total = groups.reduce(0) { $0 + $1.threads }
+            out.sentence += "; the core shows \(total) thread(s) \(blocked ? "blocked" : "running"), most in \(demangleHint(groups[0].frames))"
+        }
+        return out
+    }
+
+    /// Shortens a frame chain for one line: Swift mangled names keep their last identifier-ish part.
+    static func demangleHint(_ frames: String) -> String {
+        frames.split(separator: " < ").map { frame -> String in
+            let f = String(frame)
+            guard f.hasPrefix("$s"), f.count > 40 else { return f }
+            return String(f.prefix(40)) + "…"
+        }.joined(separator: " < ")
     }
 
     /// CPU time per wall time of the process between `baseline` and `sample` (1.0 = one core busy).
@@ -336,6 +384,18 @@ public enum IncidentSignature {
     /// kernel-call wrappers; the distinct, sorted set. With no blocked thread (a dead loop), the threads
     /// running in user code (innermost frame not a wrapper) stand in; with none of those either, every thread.
     public static func topFrames(_ stacks: String) -> [String] {
+        Array(Set(chosenThreads(stacks).threads)).sorted()
+    }
+
+    /// The same threads, grouped: each distinct top-frame chain with how many threads show it, most first;
+    /// `blocked` says whether they are blocked threads (or, with none blocked, the running ones).
+    public static func threadGroups(_ stacks: String) -> (groups: [(frames: String, threads: Int)], blocked: Bool) {
+        let chosen = chosenThreads(stacks)
+        let counts = Dictionary(grouping: chosen.threads, by: { $0 }).map { (frames: $0.key, threads: $0.value.count) }
+        return (counts.sorted { ($0.threads, $1.frames) > ($1.threads, $0.frames) }, chosen.blocked)
+    }
+
+    static func chosenThreads(_ stacks: String) -> (threads: [String], blocked: Bool) {
         struct ThreadFrames { var top: [String] = []; var blocked = false; var innermostIsWrapper: Bool?; }
         var threads: [ThreadFrames] = []
         var current: ThreadFrames? = nil
@@ -353,9 +413,10 @@ public enum IncidentSignature {
         if let c = current { threads.append(c) }
         let withFrames = threads.filter { !$0.top.isEmpty }
         var chosen = withFrames.filter(\.blocked)
+        let blocked = !chosen.isEmpty
         if chosen.isEmpty { chosen = withFrames.filter { $0.innermostIsWrapper == false } }
         if chosen.isEmpty { chosen = withFrames }
-        return Array(Set(chosen.map { $0.top.joined(separator: " < ") })).sorted()
+        return (chosen.map { $0.top.joined(separator: " < ") }, blocked)
     }
 
     /// A frame that means the thread waits for another thread: futexes (directly or through syscall(2), as
@@ -379,6 +440,7 @@ public enum IncidentSignature {
 
     static func isWrapper(_ name: String) -> Bool {
         let wrappers = ["futex", "__futex", "syscall", "pthread_cond", "___pthread_cond", "__pthread_cond", "__GI_", "epoll_wait",
+                        "pthread_mutex_lock", "__pthread_mutex_lock", "___pthread_mutex_lock", "pthread_rwlock", "__pthread_rwlock",
                         "__lll_lock", "nanosleep", "clock_nanosleep", "__internal_syscall", "start_thread", "clone"]
         return wrappers.contains { name.hasPrefix($0) }
     }

@@ -1,6 +1,7 @@
 import CDefibShims
 import DefibCore
 import Glibc
+import Synchronization
 
 /// What to start and how.
 public struct SpawnRequest: Sendable {
@@ -23,25 +24,49 @@ public struct SpawnRequest: Sendable {
 }
 
 /// A started child: its pid and a pidfd, so signals never reach a recycled pid.
+///
+/// Copies share one pidfd, closed at most once: a second `closePidfd()` (from a copy, or a cleanup that
+/// runs twice) must not close a descriptor number some other thread has been given since — that other
+/// descriptor might be another child's pidfd, and the next signal would go to the wrong process.
 public struct ChildProcess: Sendable {
     public let pid: Int32
-    public let pidfd: Int32
     /// The program actually executed.
     public let executable: String
+    private let handle: PidFD
 
-    /// Sends `signal` through the pidfd; ESRCH (already gone) is not an error.
+    final class PidFD: Sendable {
+        let fd: Int32
+        let closed = Atomic<Bool>(false)
+        init(_ fd: Int32) { self.fd = fd }
+    }
+
+    init(pid: Int32, pidfd: Int32, executable: String) {
+        self.pid = pid; self.executable = executable; handle = PidFD(pidfd)
+    }
+
+    /// The pidfd (readable once the child has exited), or -1 once closed.
+    public var pidfd: Int32 { handle.closed.load(ordering: .acquiring) ? -1 : handle.fd }
+
+    /// Sends `signal` through the pidfd; ESRCH (already gone) is not an error. After `closePidfd()` nothing
+    /// is sent (the child was reaped; its pid may be someone else's).
     public func signal(_ sig: Int32) throws {
-        if defib_pidfd_send_signal(pidfd, sig) != 0 && errno != ESRCH {
+        guard !handle.closed.load(ordering: .acquiring) else { return }
+        if defib_pidfd_send_signal(handle.fd, sig) != 0 && errno != ESRCH {
             throw SystemError("pidfd_send_signal(\(pid), \(signalName(sig)))")
         }
     }
 
-    /// Sends `signal` to the child's whole process group (it is its own session leader).
+    /// Sends `signal` to the child's whole process group (it is its own session leader). Only while the child
+    /// is unreaped (its pid, the group's id, cannot have been reused): callers signal before they reap.
     public func signalGroup(_ sig: Int32) {
+        guard !handle.closed.load(ordering: .acquiring) else { return }
         _ = Glibc.kill(-pid, sig)
     }
 
-    public func closePidfd() { close(pidfd) }
+    /// Closes the pidfd, once, whichever copy asks.
+    public func closePidfd() {
+        if !handle.closed.exchange(true, ordering: .acquiringAndReleasing) { close(handle.fd) }
+    }
 }
 
 /// An exec failure, reported by the child before it exits.
@@ -70,6 +95,10 @@ public func spawnProcess(_ request: SpawnRequest) throws -> ChildProcess {
     }
     let envPath = request.environment["PATH"] ?? getenv("PATH").map { String(cString: $0) }
     guard let executable = resolveExecutable(program, path: envPath) else {
+        // A path names one file (execve would say why it fails); a bare name is looked up in PATH.
+        if program.contains("/") {
+            throw SpawnError(program: program, stage: "execute", errno: access(program, F_OK) == 0 ? EACCES : ENOENT)
+        }
         throw SpawnError(program: program, stage: "resolve in PATH", errno: ENOENT)
     }
     var env = request.environment

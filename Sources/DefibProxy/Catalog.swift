@@ -142,6 +142,18 @@ public final class Catalog: @unchecked Sendable {
         }
     }
 
+    /// The write-then-read bug: an update that, inside its write section, validates the result through the
+    /// public read path (`summary()`), which takes the read lock this thread blocks by holding the write lock.
+    /// parking_lot's RwLock is not re-entrant: the thread parks waiting for itself.
+    func applyValidatingUnderWriteLock(_ update: RouteUpdate, whileHolding: () -> Void = {}) {
+        lock.write(label: Self.updateLabel(update) + " (validates the new table)") {
+            _ = try? table.apply(update)
+            whileHolding()
+            _ = summary()   // the bug: a read of the lock this thread holds for writing
+            publish()
+        }
+    }
+
     private func matches(_ m: Machine, _ u: RouteUpdate) -> Bool {
         switch u {
         case let .up(_, _, address): m.isUp && m.address == address

@@ -16,6 +16,9 @@ public enum FaultKind: String, CaseIterable, Sendable {
     case leakedRead = "leaked-read"
     /// A read guard held across an else branch that takes the write lock: self-deadlock.
     case guardAcrossElse = "guard-across-else"
+    /// A catalog update reads the catalog (through the read lock) from inside its write section: the
+    /// writer waits for itself, like a read guard held across an else, the other way round.
+    case writeThenRead = "write-then-read"
     /// A catalog update holds the write lock while blocked in a call that does not return (an hour):
     /// a live, named holder every reader queues behind.
     case slowHolder = "slow-holder"
@@ -121,6 +124,17 @@ public final class FaultInjector: @unchecked Sendable {
             updater.armGuardAcrossElse()
             // Trigger it now with an update that takes the else path (a machine the table does not have).
             updater.submit(Self.elseBranchTrigger(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable()), source: "fault guard-across-else")
+        case .writeThenRead:
+            let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
+            let catalog = self.catalog
+            let holding = ThreadEvent()
+            startThread(name: "catalog-check") {
+                catalog.applyValidatingUnderWriteLock(update, whileHolding: { holding.set() })
+            }
+            guard holding.wait(timeoutNs: 10_000_000_000) else {
+                return ("error fault write-then-read: the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))", .none)
+            }
+            logger.warning("fault write-then-read: '\(Catalog.updateLabel(update))' reads the catalog while holding its write lock")
         case .slowHolder:
             let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
             let catalog = self.catalog, logger = self.logger

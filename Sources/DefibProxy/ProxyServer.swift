@@ -91,6 +91,9 @@ public final class ProxyServer: @unchecked Sendable {
                 }
             }
         var httpAddresses: [SocketAddress] = []
+        if config.listen != nil && !config.passedSockets.isEmpty {
+            logger.warning("--listen given: the \(config.passedSockets.count) socket(s) passed by the parent (LISTEN_FDS: \(config.passedSockets.map(\.name).joined(separator: ", "))) are not used")
+        }
         if let listen = config.listen {
             do {
                 let channel = try http.bind(host: listen.host, port: listen.port).wait()

@@ -21,7 +21,8 @@ public struct BackendAddress: Hashable, Sendable, CustomStringConvertible {
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// Parses `HOST:PORT` or `[V6]:PORT`; the error names the text and what is wrong with it.
-    public static func parse(_ text: Substring) throws(RouteError) -> BackendAddress {
+    /// Parses "HOST:PORT" or "[V6]:PORT". `anyPort` also accepts port 0 (a listening address: the kernel picks).
+    public static func parse(_ text: Substring, anyPort: Bool = false) throws(RouteError) -> BackendAddress {
         func bad(_ problem: String) -> RouteError { RouteError(kind: .badAddress, problem: "address '\(text)': \(problem)") }
         let host: Substring
         let portText: Substring
@@ -38,8 +39,8 @@ public struct BackendAddress: Hashable, Sendable, CustomStringConvertible {
             if host.contains(":") { throw bad("an IPv6 literal must be written in brackets, e.g. [::1]:8080") }
         }
         guard !host.isEmpty else { throw bad("empty host") }
-        guard let port = Int(portText), (1...65535).contains(port) else {
-            throw bad("port '\(portText)' is not a number in 1…65535")
+        guard let port = Int(portText), ((anyPort ? 0 : 1)...65535).contains(port) else {
+            throw bad("port '\(portText)' is not a number in \(anyPort ? 0 : 1)…65535")
         }
         return BackendAddress(host: String(host), port: port)
     }

@@ -133,7 +133,9 @@ extension Supervisor {
     /// reaps it here (the machine hears of the exit at once).
     func takeCore(pid: Int32, firstThread: Int32?) -> (record: CaptureRecord, threads: Int?, notes: [String]) {
         let budget = config.capture.budgetMs
-        let path = "\(config.coreDirectory)/core.\(config.service.name).\(incident?.id.map(String.init) ?? "x").\(pid)"
+        // core.NAME.INCIDENT.PID, whatever the method (gcore appends the pid to the prefix itself).
+        let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(incident?.id.map(String.init) ?? "x")"
+        let path = "\(prefix).\(pid)"
         switch config.capture.method {
         case .none:
             return (CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil), nil, [])
@@ -149,7 +151,7 @@ extension Supervisor {
             return (result.record, result.threads, notes)
         case .gcore:
             logger.info("capturing a core of pid \(pid) with gcore (budget \(budget) ms)")
-            return (GcoreCapture.capture(pid: pid, prefix: path, budgetMs: budget), nil, [])
+            return (GcoreCapture.capture(pid: pid, prefix: prefix, budgetMs: budget), nil, [])
         case .kernel:
             logger.info("capturing a core of pid \(pid) with the kernel's dump (budget \(budget) ms)")
             switch KernelCoreCapture.begin(pid: pid, pidfd: child?.pidfd) {
@@ -197,6 +199,13 @@ extension Supervisor {
             if var stored = try? recorder.incident(id: job.incidentID) {
                 stored.stacks = text
                 if status != .exited(code: 0) { stored.notes.append("gdb ended \(describe(status)) while reading stacks") }
+                // The stacks refine the diagnosis's evidence (where the blocked threads wait) and fix the signature.
+                if let kind = DiagnosisKind(rawValue: String(stored.diagnosis.prefix { $0 != ":" })), !text.isEmpty {
+                    let sentence = stored.diagnosis.dropFirst(kind.rawValue.count + 2)
+                    let refined = Diagnoser.refine(HangDiagnosis(kind: kind, sentence: String(sentence), evidence: stored.diagnosisEvidence ?? []), stacks: text)
+                    stored.diagnosis = refined.line
+                    stored.diagnosisEvidence = refined.evidence
+                }
                 stored.signature = signature(of: stored)
                 do { try recorder.update(stored) } catch { logger.error("could not store stacks: \(error)") }
                 logger.info("stacks for incident \(job.incidentID) stored (\(text.split(separator: "\n").count) lines), signature \(stored.signature ?? "-")",

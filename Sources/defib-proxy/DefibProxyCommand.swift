@@ -98,7 +98,7 @@ struct DefibProxyCommand: ParsableCommand {
         var notify: SystemdNotifySettings?
         do {
             if sdNotify { notify = try SystemdNotifySettings.fromEnvironment() }
-            if let listen { config.listen = try BackendAddress.parse(Substring(listen)) }
+            if let listen { config.listen = try BackendAddress.parse(Substring(listen), anyPort: true) }
             config.passedSockets = try ListenFDs.takeFromEnvironment() ?? []
             config.routesFile = routes
             config.routeFlags = routeFlags

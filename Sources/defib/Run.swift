@@ -92,6 +92,15 @@ struct RunCommand: ParsableCommand {
     }
 
     func run() throws {
+        // A configuration that cannot work is named on one line, exit 64 — not followed by the top-level usage
+        // ArgumentParser prints for errors thrown here (the options parsed fine; their values do not work).
+        do { try supervise() } catch let error as ValidationError {
+            FileHandle.standardError.write(Data("defib run: \(error.message)\n".utf8))
+            throw ExitCode(64)
+        }
+    }
+
+    private func supervise() throws {
         let signals = try Supervisor.takeOverSignals()
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)

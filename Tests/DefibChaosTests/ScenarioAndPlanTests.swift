@@ -14,8 +14,9 @@ import Testing
         #expect(ChaosScenario.control.expectedDiagnosis == nil)
         #expect(!ChaosScenario.crash.expectsCore && !ChaosScenario.control.expectsCore)
         #expect(ChaosScenario.slowHolder.expectedDiagnosis == .slowHolder && ChaosScenario.slowHolder.expectsCorruptedWord == false)
-        #expect(ChaosScenario.allCases.filter(\.expectsCore).count == 7)
-        #expect(ChaosScenario.allCases.filter(\.isImmediateDeadlock) == [.timeoutRace, .leakedRead, .guardAcrossElse, .slowHolder])
+        #expect(ChaosScenario.writeThenRead.expectedDiagnosis == .selfDeadlock)
+        #expect(ChaosScenario.allCases.filter(\.expectsCore).count == 8)
+        #expect(ChaosScenario.allCases.filter(\.isImmediateDeadlock) == [.timeoutRace, .leakedRead, .guardAcrossElse, .writeThenRead, .slowHolder])
         #expect(ChaosScenario.timeoutRace.expectsCorruptedWord == true && ChaosScenario.leakedRead.expectsCorruptedWord == false)
         #expect(ChaosScenario.sigstop.fault == "SIGSTOP" && ChaosScenario.control.fault == "none")
     }

@@ -50,6 +50,25 @@ import Testing
         #expect(d.sentence.hasPrefix("thread 101 waits for the write lock of 'catalog' while holding its read lock"))
     }
 
+    /// Re-entry: the write holder parks on its own lock again (a read inside the write section).
+    @Test func aWriteHolderParkedOnItsOwnLockIsASelfDeadlock() {
+        var held = Self.lock("0x0000000000000009", holder: "catalog.update app=shop machine=m2 tid=77", holderSince: Self.now - 3000, readers: 3)
+        held.holderTid = 77
+        held.events = [LockEventRecord(kind: "parked-read", tid: 77, unixMs: Self.now - 2999, wordAfter: "0x0000000000000009", label: "")]
+        let threads = [ThreadSample(tid: 77, name: "catalog-updates", state: "S", cpuTicks: 1, syscall: Syscalls.futex)]
+        let d = Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [held], progress: .stuck("asleep"),
+                                                  sample: ProcessSample(pid: 1, atNs: 0, threads: threads), nowUnixMs: Self.now))
+        #expect(d.kind == .selfDeadlock, "\(d)")
+        #expect(d.sentence.hasPrefix("thread 77 holds the write lock of 'catalog' ('catalog.update app=shop machine=m2') and waits to take it again for reading: thread 'catalog-updates' waits for itself"), "\(d.sentence)")
+        // Another thread parked on it, or the holder's park before it became the holder: a slow holder, not a re-entry.
+        var other = held
+        other.events = [LockEventRecord(kind: "parked-read", tid: 78, unixMs: Self.now - 2999, wordAfter: "0x9", label: "")]
+        #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [other], nowUnixMs: Self.now)).kind == .slowHolder)
+        var earlier = held
+        earlier.events = [LockEventRecord(kind: "parked-write", tid: 77, unixMs: Self.now - 3500, wordAfter: "0x9", label: "")]
+        #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [earlier], nowUnixMs: Self.now)).kind == .slowHolder)
+    }
+
     @Test func aLongLiveHoldIsASlowHolder() {
         let d = Diagnoser.diagnose(DiagnosisInput(cause: Self.hang,
                                                   locks: [Self.lock("0x0000000000000009", holder: "catalog.update app=big tid=9", holderSince: Self.now - 12_300, readers: 3)],
@@ -109,6 +128,32 @@ import Testing
         #1  0x000055cc in main () at main.swift:3
         """
         #expect(IncidentSignature.topFrames(stacks) == ["$s10DefibProxy6FaultsC4spinyyF < $s7NIOCore9EventLoopC3runyyF"])
+    }
+
+    @Test func stacksRefineTheEvidenceAndPointAnUnexplainedHangAtTheBlockedThreads() {
+        let stacks = """
+        Thread 3 (LWP 12):
+        #0  0x00007f01 in __lll_lock_wait () from /lib/x86_64-linux-gnu/libc.so.6
+        #1  0x00007f02 in pthread_mutex_lock () from /lib/x86_64-linux-gnu/libc.so.6
+        #2  0x000055aa in cache_lookup () at cache.c:40
+        Thread 2 (LWP 11):
+        #0  0x00007f01 in __lll_lock_wait () from /lib/x86_64-linux-gnu/libc.so.6
+        #1  0x00007f02 in pthread_mutex_lock () from /lib/x86_64-linux-gnu/libc.so.6
+        #2  0x000055aa in cache_lookup () at cache.c:40
+        Thread 1 (LWP 10):
+        #0  0x00007f03 in epoll_wait () from /lib/x86_64-linux-gnu/libc.so.6
+        #1  0x000055cc in main () at main.c:3
+        """
+        let unknown = HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence; the process was stuck: asleep")
+        let refined = Diagnoser.refine(unknown, stacks: stacks)
+        #expect(refined.kind == .unknown)
+        #expect(refined.sentence == "no lock explains the silence; the process was stuck: asleep; the core shows 2 thread(s) blocked, most in cache_lookup", "\(refined.sentence)")
+        #expect(refined.evidence == ["stacks: blocked threads wait in 2 × cache_lookup"])
+        // Refining twice changes nothing more; a diagnosed kind keeps its sentence and gains the evidence line.
+        #expect(Diagnoser.refine(refined, stacks: stacks) == refined)
+        let known = HangDiagnosis(kind: .slowHolder, sentence: "x has held it", evidence: ["lock 'catalog': 0x9"])
+        #expect(Diagnoser.refine(known, stacks: stacks) == HangDiagnosis(kind: .slowHolder, sentence: "x has held it",
+                                                                         evidence: ["lock 'catalog': 0x9", "stacks: blocked threads wait in 2 × cache_lookup"]))
     }
 
     @Test func corruptedWordsAreRecognised() {

@@ -10,6 +10,8 @@ import Testing
 final class ProxyWithRecorder {
     let pid: pid_t
     let directory: String
+    /// Set once the process has been reaped: its pid may then belong to someone else and is never signalled.
+    private var reaped = false
     var recorderPath: String { directory + "/flight.rec" }
     var controlPath: String { directory + "/control.sock" }
     var log: String { (try? String(contentsOfFile: directory + "/proxy.log", encoding: .utf8)) ?? "" }
@@ -47,7 +49,7 @@ final class ProxyWithRecorder {
         var exited = false
         let ready = eventually(timeoutMs: 20_000) {
             var status: Int32 = 0
-            exited = exited || waitpid(pid, &status, WNOHANG) == pid
+            if !exited, waitpid(pid, &status, WNOHANG) == pid { exited = true; reaped = true }
             return exited || controlExchange(path: controlPath, ["ping ready"], timeoutMs: 500) == ["pong ready"]
         }
         return ready && !exited
@@ -85,10 +87,15 @@ final class ProxyWithRecorder {
         return (state, call)
     }
 
+    /// SIGKILL by pid only while the process is ours and unreaped (an unreaped child's pid cannot be
+    /// recycled; a reaped one's can, and another test's process could be hit), then reap.
     func stop() {
-        kill(pid, SIGKILL)
-        var status: Int32 = 0
-        _ = waitpid(pid, &status, 0)
+        if !reaped {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+            reaped = true
+        }
         try? FileManager.default.removeItem(atPath: directory)
     }
 

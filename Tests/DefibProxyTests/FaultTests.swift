@@ -120,7 +120,7 @@ struct FaultTests {
     }
 
     @Test func faultKindsParseAndUnknownOnesAreListed() {
-        #expect(FaultKind.allCases.map(\.rawValue) == ["none", "timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "dead-loop", "crash", "exit"])
+        #expect(FaultKind.allCases.map(\.rawValue) == ["none", "timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "write-then-read", "slow-holder", "dead-loop", "crash", "exit"])
         do {
             _ = try FaultKind.parse("melt")
             Issue.record("expected an error")

@@ -14,7 +14,7 @@ struct ChaosQuickTests {
         // 0: every run recovered and every evidence check passed (1 lists what failed on stdout).
         #expect(r.code == 0, "exit \(r.code): \(r.stdout)\n\(r.stderr)")
         // The progress lines name each run.
-        #expect(r.stderr.contains("[1/9] timeout-race steady run 1: detected in"), "\(r.stderr)")
+        #expect(r.stderr.contains("[1/10] timeout-race steady run 1: detected in"), "\(r.stderr)")
 
         let data = try #require(FileManager.default.contents(atPath: "\(report)/report.json"), "no report.json: \(r.stderr)")
         let runs = try #require(try JSONSerialization.jsonObject(with: data) as? [[String: Any]])
@@ -28,7 +28,7 @@ struct ChaosQuickTests {
         }
         var byScenario: [String: [String: Any]] = [:]
         for run in runs { byScenario[run["scenario"] as? String ?? ""] = run }
-        let scenarios = ["timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "slow-holder", "dead-loop", "sigstop", "crash", "control"]
+        let scenarios = ["timeout-race", "timeout-race-natural", "leaked-read", "guard-across-else", "write-then-read", "slow-holder", "dead-loop", "sigstop", "crash", "control"]
         #expect(Set(byScenario.keys) == Set(scenarios), "scenarios run: \(byScenario.keys.sorted())")
         #expect(runs.allSatisfy { $0["load"] as? String == "steady" })
 
@@ -49,7 +49,7 @@ struct ChaosQuickTests {
         }
         // Every fault's diagnosis.
         for (name, kind) in [("timeout-race", "corrupted-lock-word"), ("timeout-race-natural", "corrupted-lock-word"), ("leaked-read", "leaked-read-lock"),
-                             ("guard-across-else", "self-deadlock"), ("slow-holder", "slow-holder"), ("dead-loop", "dead-loop"),
+                             ("guard-across-else", "self-deadlock"), ("write-then-read", "self-deadlock"), ("slow-holder", "slow-holder"), ("dead-loop", "dead-loop"),
                              ("sigstop", "stopped"), ("crash", "signaled")] {
             let run = try #require(byScenario[name])
             #expect(run["diagnosis_ok"] as? Bool == true, "\(name): diagnosis '\(run["diagnosis"] ?? "")', expected \(kind)")
@@ -62,7 +62,7 @@ struct ChaosQuickTests {
             #expect(word == "0xfffffffffffffffe" || word == "0xffffffffffffffff", "\(name): \(word)")
         }
         // The other lock bugs leave a valid word (held, not corrupted).
-        for name in ["leaked-read", "guard-across-else", "slow-holder"] {
+        for name in ["leaked-read", "guard-across-else", "write-then-read", "slow-holder"] {
             let run = try #require(byScenario[name])
             #expect(run["lock_word_ok"] as? Bool == true, "\(name): lock word \(run["lock_word"] ?? "none")")
         }

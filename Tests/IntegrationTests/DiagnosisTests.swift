@@ -23,6 +23,7 @@ struct DiagnosisCase: Sendable, CustomTestStringConvertible {
         DiagnosisCase(name: "timeout-race", trigger: .fault("timeout-race"), expected: "corrupted-lock-word"),
         DiagnosisCase(name: "leaked-read", trigger: .faultThenSignal("leaked-read", SIGHUP), expected: "leaked-read-lock"),
         DiagnosisCase(name: "guard-across-else", trigger: .fault("guard-across-else"), expected: "self-deadlock"),
+        DiagnosisCase(name: "write-then-read", trigger: .fault("write-then-read"), expected: "self-deadlock"),
         DiagnosisCase(name: "slow-holder", trigger: .fault("slow-holder"), expected: "slow-holder"),
         DiagnosisCase(name: "dead-loop", trigger: .fault("dead-loop"), expected: "dead-loop"),
         DiagnosisCase(name: "crash", trigger: .fault("crash"), expected: "signaled"),
@@ -99,6 +100,9 @@ struct DiagnosisTests {
             #expect(diagnosis.contains("thread 'catalog-updates' waits for itself"), "\(diagnosis)")
             let events = catalog?["events"] as? [[String: Any]] ?? []
             #expect(events.contains { $0["kind"] as? String == "write-while-holding-read" }, "\(events)")
+        case "write-then-read":
+            #expect(diagnosis.contains("holds the write lock of 'catalog'") && diagnosis.contains("waits to take it again for reading")
+                    && diagnosis.contains("'catalog-check' waits for itself"), "\(diagnosis)")
         case "slow-holder":
             // Named by its label, with how long it has held the lock.
             #expect(diagnosis.contains("catalog.update app=app.test") && diagnosis.contains("has held the write lock of 'catalog' for"), "\(diagnosis)")
