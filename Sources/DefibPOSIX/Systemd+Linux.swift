@@ -28,11 +28,14 @@ public final class BoundedKeepAlive: @unchecked Sendable {
     private final class Shared: @unchecked Sendable {
         let done = Atomic<Bool>(false)
         let periodNs: Int64, untilNs: Int64
-        init(periodNs: Int64, untilNs: Int64) { self.periodNs = periodNs; self.untilNs = untilNs }
+        let send: @Sendable () -> Void
+        init(periodNs: Int64, untilNs: Int64, send: @escaping @Sendable () -> Void) {
+            self.periodNs = periodNs; self.untilNs = untilNs; self.send = send
+        }
         var isDone: Bool { done.load(ordering: .acquiring) }
         func run() {
             while monotonicNanoseconds() < untilNs, !isDone {
-                SystemdNotifier.notify("WATCHDOG=1")
+                send()
                 let wakeAt = min(monotonicNanoseconds() + periodNs, untilNs)
                 // Short steps, so finish() is noticed quickly.
                 while !isDone, case let left = wakeAt - monotonicNanoseconds(), left > 0 {
@@ -44,9 +47,9 @@ public final class BoundedKeepAlive: @unchecked Sendable {
     private let shared: Shared
     private var thread: pthread_t?
 
-    /// Sends WATCHDOG=1 every `periodNs` until `finish()` or the monotonic time `untilNs`.
-    public init(periodNs: Int64, untilNs: Int64) {
-        shared = Shared(periodNs: max(1_000_000, periodNs), untilNs: untilNs)
+    /// Sends WATCHDOG=1 (or calls `send`) every `periodNs` until `finish()` or the monotonic time `untilNs`.
+    public init(periodNs: Int64, untilNs: Int64, send: @escaping @Sendable () -> Void = { SystemdNotifier.notify("WATCHDOG=1") }) {
+        shared = Shared(periodNs: max(1_000_000, periodNs), untilNs: untilNs, send: send)
         var t = pthread_t()
         let context = Unmanaged.passRetained(shared).toOpaque()
         let rc = pthread_create(&t, nil, { raw in

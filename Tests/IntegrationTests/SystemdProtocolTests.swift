@@ -38,11 +38,24 @@ struct SystemdProtocolTests {
         #expect(ready.text.contains("STATUS=pingable.py: running pid"), "\(ready.text)")
         #expect(monotonicNanoseconds() - started >= 700_000_000, "READY=1 only after the service answered (it starts after 700 ms)")
         #expect(!early.dropLast().contains { $0.text.contains("READY=1") })
-        // WATCHDOG=1 at least every WATCHDOG_USEC/2 = 500 ms: over 4 s, at least 6 of them (8 expected).
-        let later = Self.collect(manager, forMs: 4000)
+        // WATCHDOG=1 at least every WATCHDOG_USEC/2 = 500 ms (defib sends every 400 ms): over 4 s, at least 6
+        // of them (10 expected), and never a gap systemd would act on (a whole WATCHDOG_USEC).
+        var arrivals: [Int64] = []
+        var later: [NotifyServer.Message] = []
+        let until = monotonicNanoseconds() + 4_000_000_000
+        while monotonicNanoseconds() < until {
+            var pfd = pollfd(fd: manager.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&pfd, 1, 50)
+            for m in manager.receiveAll() {
+                later.append(m)
+                if m.text.contains("WATCHDOG=1") { arrivals.append(monotonicNanoseconds()) }
+            }
+        }
         let keepAlives = later.filter { $0.text.contains("WATCHDOG=1") }
         #expect(keepAlives.count >= 6, "\(keepAlives.count) keep-alives in 4 s: \(later.map(\.text))")
         #expect(keepAlives.allSatisfy { $0.pid == defib.pid })
+        let widest = zip(arrivals.dropFirst(), arrivals).map { $0 - $1 }.max() ?? 0
+        #expect(widest < 1_000_000_000, "a keep-alive gap of \(widest / 1_000_000) ms: systemd would have fired")
         kill(defib.pid, SIGTERM)
         let end = Self.collect(manager, forMs: 5000) { $0.contains { $0.text.contains("STOPPING=1") } }
         #expect(end.contains { $0.text.contains("STOPPING=1") }, "\(end.map(\.text))")
