@@ -49,7 +49,7 @@ public enum GcoreCapture {
             return CaptureRecord(method: "gcore", path: nil, bytes: 0, durationMs: elapsed(),
                                  error: "gcore not found in PATH (install gdb)")
         }
-        var request = SpawnRequest(argv: [gcore, "-o", prefix, String(pid)], environment: currentEnvironment())
+        var request = SpawnRequest(argv: [gcore, "-o", prefix, String(pid)], environment: helperEnvironment())
         request.stdoutFD = log; request.stderrFD = log; request.stdinFromDevNull = true
         let child: ChildProcess
         do { child = try spawnProcess(request) } catch {
@@ -90,7 +90,7 @@ public struct StacksJob: Sendable {
         var request = SpawnRequest(argv: [gdb, "-batch", "-nx", "-q",
                                           "-ex", "set pagination off", "-ex", "set width 0", "-ex", "set complaints 0",
                                           "-ex", "thread apply all bt", binary, core],
-                                   environment: currentEnvironment())
+                                   environment: helperEnvironment())
         request.stdoutFD = out; request.stderrFD = out; request.stdinFromDevNull = true
         return StacksJob(child: try spawnProcess(request), outputPath: outputPath, incidentID: incidentID)
     }
@@ -118,6 +118,15 @@ public struct StacksJob: Sendable {
 }
 
 /// The supervisor's own environment as a dictionary.
+/// The environment for helper tools (gcore, gdb, gzip/zstd): ours, without what the service manager
+/// meant for this process alone — NOTIFY_SOCKET, WATCHDOG_*, LISTEN_* — so a helper that speaks sd_notify
+/// (or a library inside it that does) cannot talk to systemd in defib's name.
+public func helperEnvironment() -> [String: String] {
+    var env = currentEnvironment()
+    for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] { env.removeValue(forKey: key) }
+    return env
+}
+
 public func currentEnvironment() -> [String: String] {
     var env: [String: String] = [:]
     var p = environ

@@ -82,7 +82,8 @@ public enum NativeCoreWriter {
         // Open before stopping, so a bad path never stops the process.
         let fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
         if fd < 0 { return failed("\(SystemError("open(\(path))"))") }
-        defer { close(fd) }
+        var closed = false
+        defer { if !closed { close(fd) } }
         fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
 
         let stopStarted = monotonicNanoseconds()
@@ -195,6 +196,15 @@ public enum NativeCoreWriter {
         }
         var st = stat()
         fstat(fd, &st)
+        // close(2) is where some file systems (NFS, quotas) report a write that could not land.
+        closed = true
+        if close(fd) != 0 {
+            let e = SystemError("close(\(path))")
+            unlink(path)
+            let full = e.errno == ENOSPC || e.errno == EDQUOT
+            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
+                          stopMs: stopMs, exited: process.leaderExited)
+        }
         if process.leaderExited { notes.append("the main thread exited during the capture") }
         if process.redelivered > 0 {
             notes.append("re-delivered \(process.redelivered) signal(s) that arrived as the threads stopped")

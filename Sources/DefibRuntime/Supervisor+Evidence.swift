@@ -25,7 +25,7 @@ extension Supervisor {
         current.binaryPath = ProcessMemory.executable(pid: pid) ?? current.binaryPath
         let sample = lastSample?.pid == pid ? lastSample! : ProcSampler.sample(pid: pid)
         current.threadStates = sample.stateSummary
-        let evidence = readLockEvidence(pid: pid, notes: &current.notes)
+        let evidence = readLockEvidence(pid: pid, notes: &current.notes, blocked: Set(sample.threads.filter(\.inFutexWait).map(\.tid)))
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }
         current.flightRecorder = evidence.recorderSummary
         var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
@@ -58,14 +58,15 @@ extension Supervisor {
     struct LockEvidence {
         var locks: [LockState] = []
         var recorderSummary: String?
-        /// The thread the core should show first: the newest one the flight recorder saw blocked or timing out.
+        /// The thread the core should show first: the newest one the flight recorder saw parked on a lock that
+        /// is still asleep in a futex wait (else the newest one it saw that still exists).
         var interestingThread: Int32?
     }
 
     /// Lock names, addresses, holders, waiters and recent events from the flight recorder; each word read
     /// again from the process's memory (the authoritative value); the `locks` telemetry as a fallback
     /// when there is no recorder.
-    func readLockEvidence(pid: Int32, notes: inout [String]) -> LockEvidence {
+    func readLockEvidence(pid: Int32, notes: inout [String], blocked: Set<Int32> = []) -> LockEvidence {
         var out = LockEvidence()
         var record: FlightRecord?
         do {
@@ -77,7 +78,7 @@ extension Supervisor {
         if let record {
             out.recorderSummary = "\(flightRecorderPath): \(record.locks.count) lock(s), generation \(record.generation)"
                 + (record.tornSlots.isEmpty ? "" : ", torn slots left out: \(record.tornSlots)")
-            var newest: (ns: UInt64, tid: Int32)?
+            var seen: [(ns: UInt64, tid: Int32, parked: Bool)] = []
             for lock in record.locks {
                 var state = LockState(name: lock.name, address: hex64(lock.address), word: hex64(lock.word), source: "flight-recorder",
                                       holder: lock.holder.map { "\($0.label) tid=\($0.tid)" },
@@ -98,7 +99,10 @@ extension Supervisor {
                     LockReadHolderRecord(tid: $0.tid, depth: Int($0.depth), sinceUnixMs: $0.sinceUnixMs, threadExited: $0.threadExited)
                 }
                 state.moreReadHolders = lock.readHolders == nil ? nil : Int(lock.moreReadHolders)
-                for e in events where newest == nil || e.monotonicNs > newest!.ns { newest = (e.monotonicNs, e.tid) }
+                for e in events {
+                    let parked = e.kind == .parkedRead || e.kind == .parkedWrite || e.kind == .parkedWriteForReaders || e.kind == .writeWhileHoldingRead
+                    seen.append((e.monotonicNs, e.tid, parked))
+                }
                 do {
                     state.word = hex64(try ProcessMemory.readUInt64(pid: pid, address: lock.address))
                     state.source = "memory"
@@ -114,7 +118,10 @@ extension Supervisor {
                                                source: "flight-recorder: right after '\(corrupting.label)' (tid \(corrupting.tid)) timed out and reverted"))
                 }
             }
-            if let newest, threadIDs(pid: pid).contains(newest.tid) { out.interestingThread = newest.tid }
+            let alive = Set(threadIDs(pid: pid))
+            let newestFirst = seen.sorted { $0.ns > $1.ns }
+            out.interestingThread = newestFirst.first(where: { $0.parked && blocked.contains($0.tid) })?.tid
+                ?? newestFirst.first(where: { alive.contains($0.tid) })?.tid
             return out
         }
         // No recorder: the addresses learnt from `locks` while the service was healthy.
@@ -240,12 +247,16 @@ extension Supervisor {
         let output = core + (tool == .gzip ? ".gz" : ".zst")
         let argv: [String] = tool == .gzip ? ["gzip", "-1", "-f", "-n", core] : ["zstd", "-q", "-1", "-f", core, "-o", output]
         do {
-            var request = SpawnRequest(argv: argv, environment: currentEnvironment())
+            var request = SpawnRequest(argv: argv, environment: helperEnvironment())
             request.stdinFromDevNull = true
             let child = try spawnProcess(request)
             backgroundJobs[child.pid] = .compress(incidentID: incidentID, child: child, input: core, output: output, tool: tool)
         } catch {
             logger.error("could not start \(tool.rawValue) on \(core): \(error)")
+            if var stored = try? recorder.incident(id: incidentID) {
+                stored.notes.append("could not start \(tool.rawValue) (\(error)); the core stays uncompressed")
+                try? recorder.update(stored)
+            }
             applyRetention(justWritten: incidentID)
         }
     }
