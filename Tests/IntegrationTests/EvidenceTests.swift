@@ -11,23 +11,8 @@ struct EvidenceTests {
 
     /// A config for pingable.py that hangs after `hangAfter` pings, with extra TOML appended.
     static func config(_ dir: Scratch, hangAfter: Int, extra: String) throws -> String {
-        let path = "\(dir.path)/defib.toml"
-        try """
-            state_dir = "\(dir.path)/state"
-            [service]
-            name = "pingable"
-            argv = ["\(pingable)"]
-            env = { MODE = "hang-after:\(hangAfter)" }
-            [heartbeat]
-            interval_ms = 50
-            deadline_ms = 400
-            [restart]
-            intensity_max = 50
-            backoff_initial_ms = 50
-            backoff_max_ms = 50
-            \(extra)
-            """.write(toFile: path, atomically: true, encoding: .utf8)
-        return path
+        try writePingableConfig(at: "\(dir.path)/defib.toml", stateDir: "\(dir.path)/state", name: "pingable", mode: "hang-after:\(hangAfter)",
+                                extra: "[restart]\nintensity_max = 50\nbackoff_initial_ms = 50\nbackoff_max_ms = 50\n\(extra)")
     }
 
     @Test func retentionKeepsTheFirstCoreOfTheSignatureAndTheNewestWithinTheLimit() throws {

@@ -150,20 +150,8 @@ struct SupervisorEdgeTests {
         let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(stale, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         try #require(bound == 0)
         close(stale)
-        let config = "\(dir.path)/edge.toml"
-        try """
-        state_dir = "\(state)"
-        [service]
-        name = "edge"
-        argv = ["\(Self.pingable)"]
-        env = { MODE = "ok" }
-        [heartbeat]
-        interval_ms = 50
-        deadline_ms = 400
-        control_socket = "\(shared)/edge.sock"
-        [capture]
-        method = "none"
-        """.write(toFile: config, atomically: true, encoding: .utf8)
+        let config = try writePingableConfig(at: "\(dir.path)/edge.toml", stateDir: state, name: "edge", mode: "ok",
+                                             heartbeatExtra: "control_socket = \"\(shared)/edge.sock\"", extra: "[capture]\nmethod = \"none\"")
         let defib = try Background([Binaries.defib, "run", "--config", config], log: "\(dir.path)/defib.log")
         defer { defib.stop() }
         let answered = try waitUntil(timeoutMs: 10_000) {
