@@ -40,8 +40,20 @@ public struct LockEventRecord: Sendable, Equatable, Codable {
     /// The lock word right after the event, "0x…".
     public var wordAfter: String
     public var label: String
-    public init(kind: String, tid: Int32, unixMs: Int64, wordAfter: String, label: String) {
+    /// CLOCK_MONOTONIC of the event (the flight recorder's), when known: orders it against a hold precisely.
+    public var monotonicNs: UInt64?
+    public init(kind: String, tid: Int32, unixMs: Int64, wordAfter: String, label: String, monotonicNs: UInt64? = nil) {
         self.kind = kind; self.tid = tid; self.unixMs = unixMs; self.wordAfter = wordAfter; self.label = label
+        self.monotonicNs = monotonicNs
+    }
+
+    /// Whether the event happened after a hold that began at `sinceUnixMs` / `sinceMonotonicNs`: by the
+    /// monotonic clock when both have it (the wall clock's milliseconds cannot order a park and a hand-off
+    /// in the same millisecond), else strictly later by the wall clock.
+    public func isAfter(holdSinceUnixMs: Int64?, monotonicNs since: UInt64?) -> Bool {
+        if let mine = monotonicNs, let since { return mine > since }
+        guard let ms = holdSinceUnixMs else { return false }
+        return unixMs > ms
     }
 }
 
@@ -175,10 +187,13 @@ public enum Diagnoser {
         // read, or a second write, from inside its write section): it waits for itself.
         for (lock, word) in words {
             guard lock.holderWaitingForReaders != true, let tid = lock.holderTid, word & LockWord.writer != 0 else { continue }
-            let since = lock.holderSinceUnixMs ?? Int64.min
-            guard let again = lock.events?.last(where: { ($0.kind == "parked-read" || $0.kind == "parked-write") && $0.tid == tid && $0.unixMs >= since })
-            else { continue }
-            guard threads.isEmpty || threads.contains(where: { $0.tid == tid && $0.state != "R" }) else { continue }
+            // Parked after it took the lock (a park before it, then the hand-off, is how it got the lock).
+            guard let again = lock.events?.last(where: {
+                ($0.kind == "parked-read" || $0.kind == "parked-write") && $0.tid == tid
+                    && $0.isAfter(holdSinceUnixMs: lock.holderSinceUnixMs, monotonicNs: lock.holderSinceMonotonicNs)
+            }) else { continue }
+            // And still asleep on it (a futex wait), when /proc says.
+            guard threads.isEmpty || threads.contains(where: { $0.tid == tid && $0.inFutexWait }) else { continue }
             let how = again.kind == "parked-read" ? "for reading" : "for writing"
             let who = threads.first(where: { $0.tid == tid }).map { "thread '\($0.name)'" } ?? "it"
             let label = Self.label(of: lock.holder ?? "")
@@ -419,12 +434,13 @@ public enum IncidentSignature {
         return (chosen.map { $0.top.joined(separator: " < ") }, blocked)
     }
 
-    /// A frame that means the thread waits for another thread: futexes (directly or through syscall(2), as
-    /// the parking lot does), mutexes, condition variables, rwlocks, and parking_lot-style parkers.
+    /// A frame that means the thread waits to acquire a lock: a mutex or rwlock of libc, or a parking_lot-style
+    /// parker. A bare futex or condition-variable wait is not enough: that is also how idle workers (a thread
+    /// pool, an update queue) wait for work, and they are no part of a hang.
     static func isBlockingWait(_ name: String) -> Bool {
-        let prefixes = ["futex", "__futex", "syscall", "__lll_lock", "pthread_cond", "___pthread_cond", "__pthread_cond",
-                        "pthread_mutex_lock", "__pthread_mutex_lock", "___pthread_mutex_lock", "pthread_rwlock", "__pthread_rwlock"]
-        return prefixes.contains { name.hasPrefix($0) } || name.contains("Parker") || name.contains("park")
+        let prefixes = ["__lll_lock", "pthread_mutex_lock", "__pthread_mutex_lock", "___pthread_mutex_lock",
+                        "pthread_rwlock_rdlock", "pthread_rwlock_wrlock", "__pthread_rwlock_rdlock", "__pthread_rwlock_wrlock"]
+        return prefixes.contains { name.hasPrefix($0) } || name.contains("Parker") || name.contains("ParkingLot")
     }
 
     /// "#3  0x000055d1 in $s11ParkingLock6RwLockC4read… (self=…) at …" → "$s11ParkingLock6RwLockC4read…".

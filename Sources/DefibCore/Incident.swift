@@ -71,6 +71,8 @@ public struct LockState: Sendable, Equatable, Codable {
     /// The current write holder's thread and since when it holds (ms since the epoch).
     public var holderTid: Int32?
     public var holderSinceUnixMs: Int64?
+    /// The same moment on CLOCK_MONOTONIC (the flight recorder's), to order it against events precisely.
+    public var holderSinceMonotonicNs: UInt64?
     /// "buggy" (parking_lot 0.8.0–0.12.3) or "fixed" (0.12.4).
     public var revert: String?
     /// The last slow-lock events from the flight recorder, oldest first (with the pinned ones the ring

@@ -38,6 +38,9 @@ public enum SupervisorAction: Equatable, Sendable {
     case heartbeatRecovered(silenceMs: Double, misses: Int, wasSuspect: Bool)
     /// The service told us something for people (sd_notify STATUS=, STOPPING=1, …): log it, show it.
     case serviceNotified(String)
+    /// A silence in progress no longer counts (the service announced STOPPING=1): forget what was gathered
+    /// for it (miss notes, suspect evidence, the progress baseline).
+    case silenceCancelled(reason: String)
     /// Record a new incident (as open) before anything else happens to the process.
     case openIncident(FailureCause)
     /// Read the lock state and take a core of `pid` within the budget, then report `captureFinished`.
@@ -387,6 +390,9 @@ public struct SupervisorMachine: Sendable {
                 }
                 // Like systemd, which stops the watchdog of a service that is stopping: no hang is declared
                 // while it winds down; if it is still running after stop_timeout_ms, heartbeats count again.
+                if silentSince != nil || misses > 0 || phase == .suspect {
+                    actions.append(.silenceCancelled(reason: "the service announced STOPPING=1"))
+                }
                 resetSilence()
                 phase = .running
                 nextPingAt = nil

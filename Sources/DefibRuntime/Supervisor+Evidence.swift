@@ -86,12 +86,14 @@ extension Supervisor {
                                       readersWaiting: Int(lock.readersWaiting), writersWaiting: Int(lock.writersWaiting))
                 state.holderTid = lock.holder?.tid
                 state.holderSinceUnixMs = lock.holder?.sinceUnixMs
+                state.holderSinceMonotonicNs = lock.holder?.sinceMonotonicNs
                 state.revert = lock.revert
                 // The ring plus the events pinned outside it (the write timeout that corrupted the word, the
                 // last write-while-holding-read), which later parked readers would otherwise have pushed out.
                 let events = lock.allEvents
                 state.events = events.map {
-                    LockEventRecord(kind: $0.kind.description, tid: $0.tid, unixMs: $0.unixMs, wordAfter: hex64($0.wordAfter), label: $0.label)
+                    LockEventRecord(kind: $0.kind.description, tid: $0.tid, unixMs: $0.unixMs, wordAfter: hex64($0.wordAfter), label: $0.label,
+                                    monotonicNs: $0.monotonicNs)
                 }
                 // Version 1 recorders tracked neither a pending writer nor read holders: leave them unknown.
                 if record.version >= 2 { state.holderWaitingForReaders = lock.holderWaitingForReaders }

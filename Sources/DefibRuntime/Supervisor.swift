@@ -98,6 +98,12 @@ public final class Supervisor {
             if symlink(config.controlSocketPath, link) != 0 { throw SystemError("symlink(\(config.controlSocketPath), \(link))") }
         }
         notifyServer = try NotifyServer(path: notifySocketPath)
+        // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
+        // that is restarting has none for a moment, and a line meant for it must not go to another one).
+        let pidFile = runDirectory + "/supervisor.pid"
+        if (try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)) == nil {
+            logger.warning("could not write \(pidFile): defib ctl will fall back to probing sockets")
+        }
     }
 
     /// The instance's run directory (0700): notify socket, flight recorder, the control socket or a link to it.
@@ -303,6 +309,10 @@ public final class Supervisor {
             logger.warning("\(line)")
             pendingNotes.append(line)
             metrics.extensions.increment()
+        case let .silenceCancelled(reason):
+            logger.info("the current silence no longer counts: \(reason)")
+            pendingNotes.removeAll()
+            baselineSample = nil
         case let .serviceNotified(text):
             logger.info("service says: \(text)")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }

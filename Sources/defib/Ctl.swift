@@ -2,6 +2,7 @@ import ArgumentParser
 import DefibCore
 import DefibPOSIX
 import Foundation
+import Glibc
 
 /// `defib ctl`: the operator's one-shot REPL on the supervised service's control channel.
 struct CtlCommand: ParsableCommand {
@@ -32,22 +33,35 @@ struct CtlCommand: ParsableCommand {
     }
 
     /// The socket to talk to: --socket; or STATE_DIR/run/NAME/control.sock (a symlink when the config puts the
-    /// socket elsewhere). Without --name, the one service whose socket accepts connections — a socket left
-    /// behind by a supervisor that is gone (nothing listening) does not count.
+    /// socket elsewhere). Without --name: the one service whose supervisor is alive (its supervisor.pid names a
+    /// running defib) — a run directory a gone supervisor left behind does not count, and a live service that
+    /// is restarting (no socket for a moment) still does, so a line is never sent to the wrong one.
     func socketPath() throws -> String {
         if let socket { return socket }
         let runDir = "\(stateDir!)/run"
         if let name { return "\(runDir)/\(name)/control.sock" }
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: runDir))?
-            .filter { FileManager.default.fileExists(atPath: "\(runDir)/\($0)/control.sock") }.sorted() ?? []
-        if names.count == 1 { return "\(runDir)/\(names[0])/control.sock" }
-        if names.isEmpty { throw CtlError("no control socket under \(runDir): is `defib run --state-dir \(stateDir!)` running?") }
-        let live = names.filter { ControlRequest.accepts(path: "\(runDir)/\($0)/control.sock") }
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: runDir)) ?? []).filter { name in
+            var isDir: ObjCBool = false
+            return FileManager.default.fileExists(atPath: "\(runDir)/\(name)", isDirectory: &isDir) && isDir.boolValue
+        }.sorted()
+        if names.isEmpty { throw CtlError("no service under \(runDir): is `defib run --state-dir \(stateDir!)` running?") }
+        let live = names.filter { Self.supervisorAlive(runDirectory: "\(runDir)/\($0)") }
         switch live.count {
         case 1: return "\(runDir)/\(live[0])/control.sock"
-        case 0: throw CtlError("no service answers under \(runDir) (stale sockets of \(names.joined(separator: ", "))): is `defib run --state-dir \(stateDir!)` running?")
+        case 0: throw CtlError("no supervisor is running for \(names.joined(separator: ", ")) under \(runDir): is `defib run --state-dir \(stateDir!)` running?")
         default: throw CtlError("several services under \(runDir) (\(live.joined(separator: ", "))): pick one with --name")
         }
+    }
+
+    /// Whether RUN_DIR/supervisor.pid names a running defib (an older supervisor without the file: whether
+    /// something accepts on its socket).
+    static func supervisorAlive(runDirectory: String) -> Bool {
+        guard let text = try? String(contentsOfFile: runDirectory + "/supervisor.pid", encoding: .utf8) else {
+            return ControlRequest.accepts(path: runDirectory + "/control.sock")
+        }
+        guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 || errno == EPERM,
+              let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return false }
+        return comm.trimmingCharacters(in: .whitespacesAndNewlines) == "defib"
     }
 
     func run() throws {

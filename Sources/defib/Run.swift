@@ -86,6 +86,13 @@ struct RunCommand: ParsableCommand {
         if let captureBudget { cfg.capture.budgetMs = captureBudget }
         if let controlSocket { cfg.heartbeat.controlSocket = controlSocket }
         if cfg.stateDirectory.isEmpty { throw ValidationError("missing --state-dir (or state_dir in the config file)") }
+        // Paths the service is told about (DEFIB_CONTROL_SOCKET, NOTIFY_SOCKET) or that a link points at must not
+        // depend on the working directory: relative ones are taken from defib's and made absolute here.
+        let cwd = FileManager.default.currentDirectoryPath
+        func absolute(_ p: String) -> String { p.hasPrefix("/") ? p : (cwd as NSString).appendingPathComponent(p) }
+        cfg.stateDirectory = absolute(cfg.stateDirectory)
+        if let socket = cfg.heartbeat.controlSocket, !socket.isEmpty { cfg.heartbeat.controlSocket = absolute(socket) }
+        if let dir = cfg.capture.directory, !dir.isEmpty { cfg.capture.directory = absolute(dir) }
         if cfg.service.argv.isEmpty { throw ValidationError("nothing to run: give the program after --, or service.argv in the config file") }
         do { try cfg.validate() } catch { throw ValidationError("\(error)") }
         return cfg

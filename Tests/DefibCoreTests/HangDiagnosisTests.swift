@@ -54,7 +54,10 @@ import Testing
     @Test func aWriteHolderParkedOnItsOwnLockIsASelfDeadlock() {
         var held = Self.lock("0x0000000000000009", holder: "catalog.update app=shop machine=m2 tid=77", holderSince: Self.now - 3000, readers: 3)
         held.holderTid = 77
-        held.events = [LockEventRecord(kind: "parked-read", tid: 77, unixMs: Self.now - 2999, wordAfter: "0x0000000000000009", label: "")]
+        held.holderSinceMonotonicNs = 5_000_000
+        // In the same wall-clock millisecond as the hold began: the monotonic clock orders them.
+        held.events = [LockEventRecord(kind: "parked-read", tid: 77, unixMs: Self.now - 3000, wordAfter: "0x0000000000000009", label: "",
+                                       monotonicNs: 5_000_400)]
         let threads = [ThreadSample(tid: 77, name: "catalog-updates", state: "S", cpuTicks: 1, syscall: Syscalls.futex)]
         let d = Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [held], progress: .stuck("asleep"),
                                                   sample: ProcessSample(pid: 1, atNs: 0, threads: threads), nowUnixMs: Self.now))
@@ -64,9 +67,19 @@ import Testing
         var other = held
         other.events = [LockEventRecord(kind: "parked-read", tid: 78, unixMs: Self.now - 2999, wordAfter: "0x9", label: "")]
         #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [other], nowUnixMs: Self.now)).kind == .slowHolder)
+        // The holder's own park just before the hand-off that gave it the lock (same millisecond): how it got the lock.
         var earlier = held
-        earlier.events = [LockEventRecord(kind: "parked-write", tid: 77, unixMs: Self.now - 3500, wordAfter: "0x9", label: "")]
+        earlier.events = [LockEventRecord(kind: "parked-write", tid: 77, unixMs: Self.now - 3000, wordAfter: "0x9", label: "", monotonicNs: 4_999_900)]
         #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [earlier], nowUnixMs: Self.now)).kind == .slowHolder)
+        // Without monotonic times, the same millisecond is not "after".
+        var coarse = earlier
+        coarse.holderSinceMonotonicNs = nil
+        coarse.events = [LockEventRecord(kind: "parked-write", tid: 77, unixMs: Self.now - 3000, wordAfter: "0x9", label: "")]
+        #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [coarse], nowUnixMs: Self.now)).kind == .slowHolder)
+        // A holder that is running (not asleep in a futex wait) is not waiting for itself.
+        let running = [ThreadSample(tid: 77, name: "catalog-updates", state: "S", cpuTicks: 1, syscall: 35)]   // nanosleep
+        #expect(Diagnoser.diagnose(DiagnosisInput(cause: Self.hang, locks: [held], sample: ProcessSample(pid: 1, atNs: 0, threads: running),
+                                                  nowUnixMs: Self.now)).kind == .slowHolder)
     }
 
     @Test func aLongLiveHoldIsASlowHolder() {
@@ -114,8 +127,10 @@ import Testing
         // Only the blocked thread counts: the idle event loop (epoll_wait) is no part of the hang.
         #expect(IncidentSignature.topFrames(a) == ["$s11ParkingLock10ThreadParkerC4park < $s11ParkingLock6RwLockC10lockSharedyyF"])
         let moreIdle = a + "\nThread 3 (LWP 12):\n#0  0x00007f03 in epoll_wait () from libc.so.6\n#1  0x000055dd in idleLoop () at x.swift:9\n"
+            + "Thread 4 (LWP 13):\n#0  0x00007f04 in __futex_abstimed_wait_common64 () from libc.so.6\n#1  0x00007f05 in ___pthread_cond_wait () from libc.so.6\n"
+            + "#2  0x000055ee in $s10DefibProxy14CatalogUpdaterC4nextyyF () at CatalogUpdater.swift:61\n"
         #expect(IncidentSignature.compute(causeKind: "missed-heartbeat", diagnosisKind: "corrupted-lock-word", lockNames: ["catalog"], stacks: moreIdle) == sa,
-                "an extra idle thread does not split the group")
+                "extra idle threads (an event loop, a worker waiting on a condition variable) do not split the group")
     }
 
     @Test func aDeadLoopWithNoBlockedThreadIsSignedByTheSpinningThreads() {
@@ -123,10 +138,15 @@ import Testing
         Thread 2 (LWP 21):
         #0  0x000055aa in $s10DefibProxy6FaultsC4spinyyF () at Faults.swift:190
         #1  0x000055ab in $s7NIOCore9EventLoopC3runyyF () at EventLoop.swift:12
+        Thread 3 (LWP 22):
+        #0  0x00007f04 in __futex_abstimed_wait_common64 () from /lib/x86_64-linux-gnu/libc.so.6
+        #1  0x00007f05 in ___pthread_cond_wait () from /lib/x86_64-linux-gnu/libc.so.6
+        #2  0x000055ee in $s10DefibProxy14CatalogUpdaterC4nextyyF () at CatalogUpdater.swift:61
         Thread 1 (LWP 20):
         #0  0x00007f02 in epoll_wait () from /lib/x86_64-linux-gnu/libc.so.6
         #1  0x000055cc in main () at main.swift:3
         """
+        // The idle updater waiting on its condition variable is not "blocked": the spinning thread signs it.
         #expect(IncidentSignature.topFrames(stacks) == ["$s10DefibProxy6FaultsC4spinyyF < $s7NIOCore9EventLoopC3runyyF"])
     }
 

@@ -107,7 +107,8 @@ import Testing
         _ = m.tick(at: Self.ms(225))
         #expect(m.misses == 1)
         #expect(m.notifyReceived([.stopping], at: Self.ms(300)) ==
-                [.serviceNotified("STOPPING=1: the service is stopping by itself; no heartbeat expected for up to 1000 ms")])
+                [.silenceCancelled(reason: "the service announced STOPPING=1"),
+                 .serviceNotified("STOPPING=1: the service is stopping by itself; no heartbeat expected for up to 1000 ms")])
         #expect(m.misses == 0 && m.phase == .running && m.nextWakeup == Self.ms(1300))
         for t: Int64 in [400, 700, 1000, 1299] { #expect(m.tick(at: Self.ms(t)) == [], "silent while stopping, at \(t)") }
         #expect(m.tick(at: Self.ms(1300)) == [.serviceNotified("still running 1000 ms after STOPPING=1: heartbeats are expected again")])

@@ -129,7 +129,7 @@ struct SupervisorEdgeTests {
         let dir = Scratch("ctl"); defer { dir.remove() }
         let nothing = try runCommand([Binaries.defib, "ctl", "--state-dir", dir.path, "ping"])
         #expect(nothing.code != 0)
-        #expect(nothing.stderr.contains("no control socket"), "\(nothing.stderr)")
+        #expect(nothing.stderr.contains("no service under"), "\(nothing.stderr)")
     }
 
     /// A control socket the config puts outside the state directory is still found by `defib ctl --state-dir`
