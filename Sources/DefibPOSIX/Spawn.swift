@@ -34,9 +34,11 @@ public struct ChildProcess: Sendable {
     public let executable: String
     private let handle: PidFD
 
+    /// The descriptor and whether it is closed, under one lock: a signal never races a close (another
+    /// thread's `closePidfd()` cannot land between the check and the send).
     final class PidFD: Sendable {
         let fd: Int32
-        let closed = Atomic<Bool>(false)
+        let closed = Mutex<Bool>(false)
         init(_ fd: Int32) { self.fd = fd }
     }
 
@@ -45,27 +47,31 @@ public struct ChildProcess: Sendable {
     }
 
     /// The pidfd (readable once the child has exited), or -1 once closed.
-    public var pidfd: Int32 { handle.closed.load(ordering: .acquiring) ? -1 : handle.fd }
+    public var pidfd: Int32 { handle.closed.withLock { $0 } ? -1 : handle.fd }
 
     /// Sends `signal` through the pidfd; ESRCH (already gone) is not an error. After `closePidfd()` nothing
     /// is sent (the child was reaped; its pid may be someone else's).
     public func signal(_ sig: Int32) throws {
-        guard !handle.closed.load(ordering: .acquiring) else { return }
-        if defib_pidfd_send_signal(handle.fd, sig) != 0 && errno != ESRCH {
-            throw SystemError("pidfd_send_signal(\(pid), \(signalName(sig)))")
+        let failure: Int32? = handle.closed.withLock { closed in
+            guard !closed else { return nil }
+            return defib_pidfd_send_signal(handle.fd, sig) != 0 && errno != ESRCH ? errno : nil
         }
+        if let failure { throw SystemError("pidfd_send_signal(\(pid), \(signalName(sig)))", errno: failure) }
     }
 
     /// Sends `signal` to the child's whole process group (it is its own session leader). Only while the child
     /// is unreaped (its pid, the group's id, cannot have been reused): callers signal before they reap.
     public func signalGroup(_ sig: Int32) {
-        guard !handle.closed.load(ordering: .acquiring) else { return }
-        _ = Glibc.kill(-pid, sig)
+        handle.closed.withLock { closed in
+            if !closed { _ = Glibc.kill(-pid, sig) }
+        }
     }
 
     /// Closes the pidfd, once, whichever copy asks.
     public func closePidfd() {
-        if !handle.closed.exchange(true, ordering: .acquiringAndReleasing) { close(handle.fd) }
+        handle.closed.withLock { closed in
+            if !closed { closed = true; close(handle.fd) }
+        }
     }
 }
 
