@@ -175,7 +175,8 @@ enum PeersMarkdown {
         - Each supervisor declares the hang at a different point of the silence. defib pings every \(s.defibIntervalMs) ms and \
         declares a hang after \(s.defibDeadlineMs) ms without an answer: \(fmt(d))–\(fmt(d + i)) s after the hang began. systemd's \
         `WatchdogSec=1s` counts from the last `WATCHDOG=1`, which the proxy sends every 500 ms: it fires 0.5–1.0 s after the hang \
-        began, so at the same nominal second it is about a quarter of a second quicker on average. monit tests once per 1 s cycle \
+        began, so by its configuration it may fire up to half a second sooner than defib (the medians above say what it did in \
+        this run). monit tests once per 1 s cycle \
         with a 1 s timeout (1–2 s), and its script runs gcore before the kill.
         - "hung instance gone" includes taking the core: defib's native writer and the kernel's dump (systemd rows) copy only \
         what is mapped; gcore (defib's gcore row, monit's script) drives gdb.
