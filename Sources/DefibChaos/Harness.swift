@@ -432,12 +432,8 @@ public final class ChaosHarness {
     /// nil when it ran throughout.
     private func stressProblem(_ child: ChildProcess?) -> String? {
         guard let child else { return "overload: stress-ng could not be started, so the run was not under overload" }
-        var st: UInt8 = 0
-        if let text = try? String(contentsOfFile: "/proc/\(child.pid)/stat", encoding: .utf8),
-           let close = text.lastIndex(of: ")"), let state = text[text.index(after: close)...].split(separator: " ").first {
-            st = state.utf8.first ?? 0
-        }
-        if st == 0 || st == UInt8(ascii: "Z") || st == UInt8(ascii: "X") {
+        let state = (try? String(contentsOfFile: "/proc/\(child.pid)/stat", encoding: .utf8)).flatMap(ProcParse.stat)?.state
+        if state == nil || state == "Z" || state == "X" {
             return "overload: stress-ng (pid \(child.pid)) ended before the run did, so part of it was not under overload"
         }
         return nil

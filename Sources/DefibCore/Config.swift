@@ -45,18 +45,23 @@ public struct SocketSpec: Sendable, Equatable {
     /// Whether `host` is a loopback address: 127.0.0.0/8, ::1, or localhost.
     public static func isLoopback(_ host: String) -> Bool {
         if host == "localhost" || host == "::1" || host == "0:0:0:0:0:0:0:1" { return true }
-        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
-        return parts.count == 4 && parts[0] == "127" && parts.allSatisfy { UInt8($0) != nil }
+        return ipv4Octets(host)?.first == 127
     }
 
     /// The numeric address to bind for `host`: itself when it is an IPv4 or IPv6 literal, 127.0.0.1 for
     /// localhost; nil for anything else (defib does not resolve names for the sockets it binds).
     public static func numericHost(_ host: String) -> String? {
         if host == "localhost" { return "127.0.0.1" }
-        let v4 = host.split(separator: ".", omittingEmptySubsequences: false)
-        if v4.count == 4 && v4.allSatisfy({ !$0.isEmpty && $0.count <= 3 && UInt8($0) != nil }) { return host }
+        if ipv4Octets(host) != nil { return host }
         if host.contains(":") && host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) { return host }
         return nil
+    }
+
+    /// The four octets of a dotted-quad IPv4 literal ("127.0.0.1"), or nil.
+    static func ipv4Octets(_ host: String) -> [UInt8]? {
+        let parts = host.split(separator: ".", omittingEmptySubsequences: false)
+        let octets = parts.compactMap { $0.count <= 3 ? UInt8($0) : nil }
+        return parts.count == 4 && octets.count == 4 ? octets : nil
     }
 
     /// Whether `name` can go into LISTEN_FDNAMES (colon-separated, at most 255 bytes).

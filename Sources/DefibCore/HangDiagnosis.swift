@@ -28,6 +28,12 @@ public struct HangDiagnosis: Sendable, Equatable, Codable {
 
     /// "kind: sentence", the incident's `diagnosis` field.
     public var line: String { "\(kind.rawValue): \(sentence)" }
+
+    /// Reads back a stored `line` ("kind: sentence"); nil when it does not start with a kind.
+    public init?(line: String, evidence: [String] = []) {
+        guard let colon = line.range(of: ": "), let kind = DiagnosisKind(rawValue: String(line[..<colon.lowerBound])) else { return nil }
+        self.init(kind: kind, sentence: String(line[colon.upperBound...]), evidence: evidence)
+    }
 }
 
 /// One slow-lock event, as the flight recorder keeps them (newest last).
@@ -394,8 +400,8 @@ public enum IncidentSignature {
         return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
-    /// The blocked threads of `thread apply all bt` output — those waiting on a lock, a futex or a condition
-    /// (an idle event loop in epoll_wait is not blocked) — each as its first three frames outside libc and the
+    /// The blocked threads of `thread apply all bt` output — those waiting to acquire a lock (`isBlockingWait`;
+    /// an idle event loop or a worker waiting for work is not blocked) — each as its first three frames outside libc and the
     /// kernel-call wrappers; the distinct, sorted set. With no blocked thread (a dead loop), the threads
     /// running in user code (innermost frame not a wrapper) stand in; with none of those either, every thread.
     public static func topFrames(_ stacks: String) -> [String] {

@@ -607,15 +607,14 @@ public struct SupervisorMachine: Sendable {
         let announcedStop = serviceStoppingSince.map { Int(now.milliseconds(since: $0)) }
         serviceStoppingUntil = nil
         serviceStoppingSince = nil
-        if incidentOpen, case .died = cause {
-            // A replacement that dies before it is ready is part of the same episode (a crash loop is one incident).
-            actions = [.noteIncident("the replacement failed too: \(describe(cause))")]
-        } else if incidentOpen, pid != nil {
-            // A replacement that hangs gets its own evidence (core, locks, diagnosis) in its own incident; the
-            // open one ends here, pointing at it, so neither overwrites the other's core.
-            actions = [.noteIncident("the replacement pid \(pid!) failed too before it was ready: \(describe(cause)); the next incident holds its evidence"),
+        if incidentOpen, let live = pid {
+            // A replacement that hangs (it is alive: a capture follows) gets its own evidence (core, locks,
+            // diagnosis) in its own incident; the open one ends here, pointing at it, so neither overwrites the
+            // other's core.
+            actions = [.noteIncident("the replacement pid \(live) failed too before it was ready: \(describe(cause)); the next incident holds its evidence"),
                        .closeIncident(.replacementFailed), .openIncident(cause)]
         } else if incidentOpen {
+            // One that dies (or is gone) is part of the same episode: a crash loop is one incident.
             actions = [.noteIncident("the replacement failed too: \(describe(cause))")]
         } else {
             incidentOpen = true

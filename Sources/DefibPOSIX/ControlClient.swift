@@ -14,7 +14,6 @@ public final class ControlRequest {
     private var buffer: [UInt8] = []
     private var closed = false
 
-    /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
     /// Whether something listens on the socket at `path` (it connects, or its backlog is full), without
     /// sending anything. A socket file left by a process that is gone refuses.
     public static func accepts(path: String) -> Bool {
@@ -24,6 +23,7 @@ public final class ControlRequest {
         }
     }
 
+    /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
     public static func start(path: String, line: String) -> Result<ControlRequest, ControlError> {
         let fd: Int32
         switch connected(path: path) {

@@ -117,9 +117,8 @@ public struct StacksJob: Sendable {
     }
 }
 
-/// The supervisor's own environment as a dictionary.
-/// The environment for helper tools (gcore, gdb, gzip/zstd): ours, without what the service manager
-/// meant for this process alone — NOTIFY_SOCKET, WATCHDOG_*, LISTEN_* — so a helper that speaks sd_notify
+/// The environment for helper tools (gcore, gdb, gzip/zstd) and the base of the service's own: ours, without
+/// what the service manager meant for this process alone — NOTIFY_SOCKET, WATCHDOG_*, LISTEN_* — so a helper that speaks sd_notify
 /// (or a library inside it that does) cannot talk to systemd in defib's name.
 public func helperEnvironment() -> [String: String] {
     var env = currentEnvironment()
@@ -127,6 +126,7 @@ public func helperEnvironment() -> [String: String] {
     return env
 }
 
+/// The supervisor's own environment as a dictionary.
 public func currentEnvironment() -> [String: String] {
     var env: [String: String] = [:]
     var p = environ

@@ -180,19 +180,20 @@ public enum NativeCoreWriter {
             }
             return 0
         }
-        if headerWrite != 0 {
-            let e = SystemError("pwrite(\(path), headers)", errno: headerWrite == -2 ? ENOSPC : errno)
+        /// A write that did not land: the partial core is removed and the error says whether the disk was full.
+        func writeFailed(_ e: SystemError) -> NativeCoreResult {
             unlink(path)
             let full = e.errno == ENOSPC || e.errno == EDQUOT
             return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
                           stopMs: stopMs, exited: process.leaderExited)
         }
+        if headerWrite != 0 {
+            let e = SystemError("pwrite(\(path), headers)", errno: headerWrite == -2 ? ENOSPC : errno)
+            return writeFailed(e)
+        }
         if retryingEINTR({ ftruncate(fd, off_t(layout.fileSize)) }) != 0 {
             let e = SystemError("ftruncate(\(path), \(layout.fileSize))")
-            unlink(path)
-            let full = e.errno == ENOSPC || e.errno == EDQUOT
-            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
-                          stopMs: stopMs, exited: process.leaderExited)
+            return writeFailed(e)
         }
         var st = stat()
         fstat(fd, &st)
@@ -200,10 +201,7 @@ public enum NativeCoreWriter {
         closed = true
         if close(fd) != 0 {
             let e = SystemError("close(\(path))")
-            unlink(path)
-            let full = e.errno == ENOSPC || e.errno == EDQUOT
-            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
-                          stopMs: stopMs, exited: process.leaderExited)
+            return writeFailed(e)
         }
         if process.leaderExited { notes.append("the main thread exited during the capture") }
         if process.redelivered > 0 {

@@ -125,34 +125,35 @@ public final class FaultInjector: @unchecked Sendable {
             // Trigger it now with an update that takes the else path (a machine the table does not have).
             updater.submit(Self.elseBranchTrigger(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable()), source: "fault guard-across-else")
         case .writeThenRead:
-            let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
-            let catalog = self.catalog
-            let holding = ThreadEvent()
-            startThread(name: "catalog-check") {
-                catalog.applyValidatingUnderWriteLock(update, whileHolding: { holding.set() })
-            }
-            guard holding.wait(timeoutNs: 10_000_000_000) else {
-                return ("error fault write-then-read: the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))", .none)
-            }
-            logger.warning("fault write-then-read: '\(Catalog.updateLabel(update))' reads the catalog while holding its write lock")
+            if let error = startWriteLockFault(kind, thread: "catalog-check", { catalog, update, holding in
+                catalog.applyValidatingUnderWriteLock(update, whileHolding: holding)
+            }) { return (error, .none) }
         case .slowHolder:
-            let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
-            let catalog = self.catalog, logger = self.logger
-            let holding = ThreadEvent()
-            startThread(name: "catalog-slow-update") {
-                catalog.applyHoldingWriteLock(update, holdFor: Self.slowHolderHold, whileHolding: { holding.set() })
-            }
-            // Reply once the write lock is held, so whoever armed it knows the hang has begun.
-            guard holding.wait(timeoutNs: 10_000_000_000) else {
-                return ("error fault slow-holder: the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))", .none)
-            }
-            logger.warning("fault slow-holder: '\(Catalog.updateLabel(update))' holds the catalog write lock in a call that will not return for \(Self.slowHolderHold)")
+            if let error = startWriteLockFault(kind, thread: "catalog-slow-update", { catalog, update, holding in
+                catalog.applyHoldingWriteLock(update, holdFor: Self.slowHolderHold, whileHolding: holding)
+            }) { return (error, .none) }
         case .deadLoop:
             return ("ok fault dead-loop armed", .spinEventLoops)
         case .crash, .exit:
             return ("ok fault \(kind.rawValue) armed", .terminate(kind))
         }
         return ("ok fault \(kind.rawValue) armed", .none)
+    }
+
+    /// Starts a thread that runs `body` (a faulty update that takes the catalog's write lock) on a harmless real
+    /// update, and returns once it holds the write lock — so whoever armed the fault knows the hang has begun —
+    /// or an error reply if it did not get it within 10 s.
+    private func startWriteLockFault(_ kind: FaultKind, thread name: String,
+                                     _ body: @escaping @Sendable (Catalog, RouteUpdate, () -> Void) -> Void) -> String? {
+        let update = Self.stagedUpdate(catalog.published.apps > 0 ? catalog.snapshot() : CatalogTable())
+        let catalog = self.catalog
+        let holding = ThreadEvent()
+        startThread(name: name) { body(catalog, update, { holding.set() }) }
+        guard holding.wait(timeoutNs: 10_000_000_000) else {
+            return "error fault \(kind.rawValue): the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))"
+        }
+        logger.warning("fault \(kind.rawValue): '\(Catalog.updateLabel(update))' holds the catalog write lock and will not let go")
+        return nil
     }
 
     /// An update the table does not already reflect: a new machine on the first app.

@@ -209,9 +209,8 @@ extension Supervisor {
                 stored.stacks = text
                 if status != .exited(code: 0) { stored.notes.append("gdb ended \(describe(status)) while reading stacks") }
                 // The stacks refine the diagnosis's evidence (where the blocked threads wait) and fix the signature.
-                if let kind = DiagnosisKind(rawValue: String(stored.diagnosis.prefix { $0 != ":" })), !text.isEmpty {
-                    let sentence = stored.diagnosis.dropFirst(kind.rawValue.count + 2)
-                    let refined = Diagnoser.refine(HangDiagnosis(kind: kind, sentence: String(sentence), evidence: stored.diagnosisEvidence ?? []), stacks: text)
+                if !text.isEmpty, let diagnosis = HangDiagnosis(line: stored.diagnosis, evidence: stored.diagnosisEvidence ?? []) {
+                    let refined = Diagnoser.refine(diagnosis, stacks: text)
                     stored.diagnosis = refined.line
                     stored.diagnosisEvidence = refined.evidence
                 }
@@ -223,7 +222,7 @@ extension Supervisor {
             compressOrTrim(incidentID: job.incidentID)
         case let .compress(id, child, input, output, tool):
             child.closePidfd()
-            if var stored = try? recorder.incident(id: id) {
+            updateStoredIncident(id) { stored in
                 if status == .exited(code: 0), let bytes = fileSize(output) {
                     stored.notes.append("core compressed with \(tool.rawValue): \(stored.capture?.bytes ?? 0) → \(bytes) bytes")
                     stored.capture?.path = output
@@ -233,7 +232,6 @@ extension Supervisor {
                     unlink(output)
                     stored.notes.append("\(tool.rawValue) of the core failed (\(describe(status))); the core stays uncompressed")
                 }
-                try? recorder.update(stored)
             }
             applyRetention(justWritten: id)
         }
@@ -255,10 +253,7 @@ extension Supervisor {
             backgroundJobs[child.pid] = .compress(incidentID: incidentID, child: child, input: core, output: output, tool: tool)
         } catch {
             logger.error("could not start \(tool.rawValue) on \(core): \(error)")
-            if var stored = try? recorder.incident(id: incidentID) {
-                stored.notes.append("could not start \(tool.rawValue) (\(error)); the core stays uncompressed")
-                try? recorder.update(stored)
-            }
+            updateStoredIncident(incidentID) { $0.notes.append("could not start \(tool.rawValue) (\(error)); the core stays uncompressed") }
             applyRetention(justWritten: incidentID)
         }
     }
@@ -281,17 +276,24 @@ extension Supervisor {
         let protected: Set<Int64> = Set([incident?.id, justWritten].compactMap { $0 })
         for deletion in CoreRetention.plan(cores: cores, space: space, policy: config.retention, protected: protected) {
             unlink(deletion.core.path)
-            if var stored = try? recorder.incident(id: deletion.core.incidentID) {
+            updateStoredIncident(deletion.core.incidentID) { stored in
                 stored.notes.append("core \(deletion.core.path) removed by retention (\(deletion.reason))")
                 stored.capture?.path = nil
-                try? recorder.update(stored)
             }
             logger.info("retention (\(deletion.reason)): removed \(deletion.core.path) of incident \(deletion.core.incidentID)")
         }
     }
 
+    /// Changes an incident that may be closed and gone from memory, in the store (best effort: the change is
+    /// a note or a path, never worth failing the supervision over).
+    func updateStoredIncident(_ id: Int64, _ change: (inout Incident) -> Void) {
+        guard var stored = try? recorder.incident(id: id) else { return }
+        change(&stored)
+        try? recorder.update(stored)
+    }
+
     func signature(of incident: Incident) -> String {
-        let kind = incident.diagnosis.split(separator: ":", maxSplits: 1).first.map(String.init) ?? ""
+        let kind = HangDiagnosis(line: incident.diagnosis)?.kind.rawValue ?? ""
         let involved = incident.lockState.filter { lock in LockWord.parse(lock.word).map { $0 != 0 } ?? false }.map(\.name)
         return IncidentSignature.compute(causeKind: incident.cause.kind, diagnosisKind: kind, lockNames: Array(Set(involved)),
                                          stacks: incident.stacks)
@@ -332,10 +334,7 @@ extension Supervisor {
                 note = "\(tool.rawValue) of the core stopped: defib stopped before it finished; the core stays uncompressed"
             }
             logger.warning("background job pid \(pid) killed at shutdown: \(note)")
-            if var stored = try? recorder.incident(id: id) {
-                stored.notes.append(note)
-                try? recorder.update(stored)
-            }
+            updateStoredIncident(id) { $0.notes.append(note) }
         }
         backgroundJobs.removeAll()
     }

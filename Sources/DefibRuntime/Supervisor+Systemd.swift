@@ -12,10 +12,7 @@ extension Supervisor {
     /// passed sockets), plus the child's own: its control socket, our NOTIFY_SOCKET, WATCHDOG_USEC when
     /// keep-alives are expected, and the config's variables.
     func childEnvironment() -> [String: String] {
-        var env = currentEnvironment()
-        for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "LISTEN_PID"] {
-            env.removeValue(forKey: key)
-        }
+        var env = helperEnvironment()
         // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
         // service should die (and dump) on them like any other program.
         if env["SWIFT_BACKTRACE"] == nil { env["SWIFT_BACKTRACE"] = "enable=no" }

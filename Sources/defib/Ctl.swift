@@ -2,7 +2,6 @@ import ArgumentParser
 import DefibCore
 import DefibPOSIX
 import Foundation
-import Glibc
 
 /// `defib ctl`: the operator's one-shot REPL on the supervised service's control channel.
 struct CtlCommand: ParsableCommand {
@@ -59,9 +58,8 @@ struct CtlCommand: ParsableCommand {
         guard let text = try? String(contentsOfFile: runDirectory + "/supervisor.pid", encoding: .utf8) else {
             return ControlRequest.accepts(path: runDirectory + "/control.sock")
         }
-        guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0 || errno == EPERM,
-              let comm = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8) else { return false }
-        return comm.trimmingCharacters(in: .whitespacesAndNewlines) == "defib"
+        guard let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0 else { return false }
+        return processName(pid) == "defib"
     }
 
     func run() throws {
