@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 
-.PHONY: setup build release demo test bench clean
+.PHONY: setup build release demo test bench clean release-static install install-files uninstall deb man
 
 setup:
 	@scripts/setup.sh
@@ -30,4 +30,35 @@ bench: setup
 	BENCH_COMMAND="make bench" scripts/bench.sh core overhead peers
 
 clean:
-	rm -rf .build demo-state
+	rm -rf .build demo-state defib_*.deb
+
+## Installing it like a system tool. `make install` builds release binaries with the Swift runtime linked in
+## (--static-swift-stdlib: they run without /opt/swift) and installs under PREFIX (default /usr/local), staged
+## under DESTDIR; `make install SKIP_BUILD=1 BUILD_DIR=DIR` (or `make install-files`) takes binaries already
+## built in DIR. Nothing is enabled or started. `make deb` builds defib_VERSION_ARCH.deb the same way.
+PREFIX ?= /usr/local
+BUILD_DIR ?= .build/release
+INSTALL_ENV = BUILD_DIR="$(BUILD_DIR)" DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" $(foreach v,BINDIR DATADIR MANDIR DOCDIR UNITDIR TMPFILESDIR BASHCOMPDIR ZSHCOMPDIR FISHCOMPDIR STRIP,$(if $($(v)),$(v)="$($(v))"))
+
+release-static: setup
+	swift build -c release --static-swift-stdlib --product defib
+	swift build -c release --static-swift-stdlib --product defib-proxy
+
+install: $(if $(SKIP_BUILD),,release-static)
+	@$(INSTALL_ENV) scripts/install.sh install
+
+install-files:
+	@$(INSTALL_ENV) scripts/install.sh install
+
+uninstall:
+	@$(INSTALL_ENV) scripts/install.sh uninstall
+
+## The .deb's path is the last line printed. DEB_DIR: where it goes (default: the repository).
+deb: $(if $(SKIP_BUILD),,release-static)
+	@BUILD_DIR="$(BUILD_DIR)" DEB_DIR="$(DEB_DIR)" ALLOW_UNPACKAGED_LIBS="$(ALLOW_UNPACKAGED_LIBS)" scripts/deb.sh
+
+## Regenerates man/defib.1 and man/defib-proxy.1 from the built binaries' argument parsers (commit the result;
+## the test suite fails while they are out of date).
+man:
+	scripts/gen-man.sh $(BUILD_DIR)
+

@@ -100,9 +100,8 @@ public final class Supervisor {
         notifyServer = try NotifyServer(path: notifySocketPath)
         // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
         // that is restarting has none for a moment, and a line meant for it must not go to another one).
-        let pidFile = runDirectory + "/supervisor.pid"
-        if (try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)) == nil {
-            logger.warning("could not write \(pidFile): defib ctl will fall back to probing sockets")
+        do { try SupervisorPidFile.write(runDirectory: runDirectory) } catch {
+            logger.warning("could not write \(SupervisorPidFile.fileName): \(error); defib ctl will fall back to probing sockets")
         }
     }
 

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds defib_VERSION_ARCH.deb with dpkg-deb from already-built binaries (`make deb` builds them first).
+# Layout: binaries in /usr/bin, units in /lib/systemd/system, tmpfiles in /usr/lib/tmpfiles.d, man pages,
+# bash/zsh/fish completions, README and example config in /usr/share/doc/defib. No maintainer scripts:
+# installing the package enables and starts nothing.
+#
+# Depends: is computed by dpkg-shlibdeps from the libraries the binaries really link (libc6, libsystemd0,
+# libsqlite3-0, ...). A library no Debian package provides (the Swift runtime of a toolchain in /opt/swift,
+# when the binaries were not built with --static-swift-stdlib) is an error: such a package would not run on
+# a machine without that toolchain. ALLOW_UNPACKAGED_LIBS=1 builds it anyway, with a warning naming them
+# (the test suite does that with its debug binaries).
+#
+# Environment: BUILD_DIR (default .build/release), DEB_DIR (default: the repository), MAINTAINER.
+# The last line printed is the path of the .deb.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VERSION=$(tr -d ' \t\r\n' < "$ROOT/VERSION")
+ARCH=$(dpkg --print-architecture)
+BUILD_DIR=${BUILD_DIR:-.build/release}
+case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
+DEB_DIR=${DEB_DIR:-$ROOT}
+MAINTAINER=${MAINTAINER:-defib maintainers <defib@localhost>}
+OUT=$DEB_DIR/defib_${VERSION}_${ARCH}.deb
+for tool in dpkg-deb dpkg-shlibdeps strip gzip; do
+    command -v "$tool" >/dev/null || { echo "deb: $tool is missing (apt-get install dpkg-dev binutils)" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/defib-deb.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+PKG=$WORK/pkg
+
+BUILD_DIR=$BUILD_DIR DESTDIR=$PKG PREFIX=/usr UNITDIR=/lib/systemd/system TMPFILESDIR=/usr/lib/tmpfiles.d \
+    ZSHCOMPDIR=/usr/share/zsh/vendor-completions STRIP=1 "$ROOT/scripts/install.sh" install >/dev/null
+
+# Debian's own files in the doc directory: copyright and a changelog (a native package: changelog.gz).
+cat > "$PKG/usr/share/doc/defib/copyright" <<'EOF'
+Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+Upstream-Name: defib
+Comment: The defib repository does not yet state a license; until it does, no license is granted
+ beyond what the authors give in writing.
+
+Files: *
+Copyright: the defib authors
+License: none-stated
+ The repository holds no license file.
+EOF
+printf 'defib (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
+    "$VERSION" "$VERSION" "$MAINTAINER" "$(date -R -u -d "@$(git -C "$ROOT" log -1 --format=%ct 2>/dev/null || date +%s)")" \
+    | gzip -9n > "$PKG/usr/share/doc/defib/changelog.gz"
+chmod 0644 "$PKG/usr/share/doc/defib/copyright" "$PKG/usr/share/doc/defib/changelog.gz"
+
+# The shared libraries the binaries really link, as package dependencies.
+mkdir -p "$WORK/src/debian"
+printf 'Source: defib\n\nPackage: defib\nArchitecture: any\n' > "$WORK/src/debian/control"
+bins=("$PKG/usr/bin/defib" "$PKG/usr/bin/defib-proxy")
+unpackaged=()
+while read -r lib; do
+    [ -n "$lib" ] || continue
+    dpkg -S "$lib" >/dev/null 2>&1 || dpkg -S "$(readlink -f "$lib")" >/dev/null 2>&1 || unpackaged+=("$lib")
+done < <(ldd "${bins[@]}" | awk '/=> \// { print $3 }' | sort -u)
+shlibdeps_flags=()
+if [ ${#unpackaged[@]} -gt 0 ]; then
+    if [ "${ALLOW_UNPACKAGED_LIBS:-}" = 1 ]; then
+        echo "deb: WARNING: linked libraries no Debian package provides (the package runs only where they are):" >&2
+        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
+        shlibdeps_flags+=(--ignore-missing-info)
+    else
+        echo "deb: these linked libraries come from no Debian package, so the .deb would not run without them:" >&2
+        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
+        echo "deb: build with --static-swift-stdlib (make deb does), or set ALLOW_UNPACKAGED_LIBS=1" >&2
+        exit 1
+    fi
+fi
+depends=$(cd "$WORK/src" && dpkg-shlibdeps -O "${shlibdeps_flags[@]}" "${bins[@]}" 2>"$WORK/shlibdeps.err" \
+          | sed -n 's/^shlibs:Depends=//p') || { cat "$WORK/shlibdeps.err" >&2; exit 1; }
+grep -v 'warning: binaries to analyze should already be installed in their package' "$WORK/shlibdeps.err" >&2 || true
+[ -n "$depends" ] || { echo "deb: dpkg-shlibdeps found no dependencies" >&2; exit 1; }
+
+mkdir -p "$PKG/DEBIAN"
+installed_kib=$(du -sk --apparent-size "$PKG" | cut -f1)
+cat > "$PKG/DEBIAN/control" <<EOF
+Package: defib
+Version: $VERSION
+Architecture: $ARCH
+Maintainer: $MAINTAINER
+Installed-Size: $installed_kib
+Depends: $depends
+Recommends: gdb
+Suggests: zstd
+Section: admin
+Priority: optional
+Description: watchdog supervisor that keeps the evidence of a hang
+ defib starts a service, checks on a heartbeat (a ping on its control channel or
+ sd_notify keep-alives) that it still makes progress, and when it hangs writes a
+ core in milliseconds, reads the lock words out of the hung process, diagnoses
+ why it hung, restarts it and records an incident to query later.
+ .
+ The package installs defib, the reference proxy defib-proxy, systemd units
+ (defib.service, defib@.service: not enabled), a tmpfiles.d entry, man pages and
+ shell completions.
+EOF
+(cd "$PKG" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) > "$PKG/DEBIAN/md5sums"
+chmod 0644 "$PKG/DEBIAN/control" "$PKG/DEBIAN/md5sums"
+find "$PKG" -type d -exec chmod 0755 {} +
+
+mkdir -p "$DEB_DIR"
+dpkg-deb --root-owner-group -Zxz --build "$PKG" "$OUT" >/dev/null
+echo "deb: Depends: $depends" >&2
+echo "$OUT"
