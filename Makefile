@@ -55,7 +55,7 @@ uninstall:
 
 ## The .deb's path is the last line printed. DEB_DIR: where it goes (default: the repository).
 deb: $(if $(SKIP_BUILD),,release-static)
-	@BUILD_DIR="$(BUILD_DIR)" DEB_DIR="$(DEB_DIR)" ALLOW_UNPACKAGED_LIBS="$(ALLOW_UNPACKAGED_LIBS)" scripts/deb.sh
+	@BUILD_DIR="$(BUILD_DIR)" DEB_DIR="$(DEB_DIR)" DEB_COMPRESS="$(DEB_COMPRESS)" ALLOW_UNPACKAGED_LIBS="$(ALLOW_UNPACKAGED_LIBS)" scripts/deb.sh
 
 ## Regenerates man/defib.1 and man/defib-proxy.1 from the built binaries' argument parsers (commit the result;
 ## the test suite fails while they are out of date).
