@@ -30,6 +30,40 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/defib-deb.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 PKG=$WORK/pkg
 
+# The shared libraries the binaries link, checked before anything is staged: each must come from a package.
+mkdir -p "$WORK/src/debian"
+printf 'Source: defib\n\nPackage: defib\nArchitecture: any\n' > "$WORK/src/debian/control"
+# Whether a package ships each library: dpkg knows one by the path in its package, /lib or /usr/lib on a merged
+# /usr, the link or its target; one dpkg -S for every spelling at once (each call reads the whole database).
+mapfile -t libs < <(ldd "$BUILD_DIR/defib" "$BUILD_DIR/defib-proxy" | awk '/=> \// { print $3 }' | sort -u)
+spellings() {
+    local p
+    for p in "$1" "$(readlink -f "$1")"; do
+        case $p in /usr/*) echo "$p"; echo "${p#/usr}" ;; *) echo "$p"; echo "/usr$p" ;; esac
+    done
+}
+all=(); for lib in "${libs[@]}"; do mapfile -t -O ${#all[@]} all < <(spellings "$lib"); done
+known=$( (dpkg -S "${all[@]}" 2>/dev/null || true) | sed -n 's/^[^ ]*: //p')
+unpackaged=()
+for lib in "${libs[@]}"; do
+    owner=
+    while read -r p; do grep -qxF -- "$p" <<< "$known" && owner=1; done < <(spellings "$lib")
+    [ -n "$owner" ] || unpackaged+=("$lib")
+done
+shlibdeps_flags=()
+if [ ${#unpackaged[@]} -gt 0 ]; then
+    if [ "${ALLOW_UNPACKAGED_LIBS:-}" = 1 ]; then
+        echo "deb: WARNING: linked libraries no Debian package provides (the package runs only where they are):" >&2
+        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
+        shlibdeps_flags+=(--ignore-missing-info)
+    else
+        echo "deb: these linked libraries come from no Debian package, so the .deb would not run without them:" >&2
+        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
+        echo "deb: build with --static-swift-stdlib (make deb does), or set ALLOW_UNPACKAGED_LIBS=1" >&2
+        exit 1
+    fi
+fi
+
 BUILD_DIR=$BUILD_DIR DESTDIR=$PKG PREFIX=/usr UNITDIR=/lib/systemd/system TMPFILESDIR=/usr/lib/tmpfiles.d \
     ZSHCOMPDIR=/usr/share/zsh/vendor-completions STRIP=1 "$ROOT/scripts/install.sh" install >/dev/null
 
@@ -50,28 +84,8 @@ printf 'defib (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' 
     | gzip -9n > "$PKG/usr/share/doc/defib/changelog.gz"
 chmod 0644 "$PKG/usr/share/doc/defib/copyright" "$PKG/usr/share/doc/defib/changelog.gz"
 
-# The shared libraries the binaries really link, as package dependencies.
-mkdir -p "$WORK/src/debian"
-printf 'Source: defib\n\nPackage: defib\nArchitecture: any\n' > "$WORK/src/debian/control"
+# Depends: from the libraries the staged (stripped) binaries need.
 bins=("$PKG/usr/bin/defib" "$PKG/usr/bin/defib-proxy")
-unpackaged=()
-while read -r lib; do
-    [ -n "$lib" ] || continue
-    dpkg -S "$lib" >/dev/null 2>&1 || dpkg -S "$(readlink -f "$lib")" >/dev/null 2>&1 || unpackaged+=("$lib")
-done < <(ldd "${bins[@]}" | awk '/=> \// { print $3 }' | sort -u)
-shlibdeps_flags=()
-if [ ${#unpackaged[@]} -gt 0 ]; then
-    if [ "${ALLOW_UNPACKAGED_LIBS:-}" = 1 ]; then
-        echo "deb: WARNING: linked libraries no Debian package provides (the package runs only where they are):" >&2
-        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
-        shlibdeps_flags+=(--ignore-missing-info)
-    else
-        echo "deb: these linked libraries come from no Debian package, so the .deb would not run without them:" >&2
-        printf 'deb:   %s\n' "${unpackaged[@]}" >&2
-        echo "deb: build with --static-swift-stdlib (make deb does), or set ALLOW_UNPACKAGED_LIBS=1" >&2
-        exit 1
-    fi
-fi
 depends=$(cd "$WORK/src" && dpkg-shlibdeps -O "${shlibdeps_flags[@]}" "${bins[@]}" 2>"$WORK/shlibdeps.err" \
           | sed -n 's/^shlibs:Depends=//p') || { cat "$WORK/shlibdeps.err" >&2; exit 1; }
 # Not news: the package is staged outside a debian/ tree; and the unpackaged libraries were named above.

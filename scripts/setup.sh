@@ -8,7 +8,8 @@
 set -euo pipefail
 group=${1:-base}
 
-pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config
+      dpkg-dev binutils man-db groff-base zsh fish)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 
 need=()
