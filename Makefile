@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 
-.PHONY: setup build release demo test bench clean release-static install install-files uninstall deb man
+.PHONY: setup build release demo test bench clean release-static install install-files uninstall deb deb-lint man
 
 setup:
 	@scripts/setup.sh
@@ -57,8 +57,14 @@ uninstall:
 deb: $(if $(SKIP_BUILD),,release-static)
 	@BUILD_DIR="$(BUILD_DIR)" DEB_DIR="$(DEB_DIR)" DEB_COMPRESS="$(DEB_COMPRESS)" ALLOW_UNPACKAGED_LIBS="$(ALLOW_UNPACKAGED_LIBS)" scripts/deb.sh
 
+## lintian, Debian's package checker, on that .deb (installs lintian the first time: a minute or two).
+DEB_FILE = $(or $(DEB_DIR),.)/defib_$(shell cat VERSION)_$(shell dpkg --print-architecture).deb
+deb-lint: deb
+	@scripts/setup.sh lint
+	lintian --fail-on error,warning --display-info $(DEB_FILE)
+
 ## Regenerates man/defib.1 and man/defib-proxy.1 from the built binaries' argument parsers (commit the result;
 ## the test suite fails while they are out of date).
-man:
-	scripts/gen-man.sh $(BUILD_DIR)
+man: build
+	scripts/gen-man.sh .build/debug
 

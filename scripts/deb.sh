@@ -10,7 +10,8 @@
 # a machine without that toolchain. ALLOW_UNPACKAGED_LIBS=1 builds it anyway, with a warning naming them
 # (the test suite does that with its debug binaries).
 #
-# Environment: BUILD_DIR (default .build/release), DEB_DIR (default: the repository), MAINTAINER,
+# Environment: BUILD_DIR (default .build/release), DEB_DIR (default: the repository), MAINTAINER (default:
+# DEBFULLNAME <DEBEMAIL>, else git's user.name <user.email>),
 # DEB_COMPRESS (dpkg-deb's -Z: xz by default; the tests use none, xz takes a minute on debug binaries).
 # The last line printed is the path of the .deb.
 set -euo pipefail
@@ -20,7 +21,17 @@ ARCH=$(dpkg --print-architecture)
 BUILD_DIR=${BUILD_DIR:-.build/release}
 case $BUILD_DIR in /*) ;; *) BUILD_DIR=$ROOT/$BUILD_DIR ;; esac
 DEB_DIR=${DEB_DIR:-$ROOT}
-MAINTAINER=${MAINTAINER:-defib maintainers <defib@localhost>}
+# Who built the package, as Debian's tools ask: MAINTAINER, else DEBFULLNAME and DEBEMAIL (dch's), else git's user.
+if [ -z "${MAINTAINER:-}" ]; then
+    if [ -n "${DEBEMAIL:-}" ]; then
+        MAINTAINER="${DEBFULLNAME:-defib maintainers} <$DEBEMAIL>"
+    elif email=$(git -C "$ROOT" config user.email) && [ -n "$email" ]; then
+        MAINTAINER="$(git -C "$ROOT" config user.name || echo defib maintainers) <$email>"
+    else
+        echo "deb: who maintains the package? set MAINTAINER='Name <address>' (or DEBFULLNAME and DEBEMAIL)" >&2
+        exit 1
+    fi
+fi
 OUT=$DEB_DIR/defib_${VERSION}_${ARCH}.deb
 for tool in dpkg-deb dpkg-shlibdeps strip gzip; do
     command -v "$tool" >/dev/null || { echo "deb: $tool is missing (apt-get install dpkg-dev binutils)" >&2; exit 1; }
@@ -68,14 +79,16 @@ BUILD_DIR=$BUILD_DIR DESTDIR=$PKG PREFIX=/usr UNITDIR=/lib/systemd/system TMPFIL
     ZSHCOMPDIR=/usr/share/zsh/vendor-completions STRIP=1 "$ROOT/scripts/install.sh" install >/dev/null
 
 # Debian's own files in the doc directory: copyright and a changelog (a native package: changelog.gz).
-cat > "$PKG/usr/share/doc/defib/copyright" <<'EOF'
+YEARS=$(git -C "$ROOT" log --reverse --format=%ad --date=format:%Y 2>/dev/null | sed -n '1p;$p' | uniq | paste -sd-)
+YEARS=${YEARS:-$(date -u +%Y)}
+cat > "$PKG/usr/share/doc/defib/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: defib
 Comment: The defib repository does not yet state a license; until it does, no license is granted
  beyond what the authors give in writing.
 
 Files: *
-Copyright: the defib authors
+Copyright: $YEARS the defib authors
 License: none-stated
  The repository holds no license file.
 EOF

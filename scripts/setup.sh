@@ -4,6 +4,8 @@
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
 #     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
+#   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
+#     part of make test).
 # Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
 group=${1:-base}
@@ -11,6 +13,7 @@ group=${1:-base}
 pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config
       dpkg-dev binutils man-db groff-base zsh fish)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
+[ "$group" = lint ] && pkgs+=(lintian)
 
 need=()
 for p in "${pkgs[@]}"; do
