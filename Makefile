@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 export PATH := $(PATH):/opt/swift/usr/bin
 
-.PHONY: setup build release demo test bench clean release-static install install-files uninstall deb deb-lint man
+.PHONY: setup build release demo test bench clean release-static install install-files uninstall deb deb-check deb-lint man
 
 setup:
 	@scripts/setup.sh
@@ -57,8 +57,13 @@ uninstall:
 deb: $(if $(SKIP_BUILD),,release-static)
 	@BUILD_DIR="$(BUILD_DIR)" DEB_DIR="$(DEB_DIR)" DEB_COMPRESS="$(DEB_COMPRESS)" ALLOW_UNPACKAGED_LIBS="$(ALLOW_UNPACKAGED_LIBS)" scripts/deb.sh
 
-## lintian, Debian's package checker, on that .deb (installs lintian the first time: a minute or two).
 DEB_FILE = $(or $(DEB_DIR),.)/defib_$(shell cat VERSION)_$(shell dpkg --print-architecture).deb
+
+## That .deb installed with dpkg into a throwaway root without /opt/swift and used there: a real hang, a core, SIGTERM.
+deb-check: deb
+	scripts/deb-smoke.sh $(DEB_FILE) --without-toolchain
+
+## lintian, Debian's package checker, on that .deb (installs lintian the first time: a minute or two).
 deb-lint: deb
 	@scripts/setup.sh lint
 	lintian --fail-on error,warning --display-info $(DEB_FILE)
