@@ -40,9 +40,12 @@ PREFIX ?= /usr/local
 BUILD_DIR ?= .build/release
 INSTALL_ENV = BUILD_DIR="$(BUILD_DIR)" DESTDIR="$(DESTDIR)" PREFIX="$(PREFIX)" $(foreach v,BINDIR DATADIR MANDIR DOCDIR UNITDIR TMPFILESDIR BASHCOMPDIR ZSHCOMPDIR FISHCOMPDIR STRIP,$(if $($(v)),$(v)="$($(v))"))
 
+# The Swift runtime linked in (the binaries run without a toolchain); -z now: relocations resolved at start-up,
+# so the GOT can be read-only (full RELRO).
+RELEASE_FLAGS = -c release --static-swift-stdlib -Xlinker -z -Xlinker now
 release-static: setup
-	swift build -c release --static-swift-stdlib --product defib
-	swift build -c release --static-swift-stdlib --product defib-proxy
+	swift build $(RELEASE_FLAGS) --product defib
+	swift build $(RELEASE_FLAGS) --product defib-proxy
 
 install: $(if $(SKIP_BUILD),,release-static)
 	@$(INSTALL_ENV) scripts/install.sh install
