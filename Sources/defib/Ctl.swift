@@ -93,8 +93,10 @@ struct CtlCommand: ParsableCommand {
         switch record.locate() {
         case let .running(pid, _):
             return " (its supervisor runs in another PID namespace, \(namespace), as pid \(record.pid) there and \(pid) here)"
-        case .gone, .notVisible:
-            return " (its supervisor ran in another PID namespace, \(namespace), as pid \(record.pid))"
+        case .gone:
+            return " (its supervisor ran in another PID namespace, \(namespace), as pid \(record.pid), and has ended)"
+        case .notVisible:
+            return " (its supervisor runs or ran in another PID namespace, \(namespace), as pid \(record.pid), not visible from here)"
         }
     }
 
