@@ -42,7 +42,7 @@ let package = Package(
         ]),
         // The reference proxy.
         .target(name: "DefibProxy", dependencies: [
-            "ParkingLock", "CDefibShims",
+            "ParkingLock", "CDefibShims", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -60,13 +60,13 @@ let package = Package(
         ]),
         // The chaos harness: scenarios, load generator, measurements, report (`defib chaos`).
         .target(name: "DefibChaos", dependencies: [
-            "DefibCore", "DefibPOSIX", "DefibStore",
+            "DefibCore", "DefibPOSIX", "DefibStore", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "defib", dependencies: [
-            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos",
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "FlightRecorder",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -82,8 +82,8 @@ let package = Package(
         ]),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
         .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore"]),
-        .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
-        .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
+        .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock", "FlightRecorder"]),
+        .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore", "FlightRecorder"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),

@@ -1,5 +1,6 @@
 import DefibCore
 import Foundation
+import FlightRecorder
 
 /// How one HTTP request of the load ended.
 public enum RequestOutcome: String, Sendable, Codable, CaseIterable {
@@ -395,7 +396,7 @@ public enum RunEvaluator {
         }
 
         // The lock word.
-        let corrupted = incident.lockWords.filter { LockWord.parse($0).map(Diagnosis.isCorrupted) ?? false }
+        let corrupted = incident.lockWords.filter { LockWord.parse($0).map(LockWord.isCorrupt) ?? false }
         result.lockWord = corrupted.contains("0xfffffffffffffffe") ? "0xfffffffffffffffe" : corrupted.first ?? incident.lockWords.first
         switch s.expectsCorruptedWord {
         case true?:

@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import NIOCore
 import ParkingLock
+import FlightRecorder
 
 /// A frame of a line protocol: a line (without its newline), or a line that grew past the limit.
 enum LineFrame {
@@ -132,7 +133,7 @@ final class ControlHandler: ChannelInboundHandler {
             var o = JSONLine()
             o.add("name", s.name)
             o.add("address", "0x" + String(s.address, radix: 16))
-            o.add("word", hex16(s.word))
+            o.add("word", LockWord.hex(s.word))
             o.add("revert", s.revert.rawValue)
             o.add("holder", raw: holderJSON(s.holder))
             o.add("last_holder", raw: holderJSON(s.lastHolder))
@@ -151,7 +152,7 @@ final class ControlHandler: ChannelInboundHandler {
     static func readHolderJSON(_ h: LockReadHolder) -> String {
         var o = JSONLine()
         o.add("tid", Int(h.tid))
-        o.add("depth", h.depth)
+        o.add("depth", Int(h.depth))
         o.add("since_ms", h.sinceUnixMs)
         o.add("exited", raw: h.threadExited ? "true" : "false")
         return o.closed
@@ -186,7 +187,7 @@ final class ControlHandler: ChannelInboundHandler {
         o.add("reloads", s.reloads.load(ordering: .relaxed))
         o.add("fault", fault?.kind.rawValue ?? "none")
         o.add("fault_armed_at_ms", fault?.armedAtUnixMs)
-        o.add("catalog_word", hex16(env.catalog.lock.rawWord))
+        o.add("catalog_word", LockWord.hex(env.catalog.lock.rawWord))
         return o.closed
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOCore
 import ParkingLock
 import Synchronization
+import FlightRecorder
 
 /// The lock bugs (and plain failures) the proxy reproduces on demand.
 public enum FaultKind: String, CaseIterable, Sendable {
@@ -94,7 +95,7 @@ public final class FaultInjector: @unchecked Sendable {
     public func arm(_ kind: FaultKind) -> (reply: String, followUp: FaultFollowUp) {
         let now = unixMilliseconds()
         let word = catalog.lock.rawWord
-        logger.warning("fault \(kind.rawValue) armed at \(now) ms (catalog lock word \(hex16(word)))")
+        logger.warning("fault \(kind.rawValue) armed at \(now) ms (catalog lock word \(LockWord.hex(word)))")
         if kind != .none { current.withLock { $0 = ArmedFault(kind: kind, armedAtUnixMs: now) } }
         switch kind {
         case .none:
@@ -106,7 +107,7 @@ public final class FaultInjector: @unchecked Sendable {
             var reply = "ok fault none armed"
             if let previous { reply += " (was \(previous.kind.rawValue)\(cleared.isEmpty ? "" : "; cleared \(cleared.joined(separator: ", "))"))" }
             if isCorruptedWord(catalog.lock.rawWord) {
-                reply += "; the catalog lock word \(hex16(catalog.lock.rawWord)) is corrupted and cannot be repaired: restart the proxy"
+                reply += "; the catalog lock word \(LockWord.hex(catalog.lock.rawWord)) is corrupted and cannot be repaired: restart the proxy"
             }
             return (reply, .none)
         case .timeoutRace:
@@ -150,7 +151,7 @@ public final class FaultInjector: @unchecked Sendable {
         let holding = ThreadEvent()
         startThread(name: name) { body(catalog, update, { holding.set() }) }
         guard holding.wait(timeoutNs: 10_000_000_000) else {
-            return "error fault \(kind.rawValue): the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))"
+            return "error fault \(kind.rawValue): the update did not get the write lock within 10 s (word \(LockWord.hex(catalog.lock.rawWord)))"
         }
         logger.warning("fault \(kind.rawValue): '\(Catalog.updateLabel(update))' holds the catalog write lock and will not let go")
         return nil
@@ -175,12 +176,12 @@ public final class FaultInjector: @unchecked Sendable {
         startThread(name: "fault-race") {
             for attempt in 1...20 {
                 if let word = FaultInjector.runStagedRace(catalog: catalog, update: update) {
-                    logger.warning("fault timeout-race: catalog lock word corrupted to \(hex16(word)) (attempt \(attempt))")
+                    logger.warning("fault timeout-race: catalog lock word corrupted to \(LockWord.hex(word)) (attempt \(attempt))")
                     return
                 }
-                logger.info("fault timeout-race: attempt \(attempt) left the word at \(hex16(lock.rawWord)) (a concurrent reader); staging again")
+                logger.info("fault timeout-race: attempt \(attempt) left the word at \(LockWord.hex(lock.rawWord)) (a concurrent reader); staging again")
             }
-            logger.error("fault timeout-race: the staged race did not corrupt the word in 20 attempts (word \(hex16(lock.rawWord)))")
+            logger.error("fault timeout-race: the staged race did not corrupt the word in 20 attempts (word \(LockWord.hex(lock.rawWord)))")
         }
     }
 
@@ -294,7 +295,7 @@ final class NaturalRace: @unchecked Sendable {
                 }
                 i += 1
                 if isCorruptedWord(lock.rawWord) {
-                    logger.warning("fault timeout-race-natural: catalog lock word corrupted to \(hex16(lock.rawWord)) after \(writerTimeouts.load(ordering: .relaxed)) writer timeouts")
+                    logger.warning("fault timeout-race-natural: catalog lock word corrupted to \(LockWord.hex(lock.rawWord)) after \(writerTimeouts.load(ordering: .relaxed)) writer timeouts")
                     return
                 }
             }

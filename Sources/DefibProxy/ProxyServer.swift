@@ -5,6 +5,7 @@ import NIOHTTP1
 import NIOPosix
 import ParkingLock
 import Synchronization
+import FlightRecorder
 
 /// The running proxy: event loops, HTTP listeners, control channel, update stream, churn, reloads.
 /// `start` is the builder the executable and the tests share.
@@ -222,7 +223,7 @@ public final class ProxyServer: @unchecked Sendable {
             done.set()
         }
         let finished = done.wait(timeoutNs: UInt64(timeoutMs) * 1_000_000)
-        if !finished { logger.warning("shutdown did not finish within \(timeoutMs) ms (event loops blocked: catalog lock word \(hex16(catalog.lock.rawWord)))") }
+        if !finished { logger.warning("shutdown did not finish within \(timeoutMs) ms (event loops blocked: catalog lock word \(LockWord.hex(catalog.lock.rawWord)))") }
         return finished
     }
 }

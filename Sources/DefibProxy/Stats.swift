@@ -62,9 +62,3 @@ struct JSONLine {
         return out + "\""
     }
 }
-
-/// `0x` + exactly 16 lower-case hex digits.
-func hex16(_ v: UInt64) -> String {
-    let digits = String(v, radix: 16)
-    return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
-}

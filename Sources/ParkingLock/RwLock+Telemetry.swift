@@ -60,9 +60,8 @@ extension RwLock {
         let holders = withUnsafeTemporaryAllocation(of: defib_read_holder.self, capacity: limit) { rows in
             total = defib_read_holders(holdID, rows.baseAddress, limit, &trackedDepth)
             return rows.prefix(min(total, limit)).map { row in
-                LockReadHolder(tid: row.tid, depth: Int(row.depth), sinceMonotonicNs: row.since_ns,
-                               sinceUnixMs: nowUnixMs - Int64((nowMonotonic &- min(row.since_ns, nowMonotonic)) / 1_000_000),
-                               threadExited: row.exited != 0)
+                LockReadHolder(tid: row.tid, depth: UInt16(clamping: row.depth), threadExited: row.exited != 0, sinceMonotonicNs: row.since_ns,
+                               sinceUnixMs: nowUnixMs - Int64((nowMonotonic &- min(row.since_ns, nowMonotonic)) / 1_000_000))
             }
         }
         let listed = holders.count
@@ -197,7 +196,7 @@ extension RwLock {
             updatedMonotonicNs: defib_monotonic_ns(), updatedUnixMs: defib_realtime_ms(),
             eventCount: slot.eventCount, pinnedWriteTimeout: slot.pinnedWriteTimeout,
             pinnedWriteWhileHoldingRead: slot.pinnedWriteWhileHoldingRead,
-            readHolders: holders.map(Self.recorded), moreReadHolders: UInt32(clamping: more))
+            readHolders: holders, moreReadHolders: UInt32(clamping: more))
         slot.writer.writeSlot(slot.index, image: image, event: event.map { ($0, ordinal!) }, pinned: slot.pinnedDirty)
         slot.pinnedDirty = false
     }
@@ -217,11 +216,6 @@ extension RwLock {
         default:
             break
         }
-    }
-
-    private static func recorded(_ h: LockReadHolder) -> FlightRecord.ReadHolder {
-        FlightRecord.ReadHolder(tid: h.tid, depth: UInt16(clamping: h.depth), threadExited: h.threadExited,
-                                sinceMonotonicNs: h.sinceMonotonicNs, sinceUnixMs: h.sinceUnixMs)
     }
 
 }
