@@ -85,6 +85,11 @@ let package = Package(
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock", "FlightRecorder"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore", "FlightRecorder"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        // The supervisor's loop driven through fake effects and a manual clock.
+        .testTarget(name: "DefibRuntimeTests", dependencies: [
+            "DefibRuntime", "DefibCore", "FlightRecorder",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),

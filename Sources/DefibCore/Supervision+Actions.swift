@@ -61,11 +61,11 @@ extension Supervision {
             log(.notice, "progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
             emit(.metric(.verdict(verdict.kind)))
             schedule(machine.progressJudged(verdict, at: now.mono))
-        case let (.verdictAtOpen(cause, pid), .observed(observation)):
+        case let (.verdictAtOpen(cause, pid, detected), .observed(observation)):
             awaiting = nil
             let verdict = ledger.judge(pid: pid, samples: observation.samples)
             emit(.metric(.verdict(verdict.kind)))
-            openIncident(cause, verdict: verdict)
+            openIncident(cause, detected: detected, verdict: verdict)
         case let (.stored, .incidentStored(result)):
             awaiting = nil
             incidentStored(result)
@@ -151,9 +151,9 @@ extension Supervision {
         case let .openIncident(cause):
             if case .startTimeout = cause, let pid = machine.pid {
                 // Never ready is a hang too: judge whether it is stuck, stopped or busy before recording it.
-                ask(.observe(judgementRequest(pid: pid)), awaiting: .verdictAtOpen(cause, pid: pid))
+                ask(.observe(judgementRequest(pid: pid)), awaiting: .verdictAtOpen(cause, pid: pid, detected: now.wall))
             } else {
-                openIncident(cause, verdict: nil)
+                openIncident(cause, detected: now.wall, verdict: nil)
             }
         case let .captureEvidence(pid):
             // Lock state (flight recorder + words straight from memory), a diagnosis, then the core — in that
@@ -226,8 +226,8 @@ extension Supervision {
 
     // MARK: the incident's life
 
-    private mutating func openIncident(_ cause: FailureCause, verdict: ProgressVerdict?) {
-        let incident = ledger.open(cause, at: now.wall, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
+    private mutating func openIncident(_ cause: FailureCause, detected: Date, verdict: ProgressVerdict?) {
+        let incident = ledger.open(cause, at: detected, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
                                    startedAt: childStartedAt, verdictAtOpen: verdict)
         ask(.insertIncident(incident), awaiting: .stored)
     }

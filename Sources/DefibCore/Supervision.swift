@@ -60,7 +60,7 @@ public struct Supervision: Sendable {
         case baseline
         case softEvidence(pid: Int32, silenceMs: Double)
         case verdict(pid: Int32)
-        case verdictAtOpen(FailureCause, pid: Int32)
+        case verdictAtOpen(FailureCause, pid: Int32, detected: Date)
         case stored
         case lockEvidence(pid: Int32)
         case core
