@@ -1,3 +1,4 @@
+import DefibSystem
 import Logging
 import Synchronization
 import FlightRecorder

@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 import NIOCore

@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 import NIOCore
@@ -188,7 +189,7 @@ public final class ProxyServer: @unchecked Sendable {
         let previous = umask(0o177)
         defer { umask(previous) }
         let channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
-        if chmod(path, 0o600) != 0 { throw SystemCallError("chmod(\(path), 0600)") }
+        if chmod(path, 0o600) != 0 { throw SystemError("chmod(\(path), 0600)") }
         return channel
     }
 
@@ -222,7 +223,7 @@ public final class ProxyServer: @unchecked Sendable {
             try? group.syncShutdownGracefully()
             done.set()
         }
-        let finished = done.wait(timeoutNs: UInt64(timeoutMs) * 1_000_000)
+        let finished = done.wait(timeoutNs: Int64(timeoutMs) * 1_000_000)
         if !finished { logger.warning("shutdown did not finish within \(timeoutMs) ms (event loops blocked: catalog lock word \(LockWord.hex(catalog.lock.rawWord)))") }
         return finished
     }

@@ -178,7 +178,7 @@ public enum RouteGrammar {
     /// Reads and parses a routes file from disk.
     public static func parseRoutesFile(atPath path: String) throws(RouteError) -> [RouteUpdate] {
         let text: String
-        do { text = try readWholeFile(path) } catch { throw RouteError(kind: .unreadable, problem: "cannot read routes file: \(error.problem)", file: path) }
+        do { text = try readWholeFile(path) } catch { throw RouteError(kind: .unreadable, problem: "cannot read routes file: \(error)", file: path) }
         return try parseRoutesFile(text, file: path)
     }
 

@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 import Synchronization
@@ -94,7 +95,7 @@ final class UpdateFileFollower: @unchecked Sendable {
             if fd < 0 {
                 fd = open(path, O_RDONLY | O_CLOEXEC)
                 if fd < 0 {
-                    if !warnedMissing { logger.warning("updates file \(path): \(SystemCallError("open(\(path))")); waiting for it to appear"); warnedMissing = true }
+                    if !warnedMissing { logger.warning("updates file \(path): \(SystemError("open(\(path))")); waiting for it to appear"); warnedMissing = true }
                     sleepNanoseconds(200_000_000)
                     continue
                 }
@@ -114,7 +115,7 @@ final class UpdateFileFollower: @unchecked Sendable {
                 }
                 continue
             }
-            if n < 0 { logger.error("\(SystemCallError("read(\(path))")); reopening"); close(fd); fd = -1; continue }
+            if n < 0 { logger.error("\(SystemError("read(\(path))")); reopening"); close(fd); fd = -1; continue }
             // At the end: notice truncation (start over) and replacement (reopen), else poll again.
             var st = stat()
             if fstat(fd, &st) == 0 && st.st_size < offset {
@@ -149,7 +150,7 @@ final class ChurnGenerator: @unchecked Sendable {
 
     private func run() {
         var rng = SystemRandomNumberGenerator()
-        let period = UInt64(1_000_000_000 / max(rate, 0.001))
+        let period = Int64(1_000_000_000 / max(rate, 0.001))
         var next = monotonicNanoseconds()
         while !stopped.load(ordering: .relaxed) {
             next += period
@@ -159,7 +160,7 @@ final class ChurnGenerator: @unchecked Sendable {
                 updater.submit(update, source: "churn")
             }
             let now = monotonicNanoseconds()
-            if next > now { sleepNanoseconds(next - now) } else { next = now }
+            if next > now { sleepNanoseconds(UInt64(next - now)) } else { next = now }
         }
     }
 }
@@ -171,7 +172,7 @@ final class CatalogReloader: @unchecked Sendable {
     private let updater: CatalogUpdater
     private let routesFile: String?
     private let routeFlags: [RouteUpdate]
-    private let intervalNs: UInt64?
+    private let intervalNs: Int64?
     private let stats: ProxyStats
     private let logger: Logger
     private let condition = ThreadCondition()
@@ -181,7 +182,7 @@ final class CatalogReloader: @unchecked Sendable {
     init(catalog: Catalog, updater: CatalogUpdater, routesFile: String?, routeFlags: [RouteUpdate],
          intervalMs: Int, stats: ProxyStats, logger: Logger) {
         self.catalog = catalog; self.updater = updater; self.routesFile = routesFile; self.routeFlags = routeFlags
-        self.intervalNs = intervalMs > 0 ? UInt64(intervalMs) * 1_000_000 : nil
+        self.intervalNs = intervalMs > 0 ? Int64(intervalMs) * 1_000_000 : nil
         self.stats = stats; self.logger = logger
     }
 

@@ -105,9 +105,9 @@ struct CoreCommand: ParsableCommand {
         let idle = bench.run(.init(id: "idle", title: "Idle proxy", ballastMB: 0, extraThreads: 0))
         let big = bench.run(.init(id: "ballast", title: "Proxy grown to \(ballast) MiB RSS with \(extraThreads) extra threads",
                                   ballastMB: ballast, extraThreads: extraThreads))
-        var report = CoreReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore,
-                                machineAfter: MachineState.now(), gdbVersion: gdbVersion, reps: reps, warmups: warmups,
-                                scenarios: [idle, big], targets: CoreTargets.evaluate(idle: idle, ballast: big), markdown: "")
+        var report = CoreReport(part: "core", startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore, machineAfter: MachineState.now(),
+                                figures: CoreFigures(gdbVersion: gdbVersion, reps: reps, warmups: warmups, scenarios: [idle, big]))
+        report.targets = CoreTargets.evaluate(idle: idle, ballast: big)
         if idle.samples.isEmpty && big.samples.isEmpty {
             report.status = "FAIL"
             report.reason = "no capture ran: \(idle.error ?? "") \(big.error ?? "")"
@@ -181,9 +181,8 @@ struct OverheadCommand: ParsableCommand {
             try failPart("overhead", reason: "\(error)", startedAt: startedAt, outDirectory: options.out)
         }
         defer { removeTree(work) }
-        var report = OverheadReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: "", machineBefore: machineBefore,
-                                    machineAfter: machineBefore, intervalMs: interval, deadlineMs: deadline, settleSeconds: settle,
-                                    defibReadyMs: [], proxyReadyMs: [], defib: nil, proxy: nil, targets: [], markdown: "")
+        var report = OverheadReport(part: "overhead", startedAt: startedAt, finishedAt: "", machineBefore: machineBefore, machineAfter: machineBefore,
+                                    figures: OverheadFigures(intervalMs: interval, deadlineMs: deadline, settleSeconds: settle))
         let bench = OverheadBench(defib: defibPath, proxy: proxy, workDirectory: work, intervalMs: interval, deadlineMs: deadline,
                                   durationSeconds: duration, settleSeconds: settle, startupRuns: startupRuns, log: progress)
         progress("overhead: defib \(defibPath), \(duration) s window at --interval \(interval)")

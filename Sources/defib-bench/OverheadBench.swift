@@ -26,15 +26,11 @@ struct UsageWindow: Codable, Equatable {
     var cpuPercent: Double { seconds > 0 ? Double(cpuTicks) / Double(ticksPerSecond) / seconds * 100 : 0 }
 }
 
-/// bench/overhead.json: the envelope (part, status, reason, targets, markdown) plus the figures.
-struct OverheadReport: Codable {
-    var part = "overhead"
-    var status: String
-    var reason: String?
-    var startedAt: String
-    var finishedAt: String
-    var machineBefore: MachineState
-    var machineAfter: MachineState
+/// bench/overhead.json: the envelope every part writes plus these figures.
+typealias OverheadReport = BenchReport<OverheadFigures>
+
+/// The overhead part's figures.
+struct OverheadFigures: Codable {
     /// `defib run --interval`.
     var intervalMs: Int
     /// `defib run --deadline`.
@@ -42,15 +38,13 @@ struct OverheadReport: Codable {
     /// Seconds between READY=1 and the start of the window.
     var settleSeconds: Int
     /// Each launch of `defib run … -- defib-proxy`: ms from spawning defib to its READY=1.
-    var defibReadyMs: [Double]
+    var defibReadyMs: [Double] = []
     /// Each launch of `defib-proxy` alone: ms from spawning it to its first "pong".
-    var proxyReadyMs: [Double]
+    var proxyReadyMs: [Double] = []
     /// defib over the window.
     var defib: UsageWindow?
     /// The supervised proxy over the same window, for reference.
     var proxy: UsageWindow?
-    var targets: [TargetCheck]
-    var markdown: String
 }
 
 /// defib supervising the idle proxy at a 10 Hz heartbeat: what the supervisor itself costs.

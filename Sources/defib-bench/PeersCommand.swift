@@ -191,8 +191,8 @@ struct PeersCommand: ParsableCommand {
                                                  deadlineMs: deadline).joined(separator: " ")
             .replacingOccurrences(of: "http=127.0.0.1:0", with: "http=127.0.0.1:PORT")
             .replacingOccurrences(of: "=127.0.0.1:0", with: "=127.0.0.1:BACKEND")
-        var report = PeersReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore,
-                                 machineAfter: MachineState.now(), settings: settings, peers: results, targets: [], markdown: "")
+        var report = PeersReport(part: "peers", startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore, machineAfter: MachineState.now(),
+                                 figures: PeersFigures(settings: settings, peers: results))
         report.targets = PeersChecks.evaluate(results, boundSeconds: bound)
         if results.allSatisfy({ $0.status != "ok" }) {
             report.status = "FAIL"

@@ -238,20 +238,14 @@ struct PeerSummary: Equatable {
     }
 }
 
-/// bench/peers.json: the envelope (part, status, reason, targets, markdown) plus every row's figures.
-struct PeersReport: Codable {
-    var part = "peers"
-    var status: String
-    var reason: String?
-    var startedAt: String
-    var finishedAt: String
-    var machineBefore: MachineState
-    var machineAfter: MachineState
+/// bench/peers.json: the envelope every part writes plus every row's figures.
+typealias PeersReport = BenchReport<PeersFigures>
+
+/// The peers part's figures.
+struct PeersFigures: Codable {
     /// The settings of the run.
     var settings: PeersSettings
     var peers: [PeerResult]
-    var targets: [TargetCheck]
-    var markdown: String
 }
 
 /// How the run was made (quoted in the report).

@@ -13,7 +13,7 @@ private func twoMachineCatalog(revert: RevertStrategy) throws -> Catalog {
 
 /// True when a thread that reads the catalog is still blocked after `ms` (it is left parked; the
 /// catalog must be leaked).
-private func readerStaysBlocked(_ catalog: Catalog, ms: UInt64 = 300) -> Bool {
+private func readerStaysBlocked(_ catalog: Catalog, ms: Int64 = 300) -> Bool {
     let done = onThread { _ = catalog.route(host: "shop") }
     return !done.wait(timeoutNs: ms * 1_000_000)
 }
