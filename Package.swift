@@ -43,9 +43,11 @@ let package = Package(
             "DefibCore",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // The names of the faults the reference proxy injects, shared with the chaos harness.
+        .target(name: "DefibFaults"),
         // The reference proxy.
         .target(name: "DefibProxy", dependencies: [
-            "ParkingLock", "CDefibShims", "DefibSystem", "FlightRecorder",
+            "ParkingLock", "CDefibShims", "DefibFaults", "DefibSystem", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -63,7 +65,7 @@ let package = Package(
         ]),
         // The chaos harness: scenarios, load generator, measurements, report (`defib chaos`).
         .target(name: "DefibChaos", dependencies: [
-            "DefibCore", "DefibPOSIX", "DefibStore", "FlightRecorder",
+            "DefibCore", "DefibFaults", "DefibPOSIX", "DefibStore", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -93,7 +95,7 @@ let package = Package(
             "DefibRuntime", "DefibCore", "FlightRecorder",
             .product(name: "Logging", package: "swift-log"),
         ]),
-        .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
+        .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore", "DefibFaults"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
     ]

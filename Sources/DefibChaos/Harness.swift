@@ -62,14 +62,15 @@ public final class ChaosHarness {
         }
 
         // The policy: the operator's file, or the harness's own written next to the report.
-        var policy = HarnessPolicy()
-        if options.mode == .soak { policy.intensityMax = max(policy.intensityMax, options.runs * 2 + 10) }
-        if let c = options.capture { policy.capture = c }
+        let policy = SupervisorConfig.chaosPolicy(capture: options.capture ?? .native,
+                                                  intensityMax: options.mode == .soak ? max(1000, options.runs * 2 + 10) : 1000)
         if let configFile = options.configFile {
             policyFile = configFile.hasPrefix("/") ? configFile : FileManager.default.currentDirectoryPath + "/" + configFile
         } else {
             policyFile = reportDirectory + "/supervisor.toml"
-            do { try policy.toml.write(toFile: policyFile, atomically: true, encoding: .utf8) } catch {
+            let text = "# Written by `defib chaos`: the supervision policy of these runs. The state directory, the service, its\n"
+                + "# control socket and the HTTP socket are given to `defib run` as flags for each run.\n" + policy.tomlText
+            do { try text.write(toFile: policyFile, atomically: true, encoding: .utf8) } catch {
                 throw ChaosError(.setup, "cannot write \(policyFile): \(error.localizedDescription)")
             }
         }

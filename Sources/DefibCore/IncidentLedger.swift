@@ -146,11 +146,11 @@ public struct IncidentLedger: Sendable {
     }
 
     /// The core (or why there is none), and the notes of its writer.
-    mutating func applyCore(_ outcome: CoreOutcome, notes: [String]) {
+    mutating func applyCore(_ outcome: CoreOutcome) {
         changeOpen { incident in
             incident.capture = outcome.record
             if let threads = outcome.threads { incident.threads = threads }
-            incident.notes += notes
+            incident.notes += outcome.notes
         }
     }
 

@@ -46,15 +46,7 @@ extension Supervision {
     }
 
     mutating func recordCore(_ outcome: CoreOutcome) {
-        var notes = outcome.notes
-        if let native = outcome.native {
-            if native.truncated { notes.append("core truncated at the \(config.capture.budgetMs) ms budget") }
-            if outcome.record.path != nil {
-                notes.append(String(format: "native core: %d threads stopped in %.1f ms, %lld bytes allocated of %lld", native.threads,
-                                    native.stopMs, native.allocatedBytes, outcome.record.bytes))
-            }
-        }
-        ledger.applyCore(outcome, notes: notes)
+        ledger.applyCore(outcome)
         emit(.metric(.captureDuration(nanoseconds: Int64(outcome.record.durationMs * 1e6))))
         emit(.metric(.captureBytes(outcome.record.bytes)))
         let record = outcome.record

@@ -137,27 +137,15 @@ public struct CoreOutcome: Sendable, Equatable {
     public var record: CaptureRecord
     /// Threads in the core, when the writer knows.
     public var threads: Int?
-    /// What the writer did that the incident should say (limits raised, where the kernel put the core, …).
+    /// What the writer did that the incident should say (threads stopped, limits raised, where the kernel put
+    /// the core, …).
     public var notes: [String] = []
-    /// The native writer's figures.
-    public var native: NativeCoreFigures?
     /// The kernel method kills the process by design: when its signal went out, and the death it reaped.
     public var killedAt: Date?
     public var exited: ChildStatus?
     /// A number in [0, 1) for the kill jitter (the runtime draws it; the decision stays pure).
     public var jitterDraw: Double = 0
     public init(record: CaptureRecord, threads: Int? = nil) { self.record = record; self.threads = threads }
-}
-
-/// The native core writer's figures for the incident's notes.
-public struct NativeCoreFigures: Sendable, Equatable {
-    public var threads: Int
-    public var stopMs: Double
-    public var allocatedBytes: Int64
-    public var truncated: Bool
-    public init(threads: Int, stopMs: Double, allocatedBytes: Int64, truncated: Bool) {
-        self.threads = threads; self.stopMs = stopMs; self.allocatedBytes = allocatedBytes; self.truncated = truncated
-    }
 }
 
 /// The cores the store knows of and the space around them, for retention.

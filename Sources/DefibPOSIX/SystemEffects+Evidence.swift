@@ -49,8 +49,11 @@ extension SystemEffects {
                                                   options: NativeCoreOptions(budgetMs: request.budgetMs, firstThread: request.firstThread))
             outcome = CoreOutcome(record: result.record, threads: result.threads)
             outcome.notes = result.notes
-            outcome.native = NativeCoreFigures(threads: result.threads, stopMs: result.stopMs, allocatedBytes: result.allocatedBytes,
-                                               truncated: result.truncated)
+            if result.truncated { outcome.notes.append("core truncated at the \(request.budgetMs) ms budget") }
+            if result.record.path != nil {
+                outcome.notes.append(String(format: "native core: %d threads stopped in %.1f ms, %lld bytes allocated of %lld", result.threads,
+                                            result.stopMs, result.allocatedBytes, result.record.bytes))
+            }
         case .gcore:
             outcome = CoreOutcome(record: GcoreCapture.capture(pid: request.pid, prefix: request.prefix, budgetMs: request.budgetMs))
         case .kernel:

@@ -230,7 +230,7 @@ final class FakeEffects: SupervisorEffects {
         files[request.path] = 3_000_000
         var outcome = CoreOutcome(record: CaptureRecord(method: request.method.rawValue, path: request.path, bytes: 3_000_000,
                                                         durationMs: Double(coreDurationMs), error: nil), threads: 3)
-        outcome.native = NativeCoreFigures(threads: 3, stopMs: 1.5, allocatedBytes: 2_000_000, truncated: false)
+        outcome.notes = ["native core: 3 threads stopped in 1.5 ms, 2000000 bytes allocated of 3000000"]
         return outcome
     }
 
