@@ -63,19 +63,9 @@ struct ConfigField {
 
 /// A TOML basic string.
 func tomlString(_ s: String) -> String {
-    var out = "\""
-    for ch in s.unicodeScalars {
-        switch ch {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\t": out += "\\t"
-        case "\r": out += "\\r"
-        case _ where ch.value < 0x20 || ch.value == 0x7F: out += String(format: "\\u%04X", ch.value)
-        default: out.unicodeScalars.append(ch)
-        }
-    }
-    return out + "\""
+    var out = ""
+    JSONValue.writeString(s, into: &out)
+    return out
 }
 
 extension SupervisorConfig {

@@ -313,31 +313,27 @@ private struct TOMLConfigReader {
     }
 
     mutating func string(_ t: TOMLTable, _ key: String, prefix: String) -> String? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let s = v.string { return s }
-        typeMismatch(prefix + key, expected: "a string", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "a string") { $0.string }
     }
 
     mutating func int(_ t: TOMLTable, _ key: String, prefix: String) -> Int? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let i = v.int { return i }
-        typeMismatch(prefix + key, expected: "an integer", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "an integer") { $0.int }
     }
 
     mutating func number(_ t: TOMLTable, _ key: String, prefix: String) -> Double? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let d = v.double { return d }
-        if let i = v.int { return Double(i) }
-        typeMismatch(prefix + key, expected: "a number", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "a number") { $0.double ?? $0.int.map(Double.init) }
     }
 
     mutating func bool(_ t: TOMLTable, _ key: String, prefix: String) -> Bool? {
+        scalar(t, key, prefix: prefix, expected: "a boolean (true or false)") { $0.bool }
+    }
+
+    /// The value at `key` as `extract` reads it; anything else is a type issue naming `expected`.
+    private mutating func scalar<T>(_ t: TOMLTable, _ key: String, prefix: String, expected: String,
+                                    _ extract: (TOMLValueConvertible) -> T?) -> T? {
         guard let v = value(t, key, prefix) else { return nil }
-        if let b = v.bool { return b }
-        typeMismatch(prefix + key, expected: "a boolean (true or false)", got: v)
+        if let typed = extract(v) { return typed }
+        typeMismatch(prefix + key, expected: expected, got: v)
         return nil
     }
 

@@ -72,8 +72,7 @@ extension RwLock {
     }
 
     func didAcquireWrite(label: String) {
-        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
-                                sinceUnixMs: defib_realtime_ms())
+        let holder = LockHolder.callingThread(label: label)
         telemetry.withLock { t in
             t.holder = holder
             t.holderWaitingForReaders = false
@@ -85,8 +84,7 @@ extension RwLock {
     /// pending writer from now on. The recorder learns it with the next slot write: the writer's
     /// `parked-write-for-readers` event if it has to sleep, its acquisition if the readers leave first.
     func notePendingWriter(label: String) {
-        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
-                                sinceUnixMs: defib_realtime_ms())
+        let holder = LockHolder.callingThread(label: label)
         telemetry.withLock { t in
             t.holder = holder
             t.holderWaitingForReaders = true
@@ -218,4 +216,11 @@ extension RwLock {
         }
     }
 
+}
+
+extension LockHolder {
+    /// The calling thread as a write holder from now on, under `label`.
+    static func callingThread(label: String) -> LockHolder {
+        LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(), sinceUnixMs: defib_realtime_ms())
+    }
 }

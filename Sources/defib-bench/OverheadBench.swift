@@ -216,10 +216,7 @@ enum OverheadChecks {
 /// The overhead part's section of REPORT.md. Pure.
 enum OverheadMarkdown {
     static func render(_ r: OverheadReport) -> String {
-        var md = "## The supervisor's own cost\n\n"
-        md += "Started \(r.startedAt), finished \(r.finishedAt).\n\n"
-        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
-            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
+        var md = r.sectionHeading("The supervisor's own cost", note: "")
         let window = r.defib.map { String(format: "%.0f s", $0.seconds) } ?? "–"
         md += """
         How it was measured: `defib run --interval \(r.intervalMs) --deadline \(r.deadlineMs) -- defib-proxy --listen 127.0.0.1:PORT …` \

@@ -41,6 +41,14 @@ struct BenchReport<Figures: Codable>: Codable {
         self.machineBefore = machineBefore; self.machineAfter = machineAfter; self.figures = figures
     }
 
+    /// The start of the part's section of REPORT.md: its heading, when it ran (and `note`), and the machine
+    /// before and after.
+    func sectionHeading(_ title: String, note: String) -> String {
+        "## \(title)\n\n" + "Started \(startedAt), finished \(finishedAt).\(note.isEmpty ? "" : " " + note)\n\n"
+            + "Machine before: \(machineBefore.summary).  \nMachine after: \(machineAfter.summary).  \n"
+            + MachineState.pressureLine(from: machineBefore, to: machineAfter) + "\n\n"
+    }
+
     subscript<T>(dynamicMember keyPath: WritableKeyPath<Figures, T>) -> T {
         get { figures[keyPath: keyPath] }
         set { figures[keyPath: keyPath] = newValue }
