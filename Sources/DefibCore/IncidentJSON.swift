@@ -35,28 +35,30 @@ public indirect enum JSONValue: Sendable, Equatable {
             out += d.isFinite ? "\(d)" : "null"
         case let .string(s): JSONValue.writeString(s, into: &out)
         case let .array(items):
-            if items.isEmpty { out += "[]"; return }
-            out += "["
-            for (n, item) in items.enumerated() {
-                if n > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            Self.writeList(items, open: "[", close: "]", into: &out, pretty: pretty, indent: indent) { item, out in
                 item.write(into: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "]"
         case let .object(members):
-            if members.isEmpty { out += "{}"; return }
-            out += "{"
-            for (n, member) in members.enumerated() {
-                if n > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            Self.writeList(members, open: "{", close: "}", into: &out, pretty: pretty, indent: indent) { member, out in
                 JSONValue.writeString(member.key, into: &out)
                 out += pretty ? ": " : ":"
                 member.value.write(into: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "}"
         }
+    }
+
+    /// `open` elements `close`, comma-separated, one per line when `pretty`.
+    private static func writeList<T>(_ elements: [T], open: String, close: String, into out: inout String, pretty: Bool, indent: Int,
+                                     _ element: (T, inout String) -> Void) {
+        if elements.isEmpty { out += open + close; return }
+        out += open
+        for (n, e) in elements.enumerated() {
+            if n > 0 { out += "," }
+            if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            element(e, &out)
+        }
+        if pretty { out += "\n" + String(repeating: "  ", count: indent) }
+        out += close
     }
 
     /// A quoted string with JSON's escapes, which TOML's basic strings share (control characters, DEL

@@ -53,23 +53,13 @@ final class LineFrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// The shared state the control channel answers from.
-struct ControlContext: Sendable {
-    let catalog: Catalog
-    let stats: ProxyStats
-    let faults: FaultInjector
-    let group: EventLoopGroup
-    let flightRecorderPath: String?
-    let logger: Logger
-}
-
 /// Serves the operator's line protocol: one reply line per request line.
 final class ControlHandler: ChannelInboundHandler {
     typealias InboundIn = LineFrame
     typealias OutboundOut = ByteBuffer
-    private let env: ControlContext
+    private let env: ProxyContext
 
-    init(_ env: ControlContext) { self.env = env }
+    init(_ env: ProxyContext) { self.env = env }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -169,7 +159,7 @@ final class ControlHandler: ChannelInboundHandler {
     }
 
     /// The `stats` reply, read from atomics only.
-    static func statsJSON(_ env: ControlContext) -> String {
+    static func statsJSON(_ env: ProxyContext) -> String {
         let s = env.stats
         let published = env.catalog.published
         let fault = env.faults.armed

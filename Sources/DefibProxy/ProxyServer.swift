@@ -78,10 +78,10 @@ public final class ProxyServer: @unchecked Sendable {
         }
 
         // HTTP.
-        let httpEnv = HTTPProxyContext(catalog: catalog, stats: stats,
-                                       connectTimeout: .milliseconds(Int64(config.connectTimeoutMs)),
-                                       responseTimeout: .milliseconds(Int64(config.responseTimeoutMs)),
-                                       maxRequestBody: config.maxRequestBodyBytes, logger: logger)
+        let env = ProxyContext(catalog: catalog, stats: stats, faults: faults, group: group, flightRecorderPath: flightRecorder,
+                               connectTimeout: .milliseconds(Int64(config.connectTimeoutMs)),
+                               responseTimeout: .milliseconds(Int64(config.responseTimeoutMs)),
+                               maxRequestBody: config.maxRequestBodyBytes, logger: logger)
         let http = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 512)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -89,7 +89,7 @@ public final class ProxyServer: @unchecked Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPProxyHandler(httpEnv))
+                    try channel.pipeline.syncOperations.addHandler(HTTPProxyHandler(env))
                 }
             }
         var httpAddresses: [SocketAddress] = []
@@ -118,8 +118,6 @@ public final class ProxyServer: @unchecked Sendable {
 
         // Control channel, on the same event loops as HTTP: a dead loop silences it too.
         if let path = config.controlSocket {
-            let env = ControlContext(catalog: catalog, stats: stats, faults: faults, group: group,
-                                     flightRecorderPath: flightRecorder, logger: logger)
             do {
                 channels.append(try bindUnixLineServer(path: path, group: group) { ControlHandler(env) })
                 unixSockets.append(path)

@@ -63,16 +63,9 @@ public struct LockSnapshot: Sendable, Equatable {
     public init(name: String, address: UInt, word: UInt64, revert: RevertStrategy, holder: LockHolder?,
                 holderWaitingForReaders: Bool = false, lastHolder: LockHolder?, readersWaiting: Int, writersWaiting: Int,
                 readHolders: [LockReadHolder] = [], moreReadHolders: Int = 0) {
-        self.name = name
-        self.address = address
-        self.word = word
-        self.revert = revert
-        self.holder = holder
-        self.holderWaitingForReaders = holderWaitingForReaders
-        self.lastHolder = lastHolder
-        self.readersWaiting = readersWaiting
-        self.writersWaiting = writersWaiting
-        self.readHolders = readHolders
-        self.moreReadHolders = moreReadHolders
+        self.name = name; self.address = address; self.word = word; self.revert = revert
+        self.holder = holder; self.holderWaitingForReaders = holderWaitingForReaders; self.lastHolder = lastHolder
+        self.readersWaiting = readersWaiting; self.writersWaiting = writersWaiting
+        self.readHolders = readHolders; self.moreReadHolders = moreReadHolders
     }
 }

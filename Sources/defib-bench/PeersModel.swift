@@ -203,39 +203,27 @@ func percentile(_ values: [Double], _ p: Double) -> Double? {
     return sorted[min(max(rank, 1), sorted.count) - 1]
 }
 
-/// A row's figures boiled down for the table. Pure.
+/// A row's figures boiled down for the table, read off its repetitions. Pure.
 struct PeerSummary: Equatable {
-    var reps: Int
-    var recovered: Int
-    /// Over the recovered repetitions.
-    var recovery: Spread?
-    var recoveryP95: Double?
-    var oldGone: Spread?
-    var coresCaptured: Int
-    var coresUsable: Int
-    var recorded: Int
-    var refused: [Int]
-    var failed: [Int]
-    var timedOut: [Int]
-    var hangShown: Int
-    var problems: Int
+    let row: PeerResult
+    init(_ row: PeerResult) { self.row = row }
 
-    init(_ r: PeerResult) {
-        reps = r.reps.count
-        let times = r.reps.compactMap(\.window.recoveryMs)
-        recovered = times.count
-        recovery = Spread(times)
-        recoveryP95 = percentile(times, 95)
-        oldGone = Spread(r.reps.compactMap(\.oldGoneMs))
-        coresCaptured = r.reps.filter { $0.core != nil }.count
-        coresUsable = r.reps.filter { $0.core?.usable == true }.count
-        recorded = r.reps.filter(\.recorded).count
-        refused = r.reps.map(\.window.refused)
-        failed = r.reps.map(\.window.failed)
-        timedOut = r.reps.map(\.window.timedOut)
-        hangShown = r.reps.filter(\.window.hangShown).count
-        problems = r.reps.reduce(0) { $0 + $1.problems.count }
-    }
+    var reps: Int { row.reps.count }
+    /// The recovery times of the repetitions that recovered.
+    var recoveryTimes: [Double] { row.reps.compactMap(\.window.recoveryMs) }
+    var recovered: Int { recoveryTimes.count }
+    /// Over the recovered repetitions.
+    var recovery: Spread? { Spread(recoveryTimes) }
+    var recoveryP95: Double? { percentile(recoveryTimes, 95) }
+    var oldGone: Spread? { Spread(row.reps.compactMap(\.oldGoneMs)) }
+    var coresCaptured: Int { row.reps.filter { $0.core != nil }.count }
+    var coresUsable: Int { row.reps.filter { $0.core?.usable == true }.count }
+    var recorded: Int { row.reps.filter(\.recorded).count }
+    var refused: [Int] { row.reps.map(\.window.refused) }
+    var failed: [Int] { row.reps.map(\.window.failed) }
+    var timedOut: [Int] { row.reps.map(\.window.timedOut) }
+    var hangShown: Int { row.reps.filter(\.window.hangShown).count }
+    var problems: Int { row.reps.reduce(0) { $0 + $1.problems.count } }
 }
 
 /// bench/peers.json: the envelope every part writes plus every row's figures.

@@ -7,15 +7,32 @@ import Glibc
 
 /// One supervisor running the proxy, as the repetitions see it. Each peer (defib, monit, systemd, supervisord)
 /// implements it; the runner does the rest the same way for all of them.
+/// A row's proxy as the runner reaches it.
+struct PeerProxy {
+    /// The proxy's HTTP port on 127.0.0.1.
+    var port: Int
+    /// The proxy's control socket (fault injection, pings), as a path on this machine.
+    var controlSocket: String
+    /// The proxy binary, for gdb.
+    var binary: String
+
+    /// A free loopback port, and the control socket in `directory`.
+    static func inDirectory(_ directory: String, binary: String) throws -> PeerProxy {
+        PeerProxy(port: try freeLoopbackPort(), controlSocket: directory + "/control.sock", binary: binary)
+    }
+}
+
+extension PeerSession {
+    var port: Int { proxy.port }
+    var controlSocket: String { proxy.controlSocket }
+    var proxyBinary: String { proxy.binary }
+}
+
 protocol PeerSession: AnyObject {
     /// The row.
     var id: PeerID { get }
-    /// The proxy's HTTP port on 127.0.0.1.
-    var port: Int { get }
-    /// The proxy's control socket (fault injection, pings), as a path on this machine.
-    var controlSocket: String { get }
-    /// The proxy binary, for gdb.
-    var proxyBinary: String { get }
+    /// The supervised proxy: its port, control socket and binary.
+    var proxy: PeerProxy { get }
     /// The supervisor's own processes, for its CPU and RSS.
     func supervisorProcesses() -> [(name: String, pid: Int32)]
     /// The heartbeat in words ("a ping every 100 ms").
