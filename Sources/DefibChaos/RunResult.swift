@@ -244,7 +244,7 @@ public struct RunResult: Sendable, Equatable {
             .init("run", .int(Int64(run))),
             .init("recovered", .bool(recovered)),
             .init("reason", str(reason)),
-            .init("onset_at", onsetUnixMs.map { .string(IncidentJSON.rfc3339(Date(timeIntervalSince1970: $0 / 1000))) } ?? .null),
+            .init("onset_at", onsetUnixMs.map { .string(RFC3339.string(Date(timeIntervalSince1970: $0 / 1000))) } ?? .null),
             .init("detect_ms", num(detectMs)),
             .init("kill_ms", num(killMs)),
             .init("ready_ms", num(readyMs)),

@@ -213,14 +213,6 @@ public enum IncidentJSON {
     private static func string(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
     private static func timestamp(_ d: Date?) -> JSONValue { d.map { .string(rfc3339($0)) } ?? .null }
 
-    /// `RFC3339.string` with one shared formatter: building a formatter per timestamp dominated the time
-    /// of printing thousands of incidents. ISO8601DateFormatter is documented thread-safe.
-    public static func rfc3339(_ date: Date) -> String { formatter.string(from: date) }
-
-    nonisolated(unsafe) private static let formatter: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f
-    }()
+    /// `RFC3339.string` (the one formatter), by the name the CLI's callers know.
+    public static func rfc3339(_ date: Date) -> String { RFC3339.string(date) }
 }

@@ -12,9 +12,7 @@ struct UsageWindow: Codable, Equatable {
     /// Clock ticks per second (sysconf(_SC_CLK_TCK)).
     var ticksPerSecond: Int
     /// VmRSS sampled once a second: smallest, largest, last.
-    var rssMinBytes: Int64
-    var rssMaxBytes: Int64
-    var rssEndBytes: Int64
+    var rssMinBytes, rssMaxBytes, rssEndBytes: Int64
     /// VmHWM at the end: the peak since the process started (start-up included).
     var hwmBytes: Int64
     /// Threads at the end.

@@ -170,8 +170,7 @@ struct SupervisorUsage: Codable, Equatable {
     /// CPU time of those processes in the window (clock_getcpuclockid: every thread, ns resolution), in ns.
     var cpuNs: Int64
     /// VmRSS summed over the processes, sampled once a second: largest and last.
-    var rssMaxBytes: Int64
-    var rssEndBytes: Int64
+    var rssMaxBytes, rssEndBytes: Int64
     /// What the heartbeat was during the window.
     var heartbeat: String
 
@@ -238,8 +237,8 @@ struct PeersFigures: Codable {
 
 /// How the run was made (quoted in the report).
 struct PeersSettings: Codable, Equatable {
-    var reps: Int
-    var supervisordReps: Int
+    /// Fault injections per row, and for supervisord (each waits out the whole bound).
+    var reps, supervisordReps: Int
     /// Open-loop load, requests per second, each on a new connection.
     var ratePerSecond: Double
     /// A request with no complete response after this long is a timeout.
@@ -249,8 +248,7 @@ struct PeersSettings: Codable, Equatable {
     /// The supervisor-cost window.
     var usageSeconds: Int
     /// `defib run --interval` and `--deadline`.
-    var defibIntervalMs: Int
-    var defibDeadlineMs: Int
+    var defibIntervalMs, defibDeadlineMs: Int
     /// The proxy's arguments common to every row.
     var proxyArguments: String
     /// gdb's version line.
