@@ -125,7 +125,7 @@ struct CoreFigures: Codable {
     var scenarios: [ScenarioResult]
 }
 
-/// The targets, checked against the figures. Pure.
+/// The core capture's targets, checked against the figures. Pure.
 enum CoreTargets {
     /// The targets: idle: native ≥ 20× faster than gcore; 512 MiB: native ≥ 5× faster than gcore and faster than
     /// the kernel's dump; native core no larger than 1.1× the kernel's (file size and allocated size, both
