@@ -118,28 +118,44 @@ public protocol SupervisorEffects: AnyObject {
     /// Blocks until something happens, `deadline` passes, or a second has gone by; returns what
     /// happened, in order (signals and children's ends first, then datagrams, then replies).
     func wait(until deadline: MonoTime?) -> [SupervisorEvent]
+    /// Starts an instance: `spawned` or `spawnFailed`.
     func spawn(_ plan: SpawnPlan) -> SupervisorEvent
+    /// A signal to the instance `pid` (through its pidfd) and its process group; nothing once it is reaped.
     func signal(pid: Int32, signal: Int32)
+    /// Kills our children that are not `sparing`'s (remnants of the instance `pid`); the ones killed.
     func killLeftovers(of pid: Int32, sparing: Set<Int32>) -> [KilledProcess]
     /// nil when sent; else why it could not be.
     func sendPing(token: UInt64) -> String?
+    /// Closes the ping in flight, if any.
     func cancelPing()
     /// nil when sent; else why it could not be.
     func queryLocks() -> String?
+    /// Closes the `locks` query, if any.
     func cancelLocksQuery()
+    /// Reads what `request` asks for, without touching the process.
     func observe(_ request: ObservationRequest) -> Observation
+    /// Writes a core within its budget (the kernel method reaps the process).
     func writeCore(_ request: CoreRequest) -> CoreOutcome
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>
+    /// gdb's output at `path`, reduced to threads and frames.
     func readStacks(path: String) -> String
+    /// SIGKILLs and reaps a helper still running.
     func stopHelper(pid: Int32)
+    /// The size of a file, nil when it is not there.
     func fileSize(path: String) -> Int64?
+    /// Removes a file defib wrote; a missing one is fine.
     func removeFile(path: String)
+    /// The stored cores with what each takes on disk, and the space of `directory`'s file system.
     func scanCores(directory: String) -> CoreInventory
+    /// Stores a new incident; its id.
     func insert(_ incident: Incident) -> Result<Int64, EffectFailure>
+    /// Replaces the stored incident with the same id.
     func update(_ incident: Incident) -> EffectFailure?
+    /// Notes a retention deletion in an incident the supervisor no longer holds.
     func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure?
+    /// sd_notify to the service manager (a no-op when none listens).
     func notifyManager(_ state: String)
 }
 

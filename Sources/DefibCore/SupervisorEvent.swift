@@ -3,7 +3,9 @@ import Foundation
 
 /// A moment on both clocks: the monotonic one every decision uses, and the wall clock incidents record.
 public struct Instant: Sendable, Equatable {
+    /// CLOCK_MONOTONIC: deadlines and durations.
     public var mono: MonoTime
+    /// The wall clock: what incidents record.
     public var wall: Date
     public init(mono: MonoTime, wall: Date) { self.mono = mono; self.wall = wall }
 }
@@ -60,7 +62,9 @@ public struct EffectFailure: Error, Sendable, Equatable, CustomStringConvertible
 
 /// One sd_notify datagram.
 public struct NotifyMessage: Sendable, Equatable {
+    /// The sender (SO_PASSCRED): only the instance's own pid is heard.
     public var pid: Int32
+    /// `KEY=VALUE` lines.
     public var text: String
     /// Longer than the 4 KiB we read: cut.
     public var truncated: Bool
@@ -69,6 +73,7 @@ public struct NotifyMessage: Sendable, Equatable {
 
 /// A process the last instance left behind, killed.
 public struct KilledProcess: Sendable, Equatable {
+    /// Its pid and `comm`, for the incident's note.
     public var pid: Int32
     public var name: String
     public init(pid: Int32, name: String) { self.pid = pid; self.name = name }
