@@ -2,11 +2,12 @@ import Foundation
 
 /// Something the supervision asks the world to do. `Supervision.handle` returns these; the runtime carries
 /// them out in order through `SupervisorEffects` and feeds every answer straight back as an event. The
-/// decisions never touch a process, a file or a clock themselves.
+/// decisions never touch a process, a file or a clock themselves. The large payloads are boxed, so the
+/// loop's common values (a ping, a metric) stay a few words.
 public enum Effect: Sendable, Equatable {
     // The service.
     /// Start an instance; answered by `spawned` or `spawnFailed`.
-    case spawn(SpawnPlan)
+    indirect case spawn(SpawnPlan)
     /// A signal to the instance (through its pidfd) and its process group.
     case signal(pid: Int32, signal: Int32)
     /// Kill the processes the ended instance `pid` left behind (re-parented to us), except `sparing`;
@@ -24,9 +25,9 @@ public enum Effect: Sendable, Equatable {
 
     // Evidence.
     /// Read /proc, the flight recorder and lock words; answered by `observed`.
-    case observe(ObservationRequest)
+    indirect case observe(ObservationRequest)
     /// Write a core; answered by `coreWritten`.
-    case writeCore(CoreRequest)
+    indirect case writeCore(CoreRequest)
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
     /// A compressor in the background; answered by `helperStarted` or `helperFailed`.
@@ -44,9 +45,9 @@ public enum Effect: Sendable, Equatable {
 
     // The record.
     /// Answered by `incidentStored`.
-    case insertIncident(Incident)
+    indirect case insertIncident(Incident)
     /// Replace the stored incident with the same id; a failure is answered by `storeFailed`.
-    case updateIncident(Incident)
+    indirect case updateIncident(Incident)
     /// An incident no longer in memory lost its core to retention: the store notes it (`note`) and forgets
     /// the path; a failure is answered by `storeFailed`.
     case recordCoreRemoved(incidentID: Int64, note: String)

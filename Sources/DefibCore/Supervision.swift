@@ -44,7 +44,7 @@ public struct Supervision: Sendable {
         case action(SupervisorAction)
         /// The instance is gone: say so, drop its requests, kill what it left behind, then tell the machine.
         case instanceEnded(pid: Int32, status: ChildStatus)
-        case recordCore(CoreOutcome)
+        indirect case recordCore(CoreOutcome)
         case finishCapture(jitterDraw: Double)
         case queryLocks
         /// Stacks from the core of a closed incident, then compression, then retention.

@@ -36,8 +36,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     // Answers to effects.
     case spawned(pid: Int32, executable: String)
     case spawnFailed(String)
-    case observed(Observation)
-    case coreWritten(CoreOutcome)
+    indirect case observed(Observation)
+    indirect case coreWritten(CoreOutcome)
     case leftoversKilled([KilledProcess])
     /// A helper job (gdb for stacks, a compressor) started, or could not.
     case helperStarted(pid: Int32)
@@ -46,7 +46,7 @@ public enum SupervisorEvent: Sendable, Equatable {
     case stacksRead(String)
     /// The size of a file, nil when it is not there.
     case fileMeasured(Int64?)
-    case coresScanned(CoreInventory)
+    indirect case coresScanned(CoreInventory)
     /// The store's id for the incident just inserted, or why it could not be stored.
     case incidentStored(Result<Int64, EffectFailure>)
     /// A write to the store failed (the supervision goes on; the log says so).
