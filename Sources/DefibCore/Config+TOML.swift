@@ -264,12 +264,13 @@ private struct TOMLConfigReader {
         }
         if let t = table(root, "capture") {
             let p = "capture."
-            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress"])
+            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress", "announce_to_coredumpctl"])
             if let v = string(t, "compress", prefix: p) { c.capture.compress = oneOf(v, key: p + "compress", what: "compression", default: c.capture.compress) }
             if let v = string(t, "method", prefix: p) { c.capture.method = oneOf(v, key: p + "method", what: "capture method", default: c.capture.method) }
             if let v = int(t, "budget_ms", prefix: p) { c.capture.budgetMs = v }
             if let v = string(t, "directory", prefix: p) { c.capture.directory = v }
             if let v = bool(t, "stacks", prefix: p) { c.capture.stacks = v }
+            if let v = bool(t, "announce_to_coredumpctl", prefix: p) { c.capture.announceToCoredumpctl = v }
         }
         if let t = table(root, "restart") {
             let p = "restart."

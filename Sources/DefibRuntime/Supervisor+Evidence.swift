@@ -169,6 +169,7 @@ extension Supervisor {
             case let .success(request):
                 // The core-dumping signal is the kill: the timeline says so.
                 incident?.killedAt = Date()
+                incident?.signal = request.signal
                 var status: ChildStatus?
                 if let c = child, c.pid == pid {
                     status = waitForChild(c, timeoutMs: budget)
@@ -263,6 +264,7 @@ extension Supervisor {
     /// too). Only cores in the core directory are managed: a `kernel` capture's core lies where
     /// core_pattern put it, on whatever file system that is, and stays the administrator's.
     func applyRetention(justWritten: Int64? = nil) {
+        if let justWritten { announceCoreToCoredumpctl(incidentID: justWritten) }   // the core is final here (stacks, compression)
         guard let rows = try? recorder.incidentsWithCores(), !rows.isEmpty else { return }
         var fs = statvfs()
         guard statvfs(config.coreDirectory, &fs) == 0 else { return }

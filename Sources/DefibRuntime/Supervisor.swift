@@ -406,6 +406,7 @@ public final class Supervisor {
         }
         var new = Incident(service: config.service.name, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0,
                            binaryPath: child?.executable, startedAt: childStartedAt, detectedAt: detected, cause: incidentCause)
+        if case .died = cause {} else { new.process = ProcessIdentity.read(pid: new.pid) }   // a reaped pid may be another's now
         if case let .startTimeout(_, lastError) = cause {
             if let lastError { new.notes.append("last control-channel error: \(lastError)") }
             // Never ready is a hang too: say whether it is stuck, stopped or busy.

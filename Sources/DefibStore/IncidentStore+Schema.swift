@@ -4,6 +4,21 @@ import GRDB
 enum IncidentSchema {
     static let table = "incident"
 
+    /// Columns computed from `body` (name, type, SQL): the process's name, executable, uid and gid, and the
+    /// diagnosis's kind (the word before its first ": "). Queries use the column when the store has it and
+    /// the same expression when a store not yet migrated is read (the CLI opens stores read-only).
+    static let derivedColumns: [(name: String, type: String, expression: String)] = [
+        ("comm", "TEXT", "json_extract(body, '$.process.comm')"),
+        ("exe", "TEXT", "json_extract(body, '$.binaryPath')"),
+        ("uid", "INTEGER", "json_extract(body, '$.process.uid')"),
+        ("gid", "INTEGER", "json_extract(body, '$.process.gid')"),
+        ("diagnosis_kind", "TEXT", """
+            CASE WHEN instr(json_extract(body, '$.diagnosis'), ': ') > 0 \
+            THEN substr(json_extract(body, '$.diagnosis'), 1, instr(json_extract(body, '$.diagnosis'), ': ') - 1) \
+            ELSE nullif(json_extract(body, '$.diagnosis'), '') END
+            """),
+    ]
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in
@@ -26,6 +41,18 @@ enum IncidentSchema {
                 CREATE INDEX incident_by_service ON incident (service, detected_at);
                 CREATE INDEX incident_by_signature ON incident (signature);
                 CREATE INDEX incident_by_core ON incident (core_path) WHERE core_path IS NOT NULL;
+                """)
+        }
+        migrator.registerMigration("v2-process-columns") { db in
+            // What coredumpctl-style matches filter on, derived from the body so no writer has to keep them
+            // (virtual generated columns: computed on read, indexable, filled for old rows too).
+            for (name, type, expression) in derivedColumns {
+                try db.execute(sql: "ALTER TABLE incident ADD COLUMN \(name) \(type) GENERATED ALWAYS AS (\(expression)) VIRTUAL")
+            }
+            try db.execute(sql: """
+                CREATE INDEX incident_by_comm ON incident (comm);
+                CREATE INDEX incident_by_exe ON incident (exe);
+                CREATE INDEX incident_by_diagnosis_kind ON incident (diagnosis_kind);
                 """)
         }
         return migrator
