@@ -53,17 +53,29 @@ public enum SystemdCgroup {
         return (slice, nil)
     }
 
-    /// The path systemd manages from the text of /proc/PID/cgroup: the `name=systemd` hierarchy when there is
-    /// one (a legacy or hybrid host), else the unified one (`0::`); nil when neither is there.
-    public static func path(fromProcCgroup text: String) -> String? {
-        var unified: String?
+    /// The path systemd manages from the text of /proc/PID/cgroup: the unified hierarchy's (`0::`) when
+    /// systemd runs on cgroup2 (`unified`), else the `name=systemd` one (a legacy or hybrid host), with the
+    /// other as a fallback; nil when neither is there.
+    public static func path(fromProcCgroup text: String, unified: Bool) -> String? {
+        var unifiedPath: String?, named: String?
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 2, omittingEmptySubsequences: false)
             guard parts.count == 3 else { continue }
-            if parts[1] == "name=systemd" { return String(parts[2]) }
-            if parts[0] == "0" && parts[1].isEmpty { unified = String(parts[2]) }
+            if parts[1] == "name=systemd" { named = String(parts[2]) }
+            if parts[0] == "0" && parts[1].isEmpty { unifiedPath = String(parts[2]) }
         }
-        return unified
+        return unified ? unifiedPath ?? named : named ?? unifiedPath
+    }
+
+    /// `path` as systemd names it: below its own root, which is where PID 1 sits without `/init.scope`
+    /// (`cg_get_root_path`). Without a cgroup namespace a container's processes show the host's full path
+    /// (`/machine.slice/…/payload/system.slice/x.service`); this makes it `/system.slice/x.service`.
+    public static func relative(_ path: String, pid1Path: String?) -> String {
+        guard var root = pid1Path else { return path }
+        if root.hasSuffix("/init.scope") { root.removeLast("/init.scope".count) }
+        if root.isEmpty || root == "/" { return path }
+        if path == root { return "/" }
+        return path.hasPrefix(root + "/") ? String(path.dropFirst(root.count)) : path
     }
 }
 

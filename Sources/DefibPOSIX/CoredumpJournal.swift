@@ -15,11 +15,21 @@ public enum ProcessIdentity {
             .split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         var words = argv
         if words.last == "" { words.removeLast() }
-        let cgroup = readTextFile("/proc/\(pid)/cgroup").flatMap(SystemdCgroup.path(fromProcCgroup:))
+        let cgroup = systemdCgroup(pid: pid)
         return IncidentProcess(uid: parsed.uid, gid: parsed.gid,
                                comm: comm.hasSuffix("\n") ? String(comm.dropLast()) : comm,
                                argv: words, cgroup: cgroup == "/" ? nil : cgroup)
     }
+}
+
+/// The cgroup of `pid` as systemd names it (below systemd's own root; see `SystemdCgroup`).
+func systemdCgroup(pid: Int32) -> String? {
+    // systemd runs on the unified hierarchy when /sys/fs/cgroup itself is cgroup2 (it has cgroup.controllers);
+    // on a hybrid host (a tmpfs with v1 controllers and unified/ beside them) it names cgroups by name=systemd.
+    let unified = access("/sys/fs/cgroup/cgroup.controllers", F_OK) == 0
+    guard let path = readTextFile("/proc/\(pid)/cgroup").flatMap({ SystemdCgroup.path(fromProcCgroup: $0, unified: unified) }) else { return nil }
+    let root = readTextFile("/proc/1/cgroup").flatMap { SystemdCgroup.path(fromProcCgroup: $0, unified: unified) }
+    return SystemdCgroup.relative(path, pid1Path: root)
 }
 
 /// Announces a core defib wrote to the journal the way systemd-coredump announces its own (see
