@@ -7,13 +7,16 @@ enum IncidentSchema {
     /// Columns computed from `body` (name, type, SQL): the process's name, executable, uid and gid, and the
     /// diagnosis's kind (the word before its first ": "). Queries use the column when the store has it and
     /// the same expression when a store not yet migrated is read (the CLI opens stores read-only).
+    /// A body that is not JSON gives NULLs (json_extract would fail the row's insert: the indexes evaluate
+    /// these on write), so a corrupt row stays readable as "cannot be decoded" rather than unwritable.
     static let derivedColumns: [(name: String, type: String, expression: String)] = [
-        ("comm", "TEXT", "json_extract(body, '$.process.comm')"),
-        ("exe", "TEXT", "json_extract(body, '$.binaryPath')"),
-        ("uid", "INTEGER", "json_extract(body, '$.process.uid')"),
-        ("gid", "INTEGER", "json_extract(body, '$.process.gid')"),
+        ("comm", "TEXT", "CASE WHEN json_valid(body) THEN json_extract(body, '$.process.comm') END"),
+        ("exe", "TEXT", "CASE WHEN json_valid(body) THEN json_extract(body, '$.binaryPath') END"),
+        ("uid", "INTEGER", "CASE WHEN json_valid(body) THEN json_extract(body, '$.process.uid') END"),
+        ("gid", "INTEGER", "CASE WHEN json_valid(body) THEN json_extract(body, '$.process.gid') END"),
         ("diagnosis_kind", "TEXT", """
-            CASE WHEN instr(json_extract(body, '$.diagnosis'), ': ') > 0 \
+            CASE WHEN NOT json_valid(body) THEN NULL \
+            WHEN instr(json_extract(body, '$.diagnosis'), ': ') > 0 \
             THEN substr(json_extract(body, '$.diagnosis'), 1, instr(json_extract(body, '$.diagnosis'), ': ') - 1) \
             ELSE nullif(json_extract(body, '$.diagnosis'), '') END
             """),
