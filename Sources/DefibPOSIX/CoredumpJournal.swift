@@ -46,6 +46,10 @@ public enum CoredumpJournal {
         case let .failure(skip):
             return "not announced to coredumpctl: \(skip)"
         case let .success(fields):
+            // sd_journal_sendv reports success when there is no journal at all: look first.
+            guard access(journalSocket, F_OK) == 0 else {
+                return "not announced to coredumpctl: no journal here (\(journalSocket) is missing)"
+            }
             guard Journald.send(fields) else {
                 return "not announced to coredumpctl: the journal did not take the entry (is systemd-journald running?)"
             }
@@ -54,6 +58,9 @@ public enum CoredumpJournal {
                 + (file ? "" : "; without COREDUMP_FILENAME: coredumpctl cannot read a gzip core")
         }
     }
+
+    /// Where journald takes native entries (sd_journal_sendv's socket).
+    static let journalSocket = "/run/systemd/journal/socket"
 
     static func hostname() -> String? {
         var buffer = [CChar](repeating: 0, count: 256)

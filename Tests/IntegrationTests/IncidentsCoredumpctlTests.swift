@@ -326,6 +326,39 @@ struct IncidentsCoredumpctlTests {
         #expect(bogus.code == 1 && bogus.stdout.isEmpty && bogus.stderr.contains("core.bogus is not an ELF file"), "\(bogus)")
     }
 
+    // MARK: the supervisor fills what the views need
+
+    /// A real hang under `defib run`: the incident knows the process (uid, gid, comm, argv, the signal that
+    /// ended it), `COMM=` finds it, and the announcement spot runs once the core is final (without a journal
+    /// the note says so; under journald it says "announced", which the container test shows with coredumpctl).
+    @Test func aHungServicesIncidentKnowsItsProcessAndReachesTheAnnouncement() throws {
+        let dir = Scratch("ctl-run"); defer { dir.remove() }
+        let state = "\(dir.path)/state"
+        let cfg = try writePingableConfig(at: "\(dir.path)/defib.toml", stateDir: state, name: "pingable", mode: "hang-after:5",
+                                          extra: "[restart]\nintensity_max = 50\n[capture]\nmethod = \"native\"\nstacks = false\nannounce_to_coredumpctl = true\n")
+        let supervisor = try Background([Binaries.defib, "run", "--config", cfg], log: "\(dir.path)/defib.log")
+        defer { supervisor.stop() }
+        var incident: [String: Any] = [:]
+        let noted = waitUntil(timeoutMs: 60_000) {
+            guard let first = ((try? incidentsJSON(stateDir: state)) ?? []).last,
+                  (first["notes"] as? [String] ?? []).contains(where: { $0.contains("announced to coredumpctl") }) else { return false }
+            incident = first
+            return true
+        }
+        supervisor.stop()
+        #expect(noted, "\(supervisor.log)")
+        let comm = incident["comm"] as? String ?? ""
+        #expect(comm.hasPrefix("python3"), "the interpreter runs the script: \(incident)")
+        #expect(incident["uid"] as? Int == Int(getuid()) && incident["gid"] as? Int == Int(getgid()))
+        #expect((incident["argv"] as? [String])?.last?.hasSuffix("pingable.py") == true, "\(incident["argv"] ?? "")")
+        #expect(incident["signal"] as? Int == 9 && incident["signal_name"] as? String == "SIGKILL")
+        let note = (incident["notes"] as? [String] ?? []).first { $0.contains("announced to coredumpctl") } ?? ""
+        let journal = access("/run/systemd/journal/socket", F_OK) == 0
+        #expect(journal ? note.hasPrefix("announced to coredumpctl") : note.contains("no journal here"), "\(note)")
+        let byName = try defib(["incidents", "--state-dir", state, "COMM=\(comm)", "-F", "ID"])
+        #expect(byName.stdout.split(separator: "\n").contains(Substring(String(incident["id"] as? Int ?? -1))), "\(byName)")
+    }
+
     // MARK: permissions and the pager
 
     @Test func aUserWhoCannotReadTheStateDirectoryIsToldSo() throws {
