@@ -11,22 +11,17 @@ struct IncidentsCommand: ParsableCommand {
         commandName: "incidents",
         abstract: "List and inspect recorded incidents (hangs and deaths of the supervised service), like coredumpctl.",
         discussion: """
-            MATCHES select incidents, as coredumpctl's do: a number is an incident id when there is one, else
-            a pid; a path is the executable; `last` is the newest; any other word is the process name (COMM);
-            FIELD=VALUE matches ID, PID, COMM, EXE, UID, GID, SERVICE, CAUSE, SIGNATURE, DIAGNOSIS (by kind,
-            e.g. DIAGNOSIS=corrupted-lock-word) or OUTCOME. Different fields must all match; the same field
-            given twice matches either value. Matches that select nothing print "No incidents." on stderr and
-            exit 1 (an empty store lists nothing and exits 0).
+            MATCHES select incidents, as coredumpctl's do: a number is an incident id when there is one, else a pid; a path is the executable; `last` is the newest; any other word is the process name (COMM); FIELD=VALUE matches ID, PID, COMM, EXE, UID, GID, SERVICE, CAUSE, SIGNATURE, DIAGNOSIS (by kind, e.g. DIAGNOSIS=corrupted-lock-word) or OUTCOME. Different fields must all match; the same field given twice matches either value. Matches that select nothing print "No incidents." on stderr and exit 1 (an empty store lists nothing and exits 0).
 
             Examples:
-              defib incidents --state-dir /var/lib/defib                 # newest first; -r for oldest first
+              defib incidents --state-dir D              # newest first (-r: oldest)
               defib incidents --state-dir D --since -2h COMM=defib-proxy
-              defib incidents -1 --state-dir D --json=pretty              # the newest, as one JSON object
-              defib incidents info --state-dir D                          # the newest, in detail
-              defib incidents info 7 --state-dir D                        # incident 7 (or pid 7's)
-              defib incidents dump last --state-dir D --output - > core   # the core, decompressed
-              defib incidents debug --state-dir D -A '-batch -ex "thread apply all bt"'
-              defib incidents signatures --state-dir D --since -7d        # how often each hang came back
+              defib incidents -1 --state-dir D --json    # the newest, one object
+              defib incidents info --state-dir D         # the newest, in detail
+              defib incidents info 7 --state-dir D       # incident 7 (or pid 7's)
+              defib incidents dump last --state-dir D --output - > core
+              defib incidents debug --state-dir D -A '-batch -ex bt'
+              defib incidents signatures --state-dir D --since -7d
               defib incidents export 3 --state-dir D --output incident-3.tar.gz
             """,
         subcommands: [IncidentsListCommand.self, IncidentsInfoCommand.self, IncidentsDumpCommand.self, IncidentsDebugCommand.self,

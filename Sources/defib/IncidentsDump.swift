@@ -11,10 +11,7 @@ struct IncidentsDumpCommand: ParsableCommand {
         commandName: "dump",
         abstract: "Write the core of the newest matching incident to a file or stdout (decompressed).",
         discussion: """
-            The core is checked to be an ELF core before anything is written; a .gz or .zst core is
-            decompressed on the way out. Without --output (or with --output -) it goes to stdout, which must
-            not be a terminal; the incident's summary goes to stderr then, to stdout otherwise. FILE must not
-            exist yet (it is created 0600: a core is as private as the process's memory).
+            The core is checked to be an ELF core before anything is written; a .gz or .zst core is decompressed on the way out. Without --output (or with --output -) it goes to stdout, which must not be a terminal; the incident's summary goes to stderr then, to stdout otherwise. FILE must not exist yet (it is created 0600: a core is as private as the process's memory).
 
             Examples:
               defib incidents dump last --state-dir D --output - > core.proxy

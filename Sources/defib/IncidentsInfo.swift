@@ -11,8 +11,7 @@ struct IncidentsInfoCommand: ParsableCommand {
         commandName: "info",
         abstract: "Show incidents in full: diagnosis, cause, process, timeline, capture, locks, notes, stacks.",
         discussion: """
-            With no MATCHES, or `last`, the newest incident; with an incident id, that one (as one JSON object
-            with --json); with other MATCHES every incident they select (a JSON array).
+            With no MATCHES, or `last`, the newest incident; with an incident id, that one (as one JSON object with --json); with other MATCHES every incident they select (a JSON array).
 
             Examples:
               defib incidents info --state-dir D

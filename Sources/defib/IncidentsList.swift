@@ -9,10 +9,7 @@ struct IncidentsListCommand: ParsableCommand {
         commandName: "list",
         abstract: "List incidents, newest first (the default verb).",
         discussion: """
-            Columns: ID, DETECTED (local time, or --utc), PID, UID, GID, SIG (the signal that ended the process),
-            COREFILE (present, missing, inaccessible, none, failed, truncated), CORE (its size), EXE, SERVICE,
-            CAUSE, OUTCOME, RESTORE (detection to the new instance's first answer), DIAGNOSIS (its kind).
-            Newest first, so the newest is at the top of the pager; -r lists oldest first as coredumpctl does.
+            Columns: ID, DETECTED (local time, or --utc), PID, UID, GID, SIG (the signal that ended the process), COREFILE (present, missing, inaccessible, none, failed, truncated), CORE (its size), EXE, SERVICE, CAUSE, OUTCOME, RESTORE (detection to the new instance's first answer), DIAGNOSIS (its kind). Newest first, so the newest is at the top of the pager; -r lists oldest first as coredumpctl does.
 
             Examples:
               defib incidents list --state-dir D COMM=defib-proxy --since -2h

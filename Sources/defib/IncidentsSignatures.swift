@@ -10,10 +10,7 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         commandName: "signatures",
         abstract: "One line per incident signature: count, first and last seen, diagnosis kind, services, newest incident.",
         discussion: """
-            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and
-            the blocked threads' top frames). The most recently seen first; incidents not signed yet (still
-            open) are left out. JSON objects carry signature, count, first_seen, last_seen (RFC 3339 UTC),
-            diagnosis_kind, services and last_incident.
+            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and the blocked threads' top frames). The most recently seen first; incidents not signed yet (still open) are left out. JSON objects carry signature, count, first_seen, last_seen (RFC 3339 UTC), diagnosis_kind, services and last_incident.
 
             Examples:
               defib incidents signatures --state-dir D --since -7d
