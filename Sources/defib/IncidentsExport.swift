@@ -21,6 +21,9 @@ struct IncidentsExportCommand: ParsableCommand {
     var output: String
 
     func validate() throws {
+        if output == "-" {
+            throw ValidationError("export writes a directory or a .tar.gz, not stdout: give a path (for the core alone on stdout: defib incidents dump --output -)")
+        }
         if output.isEmpty { throw ValidationError("--output must not be empty") }
     }
 

@@ -296,6 +296,8 @@ struct IncidentsCoredumpctlTests {
         #expect(link.code == 1, "a symlink is not followed: \(link)")
         let more = try runCommand(["/bin/sh", "-c", "\"$0\" incidents dump COMM=sleep --until 2026-11-18T11:06:41.500Z --state-dir \"$1\" > /dev/null", Binaries.defib, dir.path])
         #expect(more.stderr.contains("More than one incident matches; dumped the newest."), "\(more.stderr)")
+        let dash = try defib(["incidents", "export", String(c.plain), "--state-dir", dir.path, "--output", "-"])
+        #expect(dash.code == 64 && dash.stderr.contains("dump --output -") && !FileManager.default.fileExists(atPath: "-"), "\(dash)")
         let noCore = try IncidentStore.open(stateDirectory: dir.path).insert(Incident(service: "x", pid: 9, detectedAt: Self.at(9000), cause: .exited(code: 1)))
         let none = try defib(["incidents", "dump", String(noCore), "--state-dir", dir.path, "-o", "\(dir.path)/nothing"])
         #expect(none.code == 1 && none.stderr.contains("incident \(noCore) has no core"), "\(none.stderr)")
