@@ -1,8 +1,9 @@
 import Foundation
 
-/// Who the supervised process was when its incident opened, read from /proc while it still existed: what
-/// `coredumpctl list` shows of a core (UID, GID, COMM) and what `info` adds (command line, unit). A death is
-/// reaped before its incident opens, so a death's incident has none.
+/// Who the supervised process was, read from /proc while it still existed: what `coredumpctl list` shows of a
+/// core (UID, GID, COMM) and what `info` adds (command line, unit). A hang's is read with its evidence, just
+/// before the core; a death is reaped before its incident opens, so its is the one read once the instance was
+/// ready (or, if it never was, right after its exec: possibly a wrapper that had not exec'd the service yet).
 public struct IncidentProcess: Sendable, Equatable, Codable {
     /// Real user id (`Uid:` in /proc/PID/status; core(5)'s `%u`).
     public var uid: UInt32

@@ -158,7 +158,7 @@ public struct Incident: Sendable, Equatable, Codable {
     public var diagnosisEvidence: [String]?
     /// Where the flight recorder was read from and what it said at the hang, when there was one.
     public var flightRecorder: String?
-    /// Who the process was (uid, gid, comm, command line, cgroup), read when the incident opened.
+    /// Who the process was (uid, gid, comm, command line, cgroup): a hang's read before its core, a death's once ready (or at its start).
     public var process: IncidentProcess?
     /// The signal defib sent to end the process when it was not SIGKILL (the kernel method's core-dumping
     /// signal); see `endingSignal`.

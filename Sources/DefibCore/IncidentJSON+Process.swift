@@ -1,6 +1,6 @@
 extension IncidentJSON {
-    /// The members coredumpctl's columns need, null where unknown: `uid`, `gid`, `comm` and `argv` (read
-    /// when the incident opened; a death's are null), `unit` (the systemd unit, from the cgroup), `signal` and
+    /// The members coredumpctl's columns need, null where unknown: `uid`, `gid`, `comm` and `argv` (a hang's read
+    /// before its core, a death's once ready or at its start; null when unknown), `unit` (the systemd unit, from the cgroup), `signal` and
     /// `signal_name` (what ended the process: `endingSignal`), `diagnosis_kind` (the diagnosis's first word).
     static func processMembers(_ incident: Incident) -> [JSONMember] {
         let p = incident.process

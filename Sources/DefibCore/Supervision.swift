@@ -69,6 +69,7 @@ public struct Supervision: Sendable {
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
         case compressedSize(Helper, status: ChildStatus)
         case inventory(justWritten: Int64?)
+        case identity(pid: Int32)
     }
 
     public internal(set) var machine: SupervisorMachine
@@ -81,6 +82,9 @@ public struct Supervision: Sendable {
     /// The last instance's pid and start, kept after it is gone (a death's incident names them).
     var lastChildPid: Int32?
     var childStartedAt: Date?
+    /// Who the last instance ran as, read when it started and again once ready (a death's incident has nothing
+    /// later).
+    var childProcess: IncidentProcess?
     /// The ping whose request is open, and when it went out (for the round-trip metric).
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.

@@ -5,7 +5,8 @@ import Glibc
 /// it by uid, gid and name after the process is gone.
 public enum ProcessIdentity {
     /// uid and gid (real, from `status`), `comm`, `cmdline` and the systemd cgroup of `pid`; nil when the
-    /// process is gone (a death is reaped before its incident opens) or its status cannot be read.
+    /// process is gone or its status cannot be read. Read when an instance has exec'd, again once it is ready
+    /// (a death is reaped before its incident opens: these are all it has), and with a hang's evidence.
     public static func read(pid: Int32) -> IncidentProcess? {
         guard pid > 0, let status = readTextFile("/proc/\(pid)/status"),
               let comm = readTextFile("/proc/\(pid)/comm") else { return nil }

@@ -140,7 +140,8 @@ public final class SystemEffects: SupervisorEffects {
         do {
             let started = try spawnProcess(request)
             child = started
-            return .spawned(pid: started.pid, executable: started.executable)
+            // It has exec'd (spawnProcess returns after that) and is not reaped before we are: its pid is its own.
+            return .spawned(pid: started.pid, executable: started.executable, process: ProcessIdentity.read(pid: started.pid))
         } catch {
             return .spawnFailed("\(error)")
         }

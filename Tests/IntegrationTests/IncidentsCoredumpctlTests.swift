@@ -361,6 +361,52 @@ struct IncidentsCoredumpctlTests {
         #expect(byName.stdout.split(separator: "\n").contains(Substring(String(incident["id"] as? Int ?? -1))), "\(byName)")
     }
 
+    /// A real death under `defib run`: it is reaped before its incident opens, so who it was is what /proc said
+    /// when it started (its uid, gid, name and command line), and `COMM=` finds it. Its signal is the exit's: none.
+    @Test func aDeadServicesIncidentKnowsWhoItWasAtItsStart() throws {
+        let dir = Scratch("ctl-death"); defer { dir.remove() }
+        let state = "\(dir.path)/state"
+        let cfg = try writePingableConfig(at: "\(dir.path)/defib.toml", stateDir: state, name: "dying", mode: "exit-after:3:7",
+                                          extra: "[restart]\nintensity_max = 50\n")
+        let supervisor = try Background([Binaries.defib, "run", "--config", cfg], log: "\(dir.path)/defib.log")
+        defer { supervisor.stop() }
+        var incident: [String: Any] = [:]
+        let recorded = waitUntil(timeoutMs: 60_000) {
+            guard let first = ((try? incidentsJSON(stateDir: state)) ?? []).last else { return false }
+            incident = first
+            return true
+        }
+        supervisor.stop()
+        #expect(recorded, "\(supervisor.log)")
+        #expect(incident["cause"] as? String == "exited", "\(incident)")
+        let comm = incident["comm"] as? String ?? ""
+        #expect(comm.hasPrefix("python3"), "the interpreter runs the script: \(incident)")
+        #expect(incident["uid"] as? Int == Int(getuid()) && incident["gid"] as? Int == Int(getgid()))
+        #expect((incident["argv"] as? [String])?.last?.hasSuffix("pingable.py") == true, "\(incident["argv"] ?? "")")
+        #expect(incident["signal"] is NSNull, "an exit ends with no signal: \(incident["signal"] ?? "")")
+        let byName = try defib(["incidents", "--state-dir", state, "COMM=\(comm)", "-F", "ID"])
+        #expect(byName.stdout.split(separator: "\n").contains(Substring(String(incident["id"] as? Int ?? -1))), "\(byName)")
+    }
+
+    /// One that dies before it ever answers has the reading taken right after its exec.
+    @Test func aServiceThatDiesBeforeItIsReadyKeepsWhoItWasAtItsSpawn() throws {
+        let dir = Scratch("ctl-early"); defer { dir.remove() }
+        let state = "\(dir.path)/state"
+        let sleep = try #require(resolveExecutable("sleep"))
+        let supervisor = try Background([Binaries.defib, "run", "--state-dir", state, "--", sleep, "0.3"], log: "\(dir.path)/defib.log")
+        defer { supervisor.stop() }
+        var incident: [String: Any] = [:]
+        let recorded = waitUntil(timeoutMs: 60_000) {
+            guard let first = ((try? incidentsJSON(stateDir: state)) ?? []).last else { return false }
+            incident = first
+            return true
+        }
+        supervisor.stop()
+        #expect(recorded, "\(supervisor.log)")
+        #expect(incident["cause"] as? String == "exited" && incident["comm"] as? String == "sleep", "\(incident)")
+        #expect(incident["argv"] as? [String] == [sleep, "0.3"] && incident["uid"] as? Int == Int(getuid()), "\(incident)")
+    }
+
     // MARK: permissions and the pager
 
     @Test func aUserWhoCannotReadTheStateDirectoryIsToldSo() throws {
