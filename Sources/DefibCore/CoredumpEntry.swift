@@ -23,8 +23,8 @@ public enum CoredumpEntry {
     public enum Skip: Error, Sendable, Equatable, CustomStringConvertible {
         /// No core on disk (none written, capture failed, or removed).
         case noCore
-        /// The process's uid, gid or name was not read when the incident opened; coredumpctl ignores
-        /// entries without them.
+        /// The process's uid, gid or name could not be read (neither when it started nor before its core);
+        /// coredumpctl ignores entries without them.
         case unknownProcess
         /// The process has not been ended yet (no signal to report).
         case notEnded
@@ -32,7 +32,7 @@ public enum CoredumpEntry {
         public var description: String {
             switch self {
             case .noCore: "it has no core"
-            case .unknownProcess: "the process's uid, gid and name were not read when it opened (coredumpctl needs them)"
+            case .unknownProcess: "the process's uid, gid and name could not be read (coredumpctl needs them)"
             case .notEnded: "the process was not ended by a signal yet"
             }
         }

@@ -31,6 +31,8 @@ extension Supervision {
             ask(.scanCores(directory: config.coreDirectory), awaiting: .inventory(justWritten: justWritten))
         case let .helperEnded(pid, status):
             helperEnded(pid: pid, status: status)
+        case let .announceCore(id):
+            announceCore(incidentID: id)
         }
     }
 
@@ -106,6 +108,9 @@ extension Supervision {
         case let (.identity(pid), .observed(observation)):
             awaiting = nil
             if pid == lastChildPid, let process = observation.process { childProcess = process }
+        case let (.announcement(id, note), .coreAnnounced(failure)):
+            awaiting = nil
+            coreAnnounced(incidentID: id, note: note, failure: failure)
         default:
             return false
         }

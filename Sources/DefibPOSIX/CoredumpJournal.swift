@@ -33,37 +33,24 @@ func systemdCgroup(pid: Int32) -> String? {
     return SystemdCgroup.relative(path, pid1Path: root)
 }
 
-/// Announces a core defib wrote to the journal the way systemd-coredump announces its own (see
-/// `CoredumpEntry` for the fields and why), so `coredumpctl list/info/gdb` work on it.
+/// Sends a core's announcement (`CoredumpEntry`'s fields, in systemd-coredump's form) to the journal, so
+/// `coredumpctl list/info/gdb` work on defib's cores.
 public enum CoredumpJournal {
-    /// Whether to announce: `setting` (`[capture] announce_to_coredumpctl`) when given, else only when defib
-    /// runs under journald (its stderr is the journal's stream), where someone would run coredumpctl.
-    public static func wanted(setting: Bool?) -> Bool { setting ?? Journald.stderrIsJournal }
-
-    /// Sends the entry for `incident`. Returns a line for the incident's notes: what was announced, or why
-    /// nothing was (no core, an unknown process, the journal refused it).
-    public static func announce(_ incident: Incident, stateDirectory: String) -> String {
-        switch CoredumpEntry.fields(for: incident, hostname: hostname(), stateDirectory: stateDirectory) {
-        case let .failure(skip):
-            return "not announced to coredumpctl: \(skip)"
-        case let .success(fields):
-            // sd_journal_sendv reports success when there is no journal at all: look first.
-            guard access(journalSocket, F_OK) == 0 else {
-                return "not announced to coredumpctl: no journal here (\(journalSocket) is missing)"
-            }
-            guard Journald.send(fields) else {
-                return "not announced to coredumpctl: the journal did not take the entry (is systemd-journald running?)"
-            }
-            let file = fields.first { $0.0 == "COREDUMP_FILENAME" } != nil
-            return "announced to coredumpctl (MESSAGE_ID=\(CoredumpEntry.messageID))"
-                + (file ? "" : "; without COREDUMP_FILENAME: coredumpctl cannot read a gzip core")
+    /// nil when the journal took the entry, else why it did not.
+    public static func send(_ fields: [JournalField]) -> String? {
+        // sd_journal_sendv reports success when there is no journal at all: look first.
+        guard access(journalSocket, F_OK) == 0 else { return "no journal here (\(journalSocket) is missing)" }
+        guard Journald.send(fields.map { ($0.name, $0.value) }) else {
+            return "the journal did not take the entry (is systemd-journald running?)"
         }
+        return nil
     }
 
     /// Where journald takes native entries (sd_journal_sendv's socket).
     static let journalSocket = "/run/systemd/journal/socket"
 
-    static func hostname() -> String? {
+    /// This host's name (COREDUMP_HOSTNAME), nil when it cannot be read.
+    public static func hostname() -> String? {
         var buffer = [CChar](repeating: 0, count: 256)
         guard gethostname(&buffer, buffer.count - 1) == 0 else { return nil }
         return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)

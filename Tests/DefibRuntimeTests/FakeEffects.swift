@@ -71,6 +71,9 @@ final class FakeEffects: SupervisorEffects {
     var identityBeforeCore: IncidentProcess?
     var identityLater: IncidentProcess? = IncidentProcess(uid: 998, gid: 998, comm: "fake-service", argv: ["/usr/bin/fake-service", "--serve"],
                                                          cgroup: "/system.slice/svc.service")
+    /// The journal: nil takes every entry, else the reason it refuses them; what it took.
+    var journalRefuses: String?
+    private(set) var journal: [[JournalField]] = []
 
     // The store.
     private(set) var stored: [Int64: Incident] = [:]
@@ -325,6 +328,17 @@ final class FakeEffects: SupervisorEffects {
     }
 
     func notifyManager(_ state: String) { managerMessages.append(state) }
+
+    func announceCore(_ fields: [JournalField]) -> EffectFailure? {
+        let id = fields.first { $0.name == "INCIDENT_ID" }?.value ?? "?"
+        if let journalRefuses {
+            calls.append("announceCore \(id) refused")
+            return EffectFailure(journalRefuses)
+        }
+        calls.append("announceCore \(id)")
+        journal.append(fields)
+        return nil
+    }
 
     // MARK: the services' insides
 
