@@ -62,6 +62,10 @@ out = [page[0],
 for line in page[1:]:
     if line.startswith('.Sh "EXIT STATUS"') or line.startswith('.Sh EXIT STATUS'):
         break
+    if line.strip() == '':
+        # A blank line in a help discussion is an empty input line to mdoc (a warning): make it a paragraph.
+        if out[-1] != '.Pp': out.append('.Pp')
+        continue
     out.append('.Os "defib @VERSION@"' if line == '.Os' else line)
 sys.stdout.write("\n".join(out) + "\n" + tail)
 EOF

@@ -2,7 +2,8 @@
 # Installs what defib needs on a fresh Debian 12 machine, only what is missing (needs root or sudo):
 #   base (make demo, make test): libsqlite3-dev (GRDB links the system SQLite), libsystemd-dev
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
-#     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
+#     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3, zstd and gzip
+#     (compressed cores), and coredumpctl (see below).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 #   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
 #     part of make test).
@@ -10,7 +11,7 @@
 set -euo pipefail
 group=${1:-base}
 
-pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config
+pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config zstd gzip
       dpkg-dev binutils man-db groff-base zsh fish)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 [ "$group" = lint ] && pkgs+=(lintian)
@@ -33,6 +34,26 @@ if [ ${#need[@]} -gt 0 ]; then
     trap '[ -n "$made_policy" ] && $SUDO rm -f "$policy"' EXIT
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# coredumpctl, for the container test that shows defib's cores in it. Not `apt-get install systemd-coredump`:
+# its postinst points this machine's kernel.core_pattern (global, not per container) at systemd-coredump,
+# which would take every core on the host. The package is unpacked beside, its files used only inside the
+# test's container, where they are copied into the container's own throw-away root.
+coredump_dir=/usr/local/lib/defib-test/systemd-coredump
+if [ ! -x "$coredump_dir/usr/bin/coredumpctl" ]; then
+    echo "setup: unpacking coredumpctl (systemd-coredump) into $coredump_dir"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    tmp=$(mktemp -d)
+    chmod 755 "$tmp"   # apt's download user must be able to write there
+    version=$(dpkg-query -W -f='${Version}' systemd)
+    ( cd "$tmp" && { apt-get download -qq "systemd-coredump=$version" 2>/dev/null ||
+                     { $SUDO apt-get update -qq && apt-get download -qq "systemd-coredump=$version"; }; } )
+    $SUDO mkdir -p "$coredump_dir"
+    $SUDO dpkg-deb -x "$tmp"/systemd-coredump_*.deb "$coredump_dir"
+    rm -rf "$tmp"
+    [ -x "$coredump_dir/usr/bin/coredumpctl" ] || { echo "setup: could not unpack coredumpctl" >&2; exit 1; }
 fi
 
 if ! command -v swift >/dev/null 2>&1; then

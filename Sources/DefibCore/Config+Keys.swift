@@ -9,6 +9,8 @@ struct ConfigField {
         case optionalInt(WritableKeyPath<SupervisorConfig, Int?>)
         case number(WritableKeyPath<SupervisorConfig, Double>)
         case bool(WritableKeyPath<SupervisorConfig, Bool>)
+        /// Unset means a default decided at run time (e.g. "only under journald").
+        case optionalBool(WritableKeyPath<SupervisorConfig, Bool?>)
         case optionalString(WritableKeyPath<SupervisorConfig, String?>)
         /// Bytes in the config, whole MiB in the file.
         case mebibytes(WritableKeyPath<SupervisorConfig, Int64?>)
@@ -30,7 +32,8 @@ struct ConfigField {
                            .init("control_socket", .optionalString(\.heartbeat.controlSocket))]),
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
-                         .init("compress", .compression(\.capture.compress))]),
+                         .init("compress", .compression(\.capture.compress)),
+                         .init("announce_to_coredumpctl", .optionalBool(\.capture.announceToCoredumpctl))]),
             ("restart", [.init("backoff_initial_ms", .int(\.restart.backoffInitialMs)), .init("backoff_max_ms", .int(\.restart.backoffMaxMs)),
                          .init("backoff_multiplier", .number(\.restart.backoffMultiplier)),
                          .init("backoff_reset_ms", .int(\.restart.backoffResetMs)), .init("intensity_max", .int(\.restart.intensityMax)),
@@ -52,6 +55,7 @@ struct ConfigField {
         case let .optionalInt(path): config[keyPath: path].map(String.init)
         case let .number(path): String(config[keyPath: path])
         case let .bool(path): String(config[keyPath: path])
+        case let .optionalBool(path): config[keyPath: path].map { String($0) }
         case let .optionalString(path): config[keyPath: path].map(tomlString)
         case let .mebibytes(path): config[keyPath: path].map { String($0 >> 20) }
         case let .source(path): tomlString(config[keyPath: path].rawValue)

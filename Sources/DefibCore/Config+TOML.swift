@@ -283,6 +283,7 @@ private struct TOMLConfigReader {
         case let .optionalInt(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .number(path): if let v = number(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .bool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .optionalBool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .optionalString(path): if let v = string(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .mebibytes(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = Int64(v) << 20 }
         case let .source(path):

@@ -114,6 +114,9 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var directory: String?
         /// Run `gdb -batch` on the core after the restart and store all threads' backtraces.
         public var stacks: Bool = true
+        /// Announce each core to the journal as systemd-coredump does, so coredumpctl lists it; nil = only
+        /// when defib runs under journald.
+        public var announceToCoredumpctl: Bool?
         public init() {}
     }
     /// `[escalation]`: the stages between a late heartbeat and a kill. Unset values derive from the deadline

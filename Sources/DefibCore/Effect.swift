@@ -51,6 +51,9 @@ public enum Effect: Sendable, Equatable {
     /// An incident no longer in memory lost its core to retention: the store notes it (`note`) and forgets
     /// the path; a failure is answered by `storeFailed`.
     case recordCoreRemoved(incidentID: Int64, note: String)
+    /// A final core announced to the journal in systemd-coredump's form (`CoredumpEntry`), so coredumpctl
+    /// lists it; answered by `coreAnnounced`.
+    case announceCore([JournalField])
 
     // People and the service manager.
     case log(LogEntry)
@@ -158,6 +161,15 @@ public protocol SupervisorEffects: AnyObject {
     func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure?
     /// sd_notify to the service manager (a no-op when none listens).
     func notifyManager(_ state: String)
+    /// Sends one entry to the journal; nil when it took it, else why not (no journal here, refused).
+    func announceCore(_ fields: [JournalField]) -> EffectFailure?
+}
+
+/// One field of a journal entry: its name in the journal's upper-case form, and its value.
+public struct JournalField: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) { self.name = name; self.value = value }
 }
 
 /// Where incidents are kept (DefibStore's SQLite store): what the supervisor's loop writes, and the cores

@@ -158,6 +158,11 @@ public struct Incident: Sendable, Equatable, Codable {
     public var diagnosisEvidence: [String]?
     /// Where the flight recorder was read from and what it said at the hang, when there was one.
     public var flightRecorder: String?
+    /// Who the process was (uid, gid, comm, command line, cgroup): a hang's read before its core, a death's once ready (or at its start).
+    public var process: IncidentProcess?
+    /// The signal defib sent to end the process when it was not SIGKILL (the kernel method's core-dumping
+    /// signal); see `endingSignal`.
+    public var signal: Int32?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {
@@ -202,6 +207,8 @@ public enum RFC3339 {
 public func signalName(_ signal: Int32) -> String {
     let names: [Int32: String] = [1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT",
                                   7: "SIGBUS", 8: "SIGFPE", 9: "SIGKILL", 10: "SIGUSR1", 11: "SIGSEGV", 12: "SIGUSR2",
-                                  13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 19: "SIGSTOP", 31: "SIGSYS"]
+                                  13: "SIGPIPE", 14: "SIGALRM", 15: "SIGTERM", 16: "SIGSTKFLT", 17: "SIGCHLD", 18: "SIGCONT",
+                                  19: "SIGSTOP", 20: "SIGTSTP", 21: "SIGTTIN", 22: "SIGTTOU", 23: "SIGURG", 24: "SIGXCPU",
+                                  25: "SIGXFSZ", 26: "SIGVTALRM", 27: "SIGPROF", 28: "SIGWINCH", 29: "SIGIO", 30: "SIGPWR", 31: "SIGSYS"]
     return names[signal] ?? "signal \(signal)"
 }

@@ -68,9 +68,10 @@ public struct IncidentLedger: Sendable {
 
     /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows).
     mutating func open(_ cause: FailureCause, at detected: Date, pid: Int32, binaryPath: String?, startedAt: Date?,
-                       verdictAtOpen: ProgressVerdict? = nil) -> Incident {
+                       verdictAtOpen: ProgressVerdict? = nil, process: IncidentProcess? = nil) -> Incident {
         let incidentCause = Self.incidentCause(cause, detected: detected)
         var new = Incident(service: service, pid: pid, binaryPath: binaryPath, startedAt: startedAt, detectedAt: detected, cause: incidentCause)
+        new.process = process
         switch cause {
         case let .startTimeout(_, lastError):
             if let lastError { new.notes.append("last control-channel error: \(lastError)") }
@@ -117,9 +118,10 @@ public struct IncidentLedger: Sendable {
         if open != nil { note(line) } else { pendingNotes.append(line) }
     }
 
-    mutating func killed(at date: Date) {
+    /// The process was ended at `date`; `signal` when it was not SIGKILL (the kernel method's dump).
+    mutating func killed(at date: Date, signal: Int32? = nil) {
         guard open?.killedAt == nil else { return }
-        changeOpen { $0.killedAt = date }
+        changeOpen { $0.killedAt = date; $0.signal = signal }
     }
 
     mutating func restarted(newPid: Int32, at date: Date) { changeOpen { $0.restartedAt = date; $0.newPid = newPid } }
@@ -129,6 +131,7 @@ public struct IncidentLedger: Sendable {
     mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence) -> HangDiagnosis? {
         guard var current = open else { return nil }
         current.binaryPath = observation.executable ?? current.binaryPath
+        current.process = observation.process ?? current.process   // read again now: it may have changed user or name
         current.threadStates = sample.stateSummary
         current.notes += evidence.notes
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }

@@ -31,17 +31,20 @@ extension Supervision {
             ask(.scanCores(directory: config.coreDirectory), awaiting: .inventory(justWritten: justWritten))
         case let .helperEnded(pid, status):
             helperEnded(pid: pid, status: status)
+        case let .announceCore(id):
+            announceCore(incidentID: id)
         }
     }
 
     /// An awaited answer: the step that asked for it goes on. False when `event` is not that answer.
     mutating func resume(_ waiting: Awaiting, with event: SupervisorEvent) -> Bool {
         switch (waiting, event) {
-        case let (.spawn, .spawned(pid, executable)):
+        case let (.spawn, .spawned(pid, executable, process)):
             awaiting = nil
             child = (pid, executable)
             lastChildPid = pid
             childStartedAt = now.wall
+            childProcess = process
             ledger.instanceStarted()
             log(.info, "started \(config.service.name): pid \(pid) (\(executable))")
             schedule(machine.spawned(pid: pid, at: now.mono))
@@ -75,7 +78,7 @@ extension Supervision {
         case let (.core, .coreWritten(outcome)):
             awaiting = nil
             var steps: [Step] = []
-            if let killedAt = outcome.killedAt { ledger.killed(at: killedAt) }
+            if let killedAt = outcome.killedAt { ledger.killed(at: killedAt, signal: outcome.signal) }
             // The kernel's dump kills by design and reaps the instance within the capture.
             if let status = outcome.exited, let pid = child?.pid { steps.append(.instanceEnded(pid: pid, status: status)) }
             scheduleFirst(steps + [.recordCore(outcome), .finishCapture(jitterDraw: outcome.jitterDraw)])
@@ -102,6 +105,12 @@ extension Supervision {
         case let (.inventory(justWritten), .coresScanned(inventory)):
             awaiting = nil
             applyRetention(inventory, justWritten: justWritten)
+        case let (.identity(pid), .observed(observation)):
+            awaiting = nil
+            if pid == lastChildPid, let process = observation.process { childProcess = process }
+        case let (.announcement(id, note), .coreAnnounced(failure)):
+            awaiting = nil
+            coreAnnounced(incidentID: id, note: note, failure: failure)
         default:
             return false
         }
@@ -118,6 +127,11 @@ extension Supervision {
         case let .instanceReady(pid):
             log(.info, "service \(config.service.name) pid \(pid) is ready")
             updateManagerStatus(ready: true)
+            // Who it runs as, now that it answers: a wrapper it started through (env, a pyenv shim, setpriv) has
+            // exec'd the service by now, which it may not have at the spawn. A death later has only this.
+            var request = ObservationRequest(pid: pid, samples: .none)
+            request.processIdentity = true
+            ask(.observe(request), awaiting: .identity(pid: pid))
         case let .heartbeatMissed(misses, silenceMs, reason):
             log(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
             emit(.metric(.heartbeatMissed))
@@ -164,6 +178,7 @@ extension Supervision {
             request.recorderLockWords = true
             request.lockWordAddresses = ledger.knownLocks.map(\.address)
             request.threadIDs = true
+            request.processIdentity = true
             ask(.observe(request), awaiting: .lockEvidence(pid: pid))
         case let .kill(pid):
             log(.warning, "killing pid \(pid) and its process group (SIGKILL)")
@@ -227,8 +242,13 @@ extension Supervision {
     // MARK: the incident's life
 
     private mutating func openIncident(_ cause: FailureCause, detected: Date, verdict: ProgressVerdict?) {
-        let incident = ledger.open(cause, at: detected, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
-                                   startedAt: childStartedAt, verdictAtOpen: verdict)
+        let pid = machine.pid ?? child?.pid ?? lastChildPid ?? 0
+        // Who the instance ran as, read at its spawn and once ready: all a death has (it is reaped by now); a
+        // hang's is read again with its evidence. A start that failed had no process.
+        var process = pid == lastChildPid ? childProcess : nil
+        if case .spawnFailed = cause { process = nil }
+        let incident = ledger.open(cause, at: detected, pid: pid, binaryPath: child?.executable,
+                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process)
         ask(.insertIncident(incident), awaiting: .stored)
     }
 

@@ -149,7 +149,7 @@ extension Supervision {
             }
         }
         flushChanges()
-        if let justWritten { ledger.evidenceComplete(incidentID: justWritten) }
+        if let justWritten { scheduleFirst([.announceCore(incidentID: justWritten)]) }
     }
 
     // MARK: at shutdown

@@ -25,9 +25,16 @@ public struct Supervision: Sendable {
         public var managerListening: Bool
         /// Processes that were already our children when supervision began: never a remnant to kill.
         public var childrenBeforeUs: Set<Int32>
-        public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = []) {
+        /// defib's stderr is the journal's stream: where `[capture] announce_to_coredumpctl` unset means yes
+        /// (someone there runs coredumpctl).
+        public var underJournald: Bool
+        /// This host's name, for the cores' journal entries (COREDUMP_HOSTNAME).
+        public var hostname: String?
+        public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = [],
+                    underJournald: Bool = false, hostname: String? = nil) {
             self.config = config; self.managerWatchdogUsec = managerWatchdogUsec
             self.managerListening = managerListening; self.childrenBeforeUs = childrenBeforeUs
+            self.underJournald = underJournald; self.hostname = hostname
         }
     }
 
@@ -51,6 +58,9 @@ public struct Supervision: Sendable {
         case evidenceAfterClose(incidentID: Int64)
         case compressOrTrim(incidentID: Int64)
         case retention(justWritten: Int64?)
+        /// The core is final (stacks, compression, retention): coredumpctl hears of it, then the incident's
+        /// evidence is complete.
+        case announceCore(incidentID: Int64)
         case helperEnded(pid: Int32, status: ChildStatus)
     }
 
@@ -69,6 +79,8 @@ public struct Supervision: Sendable {
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
         case compressedSize(Helper, status: ChildStatus)
         case inventory(justWritten: Int64?)
+        case announcement(incidentID: Int64, note: String)
+        case identity(pid: Int32)
     }
 
     public internal(set) var machine: SupervisorMachine
@@ -81,6 +93,9 @@ public struct Supervision: Sendable {
     /// The last instance's pid and start, kept after it is gone (a death's incident names them).
     var lastChildPid: Int32?
     var childStartedAt: Date?
+    /// Who the last instance ran as, read when it started and again once ready (a death's incident has nothing
+    /// later).
+    var childProcess: IncidentProcess?
     /// The ping whose request is open, and when it went out (for the round-trip metric).
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.
@@ -179,7 +194,7 @@ public struct Supervision: Sendable {
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
         case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
-             .fileMeasured, .coresScanned, .incidentStored:
+             .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")
         }

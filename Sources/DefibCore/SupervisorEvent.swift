@@ -34,7 +34,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     case locksFailed(String)
 
     // Answers to effects.
-    case spawned(pid: Int32, executable: String)
+    /// `process` is who the instance runs as, read from /proc once it has exec'd (nil when it could not be
+    /// read): a death's incident has nothing later to go by, its process is reaped before the incident opens.
+    indirect case spawned(pid: Int32, executable: String, process: IncidentProcess? = nil)
     case spawnFailed(String)
     indirect case observed(Observation)
     indirect case coreWritten(CoreOutcome)
@@ -51,6 +53,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case incidentStored(Result<Int64, EffectFailure>)
     /// A write to the store failed (the supervision goes on; the log says so).
     case storeFailed(EffectFailure)
+    /// The journal took the core's announcement (nil), or why it did not.
+    case coreAnnounced(EffectFailure?)
 }
 
 /// Why an effect failed (the store refused a write, a helper could not start, a word could not be read),
@@ -97,6 +101,8 @@ public struct ObservationRequest: Sendable, Equatable {
     public var lockWordAddresses: [UInt64] = []
     /// /proc/PID/task.
     public var threadIDs = false
+    /// Who the process runs as (uid, gid, comm, command line, cgroup): what coredumpctl lists a core by.
+    public var processIdentity = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -112,6 +118,8 @@ public struct Observation: Sendable, Equatable {
     /// Address → the word, or why it could not be read.
     public var lockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public var threadIDs: [Int32] = []
+    /// nil when not asked for, or when the process is gone.
+    public var process: IncidentProcess?
     public init(pid: Int32) { self.pid = pid }
 }
 
@@ -148,6 +156,9 @@ public struct CoreOutcome: Sendable, Equatable {
     /// The kernel method kills the process by design: when its signal went out, and the death it reaped.
     public var killedAt: Date?
     public var exited: ChildStatus?
+    /// The signal that ended the process when the writer sent one (the kernel method's core-dumping signal,
+    /// SIGSYS unless the process blocks it): what coredumpctl shows as the core's signal.
+    public var signal: Int32?
     /// A number in [0, 1) for the kill jitter (the runtime draws it; the decision stays pure).
     public var jitterDraw: Double = 0
     public init(record: CaptureRecord, threads: Int? = nil) { self.record = record; self.threads = threads }

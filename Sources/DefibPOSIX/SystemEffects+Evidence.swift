@@ -32,6 +32,7 @@ extension SystemEffects {
             }
         }
         if request.threadIDs { observation.threadIDs = threadIDs(pid: pid) }
+        if request.processIdentity { observation.process = ProcessIdentity.read(pid: pid) }
         return observation
     }
 
@@ -82,6 +83,7 @@ extension SystemEffects {
             var outcome = CoreOutcome(record: result.record)
             outcome.notes = result.notes + ["core destination: \(result.destination)"]
             outcome.killedAt = killedAt
+            outcome.signal = started.signal
             outcome.exited = status
             return outcome
         }

@@ -19,6 +19,10 @@ public final class SystemEffects: SupervisorEffects {
     public let managerWatchdogUsec: UInt64?
     /// A service manager listens (NOTIFY_SOCKET is set).
     public let managerListening: Bool
+    /// Our stderr is the journal's stream (systemd started us with StandardError=journal).
+    public let underJournald: Bool
+    /// This host's name, for the cores' journal entries.
+    public let hostname: String?
     /// What setting up did not manage but the supervision survives (for the log).
     public private(set) var warnings: [String] = []
 
@@ -45,6 +49,8 @@ public final class SystemEffects: SupervisorEffects {
         childrenBeforeUs = Set(childProcesses(of: getpid()))
         managerWatchdogUsec = SystemdNotifier.watchdogUsec()
         managerListening = SystemdNotifier.isEnabled
+        underJournald = Journald.stderrIsJournal
+        hostname = CoredumpJournal.hostname()
         try becomeChildSubreaper()
         let runDirectory = config.runDirectory
         for dir in [config.stateDirectory, config.coreDirectory, config.stateDirectory + "/run", runDirectory] {
@@ -141,7 +147,8 @@ public final class SystemEffects: SupervisorEffects {
         do {
             let started = try spawnProcess(request)
             child = started
-            return .spawned(pid: started.pid, executable: started.executable)
+            // It has exec'd (spawnProcess returns after that) and is not reaped before we are: its pid is its own.
+            return .spawned(pid: started.pid, executable: started.executable, process: ProcessIdentity.read(pid: started.pid))
         } catch {
             return .spawnFailed("\(error)")
         }
@@ -205,4 +212,6 @@ public final class SystemEffects: SupervisorEffects {
     }
 
     public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
+
+    public func announceCore(_ fields: [JournalField]) -> EffectFailure? { CoredumpJournal.send(fields).map(EffectFailure.init) }
 }

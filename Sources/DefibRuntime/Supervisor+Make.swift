@@ -46,7 +46,8 @@ extension Supervisor {
             let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed)
             for warning in effects.warnings { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
-                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs)
+                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs,
+                                          underJournald: effects.underJournald, hostname: effects.hostname)
             return (Supervisor(setup, effects: effects, logger: logger), endpoint)
         } catch {
             endpoint?.close()

@@ -103,6 +103,8 @@ public final class Supervisor {
             metrics.record(event)
         case let .notifyManager(state):
             effects.notifyManager(state)
+        case let .announceCore(fields):
+            return .coreAnnounced(effects.announceCore(fields))
         case let .exit(code):
             exitCode = code
         }

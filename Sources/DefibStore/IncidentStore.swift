@@ -14,7 +14,7 @@ import Glibc
 public final class IncidentStore: Sendable {
     /// The database file.
     public let path: String
-    private let reader: any DatabaseReader
+    let reader: any DatabaseReader
     private let writer: (any DatabaseWriter)?
 
     /// The file name inside the state directory.
@@ -204,7 +204,7 @@ public final class IncidentStore: Sendable {
 
     // MARK: Plumbing
 
-    private static let columns = "id, service, pid, detected_at, outcome, body"
+    static let columns = "id, service, pid, detected_at, outcome, body"
     private static let updateSQL = """
         UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
                core_path = ?, core_bytes = ?, body = ?
@@ -220,7 +220,7 @@ public final class IncidentStore: Sendable {
         return (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "), args)
     }
 
-    private func fetch(_ what: String, sql: String, arguments: StatementArguments) throws -> [Incident] {
+    func fetch(_ what: String, sql: String, arguments: StatementArguments) throws -> [Incident] {
         let rows: [Row]
         do {
             rows = try reader.read { try Row.fetchAll($0, sql: sql, arguments: arguments) }

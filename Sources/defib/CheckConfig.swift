@@ -62,7 +62,9 @@ struct CheckConfigCommand: ParsableCommand {
         rows.append(["  control", c.controlSocketPath])
         rows.append(["capture", cap.method == .none ? "none (no core)"
             : "\(cap.method.rawValue), budget \(cap.budgetMs) ms, into \(c.coreDirectory), stacks \(cap.stacks ? "on" : "off")"
-              + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")])
+              + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")
+              + (cap.method == .none ? "" : cap.announceToCoredumpctl.map { $0 ? ", announced to coredumpctl" : ", not announced to coredumpctl" }
+                 ?? ", announced to coredumpctl under journald")])
         let ret = c.retention
         rows.append(["retention", "\(ret.maxPerService) cores per service; at most \(ret.maxUseBytes.map { "\($0 >> 20) MiB" } ?? "10 % of the disk"), "
             + "keeping \(ret.keepFreeBytes.map { "\($0 >> 20) MiB" } ?? "15 % of the disk") free"])

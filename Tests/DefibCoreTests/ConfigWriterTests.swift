@@ -12,6 +12,13 @@ import Testing
         config.metricsListen = "[::1]:9464"
         let text = config.tomlText
         #expect(try SupervisorConfig.parse(text, path: "written.toml") == config, "\(text)")
+        // An optional switch: unset stays unset (decided at run time), set is written and read back.
+        #expect(!text.contains("announce_to_coredumpctl"))
+        for announce in [false, true] {
+            config.capture.announceToCoredumpctl = announce
+            #expect(config.tomlText.contains("announce_to_coredumpctl = \(announce)\n"))
+            #expect(try SupervisorConfig.parse(config.tomlText, path: "written.toml") == config)
+        }
     }
 
     @Test func aPolicyWithoutServiceOrStateLeavesThemToTheFlags() throws {

@@ -61,6 +61,19 @@ final class FakeEffects: SupervisorEffects {
     var helperNeverEnds = false
     private(set) var helpers: Set<Int32> = []
     var files: [String: Int64] = [:]
+    /// Who an instance runs as when it starts (a wrapper, not exec'd into the service yet), and when it is read
+    /// again (once ready, before a core); nil: unreadable. By pid where a test needs instances to differ.
+    var identityAtStart: IncidentProcess? = IncidentProcess(uid: 0, gid: 0, comm: "setpriv", argv: ["setpriv", "--reuid=998", "/usr/bin/fake-service"],
+                                                           cgroup: "/system.slice/svc.service")
+    var identityAtStartByPid: [Int32: IncidentProcess] = [:]
+    var identityLaterByPid: [Int32: IncidentProcess] = [:]
+    /// What the reading with a hang's evidence finds when it differs from the one at ready.
+    var identityBeforeCore: IncidentProcess?
+    var identityLater: IncidentProcess? = IncidentProcess(uid: 998, gid: 998, comm: "fake-service", argv: ["/usr/bin/fake-service", "--serve"],
+                                                         cgroup: "/system.slice/svc.service")
+    /// The journal: nil takes every entry, else the reason it refuses them; what it took.
+    var journalRefuses: String?
+    private(set) var journal: [[JournalField]] = []
 
     // The store.
     private(set) var stored: [Int64: Incident] = [:]
@@ -134,7 +147,7 @@ final class FakeEffects: SupervisorEffects {
         current = pid
         if case let .exits(afterMs, status) = behaviour { exit(pid, at: nowMs + afterMs, status) }
         calls.append("spawn \(pid)")
-        return .spawned(pid: pid, executable: "/usr/bin/fake-service")
+        return .spawned(pid: pid, executable: "/usr/bin/fake-service", process: identityAtStartByPid[pid] ?? identityAtStart)
     }
 
     func signal(pid: Int32, signal: Int32) {
@@ -181,6 +194,7 @@ final class FakeEffects: SupervisorEffects {
         case .pair: what = "pair"
         }
         if request.executable { what += " capture" } else if request.flightRecorder != nil { what += " recorder" }
+        else if request.processIdentity { what += " identity" }
         calls.append("observe \(request.pid) \(what)")
         var observation = Observation(pid: request.pid)
         switch request.samples {
@@ -206,6 +220,9 @@ final class FakeEffects: SupervisorEffects {
                 ?? .failure(EffectFailure("process_vm_readv(\(request.pid), \(LockWord.hex(address))): Bad address"))
         }
         if request.threadIDs { observation.threadIDs = [request.pid, request.pid + 1, request.pid + 2] }
+        if request.processIdentity, instances[request.pid]?.alive == true {
+            observation.process = (request.executable ? identityBeforeCore : nil) ?? identityLaterByPid[request.pid] ?? identityLater
+        }
         return observation
     }
 
@@ -224,6 +241,7 @@ final class FakeEffects: SupervisorEffects {
                                                             durationMs: Double(coreDurationMs), error: nil))
             outcome.notes = ["killed with SIGSYS so the kernel dumps its core (the kernel method kills by design)"]
             outcome.killedAt = wallBase.addingTimeInterval(Double(nowMs - coreDurationMs) / 1000)
+            outcome.signal = SIGSYS
             outcome.exited = .signaled(signal: SIGSYS, coreDumped: true)
             return outcome
         }
@@ -310,6 +328,17 @@ final class FakeEffects: SupervisorEffects {
     }
 
     func notifyManager(_ state: String) { managerMessages.append(state) }
+
+    func announceCore(_ fields: [JournalField]) -> EffectFailure? {
+        let id = fields.first { $0.name == "INCIDENT_ID" }?.value ?? "?"
+        if let journalRefuses {
+            calls.append("announceCore \(id) refused")
+            return EffectFailure(journalRefuses)
+        }
+        calls.append("announceCore \(id)")
+        journal.append(fields)
+        return nil
+    }
 
     // MARK: the services' insides
 

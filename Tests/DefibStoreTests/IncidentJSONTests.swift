@@ -10,6 +10,8 @@ import Testing
                                "capture_method", "core_path", "core_bytes", "capture_ms", "capture_error", "lock_words",
                                "lock_state", "threads", "diagnosis_evidence", "silence_ms", "extended_ms", "progress",
                                "thread_states", "flight_recorder", "notes"]
+                               // who the process was and how it ended (coredumpctl's columns)
+                               + ["uid", "gid", "comm", "argv", "unit", "signal", "signal_name", "diagnosis_kind"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }

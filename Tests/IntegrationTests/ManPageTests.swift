@@ -39,7 +39,9 @@ struct ManPageTests {
     static func commandsAndOptions(_ command: [String: Any], path: [String] = []) -> [(path: [String], options: [String])] {
         let name = command["commandName"] as? String ?? "?"
         let here = path + [name]
-        let options = (command["arguments"] as? [[String: Any]] ?? []).flatMap { argument -> [String] in
+        // Hidden options (help: .hidden) are left out of the page by generate-manual, as from --help.
+        let shown = (command["arguments"] as? [[String: Any]] ?? []).filter { $0["shouldDisplay"] as? Bool ?? true }
+        let options = shown.flatMap { argument -> [String] in
             (argument["names"] as? [[String: Any]] ?? []).compactMap { n in
                 n["kind"] as? String == "long" ? n["name"] as? String : nil
             }
