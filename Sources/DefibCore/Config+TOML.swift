@@ -171,6 +171,7 @@ extension SupervisorConfig {
         }
 
         duration("capture.budget_ms", capture.budgetMs)
+        duration("capture.runtime_budget_ms", capture.runtimeBudgetMs)
         if let dir = capture.directory, dir.isEmpty { bad("capture.directory", "must not be empty") }
 
         duration("restart.backoff_initial_ms", restart.backoffInitialMs)
@@ -264,7 +265,9 @@ private struct TOMLConfigReader {
         }
         if let t = table(root, "capture") {
             let p = "capture."
-            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress"])
+            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress", "runtime", "runtime_budget_ms"])
+            if let v = string(t, "runtime", prefix: p) { c.capture.runtime = oneOf(v, key: p + "runtime", what: "runtime", default: c.capture.runtime) }
+            if let v = int(t, "runtime_budget_ms", prefix: p) { c.capture.runtimeBudgetMs = v }
             if let v = string(t, "compress", prefix: p) { c.capture.compress = oneOf(v, key: p + "compress", what: "compression", default: c.capture.compress) }
             if let v = string(t, "method", prefix: p) { c.capture.method = oneOf(v, key: p + "method", what: "capture method", default: c.capture.method) }
             if let v = int(t, "budget_ms", prefix: p) { c.capture.budgetMs = v }

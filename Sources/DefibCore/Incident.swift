@@ -158,6 +158,10 @@ public struct Incident: Sendable, Equatable, Codable {
     public var diagnosisEvidence: [String]?
     /// Where the flight recorder was read from and what it said at the hang, when there was one.
     public var flightRecorder: String?
+    /// The pthread mutex wait-for graph read before the kill: one edge per thread blocked on a mutex.
+    public var waitFor: [WaitForEdge]?
+    /// The runtime's own stacks (goroutines, Python or Java threads), grouped; nil when none were read.
+    public var runtimeEvidence: RuntimeEvidence?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

@@ -9,6 +9,8 @@ import Glibc
 enum BackgroundJob {
     /// `gdb -batch … thread apply all bt` on a core.
     case stacks(StacksJob)
+    /// delve reading a Go service's goroutines from the core.
+    case goroutines(GoroutinesJob)
     /// gzip/zstd of a core, replacing it.
     case compress(incidentID: Int64, child: ChildProcess, input: String, output: String, tool: CoreCompression)
 }
@@ -28,10 +30,12 @@ extension Supervisor {
         let evidence = readLockEvidence(pid: pid, notes: &current.notes, blocked: Set(sample.threads.filter(\.inFutexWait).map(\.tid)))
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }
         current.flightRecorder = evidence.recorderSummary
+        let runtime = collectRuntimeEvidence(pid: pid, into: &current)
         var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
                                    sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000))
         if lastSample?.pid == pid, lastSampleBaseline?.pid == pid { input.baseline = lastSampleBaseline }
-        let diagnosis = Diagnoser.diagnose(input)
+        input.waitFor = runtime.waitFor
+        let diagnosis = RuntimeDiagnoser.combine(native: Diagnoser.diagnose(input), runtime: runtime.runtimeDiagnosis, evidence: runtime.evidence)
         current.diagnosis = diagnosis.line
         current.diagnosisEvidence = diagnosis.evidence
         current.threads = sample.threads.count
@@ -40,7 +44,9 @@ extension Supervisor {
         saveIncident()
         logger.warning("diagnosis: \(diagnosis.line)")
 
-        let capture = takeCore(pid: pid, firstThread: evidence.interestingThread ?? sample.threads.first(where: \.inFutexWait)?.tid)
+        // The runtime's tools spent part of the capture budget: the core gets what is left.
+        let capture = takeCore(pid: pid, firstThread: evidence.interestingThread ?? runtime.waitFor.first?.waiterTid ?? sample.threads.first(where: \.inFutexWait)?.tid,
+                               budgetMs: max(1, config.capture.budgetMs - Int(runtime.elapsedMs)))
         incident?.capture = capture.record
         if let threads = capture.threads { incident?.threads = threads }
         incident?.notes += capture.notes
@@ -140,8 +146,8 @@ extension Supervisor {
 
     /// The core, by the configured method, within the budget. The kernel method kills the process and
     /// reaps it here (the machine hears of the exit at once).
-    func takeCore(pid: Int32, firstThread: Int32?) -> (record: CaptureRecord, threads: Int?, notes: [String]) {
-        let budget = config.capture.budgetMs
+    func takeCore(pid: Int32, firstThread: Int32?, budgetMs: Int? = nil) -> (record: CaptureRecord, threads: Int?, notes: [String]) {
+        let budget = budgetMs ?? config.capture.budgetMs
         // core.NAME.INCIDENT.PID, whatever the method (gcore appends the pid to the prefix itself).
         let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(incident?.id.map(String.init) ?? "x")"
         let path = "\(prefix).\(pid)"
@@ -184,8 +190,9 @@ extension Supervisor {
 
     /// Starts what follows a closed incident: stacks from the core (then signature, compression and
     /// retention when gdb is done), or straight to retention when there is no core.
-    func afterIncidentClosed(_ closed: Incident) {
+    func afterIncidentClosed(_ closed: Incident, goroutinesRead: Bool = false) {
         guard let id = closed.id else { return }
+        if !goroutinesRead, startGoroutinesFromCore(closed) { return }
         if config.capture.stacks, let core = closed.capture?.path, let binary = closed.binaryPath {
             do {
                 let job = try StacksJob.start(binary: binary, core: core, outputPath: core + ".stacks.txt", incidentID: id)
@@ -220,6 +227,8 @@ extension Supervisor {
                             metadata: journalFields(stored, messageID: DefibMessageID.evidenceComplete))
             }
             compressOrTrim(incidentID: job.incidentID)
+        case let .goroutines(job):
+            finishGoroutinesJob(job, status: status)
         case let .compress(id, child, input, output, tool):
             child.closePidfd()
             updateStoredIncident(id) { stored in
@@ -325,6 +334,10 @@ extension Supervisor {
                 unlink(j.outputPath)
                 id = j.incidentID
                 note = "stacks not taken: defib stopped before gdb finished (the core stays; `defib incidents gdb \(id)` reads it)"
+            case let .goroutines(j):
+                j.cancel()
+                id = j.incidentID
+                note = "goroutines not read: defib stopped before delve finished (the core stays; `dlv core` reads it)"
             case let .compress(incidentID, c, _, output, tool):
                 try? c.signal(SIGKILL)
                 _ = waitForChild(c, timeoutMs: 2000)

@@ -28,6 +28,14 @@ enum IncidentSchema {
                 CREATE INDEX incident_by_core ON incident (core_path) WHERE core_path IS NOT NULL;
                 """)
         }
+        migrator.registerMigration("runtime-evidence") { db in
+            // The runtime a hang's evidence came from ("go", "python", "java", "native"), for queries such as
+            // "every Java deadlock": a virtual column over the body (the record of truth), so no writer changes.
+            try db.execute(sql: """
+                ALTER TABLE incident ADD COLUMN runtime TEXT GENERATED ALWAYS AS (json_extract(body, '$.runtimeEvidence.runtime')) VIRTUAL;
+                CREATE INDEX incident_by_runtime ON incident (runtime) WHERE runtime IS NOT NULL;
+                """)
+        }
         return migrator
     }
 }

@@ -121,6 +121,13 @@ public final class IncidentStore: Sendable {
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
     }
 
+    /// Incidents whose evidence came from `runtime` (the `runtime` column), newest first.
+    public func list(runtime: ServiceRuntime, limit: Int? = nil) throws -> [Incident] {
+        try fetch("list incidents of runtime \(runtime.rawValue)",
+                  sql: "SELECT \(Self.columns) FROM incident WHERE runtime = ? ORDER BY detected_at DESC, id DESC" + (limit.map { " LIMIT \($0)" } ?? ""),
+                  arguments: [runtime.rawValue])
+    }
+
     /// Removes one incident (retention). Returns false when there was none with that id.
     @discardableResult
     public func delete(id: Int64) throws -> Bool {

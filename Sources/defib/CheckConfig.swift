@@ -63,6 +63,8 @@ struct CheckConfigCommand: ParsableCommand {
         rows.append(["capture", cap.method == .none ? "none (no core)"
             : "\(cap.method.rawValue), budget \(cap.budgetMs) ms, into \(c.coreDirectory), stacks \(cap.stacks ? "on" : "off")"
               + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")])
+        rows.append(["  runtime", (cap.runtime == .auto ? "detected (Go, Python, Java or native)" : cap.runtime.rawValue)
+            + ", its tool within \(cap.effectiveRuntimeBudgetMs) ms of the capture budget"])
         let ret = c.retention
         rows.append(["retention", "\(ret.maxPerService) cores per service; at most \(ret.maxUseBytes.map { "\($0 >> 20) MiB" } ?? "10 % of the disk"), "
             + "keeping \(ret.keepFreeBytes.map { "\($0 >> 20) MiB" } ?? "15 % of the disk") free"])

@@ -106,7 +106,7 @@ import Testing
 
     @Test func diagnosisKindsAreTheContractsPrefixes() {
         #expect(DiagnosisKind.allCases.map(\.rawValue) == ["corrupted-lock-word", "leaked-read-lock", "self-deadlock", "slow-holder",
-                                                           "dead-loop", "stopped", "exited", "signaled", "unknown"])
+                                                           "dead-loop", "stopped", "exited", "signaled", "unknown", "lock-cycle"])
     }
 
     @Test func signaturesGroupRepeatsAndIgnoreAddresses() {

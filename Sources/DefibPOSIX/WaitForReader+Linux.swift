@@ -1,0 +1,47 @@
+import DefibCore
+import Glibc
+
+/// Reads the pthread mutex wait-for graph of a live (hung) process from outside: for every thread asleep in the
+/// futex call a contended `pthread_mutex_lock` makes (/proc/PID/task/TID/syscall), the mutex at the futex address
+/// is read with process_vm_readv and its owner recorded. Nothing is stopped or written; a futex that does not
+/// look like a locked glibc mutex owned by a thread of the process is no edge (condition variables, semaphores,
+/// joins and Go/Java runtime parking all wait on futexes too).
+public enum WaitForReader {
+    /// The edges, and notes on what could not be read.
+    public static func read(pid: Int32) -> (edges: [WaitForEdge], notes: [String]) {
+        let tids = threadIDs(pid: pid)
+        let alive = Set(tids)
+        var names: [Int32: String] = [:]
+        for tid in tids {
+            names[tid] = readTextFile("/proc/\(pid)/task/\(tid)/comm").map { $0.hasSuffix("\n") ? String($0.dropLast()) : $0 } ?? ""
+        }
+        var edges: [WaitForEdge] = []
+        var notes: [String] = []
+        for tid in tids {
+            guard let text = readTextFile("/proc/\(pid)/task/\(tid)/syscall"), let call = SyscallLine(text), call.isMutexWait,
+                  let futex = call.futex else { continue }
+            let fields: (lock: Int32, owner: Int32, kind: Int32)
+            do {
+                let w0 = try ProcessMemory.readUInt64(pid: pid, address: futex.address)
+                let w1 = try ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.ownerOffset)
+                let w2 = try ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.kindOffset)
+                fields = (Int32(truncatingIfNeeded: w0), Int32(truncatingIfNeeded: w1), Int32(truncatingIfNeeded: w2))
+            } catch {
+                notes.append("wait-for graph: thread \(tid) waits on futex \(hex(futex.address)), not readable: \(error)")
+                continue
+            }
+            guard let owner = GlibcMutex.owner(lockWord: fields.lock, ownerField: fields.owner, kindField: fields.kind) else { continue }
+            // The owner must be a thread of this process: a random futex rarely names one, a mutex always does
+            // (or names a thread that has exited holding it, which is reported as such).
+            let ownerName = alive.contains(owner.tid) ? names[owner.tid] ?? "" : ""
+            if !alive.contains(owner.tid) {
+                notes.append("wait-for graph: mutex \(hex(futex.address)) names owner \(owner.tid), not a thread of pid \(pid) (exited holding it, or shared with another process)")
+            }
+            edges.append(WaitForEdge(waiterTid: tid, waiterName: names[tid] ?? "", mutex: hex(futex.address), ownerTid: owner.tid,
+                                     ownerName: ownerName, kind: owner.kind))
+        }
+        return (edges, notes)
+    }
+
+    static func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+}
