@@ -5,6 +5,7 @@
  * channel checks the path that must make progress. After HANG_AFTER pings (default 5) it lets the two
  * workers run: "worker-a" takes lock_a then lock_b, "worker-b" takes lock_b then lock_a, each pausing in
  * between so the cycle forms every time. The next ping then blocks on lock_a as well.
+ * With HANG_ONCE=PATH only the instance that creates PATH hangs (its replacements keep answering).
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 static pthread_mutex_t lock_a = PTHREAD_MUTEX_INITIALIZER;
@@ -52,6 +54,16 @@ static void *worker_b(void *arg) {
     return NULL;
 }
 
+/* Whether this instance should hang: always, or with HANG_ONCE only the first one to create the file. */
+static int should_hang(void) {
+    const char *once = getenv("HANG_ONCE");
+    if (!once) return 1;
+    int fd = open(once, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) return 0;
+    close(fd);
+    return 1;
+}
+
 static void *ping_responder(void *arg) {
     int listener = *(int *)arg;
     int hang_after = getenv("HANG_AFTER") ? atoi(getenv("HANG_AFTER")) : 5;
@@ -65,7 +77,7 @@ static void *ping_responder(void *arg) {
         line[n] = 0;
         char *nl = strchr(line, '\n');
         if (nl) *nl = 0;
-        if (++pings == hang_after) {
+        if (++pings == hang_after && should_hang()) {
             pthread_mutex_lock(&start_mutex);
             started = 1;
             pthread_cond_broadcast(&start_cond);

@@ -6,7 +6,8 @@
 //
 // It answers defib's ping protocol on $DEFIB_CONTROL_SOCKET ("ping TOKEN" -> "pong TOKEN", one line per
 // connection) from a goroutine that resolves a name first, like any query. After HANG_AFTER pings
-// (default 5) the ping path asks for a name the table does not have: the branch that leaks.
+// (default 5) the ping path asks for a name the table does not have: the branch that leaks. With
+// HANG_ONCE=PATH only the instance that creates PATH does (its replacements keep answering).
 package main
 
 import (
@@ -86,6 +87,20 @@ func servePing(t *table, c net.Conn, leak bool) {
 	fmt.Fprintf(c, "pong%s\n", strings.TrimSuffix(strings.TrimPrefix(line, "ping"), "\n"))
 }
 
+// shouldHang: always, or with HANG_ONCE only for the first instance to create the file.
+func shouldHang() bool {
+	once := os.Getenv("HANG_ONCE")
+	if once == "" {
+		return true
+	}
+	f, err := os.OpenFile(once, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return false
+	}
+	f.Close()
+	return true
+}
+
 func main() {
 	path := os.Getenv("DEFIB_CONTROL_SOCKET")
 	if path == "" {
@@ -115,6 +130,6 @@ func main() {
 			continue
 		}
 		pings++
-		go servePing(t, c, pings == hangAfter)
+		go servePing(t, c, pings == hangAfter && shouldHang())
 	}
 }

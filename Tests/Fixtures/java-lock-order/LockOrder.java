@@ -16,7 +16,8 @@ import java.nio.file.Path;
  * Answers defib's ping protocol on $DEFIB_CONTROL_SOCKET ("ping TOKEN" -> "pong TOKEN", one line per
  * connection) after reading shared state inside {@code synchronized (accounts)}, the way a real control
  * channel checks the path that must make progress. After HANG_AFTER pings (default 5) the threads
- * "payments" (accounts, then journal) and "reconciler" (journal, then accounts) start.
+ * "payments" (accounts, then journal) and "reconciler" (journal, then accounts) start. With HANG_ONCE=PATH
+ * only the instance that creates PATH hangs (its replacements keep answering).
  */
 public final class LockOrder {
     static final Object accounts = new Object();
@@ -47,11 +48,22 @@ public final class LockOrder {
         }
     }
 
+    static boolean shouldHang() {
+        String once = System.getenv("HANG_ONCE");
+        if (once == null) return true;
+        try {
+            Files.createFile(Path.of(once));
+            return true;
+        } catch (java.io.IOException e) {
+            return false;
+        }
+    }
+
     static void answerPing(SocketChannel c, int pings, int hangAfter) throws Exception {
         BufferedReader in = new BufferedReader(new InputStreamReader(Channels.newInputStream(c), StandardCharsets.UTF_8));
         String line = in.readLine();
         if (line == null) return;
-        if (pings == hangAfter) {
+        if (pings == hangAfter && shouldHang()) {
             synchronized (start) { started = true; start.notifyAll(); }
         }
         long seen;

@@ -5,7 +5,8 @@ Answers defib's ping protocol on $DEFIB_CONTROL_SOCKET ("ping TOKEN" -> "pong TO
 connection) after reading shared state under `inventory_lock`, the way a real control channel checks the
 path that must make progress. After HANG_AFTER pings (default 5) the two workers start:
 `transfer_stock` takes inventory_lock then ledger_lock, `audit_ledger` takes ledger_lock then
-inventory_lock, each pausing in between so the cycle forms every time."""
+inventory_lock, each pausing in between so the cycle forms every time. With HANG_ONCE=PATH only the
+instance that creates PATH hangs (its replacements keep answering)."""
 import os
 import socket
 import sys
@@ -34,9 +35,20 @@ def audit_ledger():
             stock["widgets"] += 0
 
 
+def should_hang():
+    once = os.environ.get("HANG_ONCE")
+    if not once:
+        return True
+    try:
+        os.close(os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        return True
+    except FileExistsError:
+        return False
+
+
 def answer_ping(conn, pings, hang_after):
     line = conn.makefile().readline().strip()
-    if pings == hang_after:
+    if pings == hang_after and should_hang():
         start.set()
     with inventory_lock:
         _ = stock["widgets"]
