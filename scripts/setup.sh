@@ -3,12 +3,15 @@
 #   base (make demo, make test): libsqlite3-dev (GRDB links the system SQLite), libsystemd-dev
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
 #     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
+#     Runtime evidence and its fixtures: gcc (the C fixture), golang-go and delve (the Go fixture; goroutines
+#     from the core), openjdk-17-jdk-headless (javac, jcmd), and py-spy from PyPI into /usr/local/bin.
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 # Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
 group=${1:-base}
 
-pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config
+      gcc libc6-dev golang-go delve openjdk-17-jdk-headless)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 
 need=()
@@ -29,6 +32,19 @@ if [ ${#need[@]} -gt 0 ]; then
     trap '[ -n "$made_policy" ] && $SUDO rm -f "$policy"' EXIT
     $SUDO apt-get update -qq
     $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# py-spy (Python stacks before the kill) is on PyPI only: its wheel is one static binary, put where defib
+# looks for helpers (/usr/local/bin) whichever Python runs pip.
+if ! command -v py-spy >/dev/null 2>&1 && [ ! -x /usr/local/bin/py-spy ]; then
+    echo "setup: installing py-spy (PyPI) into /usr/local"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    pip_args=(install --quiet --disable-pip-version-check --root-user-action=ignore --prefix /usr/local py-spy)
+    $SUDO python3 -m pip "${pip_args[@]}" 2>/dev/null || $SUDO python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
 
 if ! command -v swift >/dev/null 2>&1; then

@@ -36,6 +36,9 @@ public enum GlibcMutex {
     public static let robustFlag: Int32 = 0x10
     public static let piFlag: Int32 = 0x20
     public static let ppFlag: Int32 = 0x40
+    /// Lock elision hints (PTHREAD_MUTEX_ELISION_NP / _NO_ELISION_NP): `pthread_mutexattr_settype(NORMAL)` sets
+    /// NO_ELISION so that a relock deadlocks as POSIX says.
+    public static let elisionFlags: Int32 = 0x300
     /// The owner recorded in `__lock` by robust and PI mutexes (the rest are FUTEX_WAITERS / OWNER_DIED bits).
     public static let futexTidMask: Int32 = 0x3fff_ffff
     /// futex(2) commands a blocked `pthread_mutex_lock` uses: FUTEX_WAIT for normal, recursive, error-checking,
@@ -45,7 +48,7 @@ public enum GlibcMutex {
     /// The mutex's owner and kind from its first 20 bytes (`lock`, `owner`, `kind` as read), or nil when they do
     /// not look like a locked glibc mutex: an unknown kind, the PP protocol (not read), or no owner recorded.
     public static func owner(lockWord: Int32, ownerField: Int32, kindField: Int32) -> (tid: Int32, kind: String)? {
-        guard kindField >= 0, kindField & ~(kindMask | robustFlag | piFlag | 0x80) == 0 else { return nil }
+        guard kindField >= 0, kindField & ~(kindMask | robustFlag | piFlag | 0x80 | elisionFlags) == 0 else { return nil }
         let type = ["normal", "recursive", "error-checking", "adaptive"][Int(kindField & kindMask)]
         var flags: [String] = []
         var tid = ownerField

@@ -19,7 +19,7 @@ public enum RuntimeTool: String, Sendable, CaseIterable {
     }
 
     /// Where it is looked for, in order: defib's PATH, then the usual system directories.
-    static func searchPath() -> [String] {
+    public static func searchPath() -> [String] {
         let env = getenv("PATH").map { String(cString: $0) } ?? ""
         var dirs: [String] = []
         for d in env.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]
@@ -29,9 +29,9 @@ public enum RuntimeTool: String, Sendable, CaseIterable {
 
     /// The tool's resolved path, or why it cannot be used: missing (with the install hint), or not trusted
     /// (a root supervisor never runs a program someone else could have replaced).
-    public func locate() -> Result<String, RuntimeToolError> {
+    public func locate(in directories: [String] = searchPath()) -> Result<String, RuntimeToolError> {
         var untrusted: String?
-        for dir in Self.searchPath() {
+        for dir in directories {
             let candidate = "\(dir)/\(rawValue)"
             guard access(candidate, X_OK) == 0, let real = realpath(candidate, nil) else { continue }
             let resolved = String(cString: real)
@@ -44,7 +44,7 @@ public enum RuntimeTool: String, Sendable, CaseIterable {
     }
 
     /// Why `path` (already resolved) is not safe to run as root, or nil.
-    static func trustProblem(_ path: String) -> String? {
+    public static func trustProblem(_ path: String) -> String? {
         var st = stat()
         guard stat(path, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return "not a regular file" }
         let me = geteuid()

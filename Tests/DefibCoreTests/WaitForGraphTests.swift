@@ -65,6 +65,8 @@ struct WaitForGraphTests {
         #expect(GlibcMutex.owner(lockWord: 2, ownerField: 4711, kindField: 0)?.tid == 4711)
         #expect(GlibcMutex.owner(lockWord: 2, ownerField: 4711, kindField: 1)?.kind == "recursive")
         #expect(GlibcMutex.owner(lockWord: 2, ownerField: 4711, kindField: 2)?.kind == "error-checking")
+        // pthread_mutexattr_settype(PTHREAD_MUTEX_NORMAL) adds PTHREAD_MUTEX_NO_ELISION_NP (0x200).
+        #expect(GlibcMutex.owner(lockWord: 2, ownerField: 4711, kindField: 0x200)?.kind == "normal")
         // Unlocked, garbage kind, no owner: not a mutex wait.
         #expect(GlibcMutex.owner(lockWord: 0, ownerField: 4711, kindField: 0) == nil)
         #expect(GlibcMutex.owner(lockWord: 2, ownerField: 4711, kindField: 0x1234) == nil)
