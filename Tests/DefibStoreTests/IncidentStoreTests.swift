@@ -63,8 +63,8 @@ func fullyPopulated() -> Incident {
         }
         #expect(mode == "wal")
         #expect(columns == ["id", "service", "pid", "cause_kind", "detected_at", "outcome", "signature", "core_path",
-                            "core_bytes", "body"])
-        #expect(migrations == ["v1"])
+                            "core_bytes", "body", "runtime"])
+        #expect(migrations == ["v1", "runtime-evidence"])
 
         // Opening again (a restarted supervisor) neither fails nor re-runs migrations.
         let again = try IncidentStore.open(stateDirectory: dir.path)
