@@ -12,6 +12,7 @@ public struct GoroutinesJob: Sendable {
     public let outputPath: String
     let scriptPath: String
     let initPath: String
+    let startedNs: Int64
 
     /// The most the job may take before `timeout` kills delve.
     public static let timeLimitSeconds = 60
@@ -38,7 +39,8 @@ public struct GoroutinesJob: Sendable {
                                           "--allow-non-terminal-interactive=true", "--init", initFile],
                                    environment: RuntimeTool.cleanEnvironment(home: scratch))
         request.stdoutFD = out; request.stderrFD = out; request.stdinFromDevNull = true
-        return GoroutinesJob(child: try spawnProcess(request), incidentID: incidentID, outputPath: output, scriptPath: script, initPath: initFile)
+        return GoroutinesJob(child: try spawnProcess(request), incidentID: incidentID, outputPath: output, scriptPath: script, initPath: initFile,
+                             startedNs: monotonicNanoseconds())
     }
 
     /// Reads what delve printed and removes the job's files: the evidence (grouped goroutines, or the error) and
@@ -46,7 +48,8 @@ public struct GoroutinesJob: Sendable {
     public func finish(status: ChildStatus) -> (evidence: RuntimeEvidence, diagnosis: HangDiagnosis?) {
         let text = readTextFile(outputPath, maxBytes: 16 << 20) ?? ""
         for p in [outputPath, scriptPath, initPath] { unlink(p) }
-        var evidence = RuntimeEvidence(runtime: .go, tool: "dlv core")
+        let ms = Double(monotonicNanoseconds() - startedNs) / 1e6
+        var evidence = RuntimeEvidence(runtime: .go, tool: String(format: "dlv core, %.0f ms after the restart", ms))
         do {
             let dump = try GoCoreDump.parse(text)
             evidence.groups = RuntimeStacks.group(dump.goroutines, runtime: .go)
