@@ -24,7 +24,7 @@ public enum RuntimeEvidenceCollector {
     public static func collect(pid: Int32, setting: RuntimeSetting, budgetMs: Int, home: String?) -> BeforeKill {
         let start = monotonicNanoseconds()
         var out = BeforeKill()
-        let graph = WaitForReader.read(pid: pid)
+        let graph = WaitForReader.readStable(pid: pid)
         out.waitFor = graph.edges
         out.notes += graph.notes
         let detected = setting.forced.map { ($0, "forced by capture.runtime") } ?? RuntimeDetector.detect(pid: pid)

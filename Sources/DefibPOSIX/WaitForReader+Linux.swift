@@ -7,6 +7,22 @@ import Glibc
 /// look like a locked glibc mutex owned by a thread of the process is no edge (condition variables, semaphores,
 /// joins and Go/Java runtime parking all wait on futexes too).
 public enum WaitForReader {
+    /// The edges seen in two reads `gapMs` apart (the same waiter, mutex and owner both times): a thread that
+    /// was only passing through a contended lock between the two is not reported.
+    public static func readStable(pid: Int32, gapMs: Int = 5) -> (edges: [WaitForEdge], notes: [String]) {
+        let first = read(pid: pid)
+        guard !first.edges.isEmpty else { return first }
+        usleep(useconds_t(gapMs * 1000))
+        let second = read(pid: pid)
+        let again = Set(second.edges.map { "\($0.waiterTid) \($0.mutex) \($0.ownerTid)" })
+        let stable = first.edges.filter { again.contains("\($0.waiterTid) \($0.mutex) \($0.ownerTid)") }
+        var notes = first.notes
+        if stable.count < first.edges.count {
+            notes.append("wait-for graph: \(first.edges.count - stable.count) edge(s) changed within \(gapMs) ms and were left out")
+        }
+        return (stable, notes)
+    }
+
     /// The edges, and notes on what could not be read.
     public static func read(pid: Int32) -> (edges: [WaitForEdge], notes: [String]) {
         let tids = threadIDs(pid: pid)

@@ -25,7 +25,13 @@ extension Supervisor {
     /// the loop reaps). Returns false when there is nothing to start, so the caller goes on at once.
     func startGoroutinesFromCore(_ closed: Incident) -> Bool {
         guard let id = closed.id, closed.runtimeEvidence?.runtime == .go, closed.runtimeEvidence?.groups.isEmpty == true,
-              let core = closed.capture?.path, let binary = closed.binaryPath else { return false }
+              closed.runtimeEvidence?.error == nil else { return false }
+        guard let core = closed.capture?.path, let binary = closed.binaryPath else {
+            let why = "goroutines are read from the core, and there is none (capture.method = \(config.capture.method.rawValue)"
+                + (closed.capture?.error.map { ", \($0)" } ?? "") + ")"
+            updateStoredIncident(id) { $0.runtimeEvidence?.error = why; $0.notes.append("runtime stacks: \(why)") }
+            return false
+        }
         do {
             let job = try GoroutinesJob.start(binary: binary, core: core, scratch: config.runDirectory, incidentID: id)
             backgroundJobs[job.child.pid] = .goroutines(job)
