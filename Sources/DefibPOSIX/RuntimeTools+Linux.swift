@@ -18,8 +18,12 @@ public enum RuntimeTool: String, Sendable, CaseIterable {
         }
     }
 
-    /// Where it is looked for, in order: defib's PATH, then the usual system directories.
+    /// Where it is looked for, in order: defib's PATH, then the usual system directories — or exactly the
+    /// directories of `DEFIB_HELPER_PATH` when defib was started with it (tools kept in /opt, say).
     public static func searchPath() -> [String] {
+        if let only = getenv("DEFIB_HELPER_PATH").map({ String(cString: $0) }) {
+            return only.split(separator: ":").map(String.init).filter { $0.hasPrefix("/") }
+        }
         let env = getenv("PATH").map { String(cString: $0) } ?? ""
         var dirs: [String] = []
         for d in env.split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"]

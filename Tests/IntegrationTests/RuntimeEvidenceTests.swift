@@ -57,7 +57,7 @@ enum RuntimeFixtures {
 struct RuntimeEvidenceTests {
     /// Supervises `argv` (hanging once, after 5 pings), waits for the first incident to be recovered and for
     /// `ready` to hold on its `info --json`, then stops defib. Returns that JSON and the state directory.
-    static func hangOnce(_ name: String, argv: [String], extra: String = "", dir: Scratch,
+    static func hangOnce(_ name: String, argv: [String], extra: String = "", dir: Scratch, defibEnv: [String: String] = [:],
                          ready: ([String: Any]) -> Bool = { _ in true }) throws -> [String: Any] {
         let state = "\(dir.path)/state"
         let argvTOML = argv.map { "\"\($0)\"" }.joined(separator: ", ")
@@ -79,7 +79,7 @@ struct RuntimeEvidenceTests {
             backoff_initial_ms = 50
             backoff_max_ms = 50
             """.write(toFile: "\(dir.path)/defib.toml", atomically: true, encoding: .utf8)
-        let defib = try Background([Binaries.defib, "run", "--config", "\(dir.path)/defib.toml"], log: "\(dir.path)/defib.log")
+        let defib = try Background([Binaries.defib, "run", "--config", "\(dir.path)/defib.toml"], env: defibEnv, log: "\(dir.path)/defib.log")
         defer { defib.stop() }
         var info: [String: Any] = [:]
         let done = try waitUntil(timeoutMs: 90_000) {
@@ -166,6 +166,17 @@ struct RuntimeEvidenceTests {
         #expect(diagnosis.contains("(payments)") && diagnosis.contains("(reconciler)"), "\(diagnosis)")
         let stacks = Self.runtimeStacksText(info)
         #expect(stacks.contains("LockOrder.pay") && stacks.contains("LockOrder.reconcile"), "\(stacks.prefix(2000))")
+    }
+
+    @Test func aMissingToolIsNamedWithItsPackageAndTheRestOfTheEvidenceIsStillTaken() throws {
+        let dir = Scratch("rt-missing"); defer { dir.remove() }
+        let info = try Self.hangOnce("py-missing", argv: ["python3", "\(RuntimeFixtures.source)/py-lock-order/lock_order.py"], dir: dir,
+                                     defibEnv: ["DEFIB_HELPER_PATH": "\(dir.path)/no-tools"])
+        #expect(info["runtime"] as? String == "python")
+        let error = info["runtime_error"] as? String ?? ""
+        #expect(error.hasPrefix("py-spy: not found; install py-spy from PyPI"), "\(error)")
+        #expect((info["notes"] as? [String] ?? []).contains { $0.hasPrefix("runtime stacks: py-spy: not found") })
+        #expect(info["core_path"] is String && info["stacks"] is String, "the core and gdb's stacks are still there")
     }
 
     @Test func aForcedNativeRuntimeRunsNoRuntimeTool() throws {
