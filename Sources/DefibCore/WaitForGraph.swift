@@ -45,6 +45,14 @@ public enum GlibcMutex {
     /// adaptive and robust mutexes; FUTEX_LOCK_PI / FUTEX_LOCK_PI2 for priority-inheriting ones.
     public static let futexWait = 0, futexLockPI = 6, futexLockPI2 = 13
 
+    /// The owner of a priority-inheriting futex lock: the kernel's PI protocol keeps the owner's tid in the
+    /// futex word itself (with FUTEX_WAITERS / FUTEX_OWNER_DIED above it), whoever built the lock — glibc's PI
+    /// mutexes, and Swift's `Synchronization.Mutex`, which locks with FUTEX_LOCK_PI on Linux.
+    public static func piOwner(lockWord: Int32) -> Int32? {
+        let tid = lockWord & futexTidMask
+        return tid > 0 ? tid : nil
+    }
+
     /// The mutex's owner and kind from its first 20 bytes (`lock`, `owner`, `kind` as read), or nil when they do
     /// not look like a locked glibc mutex: an unknown kind, the PP protocol (not read), or no owner recorded.
     public static func owner(lockWord: Int32, ownerField: Int32, kindField: Int32) -> (tid: Int32, kind: String)? {
@@ -85,6 +93,12 @@ public struct SyscallLine: Sendable, Equatable {
     public var futex: (address: UInt64, command: Int)? {
         guard number == Syscalls.futex else { return nil }
         return (args[0], Int(args[1] & 0x7f))
+    }
+
+    /// FUTEX_LOCK_PI / FUTEX_LOCK_PI2: the futex word names its owner.
+    public var isPILock: Bool {
+        guard let f = futex else { return false }
+        return f.command == GlibcMutex.futexLockPI || f.command == GlibcMutex.futexLockPI2
     }
 
     /// Whether this is the futex call a blocked `pthread_mutex_lock` makes (not a condition variable, semaphore

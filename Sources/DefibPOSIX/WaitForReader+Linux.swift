@@ -36,17 +36,26 @@ public enum WaitForReader {
         for tid in tids {
             guard let text = readTextFile("/proc/\(pid)/task/\(tid)/syscall"), let call = SyscallLine(text), call.isMutexWait,
                   let futex = call.futex else { continue }
-            let fields: (lock: Int32, owner: Int32, kind: Int32)
+            let lockWord: Int32
             do {
-                let w0 = try ProcessMemory.readUInt64(pid: pid, address: futex.address)
-                let w1 = try ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.ownerOffset)
-                let w2 = try ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.kindOffset)
-                fields = (Int32(truncatingIfNeeded: w0), Int32(truncatingIfNeeded: w1), Int32(truncatingIfNeeded: w2))
+                lockWord = Int32(truncatingIfNeeded: try ProcessMemory.readUInt64(pid: pid, address: futex.address))
             } catch {
                 notes.append("wait-for graph: thread \(tid) waits on futex \(hex(futex.address)), not readable: \(error)")
                 continue
             }
-            guard let owner = GlibcMutex.owner(lockWord: fields.lock, ownerField: fields.owner, kindField: fields.kind) else { continue }
+            // The rest of a glibc mutex (owner, kind); absent for a bare PI futex at the end of a mapping.
+            let ownerField = (try? ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.ownerOffset)).map { Int32(truncatingIfNeeded: $0) }
+            let kindField = (try? ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.kindOffset)).map { Int32(truncatingIfNeeded: $0) }
+            let glibc = ownerField.flatMap { o in kindField.flatMap { k in GlibcMutex.owner(lockWord: lockWord, ownerField: o, kindField: k) } }
+            let owner: (tid: Int32, kind: String)
+            if call.isPILock {
+                // The kernel's PI protocol: the owner is in the word, whoever made the lock.
+                guard let piTid = GlibcMutex.piOwner(lockWord: lockWord), alive.contains(piTid) else { continue }
+                owner = (piTid, glibc?.kind.contains("pi") == true ? glibc!.kind : "pi-futex")
+            } else {
+                guard let g = glibc else { continue }
+                owner = g
+            }
             // The owner must be a thread of this process: a random futex rarely names one, a mutex always does
             // (or names a thread that has exited holding it, which is reported as such).
             let ownerName = alive.contains(owner.tid) ? names[owner.tid] ?? "" : ""

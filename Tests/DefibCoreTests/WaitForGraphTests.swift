@@ -83,6 +83,10 @@ struct WaitForGraphTests {
         // pthread_join / condition variables wait with FUTEX_WAIT_BITSET (9), here | PRIVATE | CLOCK_REALTIME.
         #expect(SyscallLine("202 0x7f0deeb2d990 0x109 0x47c9 0x0 0x0 0xffffffff 0x7ffd2ec89da0 0x7f0defbb8f16")?.isMutexWait == false)
         #expect(SyscallLine("43 0x3 0x0 0x0 0x0 0x0 0x73 0x7f0deeb2cc30 0x7f0defc3d72f")?.isMutexWait == false)
+        // FUTEX_LOCK_PI | PRIVATE (Swift's Synchronization.Mutex, glibc PI mutexes): the word names the owner.
+        let pi = try #require(SyscallLine("202 0x555901c141a8 0x86 0x0 0x0 0x0 0x6814 0x7fcb88bfdd88 0x7fcb8bd46829"))
+        #expect(pi.isMutexWait && pi.isPILock)
+        #expect(GlibcMutex.piOwner(lockWord: Int32(bitPattern: 0x8000_0000 | 26644)) == 26644 && GlibcMutex.piOwner(lockWord: 0) == nil)
         #expect(SyscallLine("running") == nil)
         #expect(SyscallLine("-1 0x7ffd 0x7f01") == nil)
     }

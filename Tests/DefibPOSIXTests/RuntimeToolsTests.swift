@@ -3,6 +3,7 @@ import CDefibShims
 @testable import DefibPOSIX
 import Foundation
 import Glibc
+import Synchronization
 import Testing
 
 /// Finding and running the runtime tools the way a root supervisor must, and detecting a runtime.
@@ -133,6 +134,48 @@ struct WaitForReaderTests {
         #expect(robust?.ownerTid == rbox.holderTid && robust?.kind == "normal+robust", "\(String(describing: robust))")
         let (pi, pbox) = try Self.edge(type: Int32(PTHREAD_MUTEX_NORMAL), pi: true)
         #expect(pi?.ownerTid == pbox.holderTid && pi?.kind == "normal+pi", "\(String(describing: pi))")
+    }
+
+    /// Swift's `Synchronization.Mutex` locks with FUTEX_LOCK_PI on Linux: the word holds the owner's tid.
+    @Test func aSwiftMutexIsReadThroughThePIProtocol() throws {
+        final class State: @unchecked Sendable {
+            let mutex = Mutex<Int>(0)
+            var holder: Int32 = 0, waiter: Int32 = 0
+            var fds: [Int32] = [-1, -1]
+            let locked = DispatchSemaphore(value: 0)
+            let done = DispatchGroup()
+        }
+        let s = State()
+        guard pipe(&s.fds) == 0 else { throw SystemError("pipe") }
+        s.done.enter()
+        Thread {
+            s.holder = defib_gettid()
+            s.mutex.withLock { _ in
+                s.locked.signal()
+                var b: UInt8 = 0
+                _ = read(s.fds[0], &b, 1)
+            }
+            s.done.leave()
+        }.start()
+        s.locked.wait()
+        s.done.enter()
+        Thread {
+            s.waiter = defib_gettid()
+            s.mutex.withLock { $0 += 1 }
+            s.done.leave()
+        }.start()
+        var found: WaitForEdge?
+        let deadline = monotonicNanoseconds() + 10_000_000_000
+        while found == nil && monotonicNanoseconds() < deadline {
+            usleep(10_000)
+            found = WaitForReader.read(pid: getpid()).edges.first { $0.waiterTid == s.waiter && s.waiter != 0 }
+        }
+        var b: UInt8 = 1
+        _ = write(s.fds[1], &b, 1)
+        s.done.wait()
+        close(s.fds[0]); close(s.fds[1])
+        let e = try #require(found, "no edge for a Swift Mutex")
+        #expect(e.ownerTid == s.holder && e.kind == "pi-futex")
     }
 
     @Test func noEdgeForAProcessThatIsGone() {
