@@ -172,9 +172,9 @@ public struct JavaThreadDump: Sendable, Equatable {
                 } else if t.hasPrefix("at ") {
                     frames.append(javaFrame(String(t.dropFirst(3))))
                 } else if t.hasPrefix("- "), !frames.isEmpty {
-                    // "- waiting to lock <0x…> (a java.lang.Object)", "- locked <0x…> …": kept as frames without a line,
-                    // so a group shows which monitors its threads hold and want.
-                    frames.append(RuntimeFrame(function: String(t.dropFirst(2))))
+                    // "- waiting to lock <0x…> (a java.lang.Object)", "- locked <0x…> …": kept (with their "- ") as
+                    // annotations of the frame before them, so a group shows which monitors its threads hold and want.
+                    frames.append(RuntimeFrame(function: t))
                 }
                 j += 1
             }

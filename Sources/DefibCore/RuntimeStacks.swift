@@ -117,6 +117,9 @@ public enum RuntimeStacks {
         }
     }
 
+    /// A line about the frame before it rather than a frame ("- waiting to lock <0x…>" in a Java dump).
+    public static func isAnnotation(_ f: RuntimeFrame) -> Bool { f.function.hasPrefix("- ") && f.file.isEmpty }
+
     /// GOROOT/src ("/usr/lib/go-1.19/src/") from where the runtime package's own frames lie, or nil.
     public static func goSourceRoot(_ threads: [RuntimeThread]) -> String? {
         for t in threads {
@@ -143,9 +146,16 @@ public enum RuntimeStacks {
                 byKey[key] = g
             } else {
                 order.append(key)
-                byKey[key] = RuntimeStackGroup(count: 1, state: t.state, members: [member],
-                                               frames: t.frames.filter { !isRuntimeFrame($0, runtime: runtime, goroot: goroot) },
-                                               runtimeFrames: t.frames.filter { isRuntimeFrame($0, runtime: runtime, goroot: goroot) })
+                // An annotation ("- locked <0x…>", Java's) belongs with the frame before it: shown under the
+                // service's frame, dropped from the runtime's one-line summary.
+                var mine: [RuntimeFrame] = [], theirs: [RuntimeFrame] = []
+                var previousIsRuntime = false
+                for f in t.frames {
+                    if isAnnotation(f) { if !previousIsRuntime { mine.append(f) }; continue }
+                    previousIsRuntime = isRuntimeFrame(f, runtime: runtime, goroot: goroot)
+                    if previousIsRuntime { theirs.append(f) } else { mine.append(f) }
+                }
+                byKey[key] = RuntimeStackGroup(count: 1, state: t.state, members: [member], frames: mine, runtimeFrames: theirs)
             }
         }
         let groups = order.compactMap { byKey[$0] }
@@ -171,7 +181,7 @@ public enum RuntimeStacks {
             if !g.state.isEmpty { title += " [\(g.state)]" }
             title += ": " + g.members.joined(separator: ", ") + (g.count > g.members.count ? ", …" : "")
             out.append(title)
-            for f in g.frames { out.append("      \(f.text)") }
+            for f in g.frames { out.append((isAnnotation(f) ? "        " : "      ") + f.text) }
             if !g.runtimeFrames.isEmpty {
                 out.append("      — runtime: " + g.runtimeFrames.prefix(6).map(\.function).joined(separator: " ← ")
                            + (g.runtimeFrames.count > 6 ? " ← …" : ""))

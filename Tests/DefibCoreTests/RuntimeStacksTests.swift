@@ -161,6 +161,21 @@ struct RuntimeStacksTests {
         #expect(d.line == "lock-cycle: thread 25143 (payments) holds object 0x000000069ec1ba70 (a java.lang.Object) and waits for object 0x000000069ec1ba80 (a java.lang.Object) held by thread 25144 (reconciler), which waits for object 0x000000069ec1ba70 (a java.lang.Object) held by 25143; 1 more thread waits behind the cycle: thread 25103 (main)")
         let groups = RuntimeStacks.group(dump.threads, runtime: .java)
         #expect(groups.last?.members == ["25121 VM Thread"], "a JVM thread with no Java frames comes last")
+        let payments = try #require(groups.first { $0.members == ["25143 payments"] })
+        #expect(payments.frames.map(\.function) == ["LockOrder.pay", "- waiting to lock <0x000000069ec1ba80> (a java.lang.Object)",
+                                                     "- locked <0x000000069ec1ba70> (a java.lang.Object)"])
+        #expect(payments.runtimeFrames.map(\.function) == ["java.lang.Thread.run"])
+        // A JDK thread's monitors stay with the JDK's frames: its group has none of the service's.
+        let finalizer = try JavaThreadDump.parse("""
+            "Finalizer" #3 daemon prio=8 os_prio=0 cpu=0.20ms elapsed=10.47s tid=0x00007f62c00f97a0 nid=0x6224 in Object.wait()  [0x00007f62c4744000]
+               java.lang.Thread.State: WAITING (on object monitor)
+            \tat java.lang.Object.wait(java.base@17.0.15/Native Method)
+            \t- waiting on <0x000000069ec0d798> (a java.lang.ref.ReferenceQueue$Lock)
+            \tat java.lang.ref.ReferenceQueue.remove(java.base@17.0.15/ReferenceQueue.java:155)
+            \t- locked <0x000000069ec0d798> (a java.lang.ref.ReferenceQueue$Lock)
+            """)
+        let g = try #require(RuntimeStacks.group(finalizer.threads, runtime: .java).first)
+        #expect(g.frames.isEmpty && g.runtimeFrames.map(\.function) == ["java.lang.Object.wait", "java.lang.ref.ReferenceQueue.remove"])
         // A proven native diagnosis stands; an unknown one takes the JVM's.
         let native = HangDiagnosis(kind: .slowHolder, sentence: "x")
         #expect(RuntimeDiagnoser.combine(native: native, runtime: d, evidence: nil).kind == .slowHolder)
