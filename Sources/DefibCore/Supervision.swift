@@ -179,7 +179,7 @@ public struct Supervision: Sendable {
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
         case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
-             .fileMeasured, .coresScanned, .incidentStored:
+             .fileMeasured, .coresScanned, .incidentStored, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")
         }

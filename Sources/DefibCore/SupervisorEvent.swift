@@ -44,6 +44,10 @@ public enum SupervisorEvent: Sendable, Equatable {
     case helperFailed(String)
     /// The stacks gdb wrote, reduced to threads and frames.
     case stacksRead(String)
+    /// What the runtime's tool read before the kill.
+    indirect case runtimeStacksRead(RuntimeStacksOutcome)
+    /// What delve printed about a core's goroutines.
+    case goroutinesRead(String)
     /// The size of a file, nil when it is not there.
     case fileMeasured(Int64?)
     indirect case coresScanned(CoreInventory)
@@ -97,6 +101,10 @@ public struct ObservationRequest: Sendable, Equatable {
     public var lockWordAddresses: [UInt64] = []
     /// /proc/PID/task.
     public var threadIDs = false
+    /// The pthread mutex wait-for graph: which thread sleeps on which mutex, and its owner (from /proc and memory).
+    public var waitForGraph = false
+    /// Which runtime the process runs (its mappings and executable).
+    public var detectRuntime = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -112,6 +120,8 @@ public struct Observation: Sendable, Equatable {
     /// Address → the word, or why it could not be read.
     public var lockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public var threadIDs: [Int32] = []
+    public var waitFor: WaitForReading?
+    public var runtime: DetectedRuntime?
     public init(pid: Int32) { self.pid = pid }
 }
 

@@ -5,21 +5,11 @@ import Glibc
 /// goroutine's stack, the goroutines asleep on runtime semaphores (`runtime.semtable`, with the address each
 /// sleeps on) and the `sync.RWMutex` behind each Lock/RLock waiter (readerCount, readerWait) — read from the
 /// core's memory, the proof of how many read locks were never released. A child process the supervisor reaps,
-/// like gdb's stacks, bounded by `timeout`.
-public struct GoroutinesJob: Sendable {
-    public let child: ChildProcess
-    public let incidentID: Int64
-    public let outputPath: String
-    let scriptPath: String
-    let initPath: String
-    let startedNs: Int64
-
-    /// The most the job may take before `timeout` kills delve.
-    public static let timeLimitSeconds = 60
-
-    /// Starts delve on `core` of `binary`, its files (script, init commands, output) in `scratch`, a directory
-    /// defib made (0700); delve's HOME is there too.
-    public static func start(binary: String, core: String, scratch: String, incidentID: Int64) throws -> GoroutinesJob {
+/// like gdb's stacks, bounded by `timeout`; what it prints is read by `GoroutinesReport` (DefibCore).
+public enum GoroutinesJob {
+    /// Starts delve on the request's core, its files (script, init commands, output) in the request's
+    /// directory, a directory defib made (0700); delve's HOME is there too. On failure nothing is left behind.
+    public static func start(_ request: GoroutinesRequest) throws -> ChildProcess {
         let dlv: String
         switch RuntimeTool.dlv.locate() {
         case let .success(p): dlv = p
@@ -28,49 +18,25 @@ public struct GoroutinesJob: Sendable {
         guard let timeout = resolveExecutable("timeout", path: "/usr/bin:/bin") else {
             throw RuntimeToolError(tool: "timeout", problem: "not found (coreutils)")
         }
-        let base = "\(scratch)/goroutines.\(incidentID)"
-        let script = base + ".star", initFile = base + ".init", output = base + ".out"
-        try writePrivate(script, starlark)
-        try writePrivate(initFile, "source \(script)\nexit\n")
-        let out = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
-        if out < 0 { throw SystemError("open(\(output))") }
-        defer { close(out) }
-        var request = SpawnRequest(argv: [timeout, "-s", "KILL", String(timeLimitSeconds), dlv, "core", binary, core,
-                                          "--allow-non-terminal-interactive=true", "--init", initFile],
-                                   environment: RuntimeTool.cleanEnvironment(home: scratch))
-        request.stdoutFD = out; request.stderrFD = out; request.stdinFromDevNull = true
-        return GoroutinesJob(child: try spawnProcess(request), incidentID: incidentID, outputPath: output, scriptPath: script, initPath: initFile,
-                             startedNs: monotonicNanoseconds())
-    }
-
-    /// Reads what delve printed and removes the job's files: the evidence (grouped goroutines, or the error) and
-    /// the RWMutex diagnosis when the goroutines show one.
-    public func finish(status: ChildStatus) -> (evidence: RuntimeEvidence, diagnosis: HangDiagnosis?) {
-        let text = readTextFile(outputPath, maxBytes: 16 << 20) ?? ""
-        for p in [outputPath, scriptPath, initPath] { unlink(p) }
-        let ms = Double(monotonicNanoseconds() - startedNs) / 1e6
-        var evidence = RuntimeEvidence(runtime: .go, tool: String(format: "dlv core, %.0f ms after the restart", ms))
         do {
-            let dump = try GoCoreDump.parse(text)
-            evidence.groups = RuntimeStacks.group(dump.goroutines, runtime: .go)
-            evidence.total = dump.goroutines.count
-            if status != .exited(code: 0) { evidence.error = "dlv ended \(status) (output kept)" }
-            return (evidence, RuntimeDiagnoser.goRWMutex(dump))
+            try writePrivate(request.scriptPath, starlark)
+            try writePrivate(request.initPath, "source \(request.scriptPath)\nexit\n")
+            let out = open(request.outputPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            if out < 0 { throw SystemError("open(\(request.outputPath))") }
+            defer { close(out) }
+            var spawn = SpawnRequest(argv: [timeout, "-s", "KILL", String(request.timeLimitSeconds), dlv, "core", request.binary, request.core,
+                                            "--allow-non-terminal-interactive=true", "--init", request.initPath],
+                                     environment: RuntimeTool.cleanEnvironment(home: request.directory))
+            spawn.stdoutFD = out; spawn.stderrFD = out; spawn.stdinFromDevNull = true
+            return try spawnProcess(spawn)
         } catch {
-            let tail = text.split(separator: "\n").suffix(3).joined(separator: " / ")
-            evidence.error = status == .signaled(signal: SIGKILL, coreDumped: false)
-                ? "dlv did not finish within \(Self.timeLimitSeconds) s" : "\(error)\(tail.isEmpty ? "" : " (dlv said: \(tail))")"
-            return (evidence, nil)
+            for path in request.files { unlink(path) }
+            throw error
         }
     }
 
-    /// Kills delve (shutdown) and removes the files.
-    public func cancel() {
-        child.signalGroup(SIGKILL)
-        _ = waitForChild(child, timeoutMs: 2000)
-        child.closePidfd()
-        for p in [outputPath, scriptPath, initPath] { unlink(p) }
-    }
+    /// What delve wrote (at most 16 MiB).
+    public static func read(outputPath: String) -> String { readTextFile(outputPath, maxBytes: 16 << 20) ?? "" }
 
     static func writePrivate(_ path: String, _ text: String) throws {
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)

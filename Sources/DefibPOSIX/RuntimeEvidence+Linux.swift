@@ -1,55 +1,29 @@
 import DefibCore
 import Glibc
 
-/// Runtime evidence from a hung process: the pthread wait-for graph for every program, and the runtime's own
-/// stacks — Python's threads with py-spy and Java's with jcmd before the kill, Go's goroutines with delve from
-/// the core after the restart (`GoroutinesJob`). The two entry points the supervisor calls are
-/// `RuntimeEvidenceCollector.collect` (before the core) and `GoroutinesJob.start` (after the incident closed).
+/// The runtime's own stacks from a hung process, before the kill: Python's threads with py-spy and Java's with
+/// jcmd (Go's goroutines are read by delve from the core after the restart: `GoroutinesJob`). The pthread
+/// wait-for graph (`WaitForReader`) and the runtime (`RuntimeDetector`) come with the observation before it.
 public enum RuntimeEvidenceCollector {
-    /// What was learnt before the kill.
-    public struct BeforeKill: Sendable {
-        /// One edge per thread blocked on a pthread mutex.
-        public var waitFor: [WaitForEdge] = []
-        /// The runtime, how it was told, and its stacks (for Go: pending, read from the core later).
-        public var evidence: RuntimeEvidence?
-        /// A diagnosis only the runtime can give (the JVM's deadlock report).
-        public var runtimeDiagnosis: HangDiagnosis?
-        public var notes: [String] = []
-        /// Wall time spent, which the core's budget loses.
-        public var elapsedMs: Double = 0
-    }
-
-    /// Reads the wait-for graph, detects (or takes the forced) runtime and runs its tool within `budgetMs`.
-    /// Never throws: what fails is in `notes` and `evidence.error`.
-    public static func collect(pid: Int32, setting: RuntimeSetting, budgetMs: Int, home: String?) -> BeforeKill {
-        let start = monotonicNanoseconds()
-        var out = BeforeKill()
-        let graph = WaitForReader.readStable(pid: pid)
-        out.waitFor = graph.edges
-        out.notes += graph.notes
-        let detected = setting.forced.map { ($0, "forced by capture.runtime") } ?? RuntimeDetector.detect(pid: pid)
-        var evidence = RuntimeEvidence(runtime: detected.0)
-        out.notes.append("runtime: \(detected.0.rawValue) (\(detected.1))")
-        let left = max(1, budgetMs - Int((monotonicNanoseconds() - start) / 1_000_000))
-        switch detected.0 {
+    /// Runs the runtime's tool within the request's budget. Never throws: what fails is in `evidence.error`.
+    public static func read(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome {
+        let evidence = RuntimeEvidence(runtime: request.runtime)
+        switch request.runtime {
         case .native:
-            out.evidence = evidence
+            return RuntimeStacksOutcome(evidence: evidence)
         case .go:
             // Goroutines are read from the core after the restart: stopping the process with delve here would
-            // add a second or more to the outage; the core holds the same memory.
-            evidence.tool = "dlv core (after the restart)"
-            if case let .failure(e) = RuntimeTool.dlv.locate() { evidence.error = e.description }
-            out.evidence = evidence
+            // add a second or more to the outage; the core holds the same memory. Only whether delve is there.
+            var e = evidence
+            e.tool = "dlv core (after the restart)"
+            if case let .failure(error) = RuntimeTool.dlv.locate() { e.error = error.description }
+            return RuntimeStacksOutcome(evidence: e)
         case .python:
-            out.evidence = runPySpy(pid: pid, budgetMs: left, evidence: evidence)
+            return RuntimeStacksOutcome(evidence: runPySpy(pid: request.pid, budgetMs: request.budgetMs, evidence: evidence))
         case .java:
-            let (e, diagnosis) = runJcmd(pid: pid, budgetMs: left, home: home, evidence: evidence)
-            out.evidence = e
-            out.runtimeDiagnosis = diagnosis
+            let (e, diagnosis) = runJcmd(pid: request.pid, budgetMs: request.budgetMs, home: request.home, evidence: evidence)
+            return RuntimeStacksOutcome(evidence: e, diagnosis: diagnosis)
         }
-        if let error = out.evidence?.error { out.notes.append("runtime stacks: \(error)") }
-        out.elapsedMs = Double(monotonicNanoseconds() - start) / 1e6
-        return out
     }
 
     /// py-spy in --nonblocking mode: it reads the interpreter's memory without stopping the process (which is

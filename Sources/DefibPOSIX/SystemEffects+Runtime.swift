@@ -1,0 +1,19 @@
+import DefibCore
+
+/// The runtime's tools as effects: py-spy or jcmd against the live process before the kill, delve over a Go
+/// service's core after the close (a helper the loop reaps, like gdb).
+extension SystemEffects {
+    public func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome { RuntimeEvidenceCollector.read(request) }
+
+    public func startGoroutines(_ request: GoroutinesRequest) -> Result<Int32, EffectFailure> {
+        do {
+            let dlv = try GoroutinesJob.start(request)
+            helpers[dlv.pid] = dlv
+            return .success(dlv.pid)
+        } catch {
+            return .failure(EffectFailure("\(error)"))
+        }
+    }
+
+    public func readGoroutines(path: String) -> String { GoroutinesJob.read(outputPath: path) }
+}
