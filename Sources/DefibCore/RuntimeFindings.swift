@@ -64,9 +64,13 @@ public struct GoroutinesRequest: Sendable, Equatable {
         self.binary = binary; self.core = core; self.directory = directory; self.incidentID = incidentID
     }
 
+    /// One name per incident, so two closed incidents' jobs never share a file.
     var base: String { "\(directory)/goroutines.\(incidentID)" }
+    /// The Starlark script delve sources.
     public var scriptPath: String { base + ".star" }
+    /// delve's init commands (source the script, exit).
     public var initPath: String { base + ".init" }
+    /// What delve prints (stdout and stderr), read once it has ended.
     public var outputPath: String { base + ".out" }
     /// Every file the job writes, removed once it is read (or stopped).
     public var files: [String] { [outputPath, scriptPath, initPath] }
@@ -96,9 +100,13 @@ public enum GoroutinesReport {
 /// stacks, a diagnosis only the runtime gives, and notes on what could not be read. Pure: built from the
 /// observation and the tool's answer, like `LockEvidence`.
 public struct RuntimeFindings: Sendable, Equatable {
+    /// One edge per thread blocked on a pthread mutex (the incident's `wait_for`).
     public var waitFor: [WaitForEdge] = []
+    /// The runtime and its stacks (for Go: still to be read from the core).
     public var evidence: RuntimeEvidence
+    /// A diagnosis only the runtime can give, used when the native evidence explains nothing.
     public var diagnosis: HangDiagnosis?
+    /// What could not be read, and which runtime was chosen and why.
     public var notes: [String] = []
 
     /// `stacks` is the tool's answer (nil for a native program: no tool runs).

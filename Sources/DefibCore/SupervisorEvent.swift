@@ -120,7 +120,9 @@ public struct Observation: Sendable, Equatable {
     /// Address → the word, or why it could not be read.
     public var lockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public var threadIDs: [Int32] = []
+    /// The wait-for graph, when asked for: what the diagnosis proves a lock cycle from.
     public var waitFor: WaitForReading?
+    /// The runtime, when asked for: which tool reads its own stacks.
     public var runtime: DetectedRuntime?
     public init(pid: Int32) { self.pid = pid }
 }
