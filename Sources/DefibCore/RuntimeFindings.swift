@@ -38,8 +38,15 @@ public struct RuntimeStacksRequest: Sendable, Equatable {
     public var budgetMs: Int
     /// HOME for the tool: a directory defib made (the JVM's attach files, delve's config).
     public var home: String?
+    /// While the tool runs, keep the service manager's watchdog fed every `periodNs` until the monotonic
+    /// `untilNs`, never longer (the loop does not turn while it waits for the tool).
+    public var managerKeepAlive: (periodNs: Int64, untilNs: Int64)?
     public init(pid: Int32, runtime: ServiceRuntime, budgetMs: Int, home: String?) {
         self.pid = pid; self.runtime = runtime; self.budgetMs = budgetMs; self.home = home
+    }
+    public static func == (a: RuntimeStacksRequest, b: RuntimeStacksRequest) -> Bool {
+        a.pid == b.pid && a.runtime == b.runtime && a.budgetMs == b.budgetMs && a.home == b.home
+            && a.managerKeepAlive?.periodNs == b.managerKeepAlive?.periodNs && a.managerKeepAlive?.untilNs == b.managerKeepAlive?.untilNs
     }
 }
 

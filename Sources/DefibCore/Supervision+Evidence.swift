@@ -22,8 +22,13 @@ extension Supervision {
     mutating func lockEvidenceRead(pid: Int32, observation: Observation) {
         let runtime = DetectedRuntime.chosen(config.capture.runtime, detected: observation.runtime)
         guard runtime.runtime == .native else {
-            let request = RuntimeStacksRequest(pid: pid, runtime: runtime.runtime, budgetMs: config.capture.effectiveRuntimeBudgetMs,
+            var request = RuntimeStacksRequest(pid: pid, runtime: runtime.runtime, budgetMs: config.capture.effectiveRuntimeBudgetMs,
                                                home: config.runDirectory)
+            if let usec = setup.managerWatchdogUsec {
+                // As for the core: the loop waits for the tool (bounded by its budget); a helper feeds the manager's
+                // watchdog until the budget plus a second, never longer.
+                request.managerKeepAlive = (Self.keepAlivePeriodNs(watchdogUsec: usec), now.mono.nanoseconds + Int64(request.budgetMs + 1000) * 1_000_000)
+            }
             ask(.readRuntimeStacks(request), awaiting: .runtimeStacks(pid: pid, observation: observation, runtime: runtime, askedAt: now.mono))
             return
         }

@@ -281,7 +281,7 @@ final class FakeEffects: SupervisorEffects {
     }
 
     func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome {
-        calls.append("runtimeStacks \(request.pid) \(request.runtime.rawValue)")
+        calls.append("runtimeStacks \(request.pid) \(request.runtime.rawValue)" + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
         runtimeRequests.append(request)
         nowMs += runtimeToolMs
         return runtimeStacks ?? RuntimeStacksOutcome(evidence: RuntimeEvidence(runtime: request.runtime))

@@ -103,6 +103,20 @@ import Testing
         #expect(run.logs.contains("info runtime python: 2 stack(s) read in 300 ms"))
     }
 
+    /// Under a service manager's watchdog the loop waits for the tool as it waits for the core: a bounded helper
+    /// keeps the manager fed until the tool's budget plus a second.
+    @Test func theManagersWatchdogIsFedWhileTheToolRuns() throws {
+        let fake = FakeEffects()
+        fake.behaviours = [.hangs(afterMs: 300), .healthy]
+        fake.runtime = DetectedRuntime(runtime: .java, reason: "/usr/lib/jvm/java-17-openjdk-amd64/lib/server/libjvm.so is mapped")
+        fake.runtimeToolMs = 400
+        _ = Run(fake, stopAtMs: 2000, managerWatchdogUsec: 1_000_000, managerListening: true)
+        expectInOrder(fake.actions, ["runtimeStacks 100 java keeping the manager's watchdog fed", "writeCore 100 native first=100 keeping the manager's watchdog fed"])
+        let keepAlive = try #require(fake.runtimeRequests.first?.managerKeepAlive)
+        #expect(keepAlive.periodNs == 400_000_000 && keepAlive.untilNs == (803 + 500 + 1000) * 1_000_000)
+        #expect(fake.coreRequests.first?.budgetMs == 600 && fake.coreRequests.first?.managerKeepAlive?.untilNs == (803 + 400 + 600 + 1000) * 1_000_000)
+    }
+
     /// A forced runtime is not detected; the JVM's own deadlock report becomes the diagnosis when the native
     /// evidence explains nothing, and a tool that failed is named in the incident.
     @Test func aForcedJavaRuntimeTakesTheJVMsDeadlockReport() throws {
