@@ -10,6 +10,8 @@
 #   peers     the same hang under defib, monit, systemd's watchdog (booted in an isolated container: needs root) and
 #             supervisord: hang -> serving, cores, records, refused connections, each supervisor's own cost
 #             (defib-bench peers; about 8 minutes; configs in bench/peers/; needs `scripts/setup.sh bench`)
+#   runtime   the runtime tools' cost and the pause they impose: py-spy --nonblocking vs ptrace, jcmd vs jstack,
+#             dlv on the core after the restart vs dlv attach before the kill (scripts/bench-runtime.py; ~2 minutes)
 #
 # Adding a part (e.g. `peers`, defib vs monit/supervisord): define a function part_NAME below. It runs with
 # $BIN (the release binaries) and $OUT (the report directory) set and must write $OUT/NAME.json holding at least
@@ -78,6 +80,12 @@ needs_peers="defib defib-proxy"
 part_peers() {
     # shellcheck disable=SC2086
     "$BENCH" peers --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" --templates bench/peers ${BENCH_ARGS_peers:-}
+}
+
+needs_runtime="defib"
+
+part_runtime() {
+    BIN="$BIN" OUT="$OUT" python3 scripts/bench-runtime.py
 }
 
 failed=()

@@ -4,6 +4,9 @@
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
 #     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3, zstd and gzip
 #     (compressed cores), and coredumpctl (see below).
+#     Runtime evidence and its fixtures: gcc (the C fixture), golang-go and delve (the Go fixture; goroutines
+#     from the core), openjdk-17-jdk-headless (javac, jcmd), and py-spy from PyPI into /usr/local/bin.
+#     dpkg-dev, binutils, man-db, groff-base, zsh, fish: installing defib and its tests.
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 #   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
 #     part of make test).
@@ -12,7 +15,8 @@ set -euo pipefail
 group=${1:-base}
 
 pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config zstd gzip
-      dpkg-dev binutils man-db groff-base zsh fish)
+      dpkg-dev binutils man-db groff-base zsh fish
+      gcc libc6-dev golang-go delve openjdk-17-jdk-headless)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 [ "$group" = lint ] && pkgs+=(lintian)
 
@@ -54,6 +58,19 @@ if [ ! -x "$coredump_dir/usr/bin/coredumpctl" ]; then
     $SUDO dpkg-deb -x "$tmp"/systemd-coredump_*.deb "$coredump_dir"
     rm -rf "$tmp"
     [ -x "$coredump_dir/usr/bin/coredumpctl" ] || { echo "setup: could not unpack coredumpctl" >&2; exit 1; }
+fi
+
+# py-spy (Python stacks before the kill) is on PyPI only: its wheel is one static binary, put where defib
+# looks for helpers (/usr/local/bin) whichever Python runs pip.
+if ! command -v py-spy >/dev/null 2>&1 && [ ! -x /usr/local/bin/py-spy ]; then
+    echo "setup: installing py-spy (PyPI) into /usr/local"
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+    fi
+    pip_args=(install --quiet --disable-pip-version-check --root-user-action=ignore --prefix /usr/local py-spy)
+    $SUDO python3 -m pip "${pip_args[@]}" 2>/dev/null || $SUDO python3 -m pip "${pip_args[@]}" --break-system-packages
 fi
 
 if ! command -v swift >/dev/null 2>&1; then

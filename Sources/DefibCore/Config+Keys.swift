@@ -17,6 +17,7 @@ struct ConfigField {
         case source(WritableKeyPath<SupervisorConfig, HeartbeatSource>)
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
+        case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
     }
 
     let key: String
@@ -33,7 +34,8 @@ struct ConfigField {
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
                          .init("compress", .compression(\.capture.compress)),
-                         .init("announce_to_coredumpctl", .optionalBool(\.capture.announceToCoredumpctl))]),
+                         .init("announce_to_coredumpctl", .optionalBool(\.capture.announceToCoredumpctl)),
+                         .init("runtime", .runtime(\.capture.runtime)), .init("runtime_budget_ms", .int(\.capture.runtimeBudgetMs))]),
             ("restart", [.init("backoff_initial_ms", .int(\.restart.backoffInitialMs)), .init("backoff_max_ms", .int(\.restart.backoffMaxMs)),
                          .init("backoff_multiplier", .number(\.restart.backoffMultiplier)),
                          .init("backoff_reset_ms", .int(\.restart.backoffResetMs)), .init("intensity_max", .int(\.restart.intensityMax)),
@@ -61,6 +63,7 @@ struct ConfigField {
         case let .source(path): tomlString(config[keyPath: path].rawValue)
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
+        case let .runtime(path): tomlString(config[keyPath: path].rawValue)
         }
     }
 }

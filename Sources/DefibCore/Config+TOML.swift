@@ -171,6 +171,7 @@ extension SupervisorConfig {
         }
 
         duration("capture.budget_ms", capture.budgetMs)
+        duration("capture.runtime_budget_ms", capture.runtimeBudgetMs)
         if let dir = capture.directory, dir.isEmpty { bad("capture.directory", "must not be empty") }
 
         duration("restart.backoff_initial_ms", restart.backoffInitialMs)
@@ -292,6 +293,8 @@ private struct TOMLConfigReader {
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }
         case let .compression(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "compression", default: c[keyPath: path]) }
+        case let .runtime(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "runtime", default: c[keyPath: path]) }
         }
     }
 

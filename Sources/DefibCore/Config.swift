@@ -117,6 +117,14 @@ public struct SupervisorConfig: Sendable, Equatable {
         /// Announce each core to the journal as systemd-coredump does, so coredumpctl lists it; nil = only
         /// when defib runs under journald.
         public var announceToCoredumpctl: Bool?
+        /// Whose stacks to read besides gdb's: the Go, Python or Java runtime's (`auto` detects it).
+        public var runtime: RuntimeSetting = .auto
+        /// Time the runtime's tool (py-spy, jcmd) may take before the kill; part of `budgetMs`, never added to it
+        /// (see `effectiveRuntimeBudgetMs`).
+        public var runtimeBudgetMs: Int = 3000
+        /// The runtime tool's time before the kill: `runtimeBudgetMs`, capped at half the capture budget so the
+        /// core always keeps the other half.
+        public var effectiveRuntimeBudgetMs: Int { max(1, min(runtimeBudgetMs, budgetMs / 2)) }
         public init() {}
     }
     /// `[escalation]`: the stages between a late heartbeat and a kill. Unset values derive from the deadline

@@ -34,6 +34,13 @@ public enum Effect: Sendable, Equatable {
     case startCompression(argv: [String])
     /// The stacks gdb wrote to `path`; answered by `stacksRead`.
     case readStacks(path: String)
+    /// The runtime's own stacks from the live process (py-spy, jcmd) within the request's budget; answered by
+    /// `runtimeStacksRead`.
+    indirect case readRuntimeStacks(RuntimeStacksRequest)
+    /// delve over a Go service's core in the background; answered by `helperStarted` or `helperFailed`.
+    indirect case startGoroutines(GoroutinesRequest)
+    /// What delve wrote to `path`; answered by `goroutinesRead`.
+    case readGoroutines(path: String)
     /// SIGKILL a helper still running at shutdown and reap it.
     case stopHelper(pid: Int32)
     /// Answered by `fileMeasured`.
@@ -145,6 +152,13 @@ public protocol SupervisorEffects: AnyObject {
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>
     /// gdb's output at `path`, reduced to threads and frames.
     func readStacks(path: String) -> String
+    /// The runtime's tool run against the live process, bounded by the request's budget; never throws (what
+    /// failed is in the evidence's `error`).
+    func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome
+    /// delve's pid, or why it could not start.
+    func startGoroutines(_ request: GoroutinesRequest) -> Result<Int32, EffectFailure>
+    /// What delve wrote to `path` (bounded).
+    func readGoroutines(path: String) -> String
     /// SIGKILLs and reaps a helper still running.
     func stopHelper(pid: Int32)
     /// The size of a file, nil when it is not there.

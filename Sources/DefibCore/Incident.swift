@@ -163,6 +163,10 @@ public struct Incident: Sendable, Equatable, Codable {
     /// The signal defib sent to end the process when it was not SIGKILL (the kernel method's core-dumping
     /// signal); see `endingSignal`.
     public var signal: Int32?
+    /// The pthread mutex wait-for graph read before the kill: one edge per thread blocked on a mutex.
+    public var waitFor: [WaitForEdge]?
+    /// The runtime's own stacks (goroutines, Python or Java threads), grouped; nil when none were read.
+    public var runtimeEvidence: RuntimeEvidence?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

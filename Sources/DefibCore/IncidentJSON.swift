@@ -113,8 +113,9 @@ public struct JSONMember: Sendable, Equatable {
 /// null where the source did not say), `threads` (count in the core, or
 /// in /proc), `diagnosis_evidence`, `silence_ms`, `extended_ms`, `progress` ({kind, reason} from /proc),
 /// `thread_states`, `flight_recorder`, `notes`, then who the process was and how it ended (`uid`, `gid`, `comm`,
-/// `argv`, `unit`, `signal`, `signal_name`, `diagnosis_kind`; see `processMembers`), and with `includeStacks`
-/// the `stacks` text (or null).
+/// `argv`, `unit`, `signal`, `signal_name`, `diagnosis_kind`; see `processMembers`), the runtime evidence
+/// (`wait_for`, `runtime`, `runtime_tool`, `runtime_error`, `runtime_stacks`: see `runtimeMembers`), and with
+/// `includeStacks` the `stacks` text (or null).
 public enum IncidentJSON {
     /// The incident as an ordered JSON object.
     public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
@@ -152,6 +153,7 @@ public enum IncidentJSON {
             .init("notes", .array(incident.notes.map { .string($0) })),
         ]
         members += processMembers(incident)
+        members += runtimeMembers(incident)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }

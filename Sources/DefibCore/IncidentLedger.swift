@@ -126,9 +126,11 @@ public struct IncidentLedger: Sendable {
 
     mutating func restarted(newPid: Int32, at date: Date) { changeOpen { $0.restartedAt = date; $0.newPid = newPid } }
 
-    /// The evidence read from the hung process before the core: its program, threads, locks and what they
-    /// diagnose. Returns the diagnosis.
-    mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence) -> HangDiagnosis? {
+    /// The evidence read from the hung process before the core: its program, threads, locks, the wait-for graph
+    /// and runtime stacks, and what they diagnose (a proof from the native evidence stands; a hang it leaves
+    /// `unknown` takes the runtime's diagnosis). Returns the diagnosis.
+    mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence,
+                                runtime: RuntimeFindings? = nil) -> HangDiagnosis? {
         guard var current = open else { return nil }
         current.binaryPath = observation.executable ?? current.binaryPath
         current.process = observation.process ?? current.process   // read again now: it may have changed user or name
@@ -136,10 +138,16 @@ public struct IncidentLedger: Sendable {
         current.notes += evidence.notes
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }
         current.flightRecorder = evidence.recorderSummary
+        if let runtime {
+            current.notes += runtime.notes
+            current.waitFor = runtime.waitFor
+            current.runtimeEvidence = runtime.evidence
+        }
         var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
                                    sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000))
         if let judged = lastJudged, judged.after.pid == pid, judged.before.pid == pid { input.baseline = judged.before }
-        let diagnosis = Diagnoser.diagnose(input)
+        input.waitFor = runtime?.waitFor ?? []
+        let diagnosis = RuntimeDiagnoser.combine(native: Diagnoser.diagnose(input), runtime: runtime?.diagnosis, evidence: runtime?.evidence)
         current.diagnosis = diagnosis.line
         current.diagnosisEvidence = diagnosis.evidence
         current.threads = sample.threads.count
@@ -181,6 +189,29 @@ public struct IncidentLedger: Sendable {
                 stored.diagnosisEvidence = refined.evidence
             }
             stored.signature = stored.computedSignature()
+        }
+    }
+
+    /// A Go service's goroutines read from the core: they replace the pending evidence, their diagnosis replaces
+    /// an `unknown` one (a native proof stands), and the signature follows.
+    mutating func applyGoroutines(incidentID id: Int64, _ outcome: RuntimeStacksOutcome) -> Incident? {
+        change(id) { stored in
+            stored.runtimeEvidence = outcome.evidence
+            if let error = outcome.evidence.error { stored.notes.append("runtime stacks: \(error)") }
+            let current = HangDiagnosis(line: stored.diagnosis, evidence: stored.diagnosisEvidence ?? [])
+                ?? HangDiagnosis(kind: .unknown, sentence: stored.diagnosis)
+            let combined = RuntimeDiagnoser.combine(native: current, runtime: outcome.diagnosis, evidence: outcome.evidence)
+            stored.diagnosis = combined.line
+            stored.diagnosisEvidence = combined.evidence
+            stored.signature = stored.computedSignature()
+        }
+    }
+
+    /// The runtime's stacks could not be read after the close (no core, delve missing or failing to start): why.
+    mutating func runtimeStacksMissing(incidentID id: Int64, _ why: String) {
+        _ = change(id) { stored in
+            stored.runtimeEvidence?.error = why
+            stored.notes.append("runtime stacks: \(why)")
         }
     }
 

@@ -25,6 +25,8 @@ extension Supervision {
             emit(.queryLocks)
         case let .evidenceAfterClose(id):
             evidenceAfterClose(incidentID: id)
+        case let .stacksAfterClose(id):
+            stacksAfterClose(incidentID: id)
         case let .compressOrTrim(id):
             compressOrTrim(incidentID: id)
         case let .retention(justWritten):
@@ -75,6 +77,9 @@ extension Supervision {
         case let (.lockEvidence(pid), .observed(observation)):
             awaiting = nil
             lockEvidenceRead(pid: pid, observation: observation)
+        case let (.runtimeStacks(pid, observation, runtime, askedAt), .runtimeStacksRead(outcome)):
+            awaiting = nil
+            runtimeStacksRead(pid: pid, observation: observation, runtime: runtime, askedAt: askedAt, outcome: outcome)
         case let (.core, .coreWritten(outcome)):
             awaiting = nil
             var steps: [Step] = []
@@ -99,6 +104,9 @@ extension Supervision {
         case let (.stacks(id, output, status), .stacksRead(text)):
             awaiting = nil
             stacksRead(incidentID: id, output: output, status: status, text: text)
+        case let (.goroutines(request, status, startedAt), .goroutinesRead(text)):
+            awaiting = nil
+            goroutinesRead(request, status: status, startedAt: startedAt, text: text)
         case let (.compressedSize(helper, status), .fileMeasured(bytes)):
             awaiting = nil
             compressionEnded(helper, status: status, bytes: bytes)
@@ -170,8 +178,9 @@ extension Supervision {
                 openIncident(cause, detected: now.wall, verdict: nil)
             }
         case let .captureEvidence(pid):
-            // Lock state (flight recorder + words straight from memory), a diagnosis, then the core — in that
-            // order, each stored as soon as it is known, so a failure later never loses what came before.
+            // Lock state (flight recorder + words straight from memory), the pthread wait-for graph and the
+            // runtime (its own stacks next, when it has a tool), a diagnosis, then the core — in that order, each
+            // stored as soon as it is known, so a failure later never loses what came before.
             var request = ObservationRequest(pid: pid, samples: ledger.lastJudged?.after.pid == pid ? .none : .one)
             request.executable = true
             request.flightRecorder = flightRecorderPath
@@ -179,6 +188,8 @@ extension Supervision {
             request.lockWordAddresses = ledger.knownLocks.map(\.address)
             request.threadIDs = true
             request.processIdentity = true
+            request.waitForGraph = true
+            request.detectRuntime = config.capture.runtime.forced == nil
             ask(.observe(request), awaiting: .lockEvidence(pid: pid))
         case let .kill(pid):
             log(.warning, "killing pid \(pid) and its process group (SIGKILL)")

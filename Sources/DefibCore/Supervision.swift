@@ -44,6 +44,8 @@ public struct Supervision: Sendable {
         case stacks(incidentID: Int64, output: String)
         /// gzip/zstd replacing `input` with `output`.
         case compression(incidentID: Int64, input: String, output: String, tool: CoreCompression)
+        /// delve reading a Go service's goroutines from the core, since `startedAt`.
+        case goroutines(GoroutinesRequest, startedAt: MonoTime)
     }
 
     /// Work to do, in order: the machine's actions and the steps that follow an answer.
@@ -54,8 +56,10 @@ public struct Supervision: Sendable {
         indirect case recordCore(CoreOutcome)
         case finishCapture(jitterDraw: Double)
         case queryLocks
-        /// Stacks from the core of a closed incident, then compression, then retention.
+        /// Goroutines (a Go service's) and stacks from the core of a closed incident, then compression, then retention.
         case evidenceAfterClose(incidentID: Int64)
+        /// gdb's stacks from the core, then compression, then retention.
+        case stacksAfterClose(incidentID: Int64)
         case compressOrTrim(incidentID: Int64)
         case retention(justWritten: Int64?)
         /// The core is final (stacks, compression, retention): coredumpctl hears of it, then the incident's
@@ -73,10 +77,12 @@ public struct Supervision: Sendable {
         case verdictAtOpen(FailureCause, pid: Int32, detected: Date)
         case stored
         case lockEvidence(pid: Int32)
+        indirect case runtimeStacks(pid: Int32, observation: Observation, runtime: DetectedRuntime, askedAt: MonoTime)
         case core
         case leftovers(oldPid: Int32, status: ChildStatus)
         case helperStart(Helper)
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
+        case goroutines(GoroutinesRequest, status: ChildStatus, startedAt: MonoTime)
         case compressedSize(Helper, status: ChildStatus)
         case inventory(justWritten: Int64?)
         case announcement(incidentID: Int64, note: String)
@@ -194,7 +200,7 @@ public struct Supervision: Sendable {
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
         case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
-             .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced:
+             .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")
         }

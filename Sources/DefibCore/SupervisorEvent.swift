@@ -46,6 +46,10 @@ public enum SupervisorEvent: Sendable, Equatable {
     case helperFailed(String)
     /// The stacks gdb wrote, reduced to threads and frames.
     case stacksRead(String)
+    /// What the runtime's tool read before the kill.
+    indirect case runtimeStacksRead(RuntimeStacksOutcome)
+    /// What delve printed about a core's goroutines.
+    case goroutinesRead(String)
     /// The size of a file, nil when it is not there.
     case fileMeasured(Int64?)
     indirect case coresScanned(CoreInventory)
@@ -103,6 +107,10 @@ public struct ObservationRequest: Sendable, Equatable {
     public var threadIDs = false
     /// Who the process runs as (uid, gid, comm, command line, cgroup): what coredumpctl lists a core by.
     public var processIdentity = false
+    /// The pthread mutex wait-for graph: which thread sleeps on which mutex, and its owner (from /proc and memory).
+    public var waitForGraph = false
+    /// Which runtime the process runs (its mappings and executable).
+    public var detectRuntime = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -120,6 +128,10 @@ public struct Observation: Sendable, Equatable {
     public var threadIDs: [Int32] = []
     /// nil when not asked for, or when the process is gone.
     public var process: IncidentProcess?
+    /// The wait-for graph, when asked for: what the diagnosis proves a lock cycle from.
+    public var waitFor: WaitForReading?
+    /// The runtime, when asked for: which tool reads its own stacks.
+    public var runtime: DetectedRuntime?
     public init(pid: Int32) { self.pid = pid }
 }
 

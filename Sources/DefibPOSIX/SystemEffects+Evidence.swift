@@ -33,6 +33,14 @@ extension SystemEffects {
         }
         if request.threadIDs { observation.threadIDs = threadIDs(pid: pid) }
         if request.processIdentity { observation.process = ProcessIdentity.read(pid: pid) }
+        if request.waitForGraph {
+            let graph = WaitForReader.readStable(pid: pid)
+            observation.waitFor = WaitForReading(edges: graph.edges, notes: graph.notes)
+        }
+        if request.detectRuntime {
+            let (runtime, reason) = RuntimeDetector.detect(pid: pid)
+            observation.runtime = DetectedRuntime(runtime: runtime, reason: reason)
+        }
         return observation
     }
 
@@ -118,6 +126,8 @@ extension SystemEffects {
     public func stopHelper(pid: Int32) {
         guard let helper = helpers.removeValue(forKey: pid) else { return }
         try? helper.signal(SIGKILL)
+        // A helper that runs another (`timeout` over delve) leaves it in its process group.
+        helper.signalGroup(SIGKILL)
         _ = waitForChild(helper, timeoutMs: 2000)
         helper.closePidfd()
     }

@@ -82,6 +82,12 @@ public final class Supervisor {
             return Self.helper(effects.startCompression(argv: argv))
         case let .readStacks(path):
             return .stacksRead(effects.readStacks(path: path))
+        case let .readRuntimeStacks(request):
+            return .runtimeStacksRead(effects.readRuntimeStacks(request))
+        case let .startGoroutines(request):
+            return Self.helper(effects.startGoroutines(request))
+        case let .readGoroutines(path):
+            return .goroutinesRead(effects.readGoroutines(path: path))
         case let .stopHelper(pid):
             effects.stopHelper(pid: pid)
         case let .measureFile(path):

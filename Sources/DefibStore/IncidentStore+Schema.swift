@@ -58,6 +58,15 @@ enum IncidentSchema {
                 CREATE INDEX incident_by_diagnosis_kind ON incident (diagnosis_kind);
                 """)
         }
+        migrator.registerMigration("runtime-evidence") { db in
+            // The runtime a hang's evidence came from ("go", "python", "java", "native"), for queries such as
+            // "every Java deadlock": a virtual column over the body (the record of truth), so no writer changes.
+            // json_valid first: a damaged body must stay readable as a row (and reported), never fail the write.
+            try db.execute(sql: """
+                ALTER TABLE incident ADD COLUMN runtime TEXT GENERATED ALWAYS AS (CASE WHEN json_valid(body) THEN json_extract(body, '$.runtimeEvidence.runtime') END) VIRTUAL;
+                CREATE INDEX incident_by_runtime ON incident (runtime) WHERE runtime IS NOT NULL;
+                """)
+        }
         return migrator
     }
 }

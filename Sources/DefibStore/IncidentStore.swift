@@ -117,6 +117,13 @@ public final class IncidentStore: Sendable {
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
     }
 
+    /// Incidents whose evidence came from `runtime` (the `runtime` column), newest first.
+    public func list(runtime: ServiceRuntime, limit: Int? = nil) throws -> [Incident] {
+        try fetch("list incidents of runtime \(runtime.rawValue)",
+                  sql: "SELECT \(Self.columns) FROM incident WHERE runtime = ? ORDER BY detected_at DESC, id DESC" + (limit.map { " LIMIT \($0)" } ?? ""),
+                  arguments: [runtime.rawValue])
+    }
+
     /// Changes the stored incident `id` in one write transaction (read, change, write back), for an incident
     /// whose writer no longer holds it. Throws `.notFound` when there is none.
     public func modify(id: Int64, _ change: @escaping @Sendable (inout Incident) -> Void) throws {

@@ -65,6 +65,8 @@ struct CheckConfigCommand: ParsableCommand {
               + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")
               + (cap.method == .none ? "" : cap.announceToCoredumpctl.map { $0 ? ", announced to coredumpctl" : ", not announced to coredumpctl" }
                  ?? ", announced to coredumpctl under journald")])
+        rows.append(["  runtime", (cap.runtime == .auto ? "detected (Go, Python, Java or native)" : cap.runtime.rawValue)
+            + ", its tool within \(cap.effectiveRuntimeBudgetMs) ms of the capture budget"])
         let ret = c.retention
         rows.append(["retention", "\(ret.maxPerService) cores per service; at most \(ret.maxUseBytes.map { "\($0 >> 20) MiB" } ?? "10 % of the disk"), "
             + "keeping \(ret.keepFreeBytes.map { "\($0 >> 20) MiB" } ?? "15 % of the disk") free"])

@@ -161,6 +161,7 @@ struct IncidentsInfoCommand: ParsableCommand {
             out.append(contentsOf: i.notes.map { "  - \($0)" })
         }
 
+        out += IncidentsRuntimeSection.lines(i)
         out.append("")
         out.append("Stacks")
         if let stacks = i.stacks, !stacks.isEmpty {

@@ -75,6 +75,20 @@ final class FakeEffects: SupervisorEffects {
     var journalRefuses: String?
     private(set) var journal: [[JournalField]] = []
 
+    // Runtime evidence: the wait-for graph and runtime the observation finds, what the runtime's tool answers
+    // (and how long it takes), and what delve prints over a core.
+    var waitFor: [WaitForEdge] = []
+    var waitForNotes: [String] = []
+    var runtime = DetectedRuntime(runtime: .native, reason: "no Go build info, libpython or libjvm")
+    var runtimeStacks: RuntimeStacksOutcome?
+    var runtimeToolMs: Int64 = 0
+    var goroutinesText = ""
+    var goroutinesFailure: String?
+    private(set) var observeRequests: [ObservationRequest] = []
+    private(set) var coreRequests: [CoreRequest] = []
+    private(set) var runtimeRequests: [RuntimeStacksRequest] = []
+    private(set) var goroutinesRequests: [GoroutinesRequest] = []
+
     // The store.
     private(set) var stored: [Int64: Incident] = [:]
     var nextIncidentID: Int64 = 1
@@ -196,6 +210,7 @@ final class FakeEffects: SupervisorEffects {
         if request.executable { what += " capture" } else if request.flightRecorder != nil { what += " recorder" }
         else if request.processIdentity { what += " identity" }
         calls.append("observe \(request.pid) \(what)")
+        observeRequests.append(request)
         var observation = Observation(pid: request.pid)
         switch request.samples {
         case .none: break
@@ -223,12 +238,16 @@ final class FakeEffects: SupervisorEffects {
         if request.processIdentity, instances[request.pid]?.alive == true {
             observation.process = (request.executable ? identityBeforeCore : nil) ?? identityLaterByPid[request.pid] ?? identityLater
         }
+        if request.waitForGraph { observation.waitFor = WaitForReading(edges: waitFor, notes: waitForNotes) }
+        if request.detectRuntime { observation.runtime = runtime }
         return observation
     }
 
     func writeCore(_ request: CoreRequest) -> CoreOutcome {
         calls.append("writeCore \(request.pid) \(request.method.rawValue)" + (request.firstThread.map { " first=\($0)" } ?? "")
                      + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
+        coreRequests.append(request)
+        if request.method == .none { return CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)) }
         nowMs += coreDurationMs
         if let coreFailure {
             return CoreOutcome(record: CaptureRecord(method: request.method.rawValue, path: nil, bytes: 0, durationMs: Double(coreDurationMs), error: coreFailure))
@@ -277,6 +296,27 @@ final class FakeEffects: SupervisorEffects {
     func readStacks(path: String) -> String {
         calls.append("readStacks")
         return stacksText
+    }
+
+    func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome {
+        calls.append("runtimeStacks \(request.pid) \(request.runtime.rawValue)" + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
+        runtimeRequests.append(request)
+        nowMs += runtimeToolMs
+        return runtimeStacks ?? RuntimeStacksOutcome(evidence: RuntimeEvidence(runtime: request.runtime))
+    }
+
+    func startGoroutines(_ request: GoroutinesRequest) -> Result<Int32, EffectFailure> {
+        calls.append("startGoroutines \(request.core)")
+        goroutinesRequests.append(request)
+        if let goroutinesFailure { return .failure(EffectFailure(goroutinesFailure)) }
+        files[request.scriptPath] = 1
+        files[request.initPath] = 1
+        return startHelper(output: request.outputPath, bytes: Int64(goroutinesText.utf8.count))
+    }
+
+    func readGoroutines(path: String) -> String {
+        calls.append("readGoroutines")
+        return files[path] == nil ? "" : goroutinesText
     }
 
     func stopHelper(pid: Int32) {

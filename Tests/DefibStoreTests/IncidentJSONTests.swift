@@ -12,6 +12,8 @@ import Testing
                                "thread_states", "flight_recorder", "notes"]
                                // who the process was and how it ended (coredumpctl's columns)
                                + ["uid", "gid", "comm", "argv", "unit", "signal", "signal_name", "diagnosis_kind"]
+                               // the runtime evidence
+                               + ["wait_for", "runtime", "runtime_tool", "runtime_error", "runtime_stacks"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
