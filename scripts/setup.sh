@@ -3,12 +3,16 @@
 #   base (make demo, make test): libsqlite3-dev (GRDB links the system SQLite), libsystemd-dev
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
 #     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
+#   real programs the probe and multi-process tests run as they are, each on loopback with a free port
+#   and a temp directory (their packaged services are never started): redis-server and redis-tools,
+#   nginx (master + workers), systemd-timesyncd (a daemon that drops privileges and speaks sd_notify).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 # Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
 group=${1:-base}
 
 pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+pkgs+=(redis-server redis-tools nginx systemd-timesyncd)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 
 need=()
