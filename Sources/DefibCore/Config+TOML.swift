@@ -225,6 +225,7 @@ extension SupervisorConfig {
         for socket in sockets where SocketSpec.numericHost(socket.host) == nil {
             bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
+        issues += heartbeat.probeIssues() + service.identityIssues()
         return issues
     }
 }
@@ -246,16 +247,26 @@ private struct TOMLConfigReader {
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
-            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory"])
+            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory", "user", "group", "supplementary_groups"])
             if let v = string(t, "name", prefix: "service.") { c.service.name = v }
             if let v = stringArray(t, "argv", prefix: "service.") { c.service.argv = v }
             if let v = stringTable(t, "env", prefix: "service.") { c.service.environment = v }
             if let v = string(t, "working_directory", prefix: "service.") { c.service.workingDirectory = v }
+            if let v = string(t, "user", prefix: "service.") { c.service.user = v }
+            if let v = string(t, "group", prefix: "service.") { c.service.group = v }
+            if let v = stringArray(t, "supplementary_groups", prefix: "service.") { c.service.supplementaryGroups = v }
         }
         if let t = table(root, "heartbeat") {
             let p = "heartbeat."
-            unknownKeys(t, prefix: p, known: ["source", "interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket"])
-            if let v = string(t, "source", prefix: p) { c.heartbeat.source = oneOf(v, key: p + "source", what: "heartbeat source", default: c.heartbeat.source) }
+            unknownKeys(t, prefix: p, known: ["source", "interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket",
+                                              "probe", "probe_timeout_ms", "probe_expect_status", "probe_expect_body", "probe_send", "probe_expect"])
+            if let v = string(t, "source", prefix: p) { c.heartbeat.mode = oneOf(v, key: p + "source", what: "heartbeat source", default: c.heartbeat.mode) }
+            if let v = string(t, "probe", prefix: p) { c.heartbeat.probe = v }
+            if let v = int(t, "probe_timeout_ms", prefix: p) { c.heartbeat.probeTimeoutMs = v }
+            if let v = int(t, "probe_expect_status", prefix: p) { c.heartbeat.probeExpectStatus = v }
+            if let v = string(t, "probe_expect_body", prefix: p) { c.heartbeat.probeExpectBody = v }
+            if let v = string(t, "probe_send", prefix: p) { c.heartbeat.probeSend = v }
+            if let v = string(t, "probe_expect", prefix: p) { c.heartbeat.probeExpect = v }
             if let v = int(t, "interval_ms", prefix: p) { c.heartbeat.intervalMs = v }
             if let v = int(t, "deadline_ms", prefix: p) { c.heartbeat.deadlineMs = v }
             if let v = int(t, "misses", prefix: p) { c.heartbeat.misses = v }
