@@ -158,6 +158,9 @@ public struct Incident: Sendable, Equatable, Codable {
     public var diagnosisEvidence: [String]?
     /// Where the flight recorder was read from and what it said at the hang, when there was one.
     public var flightRecorder: String?
+    /// Every process of a multi-process instance (master and workers) as judged at the hang, with the cores
+    /// written of the stuck ones; nil when the instance was one process or they were not judged.
+    public var processes: [ServiceProcessRecord]?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

@@ -108,7 +108,8 @@ public struct JSONMember: Sendable, Equatable {
 /// `holder_waiting_for_readers`, `read_holders` [{`tid`, `depth`, `since`, `exited`}], `more_read_holders`;
 /// null where the source did not say), `threads` (count in the core, or
 /// in /proc), `diagnosis_evidence`, `silence_ms`, `extended_ms`, `progress` ({kind, reason} from /proc),
-/// `thread_states`, `flight_recorder`, `notes`, and with `includeStacks` the `stacks` text (or null).
+/// `thread_states`, `flight_recorder`, `notes`, `processes` (see `processMembers`), and with `includeStacks` the
+/// `stacks` text (or null).
 public enum IncidentJSON {
     /// The incident as an ordered JSON object.
     public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
@@ -145,6 +146,7 @@ public enum IncidentJSON {
             .init("flight_recorder", string(incident.flightRecorder)),
             .init("notes", .array(incident.notes.map { .string($0) })),
         ]
+        members += processMembers(incident)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }
