@@ -9,7 +9,8 @@ import Testing
                                "started_at", "detected_at", "killed_at", "restarted_at", "ready_at", "restore_ms", "new_pid",
                                "capture_method", "core_path", "core_bytes", "capture_ms", "capture_error", "lock_words",
                                "lock_state", "threads", "diagnosis_evidence", "silence_ms", "extended_ms", "progress",
-                               "thread_states", "flight_recorder", "notes"]
+                               "thread_states", "flight_recorder", "notes",
+                               "processes"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
