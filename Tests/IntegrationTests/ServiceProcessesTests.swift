@@ -54,7 +54,7 @@ struct ServiceProcessesTests {
         let master = try nginx.start()
         let workers = nginx.workers().sorted()
         try nginx.spin(worker: workers[1])
-        let judged = ServiceProcesses.judge(mainPID: master.pid, apartMs: 500, thresholds: Self.thresholds)
+        let judged = ServiceProcesses.judge(mainPID: master.pid, apartMs: 1000, thresholds: Self.thresholds)
         #expect(judged.map(\.condition) == [.idle, .idle, .busy], "\(judged.map(\.reason))")
         #expect(judged[2].cpuNs > 0 && judged[2].pid == workers[1])
         #expect(ServiceProgressJudge.captureOrder(judged).map(\.pid) == [master.pid, workers[1]])
