@@ -62,6 +62,7 @@ public enum ProbeKind: String, Sendable, Codable, CaseIterable {
 public struct HTTPProbeTarget: Sendable, Equatable {
     /// The host as written (a name, an IPv4 literal, or an IPv6 literal without brackets).
     public var host: String
+    /// The TCP port (80 unless the URL says).
     public var port: Int
     /// Path and query, starting with "/".
     public var path: String
@@ -131,6 +132,7 @@ public struct HTTPProbeTarget: Sendable, Equatable {
 
 /// Why a `[heartbeat] probe` setting cannot be used, in words.
 public struct ProbeSpecError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What is wrong, in words.
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
@@ -145,6 +147,7 @@ public struct ProbeSpec: Sendable, Equatable {
         case exec(argv: [String])
     }
 
+    /// What the probe reaches.
     public var target: Target
     /// One attempt's time limit: past it the attempt is a miss (the loop calls `timedOut()`).
     public var timeoutMs: Int

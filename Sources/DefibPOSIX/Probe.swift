@@ -33,8 +33,11 @@ public protocol ProbeAttempt: AnyObject {
 /// look like a hang of a healthy service and get it killed. A probe reaches one service on one host, whose
 /// address does not move while defib runs; for a name that does, an exec probe (`curl …`) resolves per attempt.
 public struct ResolvedProbe: Sendable {
+    /// The probe as configured.
     public let spec: ProbeSpec
+    /// Where an http or tcp probe connects (nil for exec).
     public let address: ProbeAddress?
+    /// Who an exec probe runs as (the service's identity; nil = defib's).
     public let credentials: ProcessCredentials?
 
     public init(spec: ProbeSpec, address: ProbeAddress?, credentials: ProcessCredentials?) {
@@ -98,6 +101,7 @@ public struct ResolvedProbe: Sendable {
 
 /// A numeric socket address (IPv4 or IPv6) a probe connects to.
 public struct ProbeAddress: Sendable, Equatable, CustomStringConvertible {
+    /// AF_INET or AF_INET6.
     public let family: Int32
     /// The sockaddr_in or sockaddr_in6, as bytes.
     public let storage: [UInt8]
@@ -154,6 +158,7 @@ public struct ProbeAddress: Sendable, Equatable, CustomStringConvertible {
 
 /// A probe that cannot be set up at start-up (a name that does not resolve, a program that does not exist).
 public struct ProbeSetupError: Error, Sendable, Equatable, CustomStringConvertible {
+    /// What cannot be set up, in words.
     public var message: String
     public init(_ message: String) { self.message = message }
     public var description: String { message }
