@@ -96,13 +96,13 @@ public struct SupervisorConfig: Sendable, Equatable {
     }
     /// `[heartbeat]`
     public struct Heartbeat: Sendable, Equatable {
-        /// Where heartbeats come from, as configured: `ping` (control channel), `notify` (sd_notify WATCHDOG=1),
-        /// `both`, a probe (`http`, `tcp`, `exec`), `auto` or `none`. The default stays `ping` until the
-        /// supervisor runs `auto`.
-        public var mode: HeartbeatMode = .ping
-        /// The protocol heartbeat the supervision machine runs (ping, notify or both). Probes, `auto` and `none`
-        /// are not protocol sources: for them this reads `.ping`, and `defib run` refuses them until the
-        /// supervisor's loop runs them (see `HeartbeatMode.protocolSource`). Setting it sets `mode`.
+        /// Where heartbeats come from, as configured: `auto` (the default: ping once the child listens on its
+        /// control socket, sd_notify once it sends WATCHDOG=1, its exit only while it does neither), `ping`
+        /// (control channel), `notify` (sd_notify WATCHDOG=1), `both`, a probe (`http`, `tcp`, `exec`) or `none`.
+        public var mode: HeartbeatMode = .auto
+        /// The protocol heartbeat of a `ping`, `notify` or `both` mode. The other modes are not one protocol:
+        /// for them this reads `.ping` (a probe runs as pings do; `auto` and `none` are the machine's own
+        /// business, see `SupervisorMachine.Settings.mode`). Setting it sets `mode`.
         public var source: HeartbeatSource {
             get { mode.protocolSource ?? .ping }
             set { mode = HeartbeatMode(newValue) }

@@ -149,6 +149,34 @@ public enum ServiceProgressJudge {
         }
     }
 
+    /// The verdict on the instance as a whole, from its main process's verdict and every process's judgement.
+    /// The main process decides when it is itself the problem (stopped, busy, or asleep outside event waits).
+    /// When it is merely idle — a master waiting for its workers — the workers decide, most decisive first:
+    /// stopped, stuck, busy; then a starved process anywhere means starved (the deadline is extended, as for a
+    /// single process). A single-process instance keeps its main verdict.
+    public static func instanceVerdict(main: ProgressVerdict, _ judgements: [ProcessJudgement]) -> ProgressVerdict {
+        guard judgements.count > 1 else { return main }
+        switch main {
+        case .stopped, .busy: return main
+        case .stuck, .starved, .gone, .unclear: break
+        }
+        let mainJudgement = judgements.first(where: \.isMain)
+        if mainJudgement?.condition == .stuck { return main }
+        let others = judgements.filter { !$0.isMain }
+        let mainState = mainJudgement.map { "; main \($0.pid) (\($0.comm)) \($0.condition.rawValue)" } ?? ""
+        func listed(_ condition: ProcessCondition) -> [ProcessJudgement] { others.filter { $0.condition == condition } }
+        func names(_ list: [ProcessJudgement]) -> String {
+            (list.count == 1 ? "process " : "processes ") + list.map { "\($0.pid) (\($0.comm))" }.joined(separator: ", ")
+        }
+        let stopped = listed(.stopped), stuck = listed(.stuck), busy = listed(.busy), starved = listed(.starved)
+        if !stopped.isEmpty { return .stopped("\(names(stopped)) of the instance stopped: \(stopped[0].reason)\(mainState)") }
+        if !stuck.isEmpty { return .stuck("\(names(stuck)) of the instance stuck: \(stuck[0].reason)\(mainState)") }
+        if !busy.isEmpty { return .busy("\(names(busy)) of the instance busy: \(busy[0].reason)\(mainState)") }
+        if case .starved = main { return main }
+        if !starved.isEmpty { return .starved("\(names(starved)) of the instance starved: \(starved[0].reason)\(mainState)") }
+        return main
+    }
+
     /// One line for the incident's notes: "3 processes: main 1200 nginx idle; 1201 nginx stopped; 1202 nginx stopped".
     public static func summary(_ judgements: [ProcessJudgement]) -> String {
         "\(judgements.count) process\(judgements.count == 1 ? "" : "es"): "

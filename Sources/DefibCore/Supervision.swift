@@ -45,6 +45,8 @@ public struct Supervision: Sendable {
         /// The instance is gone: say so, drop its requests, kill what it left behind, then tell the machine.
         case instanceEnded(pid: Int32, status: ChildStatus)
         indirect case recordCore(CoreOutcome)
+        /// The next stuck process of the instance after the main one, while the capture budget lasts.
+        case captureNextProcess
         case finishCapture(jitterDraw: Double)
         case queryLocks
         /// Stacks from the core of a closed incident, then compression, then retention.
@@ -64,6 +66,7 @@ public struct Supervision: Sendable {
         case stored
         case lockEvidence(pid: Int32)
         case core
+        case processCore(pid: Int32)
         case leftovers(oldPid: Int32, status: ChildStatus)
         case helperStart(Helper)
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
@@ -85,6 +88,17 @@ public struct Supervision: Sendable {
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.
     var locksQueryDeadline: MonoTime?
+    /// The probe that is the heartbeat (`http`, `tcp`, `exec`), nil for the protocols.
+    let probe: ProbeSpec?
+    /// The probe attempt running.
+    var probeOpen: ProbeInFlight?
+    /// What the last probe attempt of the current silence said (nil once a beat comes).
+    var lastProbeFailure: String?
+    /// `auto`'s warning about a service supervised for its exit only is given once.
+    var warnedUnheard = false
+    /// The other stuck processes of the instance still to capture, in order, and when the capture began.
+    var processCaptureQueue: [Int32] = []
+    var captureStartedAt: MonoTime?
     var helpers: [Int32: Helper] = [:]
     var nextManagerKeepAlive = MonoTime(nanoseconds: 0)
     var announcedReady = false
@@ -106,12 +120,23 @@ public struct Supervision: Sendable {
         self.setup = setup
         machine = SupervisorMachine(settings: .init(setup.config))
         ledger = IncidentLedger(service: setup.config.service.name)
+        probe = try? setup.config.heartbeat.probeSpec()
+    }
+
+    /// A probe attempt in flight: `attempt` is the token it was started with (its result carries it), `token`
+    /// the machine's ping it answers (a retry during start-up hands the running attempt the new token rather than
+    /// cutting it short), `deadline` when its time is up.
+    struct ProbeInFlight: Sendable, Equatable {
+        var attempt: UInt64
+        var token: UInt64
+        var sentAt: MonoTime
+        var deadline: MonoTime
     }
 
     /// When the runtime must come back with a `.tick` at the latest (it also wakes at most every second).
     public var nextWakeup: MonoTime? {
         if let exiting { return exiting.deadline }
-        var times = [machine.nextWakeup, locksQueryDeadline].compactMap { $0 }
+        var times = [machine.nextWakeup, locksQueryDeadline, probeOpen?.deadline].compactMap { $0 }
         if setup.managerWatchdogUsec != nil { times.append(nextManagerKeepAlive) }
         return times.min()
     }
@@ -146,6 +171,10 @@ public struct Supervision: Sendable {
                 emit(.cancelLocksQuery)
                 log(.debug, "locks query timed out")
             }
+            if let open = probeOpen, now.mono >= open.deadline {
+                // The attempt's time is up: its answer (what it was still waiting for) is its miss.
+                emit(.timeOutProbe(token: open.attempt))
+            }
             schedule(machine.tick(at: now.mono))
         case let .signal(sig):
             log(.info, "received \(signalName(sig)); stopping the service and exiting")
@@ -170,6 +199,8 @@ public struct Supervision: Sendable {
         case let .pingFailed(token, problem):
             pingOpen = nil
             schedule(machine.pingFailed(token: token, reason: problem, at: now.mono))
+        case let .probeResult(attempt, progress):
+            probeAnswered(attempt: attempt, progress: progress)
         case let .locksReply(line):
             locksQueryDeadline = nil
             if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { log(.warning, "unreadable 'locks' reply: \(line.prefix(200))") }
@@ -207,6 +238,27 @@ public struct Supervision: Sendable {
             agenda.append(.helperEnded(pid: pid, status: status))
         } else {
             log(.debug, "reaped orphan pid \(pid): \(machine.describe(status))")
+        }
+    }
+
+    /// A probe attempt's verdict, for the machine a pong or a failed ping of the token it answers.
+    private mutating func probeAnswered(attempt: UInt64, progress: ProbeProgress) {
+        guard let open = probeOpen, open.attempt == attempt else {
+            log(.debug, "result of a probe attempt no longer awaited ignored: \(progress)")
+            return
+        }
+        switch progress {
+        case .pending:
+            return
+        case .beat:
+            probeOpen = nil
+            lastProbeFailure = nil
+            emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - open.sentAt.nanoseconds)))
+            schedule(machine.pongReceived(token: open.token, at: now.mono))
+        case let .miss(failure):
+            probeOpen = nil
+            lastProbeFailure = failure.description
+            schedule(machine.pingFailed(token: open.token, reason: failure.description, at: now.mono))
         }
     }
 
@@ -253,6 +305,7 @@ public struct Supervision: Sendable {
 
     mutating func finish() {
         guard let exiting else { return }
+        if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
         flushChanges()
         emit(.exit(code: exiting.code))
         finished = true
@@ -272,6 +325,10 @@ public struct Supervision: Sendable {
         if let open = pingOpen, machine.pingInFlight != open.token {
             emit(.cancelPing)
             pingOpen = nil
+        }
+        if let open = probeOpen, machine.pingInFlight != open.token {
+            emit(.cancelProbe)
+            probeOpen = nil
         }
         if machine.phase != lastPhase {
             lastPhase = machine.phase

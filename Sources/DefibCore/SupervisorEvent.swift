@@ -32,6 +32,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// The answer to `locks`, or why there is none.
     case locksReply(String)
     case locksFailed(String)
+    /// The probe attempt started as `token` decided: a beat, or a miss and why.
+    case probeResult(token: UInt64, ProbeProgress)
 
     // Answers to effects.
     case spawned(pid: Int32, executable: String)
@@ -97,6 +99,9 @@ public struct ObservationRequest: Sendable, Equatable {
     public var lockWordAddresses: [UInt64] = []
     /// /proc/PID/task.
     public var threadIDs = false
+    /// Every process of the instance (the main one and its descendants), sampled as `samples` says into
+    /// `Observation.instanceSamples`: a master's silence may be a worker's hang.
+    public var instanceProcesses = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -112,6 +117,9 @@ public struct Observation: Sendable, Equatable {
     /// Address → the word, or why it could not be read.
     public var lockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public var threadIDs: [Int32] = []
+    /// With `instanceProcesses`: one round per sample, oldest first, each a sample of every process of the
+    /// instance (the main one first).
+    public var instanceSamples: [[ProcessSample]] = []
     public init(pid: Int32) { self.pid = pid }
 }
 

@@ -1,3 +1,4 @@
+import CDefibShims
 import DefibCore
 import Glibc
 
@@ -25,6 +26,25 @@ public enum ServiceProcesses {
             for pid in cgroupMembers(cgroup) where found.count < limit { found.insert(pid) }
         }
         return found.sorted { ($0 == mainPID ? 0 : 1, $0) < ($1 == mainPID ? 0 : 1, $1) }
+    }
+
+    /// The descendants of `pid` (not `pid` itself), each held by a pidfd opened while it was still one of them
+    /// (its parent, read after the pidfd is open, is `pid` or another of them), so a signal never reaches a
+    /// process that took a pid freed in between.
+    public static func openDescendants(of pid: Int32) -> [HeldProcess] {
+        let tree = list(mainPID: pid)
+        let members = Set(tree)
+        var held: [HeldProcess] = []
+        for member in tree where member != pid {
+            let fd = defib_pidfd_open(member)
+            guard fd >= 0 else { continue }
+            guard let stat = readTextFile("/proc/\(member)/stat"), let parent = ProcParse.parentPID(stat), members.contains(parent) else {
+                close(fd)
+                continue
+            }
+            held.append(HeldProcess(pid: member, pidfd: fd))
+        }
+        return held
     }
 
     /// The pids in `DIR/cgroup.procs` (opened without following a link; lines that are not pids are skipped).
@@ -59,4 +79,17 @@ public enum ServiceProcesses {
         let after = sample(pids)
         return ServiceProgressJudge.judge(before: before, after: after, mainPID: mainPID, thresholds: thresholds)
     }
+}
+
+/// A process held by its pidfd: signals go to that process, never to a later one with the same pid.
+public final class HeldProcess {
+    public let pid: Int32
+    private let pidfd: Int32
+
+    init(pid: Int32, pidfd: Int32) { self.pid = pid; self.pidfd = pidfd }
+    deinit { close(pidfd) }
+
+    /// Sends `signal`; false when the process is gone.
+    @discardableResult
+    public func kill(_ signal: Int32) -> Bool { defib_pidfd_send_signal(pidfd, signal) == 0 }
 }

@@ -24,9 +24,9 @@ import Testing
             let c = try parse("[heartbeat]\nsource = \"\(mode.rawValue)\"\n")
             #expect(c.heartbeat.mode == mode)
         }
-        // The default is unchanged (ping); ping/notify/both map onto the machine's protocol source both ways.
+        // The default is auto; ping/notify/both map onto the machine's protocol source both ways.
         var c = try parse("")
-        #expect(c.heartbeat.mode == .ping && c.heartbeat.source == .ping)
+        #expect(c.heartbeat.mode == .auto && c.heartbeat.source == .ping)
         c.heartbeat.source = .notify
         #expect(c.heartbeat.mode == .notify)
         c.heartbeat.mode = .both
@@ -119,8 +119,8 @@ import Testing
         #expect(issues("[heartbeat]\nsource = \"tcp\"\nprobe = \"localhost\"\n") == [
             "p.toml:3: heartbeat.probe: expected HOST:PORT or [IPV6]:PORT with a port from 1 to 65535, got \"localhost\""])
         #expect(issues("[heartbeat]\nprobe = \"http://x/\"\nprobe_send = \"PING\"\n") == [
-            "p.toml:2: heartbeat.probe: only used with source = \"http\", \"tcp\" or \"exec\" (source is \"ping\")",
-            "p.toml:3: heartbeat.probe_send: only used with source = \"tcp\" (source is \"ping\")"])
+            "p.toml:2: heartbeat.probe: only used with source = \"http\", \"tcp\" or \"exec\" (source is \"auto\")",
+            "p.toml:3: heartbeat.probe_send: only used with source = \"tcp\" (source is \"auto\")"])
         #expect(issues("[heartbeat]\nsource = \"tcp\"\nprobe = \"127.0.0.1:1\"\nprobe_expect_body = \"x\"\n") == [
             "p.toml:4: heartbeat.probe_expect_body: only used with source = \"http\" (source is \"tcp\")"])
         #expect(issues("[heartbeat]\nsource = \"http\"\nprobe = \"http://h/\"\nprobe_timeout_ms = 5000\nprobe_expect_status = 42\n") == [
