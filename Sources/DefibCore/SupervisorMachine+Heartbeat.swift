@@ -180,6 +180,13 @@ extension SupervisorMachine {
     mutating func tickWatched(_ watch: inout Watch, at now: MonoTime) -> [SupervisorAction] {
         if watch.silence.awaitingVerdict { return [] }
         var actions: [SupervisorAction] = []
+        if let due = watch.instance.unheardCheckAt, now >= due {
+            // `auto`, ready by READY=1: the start window is over; has the service spoken either protocol?
+            watch.instance.unheardCheckAt = nil
+            if !heardPing && !heardKeepAlive {
+                actions.append(.heartbeatUnheard(pid: watch.instance.pid, afterMs: Int(now.milliseconds(since: watch.instance.startedAt))))
+            }
+        }
         if let stop = watch.stopAnnounced {
             guard now >= stop.until else { return [] }
             // Announced STOPPING=1 and still here: heartbeats are expected again, from now.

@@ -44,6 +44,9 @@ public struct SupervisorMachine: Sendable {
         /// sd_notify: when the next WATCHDOG=1 is due, and the period (WATCHDOG_USEC= from the child changes it).
         var keepAliveDue: MonoTime?
         var keepAliveIntervalMs: Int
+        /// `auto`: when to say that nothing has been heard from the service, if nothing has (the end of the
+        /// start window, even for an instance ready by READY=1).
+        var unheardCheckAt: MonoTime?
     }
 
     /// The current silence of a watched instance: from the first unanswered ping (or late keep-alive) until
@@ -189,7 +192,8 @@ public struct SupervisorMachine: Sendable {
             if w.silence.awaitingVerdict { return nil }
             if let stop = w.stopAnnounced { return stop.until }
             let i = w.instance
-            var times = [i.ping?.deadline ?? i.nextPingAt, w.silence.nextNotifyMissAt ?? i.keepAliveDue.map { $0 + settings.missMs }].compactMap { $0 }
+            var times = [i.ping?.deadline ?? i.nextPingAt, w.silence.nextNotifyMissAt ?? i.keepAliveDue.map { $0 + settings.missMs },
+                         i.unheardCheckAt].compactMap { $0 }
             if let since = w.silence.since {
                 if !w.suspect { times.append(since + settings.suspectMs) }
                 // Until enough pings are missed the hang deadline cannot fire; the next miss wakes us.
@@ -225,6 +229,7 @@ public struct SupervisorMachine: Sendable {
         }
         var instance = Instance(pid: newPid, startedAt: now, nextPingAt: settings.triesPing ? now : nil,
                                 keepAliveIntervalMs: settings.intervalMs)
+        if settings.mode == .auto { instance.unheardCheckAt = now + settings.startTimeoutMs }
         actions += pingIfDue(&instance, at: now)
         state = .starting(instance, deadline: now + settings.startTimeoutMs)
         return actions
@@ -250,7 +255,9 @@ public struct SupervisorMachine: Sendable {
                 if !holdsToStartTimeout {
                     // Neither protocol heard (`auto`) or none asked for (`none`): the instance is supervised for its
                     // exit only; its start is over.
+                    var instance = instance
                     let unheard: [SupervisorAction] = settings.mode == .auto ? [.heartbeatUnheard(pid: instance.pid, afterMs: ms)] : []
+                    instance.unheardCheckAt = nil
                     return unheard + becomeReady(instance, at: now)
                 }
                 return failInstance(.startTimeout(ms: ms, lastError: instance.lastPingError), instance: instance, stopAnnounced: nil, at: now)

@@ -46,6 +46,26 @@ import Testing
         #expect(ServiceProgressJudge.captureOrder(j, maxCores: 0).isEmpty)
     }
 
+    /// The instance's verdict: the main process's own problem first, else the workers', most decisive first.
+    @Test func theVerdictOnTheInstanceLetsWorkersDecideBehindAnIdleMaster() {
+        let idleMain = ProgressVerdict.stuck("no CPU progress and every thread asleep")
+        func verdict(_ workers: [(Int32, String, UInt64, UInt64, Int?)], main: ProgressVerdict = idleMain) -> ProgressVerdict {
+            let s = nginx(workers)
+            return ServiceProgressJudge.instanceVerdict(main: main, ServiceProgressJudge.judge(before: s.before, after: s.after, mainPID: 100))
+        }
+        let stopped = verdict([(101, "S", 10, 10, Self.epollWait), (102, "T", 10, 10, nil), (103, "R", 10, 190, nil)])
+        #expect(stopped.kind == "stopped" && stopped.reason.hasPrefix("process 102 (nginx) of the instance stopped: "))
+        #expect(stopped.reason.hasSuffix("; main 100 (nginx) idle"))
+        #expect(verdict([(101, "S", 3, 3, Self.futex), (103, "R", 10, 190, nil)]).kind == "stuck")
+        #expect(verdict([(101, "S", 10, 10, Self.epollWait), (103, "R", 10, 190, nil)]).kind == "busy")
+        // Only idle workers: the main verdict stands (the silence is the master's own).
+        #expect(verdict([(101, "S", 10, 10, Self.epollWait)]) == idleMain)
+        // A main process that is itself stopped or busy decides, whatever its workers do.
+        #expect(verdict([(102, "T", 10, 10, nil)], main: .busy("spinning")) == .busy("spinning"))
+        // One process: its own verdict.
+        #expect(ServiceProgressJudge.instanceVerdict(main: idleMain, []) == idleMain)
+    }
+
     @Test func processesThatComeOrGoBetweenSamples() {
         let before = [sample(100, at: 0, [thread(100, "gunicorn", "S", cpuMs: 1, syscall: Self.futex)]),
                       sample(101, at: 0, [thread(101, "gunicorn", "S", cpuMs: 1, syscall: Self.futex)])]
