@@ -200,6 +200,7 @@ public struct IncidentLedger: Sendable {
             incident.capture = outcome.record
             if let threads = outcome.threads { incident.threads = threads }
             incident.notes += outcome.notes
+            Self.mainCoreListed(&incident)
         }
     }
 
@@ -256,6 +257,7 @@ public struct IncidentLedger: Sendable {
             stored.notes.append("core compressed with \(tool.rawValue): \(stored.capture?.bytes ?? 0) → \(bytes) bytes")
             stored.capture?.path = path
             stored.capture?.bytes = bytes
+            Self.mainCoreListed(&stored)
         }
     }
 
@@ -265,7 +267,14 @@ public struct IncidentLedger: Sendable {
         change(id) { stored in
             stored.notes.append(Self.removedNote(path: path, reason: reason))
             stored.capture?.path = nil
+            for i in stored.processes?.indices ?? [Int]().indices { stored.processes?[i].corePath = nil }
         } != nil
+    }
+
+    /// The main process's entry in `processes` shows the incident's core, wherever it is now.
+    static func mainCoreListed(_ incident: inout Incident) {
+        guard let index = incident.processes?.firstIndex(where: \.main) else { return }
+        incident.processes?[index].corePath = incident.capture?.path
     }
 
     static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }

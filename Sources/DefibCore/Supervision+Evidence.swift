@@ -179,6 +179,7 @@ extension Supervision {
             for deletion in CoreRetention.plan(cores: cores, space: space, policy: config.retention, protected: protected) {
                 let core = deletion.core
                 emit(.removeFile(path: core.path))
+                for other in core.otherPaths { emit(.removeFile(path: other)) }
                 if !ledger.coreRemoved(incidentID: core.incidentID, path: core.path, reason: deletion.reason) {
                     emit(.recordCoreRemoved(incidentID: core.incidentID, note: IncidentLedger.removedNote(path: core.path, reason: deletion.reason)))
                 }

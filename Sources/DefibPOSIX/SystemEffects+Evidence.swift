@@ -141,7 +141,7 @@ extension SystemEffects {
         let space = FileSystemSpace(totalBytes: Int64(fs.f_blocks) * Int64(fs.f_frsize), freeBytes: Int64(fs.f_bfree) * Int64(fs.f_frsize))
         let cores = stored.map { core in
             var measured = core
-            measured.bytes = allocatedSize(core.path) ?? 0
+            measured.bytes = ([core.path] + core.otherPaths).reduce(Int64(0)) { $0 + (allocatedSize($1) ?? 0) }
             return measured
         }
         return CoreInventory(cores: cores, space: space)

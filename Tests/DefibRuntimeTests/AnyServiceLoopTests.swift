@@ -192,7 +192,7 @@ import Testing
         #expect(processes.map(\.pid) == [100, 1001, 1002, 1003])
         #expect(processes.map(\.diagnosis) == ["idle", "idle", "stopped", "stopped"])
         #expect(processes.map(\.main) == [true, false, false, false])
-        #expect(processes.map(\.corePath) == [nil, nil, "/state/cores/core.svc.1.1002", "/state/cores/core.svc.1.1003"])
+        #expect(processes.map(\.corePath) == ["/state/cores/core.svc.1.100", nil, "/state/cores/core.svc.1.1002", "/state/cores/core.svc.1.1003"])
         #expect(processes[2].state == "T" && processes[2].comm == "worker")
         #expect(incident.capture?.path == "/state/cores/core.svc.1.100", "the incident's core is the main process's")
         #expect(incident.notes.contains("4 processes: main 100 worker-0 idle; 1001 worker idle; 1002 worker stopped; 1003 worker stopped"))
@@ -212,6 +212,19 @@ import Testing
         #expect(incident.notes.contains("no core of pid 1003: the capture budget (1000 ms) is spent"))
         #expect(incident.processes?.first { $0.pid == 1001 }?.corePath == "/state/cores/core.svc.1.1001")
         #expect(incident.progress?.kind == "stuck", "the main process itself is stuck in futex waits: its own verdict")
+    }
+
+    /// Retention deletes an incident's cores together: the main process's and its workers'.
+    @Test func retentionRemovesTheWorkersCoresWithTheIncidents() throws {
+        let fake = FakeEffects()
+        fake.behaviours = [.hangs(afterMs: 300), .hangs(afterMs: 300), .healthy]
+        fake.mainWaitsForEvents = true
+        fake.workers = [.stopped]
+        let run = Run(fake, config: Self.httpProbe { $0.retention.maxPerService = 1 }, stopAtMs: 5000)
+        #expect(run.incidents.count >= 2)
+        expectInOrder(fake.actions, ["writeCore 100 native", "writeCore 1001 native", "writeCore 101 native", "writeCore 1011 native",
+                                     "scanCores", "remove /state/cores/core.svc.1.100", "remove /state/cores/core.svc.1.1001", "coreRemoved 1"])
+        #expect(fake.files["/state/cores/core.svc.1.1001"] == nil && fake.files["/state/cores/core.svc.2.1011"] != nil)
     }
 
     /// A starved worker behind an idle master is starved, not stuck: the deadline is extended as for one process.

@@ -340,8 +340,10 @@ final class FakeEffects: SupervisorEffects {
         calls.append("scanCores")
         let ours = stored.values.compactMap { incident -> StoredCore? in
             guard let id = incident.id, let path = incident.capture?.path else { return nil }
-            return StoredCore(incidentID: id, path: path, bytes: files[path] ?? 0, service: incident.service, signature: incident.signature,
-                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000))
+            let others = (incident.processes ?? []).filter { !$0.main }.compactMap(\.corePath)
+            return StoredCore(incidentID: id, path: path, bytes: ([path] + others).reduce(Int64(0)) { $0 + (files[$1] ?? 0) },
+                              service: incident.service, signature: incident.signature,
+                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000), otherPaths: others)
         }
         return CoreInventory(cores: (olderCores + ours).sorted { $0.incidentID < $1.incidentID }, space: space)
     }
