@@ -88,6 +88,8 @@ public struct Supervision: Sendable {
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.
     var locksQueryDeadline: MonoTime?
+    /// The instance whose locks were asked for (once per instance, at its first pong).
+    var locksAskedOf: Int32?
     /// The probe that is the heartbeat (`http`, `tcp`, `exec`), nil for the protocols.
     let probe: ProbeSpec?
     /// The probe attempt running.
@@ -189,9 +191,12 @@ public struct Supervision: Sendable {
             pingOpen = nil
             if line == "pong \(token)" {
                 if let sent, sent.token == token { emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - sent.sentAt.nanoseconds))) }
-                let wasStarting = machine.phase == .starting
                 schedule(machine.pongReceived(token: token, at: now.mono))
-                if wasStarting && machine.phase == .running { agenda.append(.queryLocks) }
+                // The first pong of a ready instance (also one ready by READY=1 under `auto`): ask for its locks.
+                if let pid = child?.pid, locksAskedOf != pid, machine.phase == .running {
+                    locksAskedOf = pid
+                    agenda.append(.queryLocks)
+                }
             } else {
                 let shown = line.count > 120 ? String(line.prefix(120)) + "…" : line
                 schedule(machine.pingFailed(token: token, reason: "unexpected reply '\(shown)' to 'ping \(token)' (expected 'pong \(token)')", at: now.mono))

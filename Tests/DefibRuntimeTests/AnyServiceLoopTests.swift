@@ -130,6 +130,19 @@ import Testing
         #expect(run.logs.contains("within 2000 ms of its start"))
     }
 
+    /// `auto` with a service that says READY=1 before it answers its first ping: ready at READY=1, and the
+    /// first pong still adopts pings and asks for the locks.
+    @Test func autoReadyBeforeTheFirstPongStillLearnsPingsAndAsksForLocks() throws {
+        let fake = FakeEffects()
+        fake.schedule(at: 0, .notify(NotifyMessage(pid: 100, text: "READY=1")))
+        let run = Run(fake, stopAtMs: 1000)
+        #expect(run.incidents.isEmpty)
+        let ready = try #require(run.logs.lines.firstIndex { $0.contains("service svc pid 100 is ready") })
+        let adopted = try #require(run.logs.lines.firstIndex { $0.contains("pid 100 answers pings") })
+        #expect(ready < adopted)
+        #expect(fake.actions.filter { $0 == "locks" }.count == 1)
+    }
+
     /// `auto` learns sd_notify from the first WATCHDOG=1: from then on the keep-alives are due, and their
     /// silence is a hang like `--heartbeat notify`'s.
     @Test func autoHoldsAServiceToTheKeepAlivesOnceItSendsOne() throws {

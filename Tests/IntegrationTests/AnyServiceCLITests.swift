@@ -4,8 +4,8 @@ import Foundation
 import Testing
 
 /// The real `defib check-config` and `defib run` with the probe and identity settings: resolved once at
-/// start-up with errors naming the setting, and — until the supervisor loop runs them — refused by `run`
-/// by name rather than silently supervised some other way.
+/// start-up with errors naming the setting; a service user or group — not yet run by `defib run` — is refused
+/// by name rather than silently run as root.
 @Suite(.timeLimit(.minutes(2)))
 struct AnyServiceCLITests {
     func defib(_ args: [String]) throws -> CommandResult { try runCommand([Binaries.defib] + args) }
@@ -46,7 +46,7 @@ struct AnyServiceCLITests {
         #expect(bad.stderr.contains("2 problems found"), "\(bad.stderr)")
     }
 
-    @Test func runNamesBadProbesAndUsersAndRefusesWhatItCannotSuperviseYet() throws {
+    @Test func runNamesBadProbesAndUsersAndRefusesAServiceUser() throws {
         let dir = Scratch("run-anysvc"); defer { dir.remove() }
         let state = ["--state-dir", dir.path + "/state"]
         for (args, message) in [
@@ -57,10 +57,10 @@ struct AnyServiceCLITests {
              "heartbeat.probe: '|' is shell syntax and no shell runs the probe: write it as sh -c '…', or quote the character"),
             (["--user", "defib-no-such-user"], "service.user: no user \"defib-no-such-user\" in the password database"),
             (["--user", "nobody", "--group", "defib-no-such-group"], "service.group: no group \"defib-no-such-group\" in the group database"),
-            (["--probe", "http://127.0.0.1/"], "heartbeat.probe: only used with source = \"http\", \"tcp\" or \"exec\" (source is \"ping\")"),
-            (["--heartbeat", "http", "--probe", "http://127.0.0.1:8000/"],
-             "heartbeat source \"http\" checked, but not yet run by this build's supervisor (for now: --heartbeat ping, notify or both, without a service user or group)"),
-            (["--heartbeat", "none"], "heartbeat source \"none\" checked, but not yet run by this build's supervisor"),
+            (["--probe", "http://127.0.0.1/"], "heartbeat.probe: only used with source = \"http\", \"tcp\" or \"exec\" (source is \"auto\")"),
+            (["--heartbeat", "exec", "--probe", "defib-no-such-check --now"],
+             "heartbeat.probe: exec probe: defib-no-such-check not found in \(ExecProbe.searchPath) or not executable"),
+            (["--heartbeat", "tcp", "--probe", "defib-no-such-host.invalid:80"], "heartbeat.probe: cannot resolve \"defib-no-such-host.invalid\""),
             (["--user", "nobody"], "service user/group checked, but not yet run by this build's supervisor"),
         ] {
             let r = try defib(["run"] + state + args + ["--", "/bin/sleep", "30"])
