@@ -74,12 +74,15 @@ let package = Package(
             "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "FlightRecorder",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], plugins: ["DefibVersion"]),
         .executableTarget(name: "defib-proxy", dependencies: [
             "DefibProxy",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], plugins: ["DefibVersion"]),
+        // `--version` of defib and defib-proxy: DefibVersion.swift generated from the VERSION file (the one place
+        // the version lives; the Makefile's .deb and man pages read the same file).
+        .plugin(name: "DefibVersion", capability: .buildTool()),
         // `make bench`: core capture (native, gcore, the kernel's dump) and the supervisor's own cost.
         .executableTarget(name: "defib-bench", dependencies: [
             "DefibCore", "DefibPOSIX", "DefibChaos",

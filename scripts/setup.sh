@@ -7,13 +7,17 @@
 #   and a temp directory (their packaged services are never started): redis-server and redis-tools,
 #   nginx (master + workers), systemd-timesyncd (a daemon that drops privileges and speaks sd_notify).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
+#   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
+#     part of make test).
 # Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
 group=${1:-base}
 
-pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config
+      dpkg-dev binutils man-db groff-base zsh fish)
 pkgs+=(redis-server redis-tools nginx systemd-timesyncd)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
+[ "$group" = lint ] && pkgs+=(lintian)
 
 need=()
 for p in "${pkgs[@]}"; do

@@ -57,6 +57,8 @@ touch /tmp/defib-sd-marker.$$ /var/tmp/defib-sd-marker.$$
 mkdir -p "$W/root" "$W/ovl" "$W/opt/bin" "$W/opt/units" "$CGU"
 cp "$BIN/defib" "$BIN/defib-proxy" "$W/opt/bin/"
 cp "$ROOT"/units/*.service "$W/opt/units/"
+# The units' Documentation= names the man pages, and systemd-analyze verify checks that man finds them.
+mkdir -p "$W/opt/man"; for page in defib.1 defib.toml.5; do gzip -9nc "$ROOT/man/$page" > "$W/opt/man/$page.gz"; done
 timeout -s KILL 120 unshare -m --propagation private -p -f --kill-child --mount-proc -- bash -c '
   set -e; W=$1; echo $$ > $2/cgroup.procs
   mount -t tmpfs -o size=2g defib-sd $W/ovl; mkdir $W/ovl/upper $W/ovl/work
@@ -85,6 +87,8 @@ U=defib@proxy
 STATE=/var/lib/defib/proxy
 ct install -m 0755 /opt/defib/bin/defib /opt/defib/bin/defib-proxy /usr/local/bin/
 ct cp /opt/defib/units/defib@.service /opt/defib/units/defib.service /etc/systemd/system/
+ct install -D -m 0644 /opt/defib/man/defib.1.gz /usr/local/share/man/man1/defib.1.gz
+ct install -D -m 0644 /opt/defib/man/defib.toml.5.gz /usr/local/share/man/man5/defib.toml.5.gz
 ct mkdir -p /etc/defib /etc/systemd/system/$U.service.d
 ct sh -c 'cat > /etc/defib/proxy.toml' <<'EOF'
 state_dir = "/var/lib/defib/proxy"

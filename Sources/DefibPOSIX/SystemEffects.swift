@@ -66,9 +66,10 @@ public final class SystemEffects: SupervisorEffects {
         notifyServer = try NotifyServer(path: config.notifySocketPath)
         // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
         // that is restarting has none for a moment, and a line meant for it must not go to another one).
-        let pidFile = runDirectory + "/supervisor.pid"
-        if (try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)) == nil {
-            warnings.append("could not write \(pidFile): defib ctl will fall back to probing sockets")
+        // The file also records our PID namespace, so `defib ctl` on the host finds a defib that is a container's
+        // PID 1 (SupervisorPidFile). Written without following a link planted in the run directory.
+        do { try SupervisorPidFile.write(runDirectory: runDirectory) } catch {
+            warnings.append("could not write \(runDirectory)/\(SupervisorPidFile.fileName): \(error); defib ctl will fall back to probing sockets")
         }
     }
 

@@ -9,7 +9,7 @@ struct CheckConfigCommand: ParsableCommand {
         abstract: "Check a TOML config file and print the effective settings, or every problem found.",
         discussion: "Exit status: 0 when the file is usable, 1 when it is not (each problem is printed as FILE:LINE: KEY: MESSAGE).")
 
-    @Argument(help: "The config file (see units/example.toml).")
+    @Argument(help: "The config file (see units/example.toml).", completion: .file(extensions: ["toml"]))
     var file: String
 
     func run() throws {

@@ -22,10 +22,10 @@ struct IncidentsCommand: ParsableCommand {
 
 /// Where the store is: `--state-dir`, or the `state_dir` of a config file.
 struct StoreLocationOptions: ParsableArguments {
-    @Option(name: .long, help: "The supervisor's state directory (holds incidents.sqlite).")
+    @Option(name: .long, help: "The supervisor's state directory (holds incidents.sqlite).", completion: .directory)
     var stateDir: String?
 
-    @Option(name: .long, help: "Take the state directory from this config file's state_dir.")
+    @Option(name: .long, help: "Take the state directory from this config file's state_dir.", completion: .file(extensions: ["toml"]))
     var config: String?
 
     func validate() throws {
@@ -57,7 +57,9 @@ struct StoreLocationOptions: ParsableArguments {
             return nil
         }
         do {
-            return try IncidentStore.openReadOnly(stateDirectory: dir)
+            let store = try IncidentStore.openReadOnly(stateDirectory: dir)
+            SupervisorNamespaces.printNotes(stateDirectory: dir)
+            return store
         } catch let error as StoreError where error.kind == .uninitialized {
             printError("defib: \(error)")
             return nil
@@ -70,7 +72,9 @@ struct StoreLocationOptions: ParsableArguments {
     func openStore() throws -> IncidentStore {
         let dir = try stateDirectory()
         do {
-            return try IncidentStore.openReadOnly(stateDirectory: dir)
+            let store = try IncidentStore.openReadOnly(stateDirectory: dir)
+            SupervisorNamespaces.printNotes(stateDirectory: dir)
+            return store
         } catch let error as StoreError where error.kind == .missingDatabase {
             throw CLIError("\(error.message) (has `defib run --state-dir \(dir)` ever run?)")
         } catch {

@@ -12,7 +12,7 @@ struct IncidentsExportCommand: ParsableCommand {
         abstract: "Write an incident's JSON, stacks and core to a directory, or to a .tar.gz.",
         discussion: "PATH ending in .tar.gz or .tgz makes a tarball (with a top directory incident-ID/); anything else a new directory.")
 
-    @Argument(help: "The incident number, or 'last' for the newest.")
+    @Argument(help: "The incident number, or 'last' for the newest.", completion: .custom(StateCompletion.incidentIDs))
     var id: String
 
     @OptionGroup var location: StoreLocationOptions

@@ -15,7 +15,7 @@ struct IncidentsGdbCommand: ParsableCommand {
               defib incidents gdb last --state-dir D -- -batch -ex 'thread apply all bt'
             """)
 
-    @Argument(help: "The incident number, or 'last' for the newest.")
+    @Argument(help: "The incident number, or 'last' for the newest.", completion: .custom(StateCompletion.incidentIDs))
     var id: String
 
     @OptionGroup var location: StoreLocationOptions

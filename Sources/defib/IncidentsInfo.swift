@@ -10,7 +10,7 @@ struct IncidentsInfoCommand: ParsableCommand {
         commandName: "info",
         abstract: "Show one incident: diagnosis, cause, timeline, capture, locks, notes, stacks.")
 
-    @Argument(help: "The incident number, or 'last' for the newest.")
+    @Argument(help: "The incident number, or 'last' for the newest.", completion: .custom(StateCompletion.incidentIDs))
     var id: String
 
     @OptionGroup var location: StoreLocationOptions

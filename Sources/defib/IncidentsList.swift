@@ -14,7 +14,7 @@ struct IncidentsListCommand: ParsableCommand {
     @Flag(name: .long, help: "Print a JSON array (the fields of `info --json`, without stacks).")
     var json = false
 
-    @Option(name: .long, help: "Only this service's incidents.")
+    @Option(name: .long, help: "Only this service's incidents.", completion: .custom(StateCompletion.incidentServices))
     var service: String?
 
     @Option(name: .long, help: "Only incidents detected at or after DATE (2026-11-23, '2026-11-23 10:00', RFC 3339, -2h, today).")

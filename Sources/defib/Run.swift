@@ -10,10 +10,10 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Start PROGRAM and supervise it (flags override the config file).")
 
-    @Option(name: .long, help: "State directory: incidents.sqlite, cores/, run/.")
+    @Option(name: .long, help: "State directory: incidents.sqlite, cores/, run/.", completion: .directory)
     var stateDir: String?
 
-    @Option(name: .long, help: "TOML config file (see units/example.toml).")
+    @Option(name: .long, help: "TOML config file (see units/example.toml).", completion: .file(extensions: ["toml"]))
     var config: String?
 
     @Option(name: .long, help: "Service name used in incidents and paths (default: program's base name).")
