@@ -28,13 +28,13 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
-    @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1), both, http, tcp, exec (with --probe), auto or none.")
+    @Option(name: .long, help: "Where heartbeats come from: auto (the default: what the program speaks, else its exit only), ping, notify (sd_notify WATCHDOG=1), both, http, tcp, exec (a probe, with --probe) or none (its exit only).")
     var heartbeat: HeartbeatMode?
 
     @Option(name: .long, help: ArgumentHelp("The probe for --heartbeat http (a URL), tcp (HOST:PORT) or exec (a command).", valueName: "TARGET"))
     var probe: String?
 
-    @Option(name: .long, help: "Run the service as this user (name or uid).")
+    @Option(name: .long, help: "Run the service as this user (name or uid; resolved, but refused by this version).")
     var user: String?
 
     @Option(name: .long, help: "Run the service with this group (name or gid; default: the user's).")
