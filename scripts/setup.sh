@@ -7,6 +7,9 @@
 #     Runtime evidence and its fixtures: gcc (the C fixture), golang-go and delve (the Go fixture; goroutines
 #     from the core), openjdk-17-jdk-headless (javac, jcmd), and py-spy from PyPI into /usr/local/bin.
 #     dpkg-dev, binutils, man-db, groff-base, zsh, fish: installing defib and its tests.
+#   real programs the probe and multi-process tests run as they are, each on loopback with a free port
+#   and a temp directory (their packaged services are never started): redis-server and redis-tools,
+#   nginx (master + workers), systemd-timesyncd (a daemon that drops privileges and speaks sd_notify).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 #   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
 #     part of make test).
@@ -17,6 +20,7 @@ group=${1:-base}
 pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config zstd gzip
       dpkg-dev binutils man-db groff-base zsh fish
       gcc libc6-dev golang-go delve openjdk-17-jdk-headless)
+pkgs+=(redis-server redis-tools nginx systemd-timesyncd)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 [ "$group" = lint ] && pkgs+=(lintian)
 

@@ -14,7 +14,7 @@ struct ConfigField {
         case optionalString(WritableKeyPath<SupervisorConfig, String?>)
         /// Bytes in the config, whole MiB in the file.
         case mebibytes(WritableKeyPath<SupervisorConfig, Int64?>)
-        case source(WritableKeyPath<SupervisorConfig, HeartbeatSource>)
+        case mode(WritableKeyPath<SupervisorConfig, HeartbeatMode>)
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
         case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
@@ -27,10 +27,16 @@ struct ConfigField {
     /// The sections made of scalar settings, in file order, each key in the order it is read.
     static var sections: [(name: String, fields: [ConfigField])] {
         [
-            ("heartbeat", [.init("source", .source(\.heartbeat.source)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
+            ("heartbeat", [.init("source", .mode(\.heartbeat.mode)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
                            .init("deadline_ms", .int(\.heartbeat.deadlineMs)), .init("misses", .int(\.heartbeat.misses)),
                            .init("start_timeout_ms", .int(\.heartbeat.startTimeoutMs)),
-                           .init("control_socket", .optionalString(\.heartbeat.controlSocket))]),
+                           .init("control_socket", .optionalString(\.heartbeat.controlSocket)),
+                           .init("probe", .optionalString(\.heartbeat.probe)),
+                           .init("probe_timeout_ms", .optionalInt(\.heartbeat.probeTimeoutMs)),
+                           .init("probe_expect_status", .optionalInt(\.heartbeat.probeExpectStatus)),
+                           .init("probe_expect_body", .optionalString(\.heartbeat.probeExpectBody)),
+                           .init("probe_send", .optionalString(\.heartbeat.probeSend)),
+                           .init("probe_expect", .optionalString(\.heartbeat.probeExpect))]),
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
                          .init("compress", .compression(\.capture.compress)),
@@ -60,7 +66,7 @@ struct ConfigField {
         case let .optionalBool(path): config[keyPath: path].map { String($0) }
         case let .optionalString(path): config[keyPath: path].map(tomlString)
         case let .mebibytes(path): config[keyPath: path].map { String($0 >> 20) }
-        case let .source(path): tomlString(config[keyPath: path].rawValue)
+        case let .mode(path): tomlString(config[keyPath: path].rawValue)
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
         case let .runtime(path): tomlString(config[keyPath: path].rawValue)
@@ -86,6 +92,11 @@ extension SupervisorConfig {
         if !self.service.name.isEmpty { service.append("name = \(tomlString(self.service.name))") }
         if !self.service.argv.isEmpty { service.append("argv = [" + self.service.argv.map(tomlString).joined(separator: ", ") + "]") }
         if let dir = self.service.workingDirectory { service.append("working_directory = \(tomlString(dir))") }
+        if let user = self.service.user { service.append("user = \(tomlString(user))") }
+        if let group = self.service.group { service.append("group = \(tomlString(group))") }
+        if let groups = self.service.supplementaryGroups {
+            service.append("supplementary_groups = [" + groups.map(tomlString).joined(separator: ", ") + "]")
+        }
         if !self.service.environment.isEmpty {
             service.append("env = { " + self.service.environment.sorted { $0.key < $1.key }
                 .map { "\(tomlString($0.key)) = \(tomlString($0.value))" }.joined(separator: ", ") + " }")

@@ -226,6 +226,7 @@ extension SupervisorConfig {
         for socket in sockets where SocketSpec.numericHost(socket.host) == nil {
             bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
+        issues += heartbeat.probeIssues() + service.identityIssues()
         return issues
     }
 }
@@ -247,11 +248,14 @@ private struct TOMLConfigReader {
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
-            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory"])
+            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory", "user", "group", "supplementary_groups"])
             if let v = string(t, "name", prefix: "service.") { c.service.name = v }
             if let v = stringArray(t, "argv", prefix: "service.") { c.service.argv = v }
             if let v = stringTable(t, "env", prefix: "service.") { c.service.environment = v }
             if let v = string(t, "working_directory", prefix: "service.") { c.service.workingDirectory = v }
+            if let v = string(t, "user", prefix: "service.") { c.service.user = v }
+            if let v = string(t, "group", prefix: "service.") { c.service.group = v }
+            if let v = stringArray(t, "supplementary_groups", prefix: "service.") { c.service.supplementaryGroups = v }
         }
         for section in ConfigField.sections {
             guard let t = table(root, section.name) else { continue }
@@ -287,7 +291,7 @@ private struct TOMLConfigReader {
         case let .optionalBool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .optionalString(path): if let v = string(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .mebibytes(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = Int64(v) << 20 }
-        case let .source(path):
+        case let .mode(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "heartbeat source", default: c[keyPath: path]) }
         case let .method(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }

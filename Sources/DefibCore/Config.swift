@@ -83,14 +83,42 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var environment: [String: String]
         /// Working directory of the child; nil = the supervisor's.
         public var workingDirectory: String?
+        /// The user the child runs as (a name or a numeric uid); nil = defib's own. Resolved once, at start-up.
+        public var user: String?
+        /// The child's group (a name or a numeric gid); nil = the user's primary group (or defib's own).
+        public var group: String?
+        /// The child's supplementary groups (names or gids); nil = the user's groups from the group database,
+        /// as `initgroups` gives a login (or only `group` when no user is set); [] = none.
+        public var supplementaryGroups: [String]?
         public init(name: String, argv: [String], environment: [String: String] = [:], workingDirectory: String? = nil) {
             self.name = name; self.argv = argv; self.environment = environment; self.workingDirectory = workingDirectory
         }
     }
     /// `[heartbeat]`
     public struct Heartbeat: Sendable, Equatable {
-        /// Where heartbeats come from: `ping` (control channel), `notify` (sd_notify WATCHDOG=1), `both`.
-        public var source: HeartbeatSource = .ping
+        /// Where heartbeats come from, as configured: `auto` (the default: ping once the child listens on its
+        /// control socket, sd_notify once it sends WATCHDOG=1, its exit only while it does neither), `ping`
+        /// (control channel), `notify` (sd_notify WATCHDOG=1), `both`, a probe (`http`, `tcp`, `exec`) or `none`.
+        public var mode: HeartbeatMode = .auto
+        /// The protocol heartbeat of a `ping`, `notify` or `both` mode. The other modes are not one protocol:
+        /// for them this reads `.ping` (a probe runs as pings do; `auto` and `none` are the machine's own
+        /// business, see `SupervisorMachine.Settings.mode`). Setting it sets `mode`.
+        public var source: HeartbeatSource {
+            get { mode.protocolSource ?? .ping }
+            set { mode = HeartbeatMode(newValue) }
+        }
+        /// The probe target for `http` (a URL), `tcp` (HOST:PORT) or `exec` (a command line).
+        public var probe: String?
+        /// One probe attempt's time limit; nil = half the deadline, so two attempts fit in one.
+        public var probeTimeoutMs: Int?
+        /// HTTP: the one status that counts as healthy (default: any 2xx or 3xx).
+        public var probeExpectStatus: Int?
+        /// HTTP: text the body must contain.
+        public var probeExpectBody: String?
+        /// TCP: a line to send once connected (e.g. `PING`).
+        public var probeSend: String?
+        /// TCP: the prefix the first line back must start with (e.g. `+PONG`).
+        public var probeExpect: String?
         /// Time between the answer to one ping and the next ping.
         public var intervalMs: Int = 200
         /// How long one ping may stay unanswered before it counts as a miss.

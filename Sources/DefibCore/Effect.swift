@@ -23,6 +23,16 @@ public enum Effect: Sendable, Equatable {
     case queryLocks
     case cancelLocksQuery
 
+    // Probes (`http`, `tcp`, `exec`): the heartbeat of a service that speaks no protocol of ours.
+    /// Start one attempt of the configured probe, its result reported as `probeResult(token:)`; a failure to
+    /// even start (refused at once, no process) is answered by `probeResult` at once.
+    case startProbe(token: UInt64)
+    /// The attempt's time is up: end it (an exec probe's process group is killed); answered by `probeResult`
+    /// with what it was still waiting for.
+    case timeOutProbe(token: UInt64)
+    /// Drop the attempt in flight without a verdict (the machine gave up on it, the instance is gone).
+    case cancelProbe
+
     // Evidence.
     /// Read /proc, the flight recorder and lock words; answered by `observed`.
     indirect case observe(ObservationRequest)
@@ -143,6 +153,13 @@ public protocol SupervisorEffects: AnyObject {
     func queryLocks() -> String?
     /// Closes the `locks` query, if any.
     func cancelLocksQuery()
+    /// Starts a probe attempt whose result `wait` reports as `probeResult(token:)`; nil when it started, else
+    /// why it failed at once (that failure is its result).
+    func startProbe(token: UInt64) -> ProbeFailure?
+    /// Ends the attempt `token` whose time is up; what it was waiting for (nil when no such attempt runs).
+    func timeOutProbe(token: UInt64) -> ProbeFailure?
+    /// Ends the attempt in flight, if any, without a verdict.
+    func cancelProbe()
     /// Reads what `request` asks for, without touching the process.
     func observe(_ request: ObservationRequest) -> Observation
     /// Writes a core within its budget (the kernel method reaps the process).

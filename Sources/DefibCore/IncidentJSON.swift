@@ -115,7 +115,8 @@ public struct JSONMember: Sendable, Equatable {
 /// `thread_states`, `flight_recorder`, `notes`, then who the process was and how it ended (`uid`, `gid`, `comm`,
 /// `argv`, `unit`, `signal`, `signal_name`, `diagnosis_kind`; see `processMembers`), the runtime evidence
 /// (`wait_for`, `runtime`, `runtime_tool`, `runtime_error`, `runtime_stacks`: see `runtimeMembers`), and with
-/// `includeStacks` the `stacks` text (or null).
+/// `processes` of a multi-process instance (see `processListMembers`), and with `includeStacks` the `stacks`
+/// text (or null).
 public enum IncidentJSON {
     /// The incident as an ordered JSON object.
     public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
@@ -154,6 +155,7 @@ public enum IncidentJSON {
         ]
         members += processMembers(incident)
         members += runtimeMembers(incident)
+        members += processListMembers(incident)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }

@@ -19,6 +19,12 @@ public struct IncidentLedger: Sendable {
     public private(set) var baseline: ProcessSample?
     /// The two samples the last progress verdict was judged from.
     public private(set) var lastJudged: JudgedSamples?
+    /// Every process of the instance at the first miss (with the baseline): what each one's progress is judged
+    /// against.
+    public private(set) var instanceBaseline: [ProcessSample] = []
+    /// Every process of the instance as the last judgement saw it (main first); nil before one, or for an
+    /// instance not judged process by process.
+    public private(set) var processJudgements: [ProcessJudgement]?
     /// The locks the healthy service reported (`locks` on the control channel).
     public private(set) var knownLocks: [KnownLock] = []
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
@@ -49,9 +55,35 @@ public struct IncidentLedger: Sendable {
     mutating func forgetSilence() {
         pendingNotes.removeAll()
         baseline = nil
+        instanceBaseline = []
+        processJudgements = nil
     }
 
-    mutating func setBaseline(_ sample: ProcessSample?) { baseline = sample }
+    mutating func setBaseline(_ sample: ProcessSample?, instance: [ProcessSample] = []) {
+        baseline = sample
+        instanceBaseline = instance
+    }
+
+    /// Every process of the instance `mainPID`, judged over the window: from the instance baseline (when it is
+    /// this instance's) or the first round, to the last round. Kept for the incident and the captures.
+    mutating func judgeInstance(mainPID: Int32, rounds: [[ProcessSample]]) -> [ProcessJudgement] {
+        guard let after = rounds.last, !after.isEmpty else {
+            processJudgements = nil
+            return []
+        }
+        let before = instanceBaseline.contains { $0.pid == mainPID } ? instanceBaseline : rounds.first ?? after
+        let judged = ServiceProgressJudge.judge(before: before, after: after, mainPID: mainPID)
+        processJudgements = judged
+        return judged
+    }
+
+    /// What one suspect-stage round says about every process against the instance baseline, when the instance
+    /// is more than one process.
+    func instanceSummary(mainPID: Int32, round: [ProcessSample]) -> String? {
+        guard round.count > 1 else { return nil }
+        let before = instanceBaseline.isEmpty ? round : instanceBaseline
+        return ServiceProgressJudge.summary(ServiceProgressJudge.judge(before: before, after: round, mainPID: mainPID))
+    }
 
     /// Progress of `pid` over the window: from the baseline (if it is this pid's), else over `fallback`'s two samples.
     mutating func judge(pid: Int32, samples: [ProcessSample]) -> ProgressVerdict {
@@ -61,20 +93,29 @@ public struct IncidentLedger: Sendable {
         return ProgressJudge.judge(before: before, after: after)
     }
 
-    mutating func instanceStarted() { knownLocks = [] }
+    mutating func instanceStarted() {
+        knownLocks = []
+        processJudgements = nil
+        instanceBaseline = []
+    }
     mutating func learnLocks(_ locks: [KnownLock]) { knownLocks = locks }
 
     // MARK: the incident's life
 
     /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows).
+    /// `heartbeat` names the probe that was the heartbeat (nil for the control channel and sd_notify), and
+    /// `lastFailure` is what its last attempt said, more precise than the machine's "no reply within".
     mutating func open(_ cause: FailureCause, at detected: Date, pid: Int32, binaryPath: String?, startedAt: Date?,
-                       verdictAtOpen: ProgressVerdict? = nil, process: IncidentProcess? = nil) -> Incident {
-        let incidentCause = Self.incidentCause(cause, detected: detected)
+                       verdictAtOpen: ProgressVerdict? = nil, process: IncidentProcess? = nil,
+                       heartbeat: String? = nil, lastFailure: String? = nil) -> Incident {
+        let incidentCause = Self.incidentCause(cause, detected: detected, heartbeat: heartbeat, lastFailure: lastFailure)
         var new = Incident(service: service, pid: pid, binaryPath: binaryPath, startedAt: startedAt, detectedAt: detected, cause: incidentCause)
         new.process = process
         switch cause {
         case let .startTimeout(_, lastError):
-            if let lastError { new.notes.append("last control-channel error: \(lastError)") }
+            if let error = lastFailure ?? lastError {
+                new.notes.append(heartbeat.map { "last error of the \($0): \(error)" } ?? "last control-channel error: \(error)")
+            }
             // Never ready is a hang too: say whether it is stuck, stopped or busy.
             if let verdictAtOpen {
                 new.progress = verdictAtOpen
@@ -90,6 +131,14 @@ public struct IncidentLedger: Sendable {
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
+        var judgedNow = false
+        if case .missedHeartbeat = cause { judgedNow = true }
+        if case .startTimeout = cause { judgedNow = verdictAtOpen != nil }
+        if judgedNow, let judged = processJudgements, judged.count > 1, judged.first(where: \.isMain)?.pid == pid {
+            // A master and workers: each process as judged, the cores filled in as they are written.
+            new.processes = ServiceProgressJudge.records(judged)
+            new.notes.append(ServiceProgressJudge.summary(judged))
+        }
         switch cause {
         case .died, .spawnFailed:
             // A death or a failed start needs no evidence to be explained (no capture follows it): name it now.
@@ -102,6 +151,7 @@ public struct IncidentLedger: Sendable {
             break
         }
         baseline = nil
+        instanceBaseline = []
         new.lockState = knownLocks.map { $0.state(word: $0.word ?? "unknown", source: "control") }
         open = new
         return new
@@ -162,6 +212,24 @@ public struct IncidentLedger: Sendable {
             incident.capture = outcome.record
             if let threads = outcome.threads { incident.threads = threads }
             incident.notes += outcome.notes
+            Self.mainCoreListed(&incident)
+        }
+    }
+
+    /// A core of another process of the instance (a stuck worker), or why there is none: its `processes` entry
+    /// and a note.
+    mutating func applyProcessCore(pid: Int32, outcome: CoreOutcome) {
+        changeOpen { incident in
+            if let path = outcome.record.path, let index = incident.processes?.firstIndex(where: { $0.pid == pid }) {
+                incident.processes?[index].corePath = path
+            }
+            let comm = incident.processes?.first { $0.pid == pid }?.comm ?? "?"
+            if let path = outcome.record.path {
+                incident.notes.append(String(format: "core of pid %d (%@): %@ (%lld bytes, %.0f ms)", pid, comm, path, outcome.record.bytes,
+                                             outcome.record.durationMs))
+            } else {
+                incident.notes.append("no core of pid \(pid) (\(comm)): \(outcome.record.error ?? "not written")")
+            }
         }
     }
 
@@ -224,6 +292,7 @@ public struct IncidentLedger: Sendable {
             stored.notes.append("core compressed with \(tool.rawValue): \(stored.capture?.bytes ?? 0) → \(bytes) bytes")
             stored.capture?.path = path
             stored.capture?.bytes = bytes
+            Self.mainCoreListed(&stored)
         }
     }
 
@@ -233,7 +302,14 @@ public struct IncidentLedger: Sendable {
         change(id) { stored in
             stored.notes.append(Self.removedNote(path: path, reason: reason))
             stored.capture?.path = nil
+            for i in stored.processes?.indices ?? [Int]().indices { stored.processes?[i].corePath = nil }
         } != nil
+    }
+
+    /// The main process's entry in `processes` shows the incident's core, wherever it is now.
+    static func mainCoreListed(_ incident: inout Incident) {
+        guard let index = incident.processes?.firstIndex(where: \.main) else { return }
+        incident.processes?[index].corePath = incident.capture?.path
     }
 
     static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }
@@ -274,11 +350,12 @@ public struct IncidentLedger: Sendable {
     }
 
     /// The machine's cause as the incident records it (the wall clock turns "ms since the last pong" into a time).
-    static func incidentCause(_ cause: FailureCause, detected: Date) -> IncidentCause {
+    static func incidentCause(_ cause: FailureCause, detected: Date, heartbeat: String? = nil, lastFailure: String? = nil) -> IncidentCause {
         switch cause {
         case let .missedHeartbeat(misses, since, error, _, _, _):
-            .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error)
-        case let .startTimeout(ms, _): .startTimeout(seconds: Double(ms) / 1000)
+            .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: lastFailure ?? error,
+                             heartbeat: heartbeat)
+        case let .startTimeout(ms, _): .startTimeout(seconds: Double(ms) / 1000, heartbeat: heartbeat)
         case let .died(.exited(code)): .exited(code: code)
         case let .died(.signaled(sig, core)): .signaled(signal: sig, coreDumped: core)
         case let .spawnFailed(message): .spawnFailed(message: message)

@@ -232,6 +232,13 @@ public enum ProcParse {
         return (name, String(rest[0]), utime + stime)
     }
 
+    /// The parent pid (field 4) of /proc/PID/stat.
+    public static func parentPID(_ text: String) -> Int32? {
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
+        return rest.count > 1 ? Int32(rest[1]) : nil
+    }
+
     /// /proc/PID/task/TID/schedstat: "on_cpu_ns run_delay_ns timeslices".
     public static func schedstat(_ text: String) -> (onCpuNs: UInt64, runDelayNs: UInt64)? {
         let f = text.split(whereSeparator: { $0 == " " || $0 == "\n" })

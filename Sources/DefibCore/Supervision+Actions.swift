@@ -10,6 +10,7 @@ extension Supervision {
             log(.warning, "service pid \(pid) ended: \(machine.describe(status))")
             child = nil
             if pingOpen != nil { emit(.cancelPing); pingOpen = nil }
+            if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
             if locksQueryDeadline != nil { emit(.cancelLocksQuery); locksQueryDeadline = nil }
             // Processes the instance started and left behind were re-parented to us (the subreaper): they go,
             // so the next instance never runs beside a remnant of the last one. Not ours to kill: our own
@@ -17,6 +18,8 @@ extension Supervision {
             ask(.killLeftovers(of: pid, sparing: Set(helpers.keys).union(setup.childrenBeforeUs)), awaiting: .leftovers(oldPid: pid, status: status))
         case let .recordCore(outcome):
             recordCore(outcome)
+        case .captureNextProcess:
+            captureNextProcess()
         case let .finishCapture(jitterDraw):
             schedule(machine.captureFinished(at: now.mono, jitterDraw: jitterDraw))
         case .queryLocks:
@@ -56,19 +59,19 @@ extension Supervision {
             schedule(machine.spawnFailed(message: message, at: now.mono))
         case let (.baseline, .observed(observation)):
             awaiting = nil
-            ledger.setBaseline(observation.samples.last)
+            ledger.setBaseline(observation.samples.last, instance: observation.instanceSamples.last ?? [])
         case let (.softEvidence(pid, silenceMs), .observed(observation)):
             awaiting = nil
             softEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
         case let (.verdict(pid), .observed(observation)):
             awaiting = nil
-            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            let verdict = judge(pid: pid, observation: observation)
             log(.notice, "progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
             emit(.metric(.verdict(verdict.kind)))
             schedule(machine.progressJudged(verdict, at: now.mono))
         case let (.verdictAtOpen(cause, pid, detected), .observed(observation)):
             awaiting = nil
-            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            let verdict = judge(pid: pid, observation: observation)
             emit(.metric(.verdict(verdict.kind)))
             openIncident(cause, detected: detected, verdict: verdict)
         case let (.stored, .incidentStored(result)):
@@ -86,7 +89,13 @@ extension Supervision {
             if let killedAt = outcome.killedAt { ledger.killed(at: killedAt, signal: outcome.signal) }
             // The kernel's dump kills by design and reaps the instance within the capture.
             if let status = outcome.exited, let pid = child?.pid { steps.append(.instanceEnded(pid: pid, status: status)) }
-            scheduleFirst(steps + [.recordCore(outcome), .finishCapture(jitterDraw: outcome.jitterDraw)])
+            scheduleFirst(steps + [.recordCore(outcome), .captureNextProcess, .finishCapture(jitterDraw: outcome.jitterDraw)])
+        case let (.processCore(pid), .coreWritten(outcome)):
+            awaiting = nil
+            ledger.applyProcessCore(pid: pid, outcome: outcome)
+            if let error = outcome.record.error { log(.error, "core of pid \(pid) failed: \(error)") }
+            else if let path = outcome.record.path { log(.info, "core of pid \(pid) written: \(path) (\(outcome.record.bytes) bytes)") }
+            scheduleFirst([.captureNextProcess])
         case let (.leftovers(oldPid, status), .leftoversKilled(killed)):
             awaiting = nil
             for process in killed {
@@ -130,8 +139,31 @@ extension Supervision {
         case .spawn:
             ask(.spawn(spawnPlan), awaiting: .spawn)
         case let .sendPing(token):
-            pingOpen = (token, now.mono)
-            emit(.sendPing(token: token))
+            if let probe {
+                if var open = probeOpen {
+                    // A retry while starting: the attempt still running answers the new ping (cutting it short
+                    // would never let an attempt slower than the retry pause through).
+                    open.token = token
+                    probeOpen = open
+                } else {
+                    probeOpen = ProbeInFlight(attempt: token, token: token, sentAt: now.mono, deadline: now.mono + probe.timeoutMs)
+                    emit(.startProbe(token: token))
+                }
+            } else {
+                pingOpen = (token, now.mono)
+                emit(.sendPing(token: token))
+            }
+        case let .heartbeatAdopted(pid, source):
+            switch source {
+            case .ping: log(.info, "pid \(pid) answers pings on \(config.controlSocketPath): pings are its heartbeat from now on (heartbeat auto)")
+            case .notify, .both: log(.info, "pid \(pid) sends WATCHDOG=1: its keep-alives are its heartbeat from now on (heartbeat auto)")
+            }
+        case let .heartbeatUnheard(pid, afterMs):
+            let line = "pid \(pid) has neither listened on DEFIB_CONTROL_SOCKET nor sent WATCHDOG=1 within \(afterMs) ms of its start: "
+                + "it is supervised for its exit only, and a hang goes unnoticed. To watch it: --heartbeat http|tcp|exec with --probe TARGET "
+                + "(a request, a connection, a command), or --heartbeat ping|notify if it speaks them; --heartbeat none says exit-only on purpose"
+            if warnedUnheard { log(.info, "pid \(pid): no heartbeat heard within \(afterMs) ms; supervised for its exit only") } else { log(.warning, line) }
+            warnedUnheard = true
         case let .instanceReady(pid):
             log(.info, "service \(config.service.name) pid \(pid) is ready")
             updateManagerStatus(ready: true)
@@ -145,12 +177,15 @@ extension Supervision {
             emit(.metric(.heartbeatMissed))
             ledger.noteMiss(misses: misses, silenceMs: silenceMs, reason: reason)
         case let .sampleProgress(pid):
-            ask(.observe(ObservationRequest(pid: pid, samples: .one)), awaiting: .baseline)
+            var request = ObservationRequest(pid: pid, samples: .one)
+            request.instanceProcesses = true
+            ask(.observe(request), awaiting: .baseline)
         case let .collectSoftEvidence(pid, silenceMs):
             // Soft evidence, nothing done to the process: its threads, its progress, and its locks as the
             // flight recorder shows them (the recorder is read from a file; the process is not touched).
             var request = ObservationRequest(pid: pid, samples: .one)
             request.flightRecorder = flightRecorderPath
+            request.instanceProcesses = true
             ask(.observe(request), awaiting: .softEvidence(pid: pid, silenceMs: silenceMs))
         case let .judgeProgress(pid):
             ask(.observe(judgementRequest(pid: pid)), awaiting: .verdict(pid: pid))
@@ -229,7 +264,18 @@ extension Supervision {
 
     /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart.
     private func judgementRequest(pid: Int32) -> ObservationRequest {
-        ObservationRequest(pid: pid, samples: ledger.baseline?.pid == pid ? .one : .pair(apartMs: 100))
+        var request = ObservationRequest(pid: pid, samples: ledger.baseline?.pid == pid ? .one : .pair(apartMs: 100))
+        request.instanceProcesses = true
+        return request
+    }
+
+    /// The main process's progress and every other process's: the verdict on the instance as a whole.
+    private mutating func judge(pid: Int32, observation: Observation) -> ProgressVerdict {
+        let main = ledger.judge(pid: pid, samples: observation.samples)
+        let processes = ledger.judgeInstance(mainPID: pid, rounds: observation.instanceSamples)
+        guard processes.count > 1 else { return main }
+        log(.notice, "processes of the instance: \(ServiceProgressJudge.summary(processes))")
+        return ServiceProgressJudge.instanceVerdict(main: main, processes)
     }
 
     /// The instance's program and environment: the config's variables, then the supervisor's own (its control
@@ -240,7 +286,7 @@ extension Supervision {
         env["DEFIB_SERVICE"] = config.service.name
         env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
         env["NOTIFY_SOCKET"] = config.notifySocketPath
-        if config.heartbeat.source.usesNotify {
+        if config.heartbeat.mode == .notify || config.heartbeat.mode == .both || config.heartbeat.mode == .auto {
             // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
             env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
         }
@@ -259,7 +305,8 @@ extension Supervision {
         var process = pid == lastChildPid ? childProcess : nil
         if case .spawnFailed = cause { process = nil }
         let incident = ledger.open(cause, at: detected, pid: pid, binaryPath: child?.executable,
-                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process)
+                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process, heartbeat: probe?.name,
+                                   lastFailure: probe == nil ? nil : lastProbeFailure)
         ask(.insertIncident(incident), awaiting: .stored)
     }
 

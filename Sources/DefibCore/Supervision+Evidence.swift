@@ -11,6 +11,9 @@ extension Supervision {
         var line = "suspect after \(Int(silenceMs)) ms of silence: threads \(sample.stateSummary)"
         if let before = ledger.baseline { line += "; progress since the first miss: \(ProgressJudge.judge(before: before, after: sample).reason)" }
         if let locks = LockEvidence.suspectSummary(observation.flightRecorder, pid: pid) { line += "; locks: \(locks)" }
+        if let round = observation.instanceSamples.last, let processes = ledger.instanceSummary(mainPID: pid, round: round) {
+            line += "; \(processes)"
+        }
         log(.warning, line)
         ledger.notePending(line)
         emit(.metric(.suspect))
@@ -60,12 +63,47 @@ extension Supervision {
         case .gcore: log(.info, "capturing a core of pid \(pid) with gcore (budget \(budget) ms)")
         case .kernel: log(.info, "capturing a core of pid \(pid) with the kernel's dump (budget \(budget) ms)")
         }
-        if let usec = setup.managerWatchdogUsec {
-            // The loop is busy writing the core (bounded by the budget): a helper keeps the manager's watchdog fed
-            // until the budget plus a second, never longer.
-            request.managerKeepAlive = (Self.keepAlivePeriodNs(watchdogUsec: usec), now.mono.nanoseconds + Int64(budget + 1000) * 1_000_000)
+        captureStartedAt = now.mono
+        captureBudgetMs = budget
+        request.managerKeepAlive = managerKeepAliveDuringCapture
+        // The other processes of the instance that make no progress, most stuck first, after the main one.
+        let judged = ledger.open?.processes == nil ? [] : ledger.processJudgements ?? []
+        let others = ServiceProgressJudge.captureOrder(judged).filter { !$0.isMain && $0.pid != pid && $0.condition.isStuck }
+        processCaptureQueue = others.map(\.pid)
+        if !others.isEmpty {
+            log(.info, "\(others.count) other process(es) of the instance to capture after it: "
+                + others.map { "\($0.pid) (\($0.comm), \($0.condition.rawValue))" }.joined(separator: ", "))
         }
         ask(.writeCore(request), awaiting: .core)
+    }
+
+    /// While the loop is busy writing cores (bounded by the budget), a helper keeps the service manager's
+    /// watchdog fed until the budget plus a second from the capture's start, never longer.
+    private var managerKeepAliveDuringCapture: (periodNs: Int64, untilNs: Int64)? {
+        guard let usec = setup.managerWatchdogUsec, let start = captureStartedAt else { return nil }
+        return (Self.keepAlivePeriodNs(watchdogUsec: usec), start.nanoseconds + Int64(captureBudgetMs + 1000) * 1_000_000)
+    }
+
+    /// A core of the next stuck process of the instance, within what is left of the capture budget; the
+    /// incident says which were left out and why.
+    mutating func captureNextProcess() {
+        guard !processCaptureQueue.isEmpty else { return }
+        let method = config.capture.method
+        let spentMs = captureStartedAt.map { Int(now.mono.milliseconds(since: $0).rounded(.up)) } ?? 0
+        let leftMs = captureBudgetMs - spentMs
+        guard method == .native || method == .gcore, leftMs > 0 else {
+            let why = method == .kernel ? "the kernel method dumps only the main process (its dump kills what it writes)"
+                : method == .none ? "capture method none" : "the capture budget (\(captureBudgetMs) ms) is spent"
+            for pid in processCaptureQueue { ledger.note("no core of pid \(pid): \(why)") }
+            processCaptureQueue = []
+            return
+        }
+        let pid = processCaptureQueue.removeFirst()
+        let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(ledger.open?.id.map(String.init) ?? "x")"
+        var request = CoreRequest(pid: pid, method: method, prefix: prefix, budgetMs: leftMs)
+        request.managerKeepAlive = managerKeepAliveDuringCapture
+        log(.info, "capturing a core of pid \(pid), another process of the instance (\(method.rawValue), \(leftMs) ms of the budget left)")
+        ask(.writeCore(request), awaiting: .processCore(pid: pid))
     }
 
     mutating func recordCore(_ outcome: CoreOutcome) {
@@ -175,6 +213,7 @@ extension Supervision {
             for deletion in CoreRetention.plan(cores: cores, space: space, policy: config.retention, protected: protected) {
                 let core = deletion.core
                 emit(.removeFile(path: core.path))
+                for other in core.otherPaths { emit(.removeFile(path: other)) }
                 if !ledger.coreRemoved(incidentID: core.incidentID, path: core.path, reason: deletion.reason) {
                     emit(.recordCoreRemoved(incidentID: core.incidentID, note: IncidentLedger.removedNote(path: core.path, reason: deletion.reason)))
                 }

@@ -54,6 +54,8 @@ public struct Supervision: Sendable {
         /// The instance is gone: say so, drop its requests, kill what it left behind, then tell the machine.
         case instanceEnded(pid: Int32, status: ChildStatus)
         indirect case recordCore(CoreOutcome)
+        /// The next stuck process of the instance after the main one, while the capture budget lasts.
+        case captureNextProcess
         case finishCapture(jitterDraw: Double)
         case queryLocks
         /// Goroutines (a Go service's) and stacks from the core of a closed incident, then compression, then retention.
@@ -79,6 +81,7 @@ public struct Supervision: Sendable {
         case lockEvidence(pid: Int32)
         indirect case runtimeStacks(pid: Int32, observation: Observation, runtime: DetectedRuntime, askedAt: MonoTime)
         case core
+        case processCore(pid: Int32)
         case leftovers(oldPid: Int32, status: ChildStatus)
         case helperStart(Helper)
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
@@ -106,6 +109,21 @@ public struct Supervision: Sendable {
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.
     var locksQueryDeadline: MonoTime?
+    /// The instance whose locks were asked for (once per instance, at its first pong).
+    var locksAskedOf: Int32?
+    /// The probe that is the heartbeat (`http`, `tcp`, `exec`), nil for the protocols.
+    let probe: ProbeSpec?
+    /// The probe attempt running.
+    var probeOpen: ProbeInFlight?
+    /// What the last probe attempt of the current silence said (nil once a beat comes).
+    var lastProbeFailure: String?
+    /// `auto`'s warning about a service supervised for its exit only is given once.
+    var warnedUnheard = false
+    /// The other stuck processes of the instance still to capture, in order, and when the capture began.
+    var processCaptureQueue: [Int32] = []
+    var captureStartedAt: MonoTime?
+    /// The capture's budget from `captureStartedAt`: the configured one less what the runtime's tool took.
+    var captureBudgetMs = 0
     var helpers: [Int32: Helper] = [:]
     var nextManagerKeepAlive = MonoTime(nanoseconds: 0)
     var announcedReady = false
@@ -127,12 +145,23 @@ public struct Supervision: Sendable {
         self.setup = setup
         machine = SupervisorMachine(settings: .init(setup.config))
         ledger = IncidentLedger(service: setup.config.service.name)
+        probe = try? setup.config.heartbeat.probeSpec()
+    }
+
+    /// A probe attempt in flight: `attempt` is the token it was started with (its result carries it), `token`
+    /// the machine's ping it answers (a retry during start-up hands the running attempt the new token rather than
+    /// cutting it short), `deadline` when its time is up.
+    struct ProbeInFlight: Sendable, Equatable {
+        var attempt: UInt64
+        var token: UInt64
+        var sentAt: MonoTime
+        var deadline: MonoTime
     }
 
     /// When the runtime must come back with a `.tick` at the latest (it also wakes at most every second).
     public var nextWakeup: MonoTime? {
         if let exiting { return exiting.deadline }
-        var times = [machine.nextWakeup, locksQueryDeadline].compactMap { $0 }
+        var times = [machine.nextWakeup, locksQueryDeadline, probeOpen?.deadline].compactMap { $0 }
         if setup.managerWatchdogUsec != nil { times.append(nextManagerKeepAlive) }
         return times.min()
     }
@@ -167,6 +196,10 @@ public struct Supervision: Sendable {
                 emit(.cancelLocksQuery)
                 log(.debug, "locks query timed out")
             }
+            if let open = probeOpen, now.mono >= open.deadline {
+                // The attempt's time is up: its answer (what it was still waiting for) is its miss.
+                emit(.timeOutProbe(token: open.attempt))
+            }
             schedule(machine.tick(at: now.mono))
         case let .signal(sig):
             log(.info, "received \(signalName(sig)); stopping the service and exiting")
@@ -181,9 +214,12 @@ public struct Supervision: Sendable {
             pingOpen = nil
             if line == "pong \(token)" {
                 if let sent, sent.token == token { emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - sent.sentAt.nanoseconds))) }
-                let wasStarting = machine.phase == .starting
                 schedule(machine.pongReceived(token: token, at: now.mono))
-                if wasStarting && machine.phase == .running { agenda.append(.queryLocks) }
+                // The first pong of a ready instance (also one ready by READY=1 under `auto`): ask for its locks.
+                if let pid = child?.pid, locksAskedOf != pid, machine.phase == .running {
+                    locksAskedOf = pid
+                    agenda.append(.queryLocks)
+                }
             } else {
                 let shown = line.count > 120 ? String(line.prefix(120)) + "…" : line
                 schedule(machine.pingFailed(token: token, reason: "unexpected reply '\(shown)' to 'ping \(token)' (expected 'pong \(token)')", at: now.mono))
@@ -191,6 +227,8 @@ public struct Supervision: Sendable {
         case let .pingFailed(token, problem):
             pingOpen = nil
             schedule(machine.pingFailed(token: token, reason: problem, at: now.mono))
+        case let .probeResult(attempt, progress):
+            probeAnswered(attempt: attempt, progress: progress)
         case let .locksReply(line):
             locksQueryDeadline = nil
             if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { log(.warning, "unreadable 'locks' reply: \(line.prefix(200))") }
@@ -228,6 +266,27 @@ public struct Supervision: Sendable {
             agenda.append(.helperEnded(pid: pid, status: status))
         } else {
             log(.debug, "reaped orphan pid \(pid): \(machine.describe(status))")
+        }
+    }
+
+    /// A probe attempt's verdict, for the machine a pong or a failed ping of the token it answers.
+    private mutating func probeAnswered(attempt: UInt64, progress: ProbeProgress) {
+        guard let open = probeOpen, open.attempt == attempt else {
+            log(.debug, "result of a probe attempt no longer awaited ignored: \(progress)")
+            return
+        }
+        switch progress {
+        case .pending:
+            return
+        case .beat:
+            probeOpen = nil
+            lastProbeFailure = nil
+            emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - open.sentAt.nanoseconds)))
+            schedule(machine.pongReceived(token: open.token, at: now.mono))
+        case let .miss(failure):
+            probeOpen = nil
+            lastProbeFailure = failure.description
+            schedule(machine.pingFailed(token: open.token, reason: failure.description, at: now.mono))
         }
     }
 
@@ -274,6 +333,7 @@ public struct Supervision: Sendable {
 
     mutating func finish() {
         guard let exiting else { return }
+        if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
         flushChanges()
         emit(.exit(code: exiting.code))
         finished = true
@@ -293,6 +353,10 @@ public struct Supervision: Sendable {
         if let open = pingOpen, machine.pingInFlight != open.token {
             emit(.cancelPing)
             pingOpen = nil
+        }
+        if let open = probeOpen, machine.pingInFlight != open.token {
+            emit(.cancelProbe)
+            probeOpen = nil
         }
         if machine.phase != lastPhase {
             lastPhase = machine.phase

@@ -32,6 +32,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// The answer to `locks`, or why there is none.
     case locksReply(String)
     case locksFailed(String)
+    /// The probe attempt started as `token` decided: a beat, or a miss and why.
+    case probeResult(token: UInt64, ProbeProgress)
 
     // Answers to effects.
     /// `process` is who the instance runs as, read from /proc once it has exec'd (nil when it could not be
@@ -111,6 +113,9 @@ public struct ObservationRequest: Sendable, Equatable {
     public var waitForGraph = false
     /// Which runtime the process runs (its mappings and executable).
     public var detectRuntime = false
+    /// Every process of the instance (the main one and its descendants), sampled as `samples` says into
+    /// `Observation.instanceSamples`: a master's silence may be a worker's hang.
+    public var instanceProcesses = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -132,6 +137,9 @@ public struct Observation: Sendable, Equatable {
     public var waitFor: WaitForReading?
     /// The runtime, when asked for: which tool reads its own stacks.
     public var runtime: DetectedRuntime?
+    /// With `instanceProcesses`: one round per sample, oldest first, each a sample of every process of the
+    /// instance (the main one first).
+    public var instanceSamples: [[ProcessSample]] = []
     public init(pid: Int32) { self.pid = pid }
 }
 

@@ -30,6 +30,9 @@ public final class SystemEffects: SupervisorEffects {
     var helpers: [Int32: ChildProcess] = [:]
     var ping: (token: UInt64, request: ControlRequest)?
     var locksQuery: ControlRequest?
+    /// The probe that is the heartbeat (resolved once, at start-up), and its attempt in flight.
+    let probe: ResolvedProbe?
+    var probeAttempt: (token: UInt64, attempt: any ProbeAttempt)?
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -41,8 +44,9 @@ public final class SystemEffects: SupervisorEffects {
     /// Becomes our descendants' subreaper and makes the state directory, the core directory and the run
     /// directory (0700, made by us), the link to a control socket kept elsewhere, and the NOTIFY_SOCKET.
     public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
-                passedSockets: [(name: String, fd: Int32)] = []) throws {
+                passedSockets: [(name: String, fd: Int32)] = [], probe: ResolvedProbe? = nil) throws {
         self.config = config
+        self.probe = probe
         self.store = store
         self.signals = signals
         self.passedSockets = passedSockets
@@ -88,6 +92,7 @@ public final class SystemEffects: SupervisorEffects {
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: notifyServer.fd, events: Int16(POLLIN), revents: 0)]
         if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
         if let locksQuery { fds.append(pollfd(fd: locksQuery.fd, events: Int16(POLLIN), revents: 0)) }
+        if let (_, attempt) = probeAttempt { fds.append(pollfd(fd: attempt.fd, events: attempt.pollEvents, revents: 0)) }
         var timeoutMs: Int32 = 1000
         if let deadline {
             // Rounded up, so the loop sleeps until the deadline rather than spinning through its last millisecond.
@@ -117,13 +122,22 @@ public final class SystemEffects: SupervisorEffects {
             case let .failed(problem): cancelLocksQuery(); events.append(.locksFailed(problem))
             }
         }
+        if let (token, attempt) = probeAttempt {
+            let progress = attempt.readAvailable()
+            if progress != .pending {
+                probeAttempt = nil
+                events.append(.probeResult(token: token, progress))
+            }
+        }
         return events
     }
 
     /// Every child that has ended: the instance, helpers, and orphans re-parented to us. Their pidfds close
     /// here, before anyone could signal a recycled pid.
     private func reap(into events: inout [SupervisorEvent]) {
-        for reaped in reapAll() {
+        // A running exec probe reaps its own command through its pidfd (it kills the command's group first,
+        // which is safe only while the leader is unreaped).
+        for reaped in reapAll(sparing: Set([probeAttempt?.attempt.sparedPID].compactMap { $0 })) {
             if let child, child.pid == reaped.pid {
                 child.closePidfd()
                 self.child = nil
@@ -154,15 +168,21 @@ public final class SystemEffects: SupervisorEffects {
         }
     }
 
+    /// The signal goes to the instance, its process group and — SIGKILL — every descendant that left the group
+    /// (listed before the main process dies, while they are still its descendants): a whole instance goes.
     public func signal(pid: Int32, signal: Int32) {
         guard let child, child.pid == pid else { return }
+        let strays = signal == SIGKILL ? ServiceProcesses.openDescendants(of: pid) : []
         try? child.signal(signal)
         child.signalGroup(signal)
+        for stray in strays { stray.kill(signal) }
     }
 
     public func killLeftovers(of pid: Int32, sparing: Set<Int32>) -> [KilledProcess] {
         var killed: [KilledProcess] = []
-        for leftover in childProcesses(of: getpid()) where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil {
+        let probePID = probeAttempt?.attempt.sparedPID
+        for leftover in childProcesses(of: getpid())
+        where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil && leftover != probePID {
             let name = processName(leftover)
             if killProcess(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
         }
@@ -195,6 +215,32 @@ public final class SystemEffects: SupervisorEffects {
     public func cancelLocksQuery() {
         locksQuery?.close()
         locksQuery = nil
+    }
+
+    // MARK: probes
+
+    public func startProbe(token: UInt64) -> ProbeFailure? {
+        cancelProbe()
+        guard let probe else { return .couldNotStart("no probe is configured") }
+        switch probe.start() {
+        case let .success(attempt):
+            probeAttempt = (token, attempt)
+            return nil
+        case let .failure(failure):
+            return failure
+        }
+    }
+
+    public func timeOutProbe(token: UInt64) -> ProbeFailure? {
+        guard let (running, attempt) = probeAttempt, running == token else { return nil }
+        probeAttempt = nil
+        // An exec probe's group is killed; a leader not dead yet is left to the reaper (it is no longer spared).
+        return attempt.timedOut()
+    }
+
+    public func cancelProbe() {
+        probeAttempt?.attempt.cancel()
+        probeAttempt = nil
     }
 
     // MARK: the store and the service manager

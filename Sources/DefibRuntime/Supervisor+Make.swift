@@ -18,6 +18,16 @@ extension Supervisor {
     /// every instance (a port already taken is a configuration error, before any child starts), the metrics
     /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
     public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger) throws -> (Supervisor, MetricsEndpoint?) {
+        // The probe's host is resolved (its program found) once, here: an attempt never blocks on a resolver.
+        var probe: ResolvedProbe?
+        do {
+            probe = try config.heartbeat.probeSpec().map { try ResolvedProbe.resolve($0) }
+        } catch {
+            throw SupervisorSetupError("heartbeat.probe: \(error)")
+        }
+        if let probe {
+            logger.info("heartbeat: \(probe.spec.name)\(probe.address.map { " (\($0))" } ?? "") every \(config.heartbeat.intervalMs) ms, each within \(probe.spec.timeoutMs) ms")
+        }
         let store: IncidentStore
         do {
             try makeDirectory(config.stateDirectory, mode: 0o700)
@@ -43,7 +53,7 @@ extension Supervisor {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         do {
-            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed)
+            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed, probe: probe)
             for warning in effects.warnings { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
                                           managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs,

@@ -72,6 +72,12 @@ public final class Supervisor {
             return effects.queryLocks().map { .locksFailed($0) }
         case .cancelLocksQuery:
             effects.cancelLocksQuery()
+        case let .startProbe(token):
+            return effects.startProbe(token: token).map { .probeResult(token: token, .miss($0)) }
+        case let .timeOutProbe(token):
+            return effects.timeOutProbe(token: token).map { .probeResult(token: token, .miss($0)) }
+        case .cancelProbe:
+            effects.cancelProbe()
         case let .observe(request):
             return .observed(effects.observe(request))
         case let .writeCore(request):

@@ -160,14 +160,24 @@ public final class IncidentStore: Sendable {
         public var signature: String?
         public var detectedUnixMs: Int64
         public var corePath: String
+        /// The cores of the instance's other processes (from the body's `processes`).
+        public var otherCorePaths: [String] = []
     }
 
     /// Every incident whose core is recorded, oldest first.
     public func incidentsWithCores() throws -> [CoreRow] {
         do {
             return try reader.read { db in
-                try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path FROM incident WHERE core_path IS NOT NULL ORDER BY detected_at, id")
-                    .map { CoreRow(id: $0["id"], service: $0["service"], signature: $0["signature"], detectedUnixMs: $0["detected_at"], corePath: $0["core_path"]) }
+                // The other processes' cores sit in the body's `processes` (a multi-process instance's stuck workers).
+                let others = "(SELECT group_concat(json_extract(p.value, '$.corePath'), char(10)) FROM json_each(incident.body, '$.processes') AS p "
+                    + "WHERE json_extract(p.value, '$.main') = 0 AND json_extract(p.value, '$.corePath') IS NOT NULL)"
+                return try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path, \(others) AS other_cores FROM incident "
+                                         + "WHERE core_path IS NOT NULL ORDER BY detected_at, id")
+                    .map { row in
+                        let other: String? = row["other_cores"]
+                        return CoreRow(id: row["id"], service: row["service"], signature: row["signature"], detectedUnixMs: row["detected_at"],
+                                       corePath: row["core_path"], otherCorePaths: other?.split(separator: "\n").map(String.init) ?? [])
+                    }
             }
         } catch {
             throw StoreError(.read, path: path, "list cores: \(sqliteMessage(error))")

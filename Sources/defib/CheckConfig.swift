@@ -21,7 +21,7 @@ struct CheckConfigCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let config = parsed.withDerivedDefaults()
-        let issues = config.validationIssues().map { issue -> ConfigIssue in
+        let issues = (config.validationIssues() + Self.resolutionIssues(config)).map { issue -> ConfigIssue in
             var i = issue
             i.file = file
             return i
@@ -50,10 +50,9 @@ struct CheckConfigCommand: ParsableCommand {
             rows.append(["  env", c.service.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")])
         }
         rows.append(["  working dir", c.service.workingDirectory ?? "(defib's)"])
+        if let identity = identitySummary(c) { rows.append(["  runs as", identity]) }
         let stages = SupervisorMachine.Settings(c)
-        let source = h.source == .ping ? "ping every \(h.intervalMs) ms" : h.source == .notify
-            ? "sd_notify WATCHDOG=1 every \(h.intervalMs) ms" : "ping and sd_notify WATCHDOG=1, every \(h.intervalMs) ms"
-        rows.append(["heartbeat", "\(source); first answer within \(h.startTimeoutMs) ms"])
+        rows.append(["heartbeat", "\(heartbeatSummary(h)); first answer within \(h.startTimeoutMs) ms"])
         rows.append(["  stages", "miss after \(stages.missMs) ms, suspect at \(stages.suspectMs) ms of silence, hang at \(h.deadlineMs) ms"
             + (h.misses > 1 ? " and \(h.misses) misses" : "")])
         rows.append(["  starved", stages.maxExtensionMs == 0 ? "never extended"

@@ -28,8 +28,17 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
-    @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1) or both.")
-    var heartbeat: HeartbeatSource?
+    @Option(name: .long, help: "Where heartbeats come from: auto (the default: what the program speaks, else its exit only), ping, notify (sd_notify WATCHDOG=1), both, http, tcp, exec (a probe, with --probe) or none (its exit only).")
+    var heartbeat: HeartbeatMode?
+
+    @Option(name: .long, help: ArgumentHelp("The probe for --heartbeat http (a URL), tcp (HOST:PORT) or exec (a command).", valueName: "TARGET"))
+    var probe: String?
+
+    @Option(name: .long, help: "Run the service as this user (name or uid; resolved, but refused by this version).")
+    var user: String?
+
+    @Option(name: .long, help: "Run the service with this group (name or gid; default: the user's).")
+    var group: String?
 
     @Option(name: .long, help: "Core capture method: native, kernel, gcore or none.")
     var capture: CaptureMethod?
@@ -71,7 +80,10 @@ struct RunCommand: ParsableCommand {
         if let deadline { cfg.heartbeat.deadlineMs = deadline }
         if let misses { cfg.heartbeat.misses = misses }
         if let capture { cfg.capture.method = capture }
-        if let heartbeat { cfg.heartbeat.source = heartbeat }
+        if let heartbeat { cfg.heartbeat.mode = heartbeat }
+        if let probe { cfg.heartbeat.probe = probe }
+        if let user { cfg.service.user = user }
+        if let group { cfg.service.group = group }
         if let metrics { cfg.metricsListen = metrics }
         for spec in sockets {
             guard let eq = spec.firstIndex(of: "="), let address = SocketSpec.parseAddress(String(spec[spec.index(after: eq)...])) else {
@@ -93,6 +105,7 @@ struct RunCommand: ParsableCommand {
         if let dir = cfg.capture.directory, !dir.isEmpty { cfg.capture.directory = absolute(dir) }
         if cfg.service.argv.isEmpty { throw ValidationError("nothing to run: give the program after --, or service.argv in the config file") }
         do { try cfg.validate() } catch { throw ValidationError("\(error)") }
+        try Self.checkAnyServiceSettings(cfg)
         return cfg
     }
 
@@ -124,3 +137,4 @@ struct RunCommand: ParsableCommand {
 
 extension CaptureMethod: ExpressibleByArgument {}
 extension HeartbeatSource: ExpressibleByArgument {}
+extension HeartbeatMode: ExpressibleByArgument {}

@@ -23,6 +23,7 @@ import Testing
 
     @Test func aPolicyWithoutServiceOrStateLeavesThemToTheFlags() throws {
         var policy = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
+        policy.heartbeat.mode = .ping
         policy.heartbeat.intervalMs = 100
         policy.capture.method = .gcore
         policy.restart.intensityMax = 1000

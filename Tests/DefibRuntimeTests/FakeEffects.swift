@@ -23,6 +23,18 @@ final class FakeEffects: SupervisorEffects {
         case pauses(fromMs: Int64, forMs: Int64)
     }
 
+    /// How another process of an instance (a worker) looks in /proc.
+    enum WorkerBehaviour {
+        /// Asleep waiting for events (epoll): an idle worker.
+        case idle
+        /// SIGSTOPped.
+        case stopped
+        /// Asleep in futex waits, no CPU: deadlocked.
+        case stuck
+        /// Runnable, waiting for a CPU.
+        case starved
+    }
+
     struct Instance {
         let pid: Int32
         let startedMs: Int64
@@ -47,6 +59,17 @@ final class FakeEffects: SupervisorEffects {
     private var current: Int32?
     private var nextPid: Int32 = 100
     private var nextHelperPid: Int32 = 9000
+
+    /// The other processes of every instance (pids `instance × 10 + 1`, `+ 2` …), as they look in /proc.
+    var workers: [WorkerBehaviour] = []
+    /// The main process's threads wait for events (an idle master) rather than in futex waits.
+    var mainWaitsForEvents = false
+
+    // Probes: an answering instance beats after `probeLatencyMs`; a hung one says nothing (the supervision times
+    // the attempt out) or, with `hungProbeAnswer`, answers that at once (an HTTP 503).
+    var probeLatencyMs: Int64 = 1
+    var hungProbeAnswer: ProbeFailure?
+    private var probeRunning: UInt64?
 
     // Evidence.
     var recorder: FlightRecord?
@@ -200,6 +223,35 @@ final class FakeEffects: SupervisorEffects {
 
     func cancelLocksQuery() { calls.append("cancelLocksQuery") }
 
+    func startProbe(token: UInt64) -> ProbeFailure? {
+        calls.append("probe \(token)")
+        guard let pid = current, let instance = instances[pid], instance.alive else { return .refused }
+        if case .neverListens = instance.behaviour { return .refused }
+        probeRunning = token
+        if answers(instance) {
+            schedule(at: nowMs + probeLatencyMs, .probeResult(token: token, .beat))
+        } else if let hungProbeAnswer {
+            schedule(at: nowMs + probeLatencyMs, .probeResult(token: token, .miss(hungProbeAnswer)))
+        } else if case let .pauses(fromMs, forMs) = instance.behaviour, nowMs < instance.startedMs + fromMs + forMs {
+            schedule(at: instance.startedMs + fromMs + forMs, .probeResult(token: token, .beat))
+        }
+        return nil
+    }
+
+    func timeOutProbe(token: UInt64) -> ProbeFailure? {
+        calls.append("probeTimedOut \(token)")
+        guard probeRunning == token else { return nil }
+        probeRunning = nil
+        events.removeAll { if case .probeResult(token, _) = $0.event { true } else { false } }
+        return .timedOut(afterMs: 250, stage: "waiting for the status line")
+    }
+
+    func cancelProbe() {
+        calls.append("cancelProbe")
+        if let running = probeRunning { events.removeAll { if case .probeResult(running, _) = $0.event { true } else { false } } }
+        probeRunning = nil
+    }
+
     func observe(_ request: ObservationRequest) -> Observation {
         var what: String
         switch request.samples {
@@ -240,6 +292,17 @@ final class FakeEffects: SupervisorEffects {
         }
         if request.waitForGraph { observation.waitFor = WaitForReading(edges: waitFor, notes: waitForNotes) }
         if request.detectRuntime { observation.runtime = runtime }
+        if request.instanceProcesses {
+            // The main process's samples are the instance's first entries; the workers are sampled beside them.
+            let pids = [request.pid] + workers.indices.map { request.pid * 10 + Int32($0) + 1 }
+            observation.instanceSamples = observation.samples.map { main in
+                [main] + pids.dropFirst().map { worker($0, main: request.pid, atNs: main.atNs) }
+            }
+            if observation.instanceSamples.isEmpty {
+                let main = sample(request.pid)
+                observation.instanceSamples = [[main] + pids.dropFirst().map { worker($0, main: request.pid, atNs: main.atNs) }]
+            }
+        }
         return observation
     }
 
@@ -335,8 +398,10 @@ final class FakeEffects: SupervisorEffects {
         calls.append("scanCores")
         let ours = stored.values.compactMap { incident -> StoredCore? in
             guard let id = incident.id, let path = incident.capture?.path else { return nil }
-            return StoredCore(incidentID: id, path: path, bytes: files[path] ?? 0, service: incident.service, signature: incident.signature,
-                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000))
+            let others = (incident.processes ?? []).filter { !$0.main }.compactMap(\.corePath)
+            return StoredCore(incidentID: id, path: path, bytes: ([path] + others).reduce(Int64(0)) { $0 + (files[$1] ?? 0) },
+                              service: incident.service, signature: incident.signature,
+                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000), otherPaths: others)
         }
         return CoreInventory(cores: (olderCores + ours).sorted { $0.incidentID < $1.incidentID }, space: space)
     }
@@ -397,6 +462,29 @@ final class FakeEffects: SupervisorEffects {
         }
     }
 
+    /// A worker of the instance `main` in /proc at `atNs`.
+    private func worker(_ pid: Int32, main: Int32, atNs: Int64) -> ProcessSample {
+        guard instances[main]?.alive == true else { return ProcessSample(pid: pid, atNs: atNs, threads: []) }
+        let age = UInt64(max(0, atNs / 1_000_000 - (instances[main]?.startedMs ?? 0))) * 1_000_000
+        let thread: ThreadSample
+        switch workers[Int(pid - main * 10 - 1)] {
+        case .idle:
+            thread = ThreadSample(tid: pid, name: "worker", state: "S", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0,
+                                  syscall: Self.eventWait, syscallArg0: "0x5")
+        case .stopped:
+            thread = ThreadSample(tid: pid, name: "worker", state: "T", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0)
+        case .stuck:
+            thread = ThreadSample(tid: pid, name: "worker", state: "S", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0,
+                                  syscall: Syscalls.futex, syscallArg0: "0x7f0000002000")
+        case .starved:
+            thread = ThreadSample(tid: pid, name: "worker", state: "R", cpuTicks: 0, onCpuNs: age / 10, runDelayNs: age * 6 / 10)
+        }
+        return ProcessSample(pid: pid, atNs: atNs, threads: [thread], cpuCount: 2)
+    }
+
+    /// A call an idle server's threads sleep in (epoll_wait on x86-64).
+    static let eventWait = Syscalls.eventWaits.first { $0.value.hasPrefix("epoll") }!.key
+
     /// /proc as it would look: asleep in futex waits with no CPU (stuck), runnable and waiting for a CPU
     /// (starved), or idle and answering.
     private func sample(_ pid: Int32) -> ProcessSample {
@@ -412,7 +500,7 @@ final class FakeEffects: SupervisorEffects {
         case .healthy, .exits, .hangs, .neverListens, .pauses:
             threads = (0..<3).map { i in
                 ThreadSample(tid: pid + Int32(i), name: "worker-\(i)", state: "S", cpuTicks: 0, onCpuNs: 5_000_000, runDelayNs: 0,
-                             syscall: Syscalls.futex, syscallArg0: "0x7f0000001000")
+                             syscall: mainWaitsForEvents ? Self.eventWait : Syscalls.futex, syscallArg0: "0x7f0000001000")
             }
         }
         return ProcessSample(pid: pid, atNs: at, threads: threads, cpuCount: 2)

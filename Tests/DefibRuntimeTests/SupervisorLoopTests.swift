@@ -160,7 +160,7 @@ import Testing
     @Test func anInstanceThatNeverAnswersIsJudgedAtTheStartTimeoutAndCaptured() throws {
         let fake = FakeEffects()
         fake.behaviours = [.neverListens, .healthy]
-        let run = Run(fake, stopAtMs: 4000)
+        let run = Run(fake, config: testConfig { $0.heartbeat.mode = .ping }, stopAtMs: 4000)
         expectInOrder(fake.actions, ["spawn 100", "observe 100 pair", "insert 1", "observe 100 none capture", "writeCore 100 native first=100",
                                      "signal 100 SIGKILL", "spawn 101"])
         let incident = try #require(run.incidents.first)

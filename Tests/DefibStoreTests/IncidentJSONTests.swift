@@ -14,6 +14,8 @@ import Testing
                                + ["uid", "gid", "comm", "argv", "unit", "signal", "signal_name", "diagnosis_kind"]
                                // the runtime evidence
                                + ["wait_for", "runtime", "runtime_tool", "runtime_error", "runtime_stacks"]
+                               // a multi-process instance's processes
+                               + ["processes"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
