@@ -50,7 +50,8 @@ struct ConfigField {
             ("escalation", [.init("miss_ms", .optionalInt(\.escalation.missMs)), .init("suspect_ms", .optionalInt(\.escalation.suspectMs)),
                             .init("extension_step_ms", .optionalInt(\.escalation.extensionStepMs)),
                             .init("max_extension_ms", .optionalInt(\.escalation.maxExtensionMs)),
-                            .init("kill_jitter_ms", .int(\.escalation.killJitterMs))]),
+                            .init("kill_jitter_ms", .int(\.escalation.killJitterMs)),
+                            .init("act_on_proof", .bool(\.escalation.actOnProof))]),
             ("retention", [.init("max_use_mb", .mebibytes(\.retention.maxUseBytes)), .init("keep_free_mb", .mebibytes(\.retention.keepFreeBytes)),
                            .init("max_per_service", .int(\.retention.maxPerService))]),
         ]

@@ -168,6 +168,9 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var maxExtensionMs: Int?
         /// A random delay up to this long before the kill (0 = off), so a fleet does not bounce in lockstep.
         public var killJitterMs: Int = 0
+        /// Declare a hang at a miss when the evidence proves a deadlock (`ProofRule`: a corrupted lock word, a
+        /// lock cycle, each read twice with nothing running), without waiting for the deadline.
+        public var actOnProof = true
         public init() {}
     }
     /// `[restart]`

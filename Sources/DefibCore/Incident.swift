@@ -128,6 +128,12 @@ public enum IncidentOutcome: String, Sendable, Codable {
     case replacementFailed = "replacement-failed"   // the new instance hung before it was ready: the next incident holds its evidence
 }
 
+/// What a hang was declared on: the evidence proved a deadlock at a miss (`ProofRule`), or the silence
+/// reached the deadline and the progress judgement.
+public enum HangDeclaration: String, Sendable, Codable {
+    case proof, deadline
+}
+
 /// A record of one time the supervised service stopped making progress or died.
 public struct Incident: Sendable, Equatable, Codable {
     public var id: Int64?
@@ -175,6 +181,11 @@ public struct Incident: Sendable, Equatable, Codable {
     /// Every process of a multi-process instance (master and workers) as judged at the hang, with the cores
     /// written of the stuck ones; nil when the instance was one process or they were not judged.
     public var processes: [ServiceProcessRecord]?
+    /// What the hang was declared on: proof at a miss, or the deadline (nil for an incident that is no hang
+    /// judgement: a death, a start that failed).
+    public var declaredOn: HangDeclaration?
+    /// When the core was written (or its capture ended without one); nil when no capture was made.
+    public var captureDoneAt: Date?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

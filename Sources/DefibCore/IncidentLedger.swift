@@ -27,6 +27,8 @@ public struct IncidentLedger: Sendable {
     public private(set) var processJudgements: [ProcessJudgement]?
     /// The locks the healthy service reported (`locks` on the control channel).
     public private(set) var knownLocks: [KnownLock] = []
+    /// The hang of the current silence was proven (`ProofRule`): the next incident is declared on proof.
+    public private(set) var proofDeclared: HangProof?
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
     private var changed: [Int64] = []
 
@@ -53,6 +55,7 @@ public struct IncidentLedger: Sendable {
 
     /// The silence ended (a late heartbeat) or no longer counts (STOPPING=1): what was gathered for it goes.
     mutating func forgetSilence() {
+        proofDeclared = nil
         pendingNotes.removeAll()
         baseline = nil
         instanceBaseline = []
@@ -93,6 +96,17 @@ public struct IncidentLedger: Sendable {
         return ProgressJudge.judge(before: before, after: after)
     }
 
+    /// The hang is declared on `proof` after `silenceMs`: the note the incident opens with, and the proof's
+    /// two samples as the judged window (its threads, its progress).
+    mutating func declaredOnProof(_ proof: HangProof, silenceMs: Double, before: ProcessSample, after: ProcessSample) {
+        proofDeclared = proof
+        pendingNotes.append("declared on proof after \(Int(silenceMs.rounded())) ms: \(proof.line)")
+        if before.pid == after.pid { lastJudged = JudgedSamples(before: before, after: after) }
+    }
+
+    /// The capture step ended (a core, or why there is none): the timeline's `capture_done`.
+    mutating func captureDone(at date: Date) { changeOpen { $0.captureDoneAt = date } }
+
     mutating func instanceStarted() {
         knownLocks = []
         processJudgements = nil
@@ -125,12 +139,14 @@ public struct IncidentLedger: Sendable {
             new.silenceMs = silence
             new.extendedMs = extended
             new.progress = verdict
+            new.declaredOn = proofDeclared == nil ? .deadline : .proof
             new.threadStates = lastJudged?.after.stateSummary
         case .died, .spawnFailed, .triggered:
             break
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
+        proofDeclared = nil
         var judgedNow = false
         if case .missedHeartbeat = cause { judgedNow = true }
         if case .startTimeout = cause { judgedNow = verdictAtOpen != nil }

@@ -6,6 +6,8 @@ public struct Backoff: Sendable, Equatable {
     public let resetAfterMs: Int
     /// The delay the next restart will wait.
     public private(set) var nextDelayMs: Int
+    /// No restart was taken since the start or the last reset: the first restart after a hang may go at once.
+    public private(set) var fresh = true
 
     public init(initialMs: Int, maxMs: Int, multiplier: Double, resetAfterMs: Int) {
         self.initialMs = initialMs; self.maxMs = maxMs; self.multiplier = multiplier
@@ -14,14 +16,23 @@ public struct Backoff: Sendable, Equatable {
 
     /// Takes the current delay and grows the next one.
     public mutating func take() -> Int {
+        fresh = false
         let delay = nextDelayMs
         nextDelayMs = min(maxMs, Int((Double(nextDelayMs) * multiplier).rounded(.up)))
         return delay
     }
 
+    /// The restart of a hung instance: at once when it is the first since the start or the last reset (backoff
+    /// slows a crash loop; a hang's replacement should not wait), else as `take()`.
+    public mutating func takeAfterHang() -> Int {
+        guard fresh else { return take() }
+        fresh = false
+        return 0
+    }
+
     /// An instance that was ready for `healthyMs` earns a fresh start.
     public mutating func instanceWasHealthy(forMs healthyMs: Double) {
-        if healthyMs >= Double(resetAfterMs) { nextDelayMs = initialMs }
+        if healthyMs >= Double(resetAfterMs) { nextDelayMs = initialMs; fresh = true }
     }
 }
 

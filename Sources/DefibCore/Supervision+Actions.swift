@@ -122,6 +122,9 @@ extension Supervision {
         case let (.inventory(justWritten), .coresScanned(inventory)):
             awaiting = nil
             applyRetention(inventory, justWritten: justWritten)
+        case let (.proof(pid), .observed(observation)):
+            awaiting = nil
+            proofRead(pid: pid, observation: observation)
         case let (.identity(pid), .observed(observation)):
             awaiting = nil
             if pid == lastChildPid, let process = observation.process { childProcess = process }
@@ -187,6 +190,10 @@ extension Supervision {
             request.flightRecorder = flightRecorderPath
             request.instanceProcesses = true
             ask(.observe(request), awaiting: .softEvidence(pid: pid, silenceMs: silenceMs))
+        case let .seekProof(pid):
+            ask(.observe(proofRequest(pid: pid)), awaiting: .proof(pid: pid))
+        case let .hangDeclaredOnProof(proof, silenceMs):
+            hangDeclaredOnProof(proof, silenceMs: silenceMs)
         case let .judgeProgress(pid):
             ask(.observe(judgementRequest(pid: pid)), awaiting: .verdict(pid: pid))
         case let .deadlineExtended(byMs, totalMs, reason):

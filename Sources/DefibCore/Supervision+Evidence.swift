@@ -108,6 +108,7 @@ extension Supervision {
 
     mutating func recordCore(_ outcome: CoreOutcome) {
         ledger.applyCore(outcome)
+        if config.capture.method != .none { ledger.captureDone(at: now.wall) }
         emit(.metric(.captureDuration(nanoseconds: Int64(outcome.record.durationMs * 1e6))))
         emit(.metric(.captureBytes(outcome.record.bytes)))
         let record = outcome.record

@@ -90,6 +90,8 @@ public struct Supervision: Sendable {
         case inventory(justWritten: Int64?)
         case announcement(incidentID: Int64, note: String)
         case identity(pid: Int32)
+        /// The reading a proof is sought in, at a miss.
+        case proof(pid: Int32)
     }
 
     public internal(set) var machine: SupervisorMachine

@@ -36,6 +36,11 @@ public enum SupervisorAction: Equatable, Sendable {
     case sampleProgress(pid: Int32)
     /// Stage "suspect": collect soft evidence (threads, flight recorder) without touching the process.
     case collectSoftEvidence(pid: Int32, silenceMs: Double)
+    /// `act_on_proof`: read the evidence a proof is made from (`ProofRule`: two reads with /proc around them) and
+    /// report a proof with `hangProven(_:pid:at:)`; no proof changes nothing.
+    case seekProof(pid: Int32)
+    /// The hang is declared on proof after `silenceMs` of silence, before the deadline: the incident says so.
+    case hangDeclaredOnProof(HangProof, silenceMs: Double)
     /// Judge progress (baseline vs now) and report it at once with `progressJudged(_:at:)`.
     case judgeProgress(pid: Int32)
     /// The hang deadline was extended because the process is starved, not stuck.

@@ -116,6 +116,9 @@ public struct ObservationRequest: Sendable, Equatable {
     /// Every process of the instance (the main one and its descendants), sampled as `samples` says into
     /// `Observation.instanceSamples`: a master's silence may be a worker's hang.
     public var instanceProcesses = false
+    /// A proof reading (`ProofRule`) with `.pair`: the lock words are read right after the first sample and
+    /// again after the pause, and the wait-for graph after them, all before the second sample.
+    public var proofReads = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -140,6 +143,8 @@ public struct Observation: Sendable, Equatable {
     /// With `instanceProcesses`: one round per sample, oldest first, each a sample of every process of the
     /// instance (the main one first).
     public var instanceSamples: [[ProcessSample]] = []
+    /// With `proofReads`: the lock words as read at the first of the two reads (`lockWords` holds the second).
+    public var firstLockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public init(pid: Int32) { self.pid = pid }
 }
 

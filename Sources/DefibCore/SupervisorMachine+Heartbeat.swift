@@ -262,6 +262,7 @@ extension SupervisorMachine {
         let silenceMs = watch.silence.since.map { now.milliseconds(since: $0) } ?? 0
         var actions: [SupervisorAction] = [.heartbeatMissed(misses: watch.silence.misses, silenceMs: silenceMs, reason: reason)]
         if watch.silence.misses == 1 { actions.append(.sampleProgress(pid: watch.instance.pid)) }
+        if settings.actOnProof { actions.append(.seekProof(pid: watch.instance.pid)) }
         return actions
     }
 

@@ -34,6 +34,11 @@ extension SupervisorMachine {
         public var stopTimeoutMs: Int
         public var backoff: Backoff
         public var intensity: RestartIntensity
+        /// At every miss, look for proof of a deadlock (`ProofRule`) and declare the hang on it, before the deadline.
+        public var actOnProof = false
+        /// The first restart after a hang (while the backoff is fresh) starts at once; backoff applies from the
+        /// second restart within `backoff_reset_ms`.
+        public var immediateRestartAfterHang = false
 
         public init(source: HeartbeatSource = .ping, mode: HeartbeatMode? = nil, intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
                     extensionStepMs: Int? = nil, maxExtensionMs: Int? = nil, killJitterMs: Int = 0,
@@ -64,6 +69,8 @@ extension SupervisorMachine {
                       backoff: Backoff(initialMs: c.restart.backoffInitialMs, maxMs: c.restart.backoffMaxMs,
                                        multiplier: c.restart.backoffMultiplier, resetAfterMs: c.restart.backoffResetMs),
                       intensity: RestartIntensity(maxRestarts: c.restart.intensityMax, windowMs: c.restart.intensityWindowMs))
+            actOnProof = c.escalation.actOnProof
+            immediateRestartAfterHang = true
         }
     }
 }

@@ -305,7 +305,7 @@ public struct SupervisorMachine: Sendable {
     /// The evidence is taken; `jitterDraw` in [0, 1) picks the kill delay when kill jitter is on.
     public mutating func captureFinished(at now: MonoTime, jitterDraw: Double = 0) -> [SupervisorAction] {
         guard case let .capturing(capture) = state else { return [] }
-        guard case let .alive(pid) = capture.target else { return afterInstanceGone(readyAt: capture.readyAt, at: now) }
+        guard case let .alive(pid) = capture.target else { return afterInstanceGone(readyAt: capture.readyAt, afterHang: true, at: now) }
         let jitter = Int((Double(settings.killJitterMs) * min(max(jitterDraw, 0), 1)).rounded(.down))
         if jitter > 0 && !shutdownRequested {
             state = .stopping(Stop(pid: pid, readyAt: capture.readyAt, kill: .delayed(until: now + jitter)))
@@ -327,7 +327,7 @@ public struct SupervisorMachine: Sendable {
             state = .capturing(capture)
             return [.noteIncident("the process ended during evidence capture: \(describe(status))")]
         case let .stopping(stop):
-            return afterInstanceGone(readyAt: stop.readyAt, at: now)
+            return afterInstanceGone(readyAt: stop.readyAt, afterHang: true, at: now)
         case .shuttingDown:
             state = .stopped
             return closeForShutdown() + [.exit(code: 0)]
@@ -396,7 +396,8 @@ public struct SupervisorMachine: Sendable {
         return actions + [.captureEvidence(pid: instance.pid)]
     }
 
-    private mutating func afterInstanceGone(readyAt: MonoTime?, at now: MonoTime) -> [SupervisorAction] {
+    /// `afterHang`: the instance was captured (hung, not dead): its first restart may skip the backoff.
+    private mutating func afterInstanceGone(readyAt: MonoTime?, afterHang: Bool = false, at now: MonoTime) -> [SupervisorAction] {
         if let readyAt { settings.backoff.instanceWasHealthy(forMs: now.milliseconds(since: readyAt)) }
         if shutdownRequested {
             state = .stopped
@@ -410,7 +411,11 @@ public struct SupervisorMachine: Sendable {
         }
         settings.intensity.record(at: now)
         restarts += 1
-        let delay = settings.backoff.take()
+        let delay = afterHang && settings.immediateRestartAfterHang ? settings.backoff.takeAfterHang() : settings.backoff.take()
+        if delay == 0 {
+            state = .spawning
+            return [.scheduleRestart(delayMs: 0), .spawn]
+        }
         state = .backoff(until: now + delay)
         return [.scheduleRestart(delayMs: delay)]
     }

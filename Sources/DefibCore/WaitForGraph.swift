@@ -17,10 +17,13 @@ public struct WaitForEdge: Sendable, Equatable, Codable {
     public var ownerName: String
     /// The glibc mutex kind: "normal", "recursive", "error-checking", "adaptive", with "robust"/"pi" when set.
     public var kind: String?
+    /// The waiter gave the futex call a timeout (`pthread_mutex_timedlock` on a PI mutex): it gives up by itself,
+    /// so a cycle through it is no proof. nil when not known.
+    public var timed: Bool?
 
-    public init(waiterTid: Int32, waiterName: String, mutex: String, ownerTid: Int32, ownerName: String, kind: String? = nil) {
+    public init(waiterTid: Int32, waiterName: String, mutex: String, ownerTid: Int32, ownerName: String, kind: String? = nil, timed: Bool? = nil) {
         self.waiterTid = waiterTid; self.waiterName = waiterName; self.mutex = mutex
-        self.ownerTid = ownerTid; self.ownerName = ownerName; self.kind = kind
+        self.ownerTid = ownerTid; self.ownerName = ownerName; self.kind = kind; self.timed = timed
     }
 }
 

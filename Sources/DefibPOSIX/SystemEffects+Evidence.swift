@@ -5,6 +5,7 @@ import Glibc
 /// Reading a hung process without touching it, writing its core, and the helpers and files that follow.
 extension SystemEffects {
     public func observe(_ request: ObservationRequest) -> Observation {
+        if request.proofReads { return observeForProof(request) }
         let pid = request.pid
         var observation = Observation(pid: pid)
         if request.executable { observation.executable = ProcessMemory.executable(pid: pid) }

@@ -63,7 +63,7 @@ public enum WaitForReader {
                 notes.append("wait-for graph: mutex \(hex(futex.address)) names owner \(owner.tid), not a thread of pid \(pid) (exited holding it, or shared with another process)")
             }
             edges.append(WaitForEdge(waiterTid: tid, waiterName: names[tid] ?? "", mutex: hex(futex.address), ownerTid: owner.tid,
-                                     ownerName: ownerName, kind: owner.kind))
+                                     ownerName: ownerName, kind: owner.kind, timed: call.args[3] != 0))
         }
         return (edges, notes)
     }
