@@ -185,6 +185,10 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var intensityWindowMs: Int = 60000
         /// Time a child gets after SIGTERM on supervisor shutdown before SIGKILL.
         public var stopTimeoutMs: Int = 5000
+        /// The first restart after a hang (none since the start or the last backoff reset) starts at once: backoff
+        /// slows a crash loop, and a hung instance's replacement should not wait. From the second restart within
+        /// `backoffResetMs`, backoff and intensity apply as to any restart.
+        public var immediateAfterHang = true
         public init() {}
     }
 

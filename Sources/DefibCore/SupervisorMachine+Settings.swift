@@ -70,7 +70,7 @@ extension SupervisorMachine {
                                        multiplier: c.restart.backoffMultiplier, resetAfterMs: c.restart.backoffResetMs),
                       intensity: RestartIntensity(maxRestarts: c.restart.intensityMax, windowMs: c.restart.intensityWindowMs))
             actOnProof = c.escalation.actOnProof
-            immediateRestartAfterHang = true
+            immediateRestartAfterHang = c.restart.immediateAfterHang
         }
     }
 }

@@ -52,6 +52,9 @@ public final class FaultInjector: @unchecked Sendable {
     private let current = Mutex<ArmedFault?>(nil)
     private let naturalRace = Mutex<NaturalRace?>(nil)
 
+    /// `--race-churn`: kept as the natural race is, so `fault none` stops it too.
+    func keepRaceChurn(_ race: NaturalRace) { naturalRace.withLock { $0?.stop(); $0 = race } }
+
     /// How long the `slow-holder` update blocks inside its write section.
     public static let slowHolderHold: Duration = .seconds(3600)
 
@@ -241,12 +244,15 @@ final class NaturalRace: @unchecked Sendable {
     /// Writer timeouts seen (progress evidence).
     let writerTimeouts = Atomic<Int>(0)
 
-    init(catalog: Catalog, logger: Logger, writerTimeout: Duration = .microseconds(500), readers: Int = 3) {
-        self.catalog = catalog; self.logger = logger; self.writerTimeout = writerTimeout; self.readers = readers
+    /// Race on the lock's configured revert instead of switching it to the buggy one (`--race-churn`).
+    let keepRevert: Bool
+
+    init(catalog: Catalog, logger: Logger, writerTimeout: Duration = .microseconds(500), readers: Int = 3, keepRevert: Bool = false) {
+        self.catalog = catalog; self.logger = logger; self.writerTimeout = writerTimeout; self.readers = readers; self.keepRevert = keepRevert
     }
 
     func start() {
-        catalog.lock.revert = .buggy
+        if !keepRevert { catalog.lock.revert = .buggy }
         let lock = catalog.lock
         let holdNs = UInt64(writerTimeout.components.attoseconds / 1_000_000_000) + UInt64(writerTimeout.components.seconds) * 1_000_000_000
         for i in 0..<readers {

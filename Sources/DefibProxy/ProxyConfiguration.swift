@@ -16,6 +16,9 @@ public struct ProxyConfiguration: Sendable {
     public var updateTimeout: Duration = .milliseconds(200)
     /// `--churn RATE`: built-in updates per second (0 = off).
     public var churnRate: Double = 0
+    /// `--race-churn`: from the start, timeout-race-natural's readers and timed writer on the `--revert` given
+    /// (with `fixed`, writers time out constantly and the word never corrupts: a control for false proofs).
+    public var raceChurn = false
     /// `--reload-interval MS`: periodic full reload with an untimed write (0 = only on SIGHUP).
     public var reloadIntervalMs: Int = 5000
     /// `--control-socket PATH` or `DEFIB_CONTROL_SOCKET`; nil = no control channel.

@@ -155,6 +155,12 @@ public final class ProxyServer: @unchecked Sendable {
                                  follower: follower, churn: churn, unixSockets: unixSockets)
         logger.info("defib-proxy pid \(getpid()) serving HTTP on \(httpAddresses.map { "\($0)" }.joined(separator: ", ")); catalog: \(table.appCount) apps, \(table.machineCount) machines; control: \(config.controlSocket ?? "none"); revert: \(config.revert.rawValue)")
         if let kind = config.fault { server.armAtStart(kind, afterMs: config.faultDelayMs) }
+        if config.raceChurn {
+            let race = NaturalRace(catalog: catalog, logger: logger, keepRevert: true)
+            faults.keepRaceChurn(race)
+            race.start()
+            logger.info("race churn: readers and a timed writer on the catalog lock (\(config.revert.rawValue) revert)")
+        }
         return server
     }
 

@@ -51,6 +51,9 @@ struct DefibProxyCommand: ParsableCommand {
     @Option(help: "The catalog lock's timeout revert: buggy (parking_lot 0.8.0–0.12.3) or fixed (0.12.4).")
     var revert: String = "fixed"
 
+    @Flag(help: "From the start, run timeout-race-natural's readers and timed writer on the lock's --revert (with fixed: writers time out constantly, the word never corrupts).")
+    var raceChurn = false
+
     @Option(help: "Event loop threads (HTTP and control share them).")
     var threads: Int = max(2, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
@@ -119,6 +122,7 @@ struct DefibProxyCommand: ParsableCommand {
                 throw ProxyConfigError(option: "--revert", value: revert, problem: "expected 'buggy' or 'fixed'")
             }
             config.revert = strategy
+            config.raceChurn = raceChurn
             config.eventLoopThreads = threads
             config.ballastMB = ballast
             config.extraThreads = extraThreads

@@ -74,6 +74,8 @@ final class FakeEffects: SupervisorEffects {
     // Evidence.
     var recorder: FlightRecord?
     var lockWords: [UInt64: UInt64] = [:]
+    /// A proof reading's first read of these words, where it differs from `lockWords` (a word read mid-update).
+    var lockWordsAtFirstRead: [UInt64: UInt64] = [:]
     var locksReply: String?
     var leftovers: [KilledProcess] = []
     var coreFailure: String?
@@ -259,7 +261,7 @@ final class FakeEffects: SupervisorEffects {
         case .one: what = "one"
         case .pair: what = "pair"
         }
-        if request.executable { what += " capture" } else if request.flightRecorder != nil { what += " recorder" }
+        if request.proofReads { what += " proof" } else if request.executable { what += " capture" } else if request.flightRecorder != nil { what += " recorder" }
         else if request.processIdentity { what += " identity" }
         calls.append("observe \(request.pid) \(what)")
         observeRequests.append(request)
@@ -285,6 +287,11 @@ final class FakeEffects: SupervisorEffects {
         for address in addresses {
             observation.lockWords[address] = lockWords[address].map { .success($0) }
                 ?? .failure(EffectFailure("process_vm_readv(\(request.pid), \(LockWord.hex(address))): Bad address"))
+        }
+        if request.proofReads {
+            // The proof's first read: the same words, unless a test catches one mid-update.
+            observation.firstLockWords = observation.lockWords
+            for (address, word) in lockWordsAtFirstRead where observation.lockWords[address] != nil { observation.firstLockWords[address] = .success(word) }
         }
         if request.threadIDs { observation.threadIDs = [request.pid, request.pid + 1, request.pid + 2] }
         if request.processIdentity, instances[request.pid]?.alive == true {

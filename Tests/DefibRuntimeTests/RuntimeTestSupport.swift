@@ -41,6 +41,10 @@ func testConfig(_ change: (inout SupervisorConfig) -> Void = { _ in }) -> Superv
     config.restart.intensityMax = 3
     config.restart.intensityWindowMs = 10_000
     config.restart.stopTimeoutMs = 1000
+    // The deadline path, restarts after the backoff: the proof path and the immediate restart after a hang have
+    // their own tests (SupervisorProofTests), which turn these on.
+    config.escalation.actOnProof = false
+    config.restart.immediateAfterHang = false
     change(&config)
     return config
 }

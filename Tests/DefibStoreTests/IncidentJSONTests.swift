@@ -16,6 +16,8 @@ import Testing
                                + ["wait_for", "runtime", "runtime_tool", "runtime_error", "runtime_stacks"]
                                // a multi-process instance's processes
                                + ["processes"]
+                               // what the hang was declared on, and the timeline of its handling
+                               + ["declared_on", "timeline"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
