@@ -38,6 +38,13 @@ public enum Effect: Sendable, Equatable {
     indirect case observe(ObservationRequest)
     /// Write a core; answered by `coreWritten`.
     indirect case writeCore(CoreRequest)
+    /// Native capture, restart while the core is written: ptrace-stop every thread of the hung process, read its
+    /// registers and mappings, open the core file; answered by `coreFrozen`.
+    indirect case freezeForCore(CoreRequest)
+    /// Write the core of the process `freezeForCore` froze: at once (answered by `coreWritten`, the process
+    /// detached), or in the background (no answer now: `wait` reports `frozenCoreWritten` when it is done; the
+    /// process stays frozen until it is killed).
+    case writeFrozenCore(background: Bool)
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
     /// A compressor in the background; answered by `helperStarted` or `helperFailed`.
@@ -164,6 +171,11 @@ public protocol SupervisorEffects: AnyObject {
     func observe(_ request: ObservationRequest) -> Observation
     /// Writes a core within its budget (the kernel method reaps the process).
     func writeCore(_ request: CoreRequest) -> CoreOutcome
+    /// Freezes the process for its core (native writer): every thread stopped, registers read, file open.
+    func freezeForCore(_ request: CoreRequest) -> CoreFreeze
+    /// Writes the frozen process's core: now (its outcome), or in a writer thread (nil; `wait` reports
+    /// `frozenCoreWritten` later).
+    func writeFrozenCore(background: Bool) -> CoreOutcome?
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>

@@ -134,6 +134,14 @@ public enum HangDeclaration: String, Sendable, Codable {
     case proof, deadline
 }
 
+/// The order of a native capture and the restart (see `ConcurrentCapture`).
+public enum CaptureOrder: String, Sendable, Codable {
+    /// Frozen, replacement started, core written, frozen instance killed.
+    case restartWhileWriting = "restart-while-writing"
+    /// Core written, process killed, then the replacement started (memory did not allow the other).
+    case writeThenRestart = "write-then-restart"
+}
+
 /// A record of one time the supervised service stopped making progress or died.
 public struct Incident: Sendable, Equatable, Codable {
     public var id: Int64?
@@ -186,6 +194,9 @@ public struct Incident: Sendable, Equatable, Codable {
     public var declaredOn: HangDeclaration?
     /// When the core was written (or its capture ended without one); nil when no capture was made.
     public var captureDoneAt: Date?
+    /// Whether the replacement started while the core was written from the frozen instance; nil when the order
+    /// was never in question (no native capture with sockets passed by defib).
+    public var captureOrder: CaptureOrder?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

@@ -232,6 +232,33 @@ public struct IncidentLedger: Sendable {
         }
     }
 
+    /// The core written from a frozen instance while its replacement ran, landing in its own incident (by id:
+    /// it may have closed, or another opened, since), with the end of its capture.
+    mutating func applyFrozenCore(_ outcome: CoreOutcome, incidentID id: Int64?, at date: Date) {
+        let body: (inout Incident) -> Void = { incident in
+            incident.capture = outcome.record
+            if let threads = outcome.threads { incident.threads = threads }
+            incident.notes += outcome.notes
+            incident.captureDoneAt = date
+            Self.mainCoreListed(&incident)
+        }
+        if let id { change(id, body) } else { changeOpen(body) }
+    }
+
+    /// Which order the capture took (and the note saying why), in the open incident.
+    mutating func setCaptureOrder(_ order: CaptureOrder, note line: String) {
+        changeOpen { $0.captureOrder = order; $0.notes.append(line) }
+    }
+
+    /// The frozen instance was killed at `date`; `line` says why then.
+    mutating func frozenKilled(incidentID id: Int64?, at date: Date, line: String?) {
+        let body: (inout Incident) -> Void = { incident in
+            if incident.killedAt == nil { incident.killedAt = date }
+            if let line { incident.notes.append(line) }
+        }
+        if let id { change(id, body) } else { changeOpen(body) }
+    }
+
     /// A core of another process of the instance (a stuck worker), or why there is none: its `processes` entry
     /// and a note.
     mutating func applyProcessCore(pid: Int32, outcome: CoreOutcome) {

@@ -125,6 +125,9 @@ extension Supervision {
         case let (.proof(pid), .observed(observation)):
             awaiting = nil
             proofRead(pid: pid, observation: observation)
+        case let (.freeze(pid), .coreFrozen(freeze)):
+            awaiting = nil
+            coreFrozen(pid: pid, freeze)
         case let (.identity(pid), .observed(observation)):
             awaiting = nil
             if pid == lastChildPid, let process = observation.process { childProcess = process }
@@ -233,6 +236,8 @@ extension Supervision {
             request.waitForGraph = true
             request.detectRuntime = config.capture.runtime.forced == nil
             ask(.observe(request), awaiting: .lockEvidence(pid: pid))
+        case let .killFrozen(pid, overdue):
+            killFrozen(pid: pid, overdue: overdue)
         case let .kill(pid):
             log(.warning, "killing pid \(pid) and its process group (SIGKILL)")
             emit(.signal(pid: pid, signal: SIGKILL))
@@ -335,6 +340,13 @@ extension Supervision {
         let id = closed.id.map(String.init) ?? "?"
         let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
         log(.warning, "incident \(id) closed: \(outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
-        if let storedID = closed.id { scheduleFirst([.evidenceAfterClose(incidentID: storedID)]) }
+        if let storedID = closed.id {
+            if let frozen = frozenCapture, frozen.incidentID == storedID {
+                // Its core is still being written from the frozen instance: the stacks and the rest follow it.
+                frozenCapture?.closedBeforeCore = true
+                return
+            }
+            scheduleFirst([.evidenceAfterClose(incidentID: storedID)])
+        }
     }
 }

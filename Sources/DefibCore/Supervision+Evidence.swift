@@ -74,6 +74,12 @@ extension Supervision {
             log(.info, "\(others.count) other process(es) of the instance to capture after it: "
                 + others.map { "\($0.pid) (\($0.comm), \($0.condition.rawValue))" }.joined(separator: ", "))
         }
+        if ConcurrentCapture.precondition(method: config.capture.method, socketsPassed: config.sockets.count,
+                                          otherProcessesToCapture: processCaptureQueue.count) == nil {
+            // Freeze first: once it can do nothing, the replacement may start while the core is written.
+            ask(.freezeForCore(request), awaiting: .freeze(pid: pid))
+            return
+        }
         ask(.writeCore(request), awaiting: .core)
     }
 

@@ -92,6 +92,16 @@ public struct Supervision: Sendable {
         case identity(pid: Int32)
         /// The reading a proof is sought in, at a miss.
         case proof(pid: Int32)
+        /// The hung process frozen for its core (restart while the core is written), or why not.
+        case freeze(pid: Int32)
+    }
+
+    /// The core of a frozen hung instance being written in the background while its replacement runs: the
+    /// incident it belongs to (it may close before the core is done; its after-close evidence waits for it).
+    struct FrozenCapture: Sendable, Equatable {
+        var pid: Int32
+        var incidentID: Int64?
+        var closedBeforeCore = false
     }
 
     public internal(set) var machine: SupervisorMachine
@@ -138,6 +148,8 @@ public struct Supervision: Sendable {
     var exiting: (code: Int32, deadline: MonoTime)?
     public internal(set) var finished = false
 
+    /// A frozen instance's core being written in the background.
+    var frozenCapture: FrozenCapture?
     var agenda: [Step] = []
     var awaiting: Awaiting?
     var now = Instant(mono: MonoTime(nanoseconds: 0), wall: Date(timeIntervalSince1970: 0))
@@ -239,7 +251,9 @@ public struct Supervision: Sendable {
             log(.debug, "locks query failed: \(problem)")
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
-        case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
+        case let .frozenCoreWritten(outcome):
+            frozenCoreWritten(outcome)
+        case .spawned, .spawnFailed, .observed, .coreWritten, .coreFrozen, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
              .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")
@@ -266,6 +280,8 @@ public struct Supervision: Sendable {
             agenda.append(.instanceEnded(pid: pid, status: status))
         } else if helpers[pid] != nil {
             agenda.append(.helperEnded(pid: pid, status: status))
+        } else if let frozen = frozenCapture, frozen.pid == pid {
+            log(.info, "the frozen instance pid \(pid) ended: \(machine.describe(status))")
         } else {
             log(.debug, "reaped orphan pid \(pid): \(machine.describe(status))")
         }

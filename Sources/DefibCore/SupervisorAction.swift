@@ -58,6 +58,9 @@ public enum SupervisorAction: Equatable, Sendable {
     case captureEvidence(pid: Int32)
     /// SIGKILL to the instance and its process group.
     case kill(pid: Int32)
+    /// SIGKILL to the hung instance kept frozen while its core was written: the core is done, or (`overdue`) the
+    /// capture budget and a second have passed.
+    case killFrozen(pid: Int32, overdue: Bool)
     /// SIGTERM to the instance and its process group (supervisor shutdown).
     case terminate(pid: Int32)
     /// Add a line to the open incident.

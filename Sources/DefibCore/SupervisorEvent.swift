@@ -34,6 +34,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case locksFailed(String)
     /// The probe attempt started as `token` decided: a beat, or a miss and why.
     case probeResult(token: UInt64, ProbeProgress)
+    /// The core a writer thread wrote from the frozen hung instance while its replacement ran.
+    indirect case frozenCoreWritten(CoreOutcome)
 
     // Answers to effects.
     /// `process` is who the instance runs as, read from /proc once it has exec'd (nil when it could not be
@@ -42,6 +44,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case spawnFailed(String)
     indirect case observed(Observation)
     indirect case coreWritten(CoreOutcome)
+    /// The process is frozen for its core, or why not.
+    indirect case coreFrozen(CoreFreeze)
     case leftoversKilled([KilledProcess])
     /// A helper job (gdb for stacks, a compressor) started, or could not.
     case helperStarted(pid: Int32)

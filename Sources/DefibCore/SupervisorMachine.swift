@@ -127,6 +127,9 @@ public struct SupervisorMachine: Sendable {
     /// is a start timeout, as with `--heartbeat ping`).
     public internal(set) var heardPing = false
     public internal(set) var heardKeepAlive = false
+    /// A hung instance kept frozen (every thread ptrace-stopped) while its core is written and its replacement
+    /// runs: killed once the core is done, or at `killBy` whatever happens.
+    public internal(set) var frozen: FrozenInstance?
 
     public init(settings: Settings) {
         self.settings = settings
@@ -185,6 +188,10 @@ public struct SupervisorMachine: Sendable {
 
     /// When the runtime must call `tick(at:)` next; nil = only on events.
     public var nextWakeup: MonoTime? {
+        [stateWakeup, frozen?.killBy].compactMap { $0 }.min()
+    }
+
+    private var stateWakeup: MonoTime? {
         switch state {
         case let .starting(i, deadline):
             return [i.ping?.deadline ?? i.nextPingAt, deadline].compactMap { $0 }.min()
@@ -248,6 +255,10 @@ public struct SupervisorMachine: Sendable {
     }
 
     public mutating func tick(at now: MonoTime) -> [SupervisorAction] {
+        frozenOverdue(at: now) + tickState(at: now)
+    }
+
+    private mutating func tickState(at now: MonoTime) -> [SupervisorAction] {
         switch state {
         case .starting(var instance, let deadline):
             if now >= deadline {
@@ -338,6 +349,10 @@ public struct SupervisorMachine: Sendable {
 
     /// SIGTERM/SIGINT to the supervisor. A second request while the child is still stopping escalates to SIGKILL.
     public mutating func shutdown(at now: MonoTime) -> [SupervisorAction] {
+        killFrozenAtShutdown() + shutdownState(at: now)
+    }
+
+    private mutating func shutdownState(at now: MonoTime) -> [SupervisorAction] {
         let repeated = shutdownRequested
         shutdownRequested = true
         switch state {
@@ -397,7 +412,7 @@ public struct SupervisorMachine: Sendable {
     }
 
     /// `afterHang`: the instance was captured (hung, not dead): its first restart may skip the backoff.
-    private mutating func afterInstanceGone(readyAt: MonoTime?, afterHang: Bool = false, at now: MonoTime) -> [SupervisorAction] {
+    mutating func afterInstanceGone(readyAt: MonoTime?, afterHang: Bool = false, at now: MonoTime) -> [SupervisorAction] {
         if let readyAt { settings.backoff.instanceWasHealthy(forMs: now.milliseconds(since: readyAt)) }
         if shutdownRequested {
             state = .stopped

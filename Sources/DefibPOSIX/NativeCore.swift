@@ -62,17 +62,32 @@ public enum NativeCoreWriter {
     /// While it runs no other thread of this process may call waitpid(-1, __WALL): that would consume the ptrace
     /// stops it waits for. A death of the main thread is never reaped here; the parent's own wait sees it.
     public static func capture(pid: Int32, path: String, options: NativeCoreOptions) -> NativeCoreResult {
+        switch freeze(pid: pid, path: path, options: options) {
+        case let .failed(result): return result
+        case let .frozen(frozen): return write(frozen, detach: true)
+        }
+    }
+
+    /// What `freeze` did: a process ready for `write`, or the failed capture.
+    public enum Freeze {
+        case frozen(FrozenProcess)
+        case failed(NativeCoreResult)
+    }
+
+    /// The first half of a capture: every thread stopped (by the calling thread, which must also be the one that
+    /// detaches, if anyone does), registers and mappings read, the core file open. The process can do nothing
+    /// until `write` detaches it, or it is killed.
+    public static func freeze(pid: Int32, path: String, options: NativeCoreOptions) -> Freeze {
         let started = monotonicNanoseconds()
         func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
         var notes: [String] = []
-        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
-            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
-                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> Freeze {
+            .failed(NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                                     threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited))
         }
         if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
         if pid <= 0 { return failed("invalid pid \(pid)") }
         if path.isEmpty { return failed("invalid core path: empty") }
-        let deadline = started + Int64(options.budgetMs) * 1_000_000
 
         // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
         let processStat: ProcStat
@@ -82,8 +97,6 @@ public enum NativeCoreWriter {
         // Open before stopping, so a bad path never stops the process.
         let fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
         if fd < 0 { return failed("\(SystemError("open(\(path))"))") }
-        var closed = false
-        defer { if !closed { close(fd) } }
         fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
 
         let stopStarted = monotonicNanoseconds()
@@ -91,18 +104,19 @@ public enum NativeCoreWriter {
         do {
             process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
         } catch {
+            close(fd)
             unlink(path)
             if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
             return failed("\(error)")
         }
         let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
-        var attached = true
-        defer { if attached { process.detachAll() } }
-        if process.stopped.isEmpty {
+        func giveUp(_ message: String) -> Freeze {
+            close(fd)
             unlink(path)
-            process.detachAll(); attached = false
-            return failed("process \(pid) exited before any thread could be stopped", stopMs: stopMs, exited: process.leaderExited)
+            process.detachAll()
+            return failed(message, stopMs: stopMs, exited: process.leaderExited)
         }
+        if process.stopped.isEmpty { return giveUp("process \(pid) exited before any thread could be stopped") }
         if !process.unstopped.isEmpty {
             notes.append("\(process.unstopped.count) thread(s) did not stop within \(options.stopTimeoutMs) ms (uninterruptible sleep?): "
                          + "\(process.unstopped.sorted().map(String.init).joined(separator: ", ")); they are not in the core")
@@ -113,25 +127,39 @@ public enum NativeCoreWriter {
         do {
             snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat)
         } catch {
-            unlink(path)
-            process.detachAll(); attached = false
-            return failed("reading process \(pid) after stopping it: \(error)", stopMs: stopMs, exited: process.leaderExited)
+            return giveUp("reading process \(pid) after stopping it: \(error)")
         }
         notes += snapshot.notes
-        if snapshot.threads.isEmpty {
-            unlink(path)
-            process.detachAll(); attached = false
-            return failed("every thread of process \(pid) vanished while its registers were read", stopMs: stopMs,
-                          exited: process.leaderExited)
-        }
+        if snapshot.threads.isEmpty { return giveUp("every thread of process \(pid) vanished while its registers were read") }
+        return .frozen(FrozenProcess(pid: pid, path: path, options: options, started: started, fd: fd, process: process, snapshot: snapshot,
+                                     plan: CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes), notes: notes, stopMs: stopMs))
+    }
 
-        let plan = CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes)
+    /// The second half: the memory copied (by `options.writerThreads` threads, the calling one among them), then —
+    /// with `detach` — the process let go (call it from the thread that froze it), then the headers. Without
+    /// `detach` the process stays frozen (the caller kills it: it must never run again) and any thread may call it.
+    public static func write(_ frozen: FrozenProcess, detach: Bool, writerThreads: Int? = nil) -> NativeCoreResult {
+        let pid = frozen.pid, path = frozen.path, options = frozen.options, fd = frozen.fd, stopMs = frozen.stopMs
+        let snapshot = frozen.snapshot, plan = frozen.plan
+        var process = frozen.process
+        var notes = frozen.notes
+        func elapsedMs() -> Double { Double(monotonicNanoseconds() - frozen.started) / 1e6 }
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
+            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
+        }
+        let deadline = frozen.started + Int64(options.budgetMs) * 1_000_000
+        var closed = false
+        defer { if !closed { close(fd) } }
+        var attached = detach
+        defer { if attached { process.detachAll() } }
+
         let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
                                       deadline: deadline)
-        copier.run(threads: options.writerThreads)
+        copier.run(threads: writerThreads ?? options.writerThreads)
 
         // Memory is copied: let the process go before the headers are written.
-        process.detachAll(); attached = false
+        if attached { process.detachAll(); attached = false }
 
         var layout = plan.layout
         var truncated = false
@@ -212,6 +240,31 @@ public enum NativeCoreWriter {
             record: CaptureRecord(method: "native", path: path, bytes: Int64(st.st_size), durationMs: elapsedMs(), error: error),
             threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
             stopMs: stopMs, notes: notes, processExited: process.leaderExited)
+    }
+}
+
+/// A process frozen for its core by `NativeCoreWriter.freeze`: every thread stopped, what the core needs read, the
+/// file open. Handed to `NativeCoreWriter.write` once (by the freezing thread, or by a writer thread when the
+/// process is to be killed rather than detached).
+public final class FrozenProcess: @unchecked Sendable {
+    public let pid: Int32
+    let path: String
+    let options: NativeCoreOptions
+    let started: Int64
+    let fd: Int32
+    let process: StoppedProcess
+    let snapshot: ProcessSnapshot
+    let plan: CorePlan
+    let notes: [String]
+    /// Milliseconds the stop took.
+    public let stopMs: Double
+    /// Threads stopped and in the core.
+    public var threads: Int { snapshot.threads.count }
+
+    init(pid: Int32, path: String, options: NativeCoreOptions, started: Int64, fd: Int32, process: StoppedProcess, snapshot: ProcessSnapshot,
+         plan: CorePlan, notes: [String], stopMs: Double) {
+        self.pid = pid; self.path = path; self.options = options; self.started = started; self.fd = fd; self.process = process
+        self.snapshot = snapshot; self.plan = plan; self.notes = notes; self.stopMs = stopMs
     }
 }
 

@@ -27,6 +27,10 @@ public final class SystemEffects: SupervisorEffects {
     public private(set) var warnings: [String] = []
 
     var child: ChildProcess?
+    /// The hung instance frozen for its core while its replacement runs (killed once the core is written), and
+    /// its core's writer.
+    var frozenInstance: ChildProcess?
+    var frozenCore: FrozenCoreJob?
     var helpers: [Int32: ChildProcess] = [:]
     var ping: (token: UInt64, request: ControlRequest)?
     var locksQuery: ControlRequest?
@@ -93,6 +97,7 @@ public final class SystemEffects: SupervisorEffects {
         if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
         if let locksQuery { fds.append(pollfd(fd: locksQuery.fd, events: Int16(POLLIN), revents: 0)) }
         if let (_, attempt) = probeAttempt { fds.append(pollfd(fd: attempt.fd, events: attempt.pollEvents, revents: 0)) }
+        if let job = frozenCore, job.readFD >= 0 { fds.append(pollfd(fd: job.readFD, events: Int16(POLLIN), revents: 0)) }
         var timeoutMs: Int32 = 1000
         if let deadline {
             // Rounded up, so the loop sleeps until the deadline rather than spinning through its last millisecond.
@@ -105,6 +110,7 @@ public final class SystemEffects: SupervisorEffects {
             if sig == SIGCHLD { reap(into: &events) } else { events.append(.signal(sig)) }
         }
         reap(into: &events)  // a SIGCHLD can be merged with one already drained
+        events += frozenCoreEvents()
         for message in notifyServer.receiveAll() {
             events.append(.notify(NotifyMessage(pid: message.pid, text: message.text, truncated: message.truncated)))
         }
@@ -141,6 +147,10 @@ public final class SystemEffects: SupervisorEffects {
             if let child, child.pid == reaped.pid {
                 child.closePidfd()
                 self.child = nil
+                if frozenInstance?.pid == reaped.pid { frozenInstance = nil }
+            } else if let frozen = frozenInstance, frozen.pid == reaped.pid {
+                frozen.closePidfd()
+                frozenInstance = nil
             } else if let helper = helpers.removeValue(forKey: reaped.pid) {
                 helper.closePidfd()
             }
@@ -171,7 +181,7 @@ public final class SystemEffects: SupervisorEffects {
     /// The signal goes to the instance, its process group and — SIGKILL — every descendant that left the group
     /// (listed before the main process dies, while they are still its descendants): a whole instance goes.
     public func signal(pid: Int32, signal: Int32) {
-        guard let child, child.pid == pid else { return }
+        guard let child = child?.pid == pid ? child : frozenInstance?.pid == pid ? frozenInstance : nil else { return }
         let strays = signal == SIGKILL ? ServiceProcesses.openDescendants(of: pid) : []
         try? child.signal(signal)
         child.signalGroup(signal)
@@ -182,7 +192,7 @@ public final class SystemEffects: SupervisorEffects {
         var killed: [KilledProcess] = []
         let probePID = probeAttempt?.attempt.sparedPID
         for leftover in childProcesses(of: getpid())
-        where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil && leftover != probePID {
+        where !sparing.contains(leftover) && leftover != child?.pid && leftover != frozenInstance?.pid && helpers[leftover] == nil && leftover != probePID {
             let name = processName(leftover)
             if killProcess(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
         }

@@ -82,6 +82,10 @@ public final class Supervisor {
             return .observed(effects.observe(request))
         case let .writeCore(request):
             return .coreWritten(effects.writeCore(request))
+        case let .freezeForCore(request):
+            return .coreFrozen(effects.freezeForCore(request))
+        case let .writeFrozenCore(background):
+            return effects.writeFrozenCore(background: background).map { .coreWritten($0) }
         case let .startStacks(binary, core, output):
             return Self.helper(effects.startStacks(binary: binary, core: core, output: output))
         case let .startCompression(argv):

@@ -74,6 +74,13 @@ final class FakeEffects: SupervisorEffects {
     // Evidence.
     var recorder: FlightRecord?
     var lockWords: [UInt64: UInt64] = [:]
+    // Restart while the core is written: what freezing reads, a freeze that fails, how long the writer thread takes.
+    var rssBytes: Int64? = 64 << 20
+    var memAvailableBytes: Int64? = 8 << 30
+    var freezeFailure: String?
+    var frozenCoreDurationMs: Int64 = 200
+    var frozenCoreNeverEnds = false
+    private var frozenRequest: CoreRequest?
     /// A proof reading's first read of these words, where it differs from `lockWords` (a word read mid-update).
     var lockWordsAtFirstRead: [UInt64: UInt64] = [:]
     var locksReply: String?
@@ -317,8 +324,37 @@ final class FakeEffects: SupervisorEffects {
         calls.append("writeCore \(request.pid) \(request.method.rawValue)" + (request.firstThread.map { " first=\($0)" } ?? "")
                      + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
         coreRequests.append(request)
+        return coreOutcome(request)
+    }
+
+    func freezeForCore(_ request: CoreRequest) -> CoreFreeze {
+        calls.append("freeze \(request.pid)" + (request.firstThread.map { " first=\($0)" } ?? ""))
+        coreRequests.append(request)
+        if let freezeFailure {
+            return CoreFreeze(pid: request.pid, threads: 0, stopMs: 0, rssBytes: nil, memAvailableBytes: nil,
+                              failure: CoreOutcome(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: 0, error: freezeFailure)))
+        }
+        frozenRequest = request
+        return CoreFreeze(pid: request.pid, threads: 3, stopMs: 0.3, rssBytes: rssBytes, memAvailableBytes: memAvailableBytes)
+    }
+
+    func writeFrozenCore(background: Bool) -> CoreOutcome? {
+        calls.append("writeFrozenCore \(background ? "background" : "now")")
+        guard let request = frozenRequest else {
+            return CoreOutcome(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: 0, error: "nothing frozen"))
+        }
+        frozenRequest = nil
+        guard background else { return coreOutcome(request) }
+        // The writer thread takes its time while the clock (and the loop) goes on.
+        let outcome = coreOutcome(request, durationMs: frozenCoreDurationMs, advancingTheClock: false)
+        schedule(at: nowMs + (frozenCoreNeverEnds ? 1_000_000 : frozenCoreDurationMs), .frozenCoreWritten(outcome))
+        return nil
+    }
+
+    private func coreOutcome(_ request: CoreRequest, durationMs: Int64? = nil, advancingTheClock: Bool = true) -> CoreOutcome {
+        let coreDurationMs = durationMs ?? self.coreDurationMs
         if request.method == .none { return CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)) }
-        nowMs += coreDurationMs
+        if advancingTheClock { nowMs += coreDurationMs }
         if let coreFailure {
             return CoreOutcome(record: CaptureRecord(method: request.method.rawValue, path: nil, bytes: 0, durationMs: Double(coreDurationMs), error: coreFailure))
         }

@@ -17,7 +17,7 @@ import Testing
                                // a multi-process instance's processes
                                + ["processes"]
                                // what the hang was declared on, and the timeline of its handling
-                               + ["declared_on", "timeline"]
+                               + ["declared_on", "timeline", "capture_order"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
