@@ -98,10 +98,28 @@ struct PeersCommand: ParsableCommand {
         let peerTemplates = PeerTemplates(directory: templatesDir)
         let gdbVersion = toolVersion(["gdb", "--version"], work: work)
         let corePattern = (readTextFile("/proc/sys/kernel/core_pattern") ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
-        let settings = PeersSettings(reps: reps, supervisordReps: supervisordReps, ratePerSecond: rate, requestTimeoutMs: Double(requestTimeoutMs),
+        var settings = PeersSettings(reps: reps, supervisordReps: supervisordReps, ratePerSecond: rate, requestTimeoutMs: Double(requestTimeoutMs),
                                      boundSeconds: bound, usageSeconds: usageSeconds, defibIntervalMs: heartbeat.interval, defibDeadlineMs: heartbeat.deadline,
                                      proxyArguments: "--route \(PeerRunner.appHost)=127.0.0.1:BACKEND --control-socket DIR/control.sock",
                                      gdbVersion: gdbVersion, corePattern: corePattern)
+        if rows.contains(.defibNative530) || rows.contains(.systemdSocket530) {
+            // What the 530 MiB rows' restarts are held to: the same proxy started alone, spawn to first pong.
+            var starts: [Double] = []
+            for run in 0..<3 {
+                let started = monotonicNanoseconds()
+                do {
+                    let (child, socket) = try ProxyLauncher.start(binary: proxy, name: "defib-proxy 530 MiB (alone, run \(run))",
+                                                                  directory: "\(work)/alone-530-\(run)", ballastMB: 512, extraThreads: 8)
+                    defer { child.stop() }
+                    let ms = try ProxyLauncher.waitForPong(child, socket: socket, sinceNs: started)
+                    starts.append(ms)
+                    progress("peers: the 530 MiB proxy alone, run \(run): first pong after \(formatMs(ms))")
+                } catch {
+                    progress("peers: the 530 MiB proxy alone, run \(run): \(error)")
+                }
+            }
+            settings.proxyStart530Ms = starts
+        }
         let runner = PeerRunner(settings: settings, workDirectory: work, warmupMs: warmupMs, log: progress)
         progress("peers: \(rows.map(\.rawValue).joined(separator: ", ")); \(reps) reps (supervisord \(supervisordReps)), \(Int(rate)) req/s, bound \(bound) s; backend on 127.0.0.1:\(backend.port)")
 
@@ -117,7 +135,7 @@ struct PeersCommand: ParsableCommand {
             // Each supervisor's cost is measured once, in its first row.
             let usage = !measuredUsage.contains(id.supervisor)
             switch id {
-            case .defibNative, .defibGcore, .defibNone, .defibListen:
+            case .defibNative, .defibNative530, .defibLeakedRead, .defibGcore, .defibNone, .defibListen:
                 let config = "`defib run --interval \(heartbeat.interval) --deadline \(heartbeat.deadline) --capture \(DefibPeerSession.captureMethod(id))`"
                     + (id.socketPassed ? " with `--socket http=127.0.0.1:PORT` (defib binds the port once and passes it to every instance)"
                         : ", the proxy binding `--listen 127.0.0.1:PORT` itself")
@@ -137,7 +155,7 @@ struct PeersCommand: ParsableCommand {
                     return try MonitPeerSession(monitPath: monitPath, proxy: proxy, directory: "\(work)/monit", templates: peerTemplates,
                                                 backendPort: backend.port)
                 })
-            case .systemdSocket, .systemdListen:
+            case .systemdSocket, .systemdSocket530, .systemdListen:
                 if container == nil && containerFailure == nil {
                     if let why = SystemdContainer.unavailableReason(nspawn: nspawn, work: work) {
                         containerFailure = why
@@ -187,7 +205,7 @@ struct PeersCommand: ParsableCommand {
             .replacingOccurrences(of: "=127.0.0.1:0", with: "=127.0.0.1:BACKEND")
         var report = PeersReport(part: "peers", startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore, machineAfter: MachineState.now(),
                                  figures: PeersFigures(settings: settings, peers: results))
-        report.targets = PeersChecks.evaluate(results, boundSeconds: bound)
+        report.targets = PeersChecks.evaluate(results, boundSeconds: bound, proxyStart530Ms: settings.proxyStart530Ms)
         if results.allSatisfy({ $0.status != "ok" }) {
             report.status = "FAIL"
             report.reason = "no peer could run: " + results.map { "\($0.id.rawValue): \($0.reason ?? "?")" }.joined(separator: "; ")

@@ -31,7 +31,7 @@ final class DefibPeerSession: PeerSession {
         if id.socketPassed { argv += ["--socket", "http=127.0.0.1:\(port)"] }
         argv += ["--", proxy]
         if !id.socketPassed { argv += ["--listen", "127.0.0.1:\(port)"] }
-        argv += ["--route", "\(PeerRunner.appHost)=127.0.0.1:\(backendPort)"]
+        argv += ["--route", "\(PeerRunner.appHost)=127.0.0.1:\(backendPort)"] + id.proxyExtraArguments
         return argv
     }
 
@@ -52,7 +52,12 @@ final class DefibPeerSession: PeerSession {
     func supervisorProcesses() -> [(name: String, pid: Int32)] { [("defib", child.pid)] }
 
     func proxyPID() -> Int32? {
-        childProcesses(of: child.pid).first { processName($0) == "defib-proxy" && ProcFSState.isAlive($0) }
+        // The newest: a hung instance kept frozen beside its replacement is older.
+        proxyPIDs().max()
+    }
+
+    func proxyPIDs() -> [Int32] {
+        childProcesses(of: child.pid).filter { processName($0) == "defib-proxy" && ProcFSState.isAlive($0) && !ProcFSState.isTraced($0) }
     }
 
     func supervisorProblem() -> String? {
@@ -87,7 +92,11 @@ final class DefibPeerSession: PeerSession {
         let core = i["core_path"] as? String
         var note: String?
         if core == nil { note = (i["capture_error"] as? String).map { "capture failed: \($0)" } ?? "no capture (--capture \(Self.captureMethod(id)))" }
-        return SessionEvidence(corePath: core, coreNote: note, recorded: true, record: record)
+        var evidence = SessionEvidence(corePath: core, coreNote: note, recorded: true, record: record)
+        evidence.detectedToReadyMs = (i["restore_ms"] as? Int).map(Double.init) ?? i["restore_ms"] as? Double
+        evidence.declaredOn = i["declared_on"] as? String
+        evidence.captureOrder = i["capture_order"] as? String
+        return evidence
     }
 
     func restartHungInstance(oldPid: Int32) {
@@ -109,8 +118,15 @@ final class DefibPeerSession: PeerSession {
 enum ProcFSState {
     /// Exists and is neither a zombie nor dead.
     static func isAlive(_ pid: Int32) -> Bool {
-        guard let stat = readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
-        let state = stat[stat.index(after: close)...].first { !$0.isWhitespace }
-        return state != nil && state != "Z" && state != "X"
+        guard let state = state(pid) else { return false }
+        return state != "Z" && state != "X"
+    }
+
+    /// In a ptrace stop ("t"): a hung instance frozen for its core, which serves nothing.
+    static func isTraced(_ pid: Int32) -> Bool { state(pid) == "t" }
+
+    static func state(_ pid: Int32) -> Character? {
+        guard let stat = readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        return stat[stat.index(after: close)...].first { !$0.isWhitespace }
     }
 }

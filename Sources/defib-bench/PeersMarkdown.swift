@@ -2,8 +2,9 @@ import Foundation
 
 /// The checks the summary shows for the peer comparison. Pure.
 enum PeersChecks {
-    static func evaluate(_ peers: [PeerResult], boundSeconds: Int) -> [TargetCheck] {
+    static func evaluate(_ peers: [PeerResult], boundSeconds: Int, proxyStart530Ms: [Double]? = nil) -> [TargetCheck] {
         var out: [TargetCheck] = []
+        out += proofTargets(peers, proxyStart530Ms: proxyStart530Ms)
         let failedRows = peers.filter { $0.status != "ok" }
         out.append(TargetCheck(id: "peers.rows-ran", target: "every peer started and ran its repetitions",
                                measured: failedRows.isEmpty ? "\(peers.count) of \(peers.count) rows ran"
@@ -69,8 +70,12 @@ enum PeersMarkdown {
         socket, `fault timeout-race` (the parking_lot `try_write_for` race: the catalog lock word is left at \
         0xfffffffffffffffe and every reader parks forever).
         - **hang → serving**: from sending the fault to the first successful response that completed after the hung \
-        instance had ended (its pidfd polled every 5 ms), so the old instance's last answers never count. Bound: \
+        instance had ended (its pidfd polled every 5 ms) or, when defib keeps it frozen (every thread ptrace-stopped: it \
+        runs nothing) while its replacement starts, after the replacement was first seen beside it; so the old \
+        instance's last answers never count. Bound: \
         \(s.boundSeconds) s ("never" past it). p95 is nearest-rank: with \(s.reps) repetitions it is the largest value.
+        - The `leaked-read` row injects `fault leaked-read` and then SIGHUP (the reload whose write waits for the leaked \
+        reader): a hang defib has no proof of. The 530 MiB rows run the proxy with `--ballast 512 --extra-threads 8`.
         - **refused**: requests due between the fault and the recovery (or the bound) that met ECONNREFUSED: nobody \
         listening on the port. **failed / timed out**: resets and short answers / no answer within the request timeout, same window.
         - **core**: the core the supervisor left, opened with `gdb -batch -ex 'info threads' defib-proxy CORE` \
@@ -102,7 +107,7 @@ enum PeersMarkdown {
             let refusedMedian = Spread(sum.refused.map(Double.init)).map { String(format: "%.0f", $0.median) } ?? "–"
             md += "\(refusedMedian); \(sum.refused.reduce(0, +)) | \(sum.failed.reduce(0, +)) / \(sum.timedOut.reduce(0, +)) |\n"
         }
-        md += "\n" + ratios(r) + "\n" + reading(s) + "\n"
+        md += "\n" + ratios(r) + "\n" + proofLines(r) + reading(s) + "\n"
 
         md += "### The supervisors' own cost (proxy healthy and idle)\n\n"
         md += "| supervisor | heartbeat | CPU (% of one core) | CPU time in window | VmRSS at the end (max) | processes |\n|---|---|---|---|---|---|\n"
@@ -195,5 +200,65 @@ enum PeersMarkdown {
 
     static func escape(_ s: String) -> String {
         s.replacingOccurrences(of: "|", with: "\\|").replacingOccurrences(of: "\n", with: " ")
+    }
+}
+
+extension PeersChecks {
+    /// The targets of acting on proof and restarting while the core is written (only for the rows that ran).
+    static func proofTargets(_ peers: [PeerResult], proxyStart530Ms: [Double]?) -> [TargetCheck] {
+        var out: [TargetCheck] = []
+        func row(_ id: PeerID) -> (PeerResult, PeerSummary)? {
+            peers.first { $0.id == id && $0.status == "ok" && !$0.reps.isEmpty }.map { ($0, PeerSummary($0)) }
+        }
+        if let (r, s) = row(.defibNative) {
+            let median = s.recovery?.median
+            let complete = r.reps.allSatisfy { $0.core?.usable == true && $0.recorded && $0.record.contains("diagnosis corrupted-lock-word") }
+            out.append(TargetCheck(id: "peers.proof-idle-400ms",
+                                   target: "idle proxy, timeout-race (proof), deadline 1000 ms: fault → first HTTP 200 ≤ 400 ms (median), with a core gdb opens and the diagnosis",
+                                   measured: "median \(median.map(formatMs) ?? "none") over \(s.recovered) of \(s.reps); declared on \(counts(s.declaredOn)); "
+                                       + "cores usable \(s.coresUsable)/\(s.reps), diagnosis corrupted-lock-word in \(r.reps.filter { $0.record.contains("diagnosis corrupted-lock-word") }.count)/\(s.reps)",
+                                   pass: (median ?? .infinity) <= 400 && s.recovered == s.reps && complete))
+        }
+        if let (r, s) = row(.defibNative530) {
+            let start = proxyStart530Ms.flatMap { Spread($0) }?.median
+            let ready = s.detectedToReady?.median
+            let usable = r.reps.allSatisfy { $0.core?.usable == true }
+            out.append(TargetCheck(id: "peers.530-detected-to-ready",
+                                   target: "530 MiB proxy, timeout-race: detected → ready ≤ the proxy's own start time + 30 ms (medians), with a full core",
+                                   measured: "detected → ready \(ready.map(formatMs) ?? "none"), the proxy alone \(start.map(formatMs) ?? "not measured") "
+                                       + "(+ 30 ms = \(start.map { formatMs($0 + 30) } ?? "-")); capture order \(counts(s.captureOrders)); cores usable \(s.coresUsable)/\(s.reps)",
+                                   pass: ready != nil && start != nil && ready! <= start! + 30 && usable))
+        }
+        if let (r, s) = row(.defibLeakedRead) {
+            let silences = r.reps.compactMap { rep -> String? in rep.declaredOn }
+            out.append(TargetCheck(id: "peers.leaked-read-at-deadline",
+                                   target: "leaked-read (no proof): declared at the deadline, never on proof",
+                                   measured: "declared on \(counts(s.declaredOn)) in \(s.reps) repetitions",
+                                   pass: !silences.isEmpty && silences.allSatisfy { $0 == "deadline" } && silences.count == s.reps))
+        }
+        return out
+    }
+
+    static func counts(_ c: [String: Int]) -> String {
+        c.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+    }
+}
+
+extension PeersMarkdown {
+    /// What defib's incidents say of each of its rows: declared on proof or at the deadline, detection → ready, the
+    /// capture order; and the 530 MiB proxy's own start time.
+    static func proofLines(_ r: PeersReport) -> String {
+        var md = ""
+        for p in r.peers where p.id.supervisor == "defib" && !p.reps.isEmpty {
+            let sum = PeerSummary(p)
+            md += "- \(p.id.title): declared on \(PeersChecks.counts(sum.declaredOn)); detected → ready "
+                + (sum.detectedToReady.map { "median \(formatMs($0.median)) (min \(formatMs($0.min)), max \(formatMs($0.max)))" } ?? "–")
+                + "; capture order \(PeersChecks.counts(sum.captureOrders))\n"
+        }
+        if let starts = r.settings.proxyStart530Ms, let spread = Spread(starts) {
+            md += "- The 530 MiB proxy started alone (spawn → first pong, \(starts.count) runs): median \(formatMs(spread.median)) "
+                + "(min \(formatMs(spread.min)), max \(formatMs(spread.max))).\n"
+        }
+        return md.isEmpty ? "" : md + "\n"
     }
 }

@@ -6,36 +6,56 @@ import Foundation
 /// The supervisors compared, each a row of the report (some supervisors give two rows: with and without a passed socket).
 enum PeerID: String, Codable, CaseIterable, Equatable {
     case defibNative = "defib-native"
+    /// The same hang in a proxy grown to 530 MiB RSS (`--ballast 512 --extra-threads 8`): a core that takes time.
+    case defibNative530 = "defib-530"
+    /// A hang defib has no proof of (`fault leaked-read`, then SIGHUP: the reload waits for the leaked reader):
+    /// declared at the deadline.
+    case defibLeakedRead = "defib-leaked-read"
     case defibGcore = "defib-gcore"
     case defibNone = "defib-none"
     case defibListen = "defib-listen"
     case monit
     case systemdSocket = "systemd-socket"
+    /// systemd's watchdog over the 530 MiB proxy.
+    case systemdSocket530 = "systemd-530"
     case systemdListen = "systemd-listen"
     case supervisord
 
     /// The supervisor program behind the row.
     var supervisor: String {
         switch self {
-        case .defibNative, .defibGcore, .defibNone, .defibListen: "defib"
+        case .defibNative, .defibNative530, .defibLeakedRead, .defibGcore, .defibNone, .defibListen: "defib"
         case .monit: "monit"
-        case .systemdSocket, .systemdListen: "systemd"
+        case .systemdSocket, .systemdSocket530, .systemdListen: "systemd"
         case .supervisord: "supervisord"
         }
     }
 
     /// Whether the listening socket outlives the proxy (bound by the supervisor and passed on, LISTEN_FDS).
-    var socketPassed: Bool { self == .defibNative || self == .defibGcore || self == .defibNone || self == .systemdSocket }
+    var socketPassed: Bool {
+        [.defibNative, .defibNative530, .defibLeakedRead, .defibGcore, .defibNone, .systemdSocket, .systemdSocket530].contains(self)
+    }
+
+    /// Flags the row adds to the proxy's command line.
+    var proxyExtraArguments: [String] {
+        self == .defibNative530 || self == .systemdSocket530 ? ["--ballast", "512", "--extra-threads", "8"] : []
+    }
+
+    /// The fault the row injects: `timeout-race` (a corrupted lock word: proof), or `leaked-read` (no proof).
+    var fault: String { self == .defibLeakedRead ? "leaked-read" : "timeout-race" }
 
     /// The row's name in the table.
     var title: String {
         switch self {
         case .defibNative: "defib, `--capture native` (default)"
+        case .defibNative530: "defib, native, proxy grown to 530 MiB RSS"
+        case .defibLeakedRead: "defib, native, `leaked-read` (no proof: the deadline)"
         case .defibGcore: "defib, `--capture gcore`"
         case .defibNone: "defib, `--capture none`"
         case .defibListen: "defib, native, proxy binds `--listen` itself"
         case .monit: "monit 1 s cycle, unixsocket ping, exec gcore + restart"
         case .systemdSocket: "systemd `WatchdogSec=1s`, socket unit"
+        case .systemdSocket530: "systemd `WatchdogSec=1s`, socket unit, proxy grown to 530 MiB RSS"
         case .systemdListen: "systemd `WatchdogSec=1s`, proxy binds `--listen`"
         case .supervisord: "supervisord (no hang detection)"
         }
@@ -87,11 +107,13 @@ struct RepWindow: Codable, Equatable {
     /// Counts the samples due in [fault, end], where end is the recovery or `faultAt + boundMs`. `oldGoneAt` is when the
     /// hung instance ended (nil: it never did); a success counts as recovery only if it completed after that, so the old
     /// instance's last responses never count as "serving again".
+    /// `replacementSeenAt`: when a new instance was first seen beside a hung one kept frozen (defib's restart while the
+    /// core is written): a frozen instance runs nothing, so every success from then on is the new instance's.
     static func evaluate(samples: [RequestSample], faultAtUnixMs faultAt: Double, oldGoneAtUnixMs oldGoneAt: Double?,
-                         boundMs: Double) -> RepWindow {
+                         replacementSeenAtUnixMs replacementSeen: Double? = nil, boundMs: Double) -> RepWindow {
         let bound = faultAt + boundMs
         var recoveryAt: Double?
-        if let gone = oldGoneAt {
+        if let gone = [oldGoneAt, replacementSeen].compactMap({ $0 }).min() {
             recoveryAt = samples.lazy.filter { $0.outcome == .ok && $0.completedUnixMs >= gone && $0.completedUnixMs <= bound }
                 .map(\.completedUnixMs).min()
         }
@@ -99,7 +121,7 @@ struct RepWindow: Codable, Equatable {
         var w = RepWindow(recoveryMs: recoveryAt.map { $0 - faultAt }, requests: 0, ok: 0, refused: 0, failed: 0, timedOut: 0,
                           okWhileHung: 0, dueWhileHung: 0, lengthMs: end - faultAt)
         let hungFrom = faultAt + hangGraceMs
-        let hungUntil = min(oldGoneAt ?? end, end)
+        let hungUntil = min([oldGoneAt, replacementSeen].compactMap { $0 }.min() ?? end, end)
         for s in samples {
             if s.scheduledUnixMs >= hungFrom && s.scheduledUnixMs < hungUntil { w.dueWhileHung += 1 }
             if s.outcome == .ok && s.completedUnixMs >= hungFrom && s.completedUnixMs < hungUntil { w.okWhileHung += 1 }
@@ -159,6 +181,12 @@ struct RepResult: Codable, Equatable {
     var record: String
     /// What went wrong in this repetition (the fault not acknowledged, the old instance not hung, …).
     var problems: [String] = []
+    /// Fault → a new instance seen beside the hung one (defib's restart while the core is written), in ms.
+    var replacementSeenMs: Double?
+    /// defib's incident: detection → the replacement ready (`restore_ms`), what it was declared on, the capture order.
+    var detectedToReadyMs: Double?
+    var declaredOn: String?
+    var captureOrder: String?
 }
 
 /// A supervisor's own cost while the proxy is healthy and idle.
@@ -223,6 +251,11 @@ struct PeerSummary: Equatable {
     var timedOut: [Int] { row.reps.map(\.window.timedOut) }
     var hangShown: Int { row.reps.filter(\.window.hangShown).count }
     var problems: Int { row.reps.reduce(0) { $0 + $1.problems.count } }
+    /// defib's incidents: detection → the replacement ready.
+    var detectedToReady: Spread? { Spread(row.reps.compactMap(\.detectedToReadyMs)) }
+    /// How the hangs were declared (`proof` 5, …) and the capture orders, counted.
+    var declaredOn: [String: Int] { row.reps.reduce(into: [:]) { $0[$1.declaredOn ?? "-", default: 0] += 1 } }
+    var captureOrders: [String: Int] { row.reps.reduce(into: [:]) { $0[$1.captureOrder ?? "-", default: 0] += 1 } }
 }
 
 /// bench/peers.json: the envelope every part writes plus every row's figures.
@@ -255,6 +288,9 @@ struct PeersSettings: Codable, Equatable {
     var gdbVersion: String
     /// /proc/sys/kernel/core_pattern at the start (where systemd's kernel core goes).
     var corePattern: String
+    /// The 530 MiB proxy started alone (spawn → first pong), ms, when a 530 MiB row ran: what defib's detected → ready
+    /// is held to.
+    var proxyStart530Ms: [Double]?
 }
 
 /// Fills `@NAME@` placeholders of a config template. Pure; the error names the template and the placeholder.

@@ -39,6 +39,8 @@ protocol PeerSession: AnyObject {
     var heartbeat: String { get }
     /// The serving proxy instance (a pid in this machine's namespace), nil while there is none.
     func proxyPID() -> Int32?
+    /// Every live proxy instance (a hung one kept frozen beside its replacement included).
+    func proxyPIDs() -> [Int32]
     /// Non-nil once the supervisor itself has died (with its log's tail).
     func supervisorProblem() -> String?
     /// Waits (at most `timeoutMs`) until the supervisor is really watching the serving instance (monit pauses its tests
@@ -60,6 +62,8 @@ protocol PeerSession: AnyObject {
 extension PeerSession {
     /// Watching from the first answered ping on: defib, systemd and supervisord need no wait.
     func waitWatching(timeoutMs: Int) -> String? { nil }
+    /// One instance at a time, unless the session says otherwise.
+    func proxyPIDs() -> [Int32] { proxyPID().map { [$0] } ?? [] }
 }
 
 /// What a supervisor left behind for one hang.
@@ -68,6 +72,10 @@ struct SessionEvidence {
     var coreNote: String?
     var recorded: Bool
     var record: String
+    /// defib's incident: detection → ready, declared on, capture order.
+    var detectedToReadyMs: Double?
+    var declaredOn: String?
+    var captureOrder: String?
 }
 
 /// Runs every row's repetitions the same way: load on, fault in, wait for the old instance to go and the first success
@@ -178,24 +186,30 @@ struct PeerRunner {
         session.beforeFault(rep: rep)
         let faultAt = ChaosClock.nowUnixMs()
         let reply: String
-        switch ControlRequest.roundTrip(path: session.controlSocket, line: "fault timeout-race", timeoutMs: 3000) {
+        let fault = session.id.fault
+        switch ControlRequest.roundTrip(path: session.controlSocket, line: "fault \(fault)", timeoutMs: 3000) {
         case let .success(r): reply = r
         case let .failure(e): reply = "no reply: \(e)"
         }
-        if reply != "ok fault timeout-race armed" { problems.append("fault timeout-race: \(reply)") }
+        if !reply.hasPrefix("ok fault \(fault) armed") { problems.append("fault \(fault): \(reply)") }
+        // A leaked read guard hangs the proxy at the next catalog write: the reload SIGHUP asks for.
+        if fault == "leaked-read", kill(oldPid, SIGHUP) != 0 { problems.append("\(SystemError("kill(\(oldPid), SIGHUP)"))") }
         var goneAt: Double?
+        var replacementSeenAt: Double?
         var recoveredAt: Double?
         while ChaosClock.nowUnixMs() < faultAt + bound {
             if goneAt == nil {
                 var pfd = pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)
                 if poll(&pfd, 1, 5) > 0 { goneAt = ChaosClock.nowUnixMs() }
+                if replacementSeenAt == nil, session.proxyPIDs().contains(where: { $0 != oldPid }) { replacementSeenAt = ChaosClock.nowUnixMs() }
             } else {
                 sleepMs(5)
             }
-            if let gone = goneAt, let ok = generator.firstSuccess(completedAtOrAfter: gone) {
-                recoveredAt = ok
-                break
+            if recoveredAt == nil, let from = [goneAt, replacementSeenAt].compactMap({ $0 }).min() {
+                recoveredAt = generator.firstSuccess(completedAtOrAfter: from)
             }
+            // Done once service is back and the hung instance has ended (a frozen one ends after its core).
+            if recoveredAt != nil && goneAt != nil { break }
             reapStrays()
         }
         // A little more load after the recovery, so refusals right after it would show.
@@ -209,7 +223,8 @@ struct PeerRunner {
             }
         }
         let samples = generator.stop(drainMs: 1000)
-        let window = RepWindow.evaluate(samples: samples, faultAtUnixMs: faultAt, oldGoneAtUnixMs: goneAt, boundMs: bound)
+        let window = RepWindow.evaluate(samples: samples, faultAtUnixMs: faultAt, oldGoneAtUnixMs: goneAt,
+                                        replacementSeenAtUnixMs: replacementSeenAt, boundMs: bound)
         if !window.hangShown {
             problems.append("the hang did not show: \(window.okWhileHung) of \(window.dueWhileHung) requests due from \(Int(RepWindow.hangGraceMs)) ms after the fault until the old instance's end succeeded")
         }
@@ -218,6 +233,10 @@ struct PeerRunner {
         var result = RepResult(rep: rep, oldPid: oldPid, newPid: nil, faultReply: reply, faultAtUnixMs: faultAt,
                                oldGoneMs: goneAt.map { $0 - faultAt }, window: window, core: nil, coreNote: evidence.coreNote,
                                recorded: evidence.recorded, record: evidence.record, problems: problems)
+        result.replacementSeenMs = replacementSeenAt.map { $0 - faultAt }
+        result.detectedToReadyMs = evidence.detectedToReadyMs
+        result.declaredOn = evidence.declaredOn
+        result.captureOrder = evidence.captureOrder
         if let core = evidence.corePath {
             result.core = gdbCheck(binary: session.proxyBinary, core: core)
             // Checked: the file itself is not kept (a few hundred MB over a run).

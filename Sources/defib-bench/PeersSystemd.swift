@@ -167,7 +167,7 @@ final class SystemdPeerSession: PeerSession {
 
     /// The unit names of a row.
     static func units(_ id: PeerID) -> (service: String, socket: String?) {
-        id == .systemdSocket ? ("peer-proxy.service", "peer-proxy.socket") : ("peer-proxy-listen.service", nil)
+        id == .systemdSocket || id == .systemdSocket530 ? ("peer-proxy.service", "peer-proxy.socket") : ("peer-proxy-listen.service", nil)
     }
 
     init(id: PeerID, container: SystemdContainer, proxy: String, templates: PeerTemplates, backendPort: Int) throws {
@@ -189,6 +189,7 @@ final class SystemdPeerSession: PeerSession {
         self.proxy = PeerProxy(port: port, controlSocket: "\(container.share)/\(row)/control.sock", binary: binary)
         var args = "--route \(PeerRunner.appHost)=127.0.0.1:\(backendPort) --control-socket \(inside)/\(row)/control.sock"
         if socketUnit == nil { args = "--listen 127.0.0.1:\(port) " + args }
+        args += id.proxyExtraArguments.map { " " + $0 }.joined()
         let values = ["PROXY": "\(inside)/bin/defib-proxy", "PROXY_ARGS": args, "CORES": "\(inside)/\(row)/cores", "PORT": String(port)]
         try templates.render(unit, to: "\(container.share)/units/\(unit)", values: values)
         if let s = socketUnit { try templates.render(s, to: "\(container.share)/units/\(s)", values: values) }
