@@ -15,12 +15,24 @@ public struct NativeCoreOptions: Sendable, Equatable {
     /// How long to wait for every thread to stop (threads in uninterruptible sleep never do). Not part of the budget:
     /// registers of every thread are worth more than memory.
     public var stopTimeoutMs: Int = 500
+    /// Write memory with O_DIRECT (falling back to the page cache where refused): a first capture does not pay for
+    /// new page-cache pages (see `CoreMemoryCopier.directFD`); a steady stream of captures into a warm cache is faster
+    /// without it.
+    public var directIO = false
 
     /// Options with a budget and the defaults for everything else.
     public init(budgetMs: Int, writerThreads: Int = 2, firstThread: Int32? = nil, chunkBytes: Int = 512 << 10,
                 stopTimeoutMs: Int = 500) {
         self.budgetMs = budgetMs; self.writerThreads = writerThreads; self.firstThread = firstThread
         self.chunkBytes = chunkBytes; self.stopTimeoutMs = stopTimeoutMs
+    }
+
+    /// What the supervisor captures a hung service with: the defaults, with O_DIRECT (an incident's capture is a
+    /// first capture: the page cache holds nothing it could reuse).
+    public static func supervisor(budgetMs: Int, firstThread: Int32?) -> NativeCoreOptions {
+        var options = NativeCoreOptions(budgetMs: budgetMs, firstThread: firstThread)
+        options.directIO = true
+        return options
     }
 
     /// The first invalid option, named with its value, or nil.
@@ -155,8 +167,9 @@ public enum NativeCoreWriter {
         defer { if attached { process.detachAll() } }
 
         let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
-                                      deadline: deadline)
+                                      deadline: deadline, directIO: options.directIO)
         copier.run(threads: writerThreads ?? options.writerThreads)
+        if options.directIO { notes.append(copier.wroteDirect ? "memory written with O_DIRECT" : "O_DIRECT refused here: memory written through the page cache") }
 
         // Memory is copied: let the process go before the headers are written.
         if attached { process.detachAll(); attached = false }

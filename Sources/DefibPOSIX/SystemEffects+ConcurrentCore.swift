@@ -12,7 +12,7 @@ extension SystemEffects {
         let rss = Self.rssBytes(pid: request.pid)
         let available = Self.memAvailableBytes()
         switch NativeCoreWriter.freeze(pid: request.pid, path: request.path,
-                                       options: NativeCoreOptions(budgetMs: request.budgetMs, firstThread: request.firstThread)) {
+                                       options: NativeCoreOptions.supervisor(budgetMs: request.budgetMs, firstThread: request.firstThread)) {
         case let .failed(result):
             var outcome = CoreOutcome(record: result.record, threads: result.threads)
             outcome.notes = result.notes

@@ -63,7 +63,7 @@ extension SystemEffects {
             outcome = CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil))
         case .native:
             let result = NativeCoreWriter.capture(pid: request.pid, path: request.path,
-                                                  options: NativeCoreOptions(budgetMs: request.budgetMs, firstThread: request.firstThread))
+                                                  options: NativeCoreOptions.supervisor(budgetMs: request.budgetMs, firstThread: request.firstThread))
             outcome = CoreOutcome(record: result.record, threads: result.threads)
             outcome.notes = result.notes
             if result.truncated { outcome.notes.append("core truncated at the \(request.budgetMs) ms budget") }

@@ -132,6 +132,7 @@ enum CoreTargets {
     /// scenarios); ≥ 3 GB/s into the page cache (512 MiB); gdb opens each native core with all threads.
     static func evaluate(idle: ScenarioResult?, ballast: ScenarioResult?) -> [TargetCheck] {
         var out: [TargetCheck] = []
+        out.append(firstCapture(ballast))
         let big = "\(ballast?.ballastMB ?? 512) MiB proxy"
         out.append(speedup(idle, id: "idle.native-vs-gcore", target: "idle proxy: native ≥ 20× faster than gcore (median wall time)",
                            other: "gcore", atLeast: 20))
@@ -196,6 +197,22 @@ enum CoreTargets {
                            measured: "\(what): native \(formatBytes(Int64(n.median))) / kernel \(formatBytes(Int64(k.median))) = "
                                + String(format: "%.3f×", ratio) + failureNote([native, kernel]),
                            pass: ratio <= 1.1)
+    }
+
+    /// The capture a real incident meets, a fresh process's first: with O_DIRECT (as the supervisor writes) it stays
+    /// within twice the steady-state median, and below the first buffered one.
+    static func firstCapture(_ s: ScenarioResult?) -> TargetCheck {
+        let id = "ballast.first-capture"
+        let target = "\(s?.ballastMB ?? 512) MiB proxy, a fresh process's first native capture with O_DIRECT (the supervisor's) ≤ 2× its steady-state median"
+        guard let s, let first = s.warmupSamples.first(where: { $0.method == "native-direct" && $0.error == nil }),
+              let median = s.summary("native-direct")?.wallMs?.median else {
+            return TargetCheck(id: id, target: target, measured: "no figures: \(missing(s, ["native-direct"]))", pass: false)
+        }
+        let buffered = s.warmupSamples.first { $0.method == "native" && $0.error == nil }
+        return TargetCheck(id: id, target: target,
+                           measured: "first \(formatMs(first.durationMs)), median \(formatMs(median)) (\(formatRatio(first.durationMs / median)))"
+                               + (buffered.map { "; through the page cache: first \(formatMs($0.durationMs)), median \(s.summary("native")?.wallMs.map { formatMs($0.median) } ?? "–")" } ?? ""),
+                           pass: first.durationMs <= 2 * median)
     }
 
     static func throughput(_ s: ScenarioResult?, label: String) -> TargetCheck {

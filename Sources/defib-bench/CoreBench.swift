@@ -22,7 +22,8 @@ struct CoreBench {
     var log: (String) -> Void
 
     /// The methods, in the order of the first round; later rounds rotate it so no method always follows another.
-    static let methods = ["native", "gcore", "kernel"]
+    /// `native-direct` is the native writer with O_DIRECT, as the supervisor captures a hung service.
+    static let methods = ["native", "native-direct", "gcore", "kernel"]
 
     /// Runs one scenario. A failure of the long-lived process ends it early with `error` set and the figures so far.
     func run(_ scenario: Scenario) -> ScenarioResult {
@@ -52,9 +53,11 @@ struct CoreBench {
                     "defib-proxy --ballast \(scenario.ballastMB) has only \(formatBytes(status.rssBytes)) resident (VmRSS)")
             }
 
-            // Untimed: the first gdb start reads its own binary and the proxy's symbols from disk.
+            // Untimed: the first gdb start reads its own binary and the proxy's symbols from disk. The first native
+            // captures are a fresh process's first ones, what a real incident meets (O_DIRECT first: it leaves the page
+            // cache as cold as it found it for the buffered one).
             for w in 0..<warmups {
-                for method in ["native", "gcore"] {
+                for method in ["native-direct", "native", "gcore"] {
                     let s = try capture(method, rep: -1 - w, live: proxyChild, dir: dir, scenario: scenario)
                     result.warmupSamples.append(s)
                     log("    warm-up \(method): \(s.error ?? formatMs(s.durationMs))")
@@ -89,12 +92,17 @@ struct CoreBench {
     /// One capture with `method`; the core is measured and removed. Throws only when the long-lived process died.
     func capture(_ method: String, rep: Int, live: ManagedChild, dir: String, scenario: Scenario) throws -> CaptureSample {
         switch method {
-        case "native":
+        case "native", "native-direct":
             let before = try requireStatus(live)
-            let path = "\(dir)/native-\(rep).core"
-            let r = NativeCoreWriter.capture(pid: live.pid, path: path, options: NativeCoreOptions(budgetMs: budgetMs))
+            let path = "\(dir)/\(method)-\(rep).core"
+            var options = NativeCoreOptions(budgetMs: budgetMs)
+            options.directIO = method == "native-direct"
+            let r = NativeCoreWriter.capture(pid: live.pid, path: path, options: options)
             defer { unlink(path) }
-            var sample = measured("native", rep: rep, record: r.record, before: before)
+            var sample = measured(method, rep: rep, record: r.record, before: before)
+            if options.directIO && !r.notes.contains("memory written with O_DIRECT") && sample.error == nil {
+                sample.error = "O_DIRECT refused on this file system"
+            }
             sample.stopMs = r.stopMs
             if r.truncated && sample.error == nil { sample.error = "truncated core" }
             _ = try requireStatus(live)
