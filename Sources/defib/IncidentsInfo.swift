@@ -107,12 +107,28 @@ struct IncidentsInfoCommand: ParsableCommand {
         }
         if let signal = i.endingSignal { summary.append(["Signal", "\(signal) (\(signalName(signal)))"]) }
         if let signature = i.signature { summary.append(["Signature", signature]) }
+        if let declared = i.declaredOn {
+            summary.append(["Declared", declared == .proof ? "on proof, before the deadline (see Notes)" : "at the deadline"])
+        }
+        if let order = i.captureOrder {
+            summary.append(["Capture order", order == .restartWhileWriting ? "replacement started while the core was written from the frozen instance"
+                                : "core first, then the kill and the restart"])
+        }
         out.append(Format.table(summary))
 
         out.append("")
         out.append("Timeline (\(Format.zoneName(zone, at: i.detectedAt)); offsets from detection)")
-        let events: [(String, Date?)] = [("started", i.startedAt), ("detected", i.detectedAt), ("killed", i.killedAt),
+        var events: [(String, Date?)] = [("started", i.startedAt), ("detected", i.detectedAt), ("killed", i.killedAt),
                                          ("restarted", i.restartedAt), ("ready", i.readyAt)]
+        if let done = i.captureDoneAt {
+            // The core's end: before the kill in today's order; after the replacement when it was written from the frozen
+            // instance. The steps that happened, in time order.
+            events.insert(("core done", done), at: 2)
+            if i.captureOrder == .restartWhileWriting {
+                let happened = events.compactMap { e in e.1.map { (e.0, $0) } }.sorted { $0.1 < $1.1 }
+                events = happened.map { ($0.0, Optional($0.1)) } + events.filter { $0.1 == nil }
+            }
+        }
         out.append(Format.table(events.map { name, date in
             guard let date else { return [name, "-", ""] }
             return [name, Format.time(date, zone: zone), Format.duration(ms: date.timeIntervalSince(i.detectedAt) * 1000, signed: true)]
