@@ -28,6 +28,7 @@ enum IncidentSchema {
                 CREATE INDEX incident_by_core ON incident (core_path) WHERE core_path IS NOT NULL;
                 """)
         }
+        FleetOutboxSchema.register(&migrator)
         return migrator
     }
 }

@@ -64,7 +64,8 @@ func fullyPopulated() -> Incident {
         #expect(mode == "wal")
         #expect(columns == ["id", "service", "pid", "cause_kind", "detected_at", "outcome", "signature", "core_path",
                             "core_bytes", "body"])
-        #expect(migrations == ["v1"])
+        // The incident table's v1, then the fleet outbox's own migration.
+        #expect(migrations == ["v1", "fleet-outbox-v1"])
 
         // Opening again (a restarted supervisor) neither fails nor re-runs migrations.
         let again = try IncidentStore.open(stateDirectory: dir.path)
