@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // The little C: fork/exec, pidfd, ptrace, process_vm_readv, prctl, wait-status helpers.
@@ -39,6 +41,17 @@ let package = Package(
         .target(name: "DefibStore", dependencies: [
             "DefibCore",
             .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // Shipping the store's outbox to PostgreSQL and the fleet's views over it. Kept apart so only
+        // `defib` (and its bench) pay for PostgresNIO, and never on the supervision loop.
+        .target(name: "DefibFleet", dependencies: [
+            "DefibCore", "DefibStore",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         // The reference proxy.
         .target(name: "DefibProxy", dependencies: [
@@ -66,7 +79,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "defib", dependencies: [
-            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos",
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "DefibFleet",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -77,7 +90,7 @@ let package = Package(
         ]),
         // `make bench`: core capture (native, gcore, the kernel's dump) and the supervisor's own cost.
         .executableTarget(name: "defib-bench", dependencies: [
-            "DefibCore", "DefibPOSIX", "DefibChaos",
+            "DefibCore", "DefibPOSIX", "DefibChaos", "DefibFleet", "DefibStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
@@ -87,6 +100,7 @@ let package = Package(
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibFleetTests", dependencies: ["DefibFleet", "DefibStore", "DefibCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibFleet"]),
     ]
 )

@@ -3,12 +3,15 @@
 #   base (make demo, make test): libsqlite3-dev (GRDB links the system SQLite), libsystemd-dev
 #     (sd_notify, sd_journal), gdb (gcore, stacks), systemd-container (systemd-nspawn for the
 #     systemd integration test), stress-ng (CPU overload in the chaos tests), curl, python3.
+#   fleet (also make test): postgresql (the fleet tests initdb a throwaway cluster of their own; the Debian
+#     cluster service is never started), iproute2 (the test hosts' network namespaces), openssl (TLS certificate).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 # Package services are never started by the install (policy-rc.d), so nothing runs behind your back.
 set -euo pipefail
 group=${1:-base}
 
 pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3 pkg-config)
+pkgs+=(postgresql iproute2 openssl)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 
 need=()

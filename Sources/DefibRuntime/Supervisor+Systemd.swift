@@ -81,6 +81,7 @@ extension Supervisor {
         status += "; \(machine.restarts) restart(s)"
         if let last = lastIncidentLine { status += "; last incident \(last)" }
         if let serviceStatus { status += "; service: \(serviceStatus.prefix(80))" }
+        if let extra = StatusAddendum.current() { status += "; \(extra)" }
         var message = ""
         if ready && !announcedReady {
             announcedReady = true

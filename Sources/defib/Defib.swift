@@ -6,5 +6,6 @@ struct Defib: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "defib",
         abstract: "Supervise a service through its control channel; on a hang capture a core, restart it, record an incident.",
-        subcommands: [RunCommand.self, CtlCommand.self, IncidentsCommand.self, CheckConfigCommand.self, ChaosCommand.self])
+        subcommands: [RunCommand.self, CtlCommand.self, IncidentsCommand.self, CheckConfigCommand.self, ChaosCommand.self,
+                      FleetCommand.self])
 }

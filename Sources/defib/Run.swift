@@ -48,6 +48,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on this loopback address.", valueName: "HOST:PORT"))
     var metrics: String?
 
+    @OptionGroup(title: "Fleet")
+    var fleet: FleetRunOptions
+
     @Flag(name: .long, help: "Log debug details.")
     var verbose = false
 
@@ -85,6 +88,7 @@ struct RunCommand: ParsableCommand {
         }
         if let captureBudget { cfg.capture.budgetMs = captureBudget }
         if let controlSocket { cfg.heartbeat.controlSocket = controlSocket }
+        try fleet.apply(to: &cfg)
         if cfg.stateDirectory.isEmpty { throw ValidationError("missing --state-dir (or state_dir in the config file)") }
         // Paths the service is told about (DEFIB_CONTROL_SOCKET, NOTIFY_SOCKET) or that a link points at must not
         // depend on the working directory: relative ones are taken from defib's and made absolute here.
@@ -138,6 +142,10 @@ struct RunCommand: ParsableCommand {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         defer { endpoint?.close() }
+        // Shipping is independent of supervision (it reads the store's outbox): started first so a password
+        // file that cannot be used is refused before any child starts.
+        let shipper = try startFleetShipper(cfg, store: store, logger: logger)
+        defer { stopFleetShipper(shipper) }
         let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals, passedSockets: passed)
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
