@@ -40,9 +40,13 @@ public enum FleetSuspect {
 
     /// A holder or event label without its thread id; nil when nothing is left.
     public static func label(_ text: String) -> String? {
-        var t = text.trimmingCharacters(in: .whitespaces)
-        if let r = t.range(of: #"\s+tid=\d+$"#, options: .regularExpression) { t.removeSubrange(r) }
-        return t.isEmpty ? nil : t
+        var t = Substring(text)
+        while t.last == " " { t = t.dropLast() }
+        // A trailing " tid=<digits>" (no regular expression: this runs for every shipped incident).
+        let digits = t.reversed().prefix { $0.isASCII && $0.isNumber }.count
+        if digits > 0, t.dropLast(digits).hasSuffix(" tid=") { t = t.dropLast(digits + 5) }
+        while t.last == " " || t.first == " " { t = t.last == " " ? t.dropLast() : t.dropFirst() }
+        return t.isEmpty ? nil : String(t)
     }
 }
 

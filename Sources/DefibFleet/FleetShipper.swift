@@ -53,6 +53,9 @@ public final class FleetShipper: Sendable {
         public var pollInterval: Duration = .milliseconds(250)
         /// Longest any one database operation may take before the connection is dropped.
         public var operationDeadlineSeconds: Double = 20
+        /// An idle connection is closed after this long: a fleet of quiet hosts holds no connections, and
+        /// the database's max_connections bounds only hosts shipping at the same moment.
+        public var idleCloseSeconds: Double = 30
 
         /// Settings from `[fleet]` (password resolved now: a bad password file is a configuration error).
         public init(_ fleet: FleetSettings, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
@@ -133,11 +136,27 @@ public final class FleetShipper: Sendable {
         var backoff = FleetBackoff()
         var lastBacklogCount = Date.distantPast
         var lastFailureLog = Date.distantPast
+        var lastUsed = Date()
+        // Set once a pass found nothing to ship; the first pass connects whatever the backlog, so a database
+        // that cannot be reached or used is reported at start-up rather than at the first incident.
+        var idle = false
         logger.info("fleet: shipping incidents to \(settings.endpoint.url) as host '\(settings.host)'")
         while true {
             let stopDeadline = stopBy.withLock { $0 }
             if let stopDeadline, Date() >= stopDeadline { break }
             do {
+                if idle {
+                    refreshBacklog()
+                    if status.backlog == 0 {
+                        if stopDeadline != nil { break }   // nothing left to flush
+                        if let c = connection, Date().timeIntervalSince(lastUsed) > settings.idleCloseSeconds {
+                            await c.close()
+                            connection = nil
+                        }
+                        try? await Task.sleep(for: settings.pollInterval)
+                        continue
+                    }
+                }
                 if connection == nil || connection!.isClosed {
                     await connection?.close()
                     connection = nil
@@ -146,22 +165,21 @@ public final class FleetShipper: Sendable {
                     connection = c
                 }
                 let shipped = try await shipBatch(on: connection!)
+                lastUsed = Date()
+                idle = shipped == 0
                 if backoff.failures > 0 {
                     logger.info("fleet: database reachable again; shipping the backlog (\(status.backlog) pending)")
                 }
                 backoff.succeeded()
                 state.withLock { $0.lastError = nil; $0.failingSince = nil }
-                if shipped == 0 || Date().timeIntervalSince(lastBacklogCount) > 2 {
+                if Date().timeIntervalSince(lastBacklogCount) > 2 {
                     refreshBacklog()
                     lastBacklogCount = Date()
-                }
-                if shipped == 0 {
-                    if stopDeadline != nil { break }   // nothing left to flush
-                    try? await Task.sleep(for: settings.pollInterval)
                 }
             } catch {
                 await connection?.close()
                 connection = nil
+                idle = false
                 let message = (error as? FleetError)?.description ?? "\(error)"
                 failureCounter.increment()
                 let firstOrChanged = state.withLock { s -> Bool in
