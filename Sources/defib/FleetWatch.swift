@@ -47,7 +47,7 @@ struct FleetWatchCommand: ParsableCommand {
                         connection = try await FleetConnection.open(endpoint, logger: fleetQuietLogger)
                     }
                     let since = try parseFleetSince(period, now: now)
-                    snapshot.signatures = try await FleetQueries.signatures(on: connection!, since: since, limit: 30)
+                    snapshot.signatures = try await FleetQueries.signatures(on: connection!, since: since)
                     snapshot.events = try await FleetQueries.events(on: connection!, since: now.addingTimeInterval(-86400), limit: 5)
                     snapshot.incidents = try await FleetQueries.incidents(on: connection!, since: since, limit: 8)
                 } catch {
@@ -55,7 +55,8 @@ struct FleetWatchCommand: ParsableCommand {
                     connection = nil
                     snapshot.error = (error as? FleetError)?.description ?? "\(error)"
                 }
-                let screen = FleetWatchScreen.render(snapshot, width: terminalColumns())
+                let (columns, lines) = terminalSize()
+                let screen = FleetWatchScreen.render(snapshot, width: columns, height: lines)
                 print((tty ? "\u{1B}[H\u{1B}[2J" : "") + screen)
                 fflush(nil)
                 if once {
@@ -81,7 +82,22 @@ enum FleetWatchScreen {
         var error: String?
     }
 
-    static func render(_ s: Snapshot, width: Int) -> String {
+    /// The screen, at most `width` columns and `height` lines: the newest incidents and events are cut first
+    /// (three of each are kept), then the least affected signatures (the table says how many are not shown).
+    static func render(_ s: Snapshot, width: Int, height: Int = 50) -> String {
+        var s = s
+        let room = max(8, height - 1)
+        let eventLines = s.events.isEmpty ? 0 : 2 + min(s.events.count, 3)
+        let incidentLines = s.incidents.isEmpty ? 0 : 2 + min(s.incidents.count, 3)
+        let signatureRows = max(3, room - 4 - eventLines - incidentLines)
+        var hidden = 0
+        if s.signatures.count > signatureRows {
+            hidden = s.signatures.count - (signatureRows - 1)
+            s.signatures = Array(s.signatures.prefix(signatureRows - 1))
+        }
+        let spare = max(0, room - 4 - eventLines - incidentLines - min(s.signatures.count + 1, signatureRows))
+        s.events = Array(s.events.prefix(3 + spare / 2))
+        s.incidents = Array(s.incidents.prefix(3 + spare - spare / 2))
         var lines: [String] = []
         lines.append("defib fleet watch · \(Format.time(s.now, milliseconds: false)) UTC · \(s.url)")
         if let error = s.error {
@@ -103,6 +119,7 @@ enum FleetWatchScreen {
                 rows.append([String(r.hosts), bar, suspect, r.signature, String(r.incidents), ago(r.lastSeen, s.now), r.diagnosisKind ?? "-"])
             }
             lines += Format.table(rows).split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+            if hidden > 0 { lines.append("… and \(hidden) more signature(s) with fewer hosts (defib fleet signatures --since \(s.period))") }
         }
         if !s.events.isEmpty {
             lines.append("")
@@ -136,10 +153,12 @@ enum FleetWatchScreen {
     }
 }
 
-/// The terminal's width (TIOCGWINSZ), else $COLUMNS, else 120.
-func terminalColumns() -> Int {
+/// The terminal's size (TIOCGWINSZ), else $COLUMNS and $LINES, else 120 × 50.
+func terminalSize() -> (columns: Int, lines: Int) {
     var size = winsize()
-    if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20 { return Int(size.ws_col) }
-    if let columns = ProcessInfo.processInfo.environment["COLUMNS"].flatMap(Int.init), columns > 20 { return columns }
-    return 120
+    if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col > 20, size.ws_row > 5 { return (Int(size.ws_col), Int(size.ws_row)) }
+    let env = ProcessInfo.processInfo.environment
+    let columns = env["COLUMNS"].flatMap(Int.init).flatMap { $0 > 20 ? $0 : nil } ?? 120
+    let lines = env["LINES"].flatMap(Int.init).flatMap { $0 > 5 ? $0 : nil } ?? 50
+    return (columns, lines)
 }
