@@ -97,7 +97,7 @@ public struct FleetShipResult: Sendable, Equatable {
 /// the distinct hosts of each signature in the window ending at its newest incident (an index-only scan of
 /// `fleet_incident_by_signature`), and records an event when the count reaches the rule's hosts and no
 /// event of that signature is still open (its `last_seen` within the window). An open event only has its
-/// `last_seen` and host count moved on: one event per episode, however many hosts follow. The lock makes
+/// `last_seen`, hosts and suspect brought up to date: one event per episode, however many hosts follow. The lock makes
 /// the check and the insert one step across the fleet, so the event is recorded once, by the host whose
 /// incident crossed the threshold; it logs the line and counts the metric.
 public enum FleetWriter {
@@ -181,10 +181,20 @@ public enum FleetWriter {
         for row in due {
             let (signature, hosts, openEvent) = try row.decode((String, Int64, Int64?).self)
             if let openEvent {
+                // The episode goes on: its hosts, last sighting and suspect over every incident since it began.
                 try await c.run("""
+                    WITH w AS (
+                        SELECT host, detected_at, suspect FROM fleet_incident
+                        WHERE signature = \(signature) AND detected_at >= (SELECT first_seen FROM fleet_event WHERE id = \(openEvent))
+                    ),
+                    votes AS (SELECT DISTINCT ON (host) host, suspect FROM w ORDER BY host, detected_at DESC),
+                    tally AS (SELECT suspect, count(*) AS n FROM votes WHERE suspect IS NOT NULL GROUP BY suspect ORDER BY count(*) DESC, suspect LIMIT 1)
                     UPDATE fleet_event SET
-                        last_seen = greatest(last_seen, (SELECT max(detected_at) FROM fleet_incident WHERE signature = \(signature))),
-                        hosts = greatest(hosts, \(Int32(clamping: hosts)))
+                        last_seen = greatest(last_seen, (SELECT max(detected_at) FROM w)),
+                        hosts = greatest(hosts, (SELECT count(*) FROM votes)::int),
+                        host_names = coalesce((SELECT array_agg(host ORDER BY host) FROM votes), host_names),
+                        suspect = coalesce((SELECT suspect FROM tally), suspect),
+                        suspect_hosts = coalesce((SELECT n FROM tally)::int, suspect_hosts)
                     WHERE id = \(openEvent)
                     """, "extend fleet event \(openEvent)")
             } else if hosts >= Int64(alert.hosts) {

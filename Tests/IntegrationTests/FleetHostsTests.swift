@@ -185,7 +185,10 @@ extension FleetTests {
         print("fleet: the backlog of 3 hosts appeared \(String(format: "%.1f", took)) s after the database came back")
         let afterOutage = try json(defib(["fleet", "signatures", "--url", url, "--json"]))
         #expect(afterOutage.count == 1 && afterOutage.first?["incidents"] as? Int == 6 && afterOutage.first?["hosts"] as? Int == 3, "\(afterOutage)")
-        #expect(try json(defib(["fleet", "events", "--url", url, "--json"])).count == 1, "still one event for the episode")
+        let episode = try json(defib(["fleet", "events", "--url", url, "--json"]))
+        #expect(episode.count == 1, "still one event for the episode: \(episode)")
+        #expect(episode.first?["hosts"] as? Int == 3 && episode.first?["suspect_hosts"] as? Int == 3
+                && episode.first?["suspect"] as? String == suspect, "\(episode)")
         let cleared = try waitUntil(timeoutMs: 20_000) { hosts[0].drainStatus().last?.contains("fleet: 0 pending") == true }
         #expect(cleared, "\(hosts[0].statusLines.suffix(3))")
 
