@@ -109,13 +109,16 @@ public final class FleetShipper: Sendable {
 
     // MARK: Running in the background
 
-    /// Starts shipping in the background on its own event loop thread (once).
+    /// Starts shipping in the background (once): its loop on a `FleetThread`, its connection on an event loop
+    /// thread of its own.
     public func start() {
         guard !started.exchange(true, ordering: .relaxed) else { return }
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        Task.detached { [self] in
+        let thread = FleetThread(name: "defib-fleet")
+        Task(executorPreference: thread) { [self] in
             await run(on: group.next())
             try? await group.shutdownGracefully()
+            thread.shutdown()
             finished.signal()
         }
     }

@@ -3,7 +3,6 @@ import DefibCore
 import DefibFleet
 import Foundation
 import Logging
-import Synchronization
 
 /// `defib fleet`: the incidents of every host, in one PostgreSQL.
 struct FleetCommand: ParsableCommand {
@@ -43,17 +42,9 @@ func parseFleetSince(_ text: String, now: Date = Date()) throws -> Date {
     return try parseDateArgument(text, option: "--since", now: now)
 }
 
-/// Runs async fleet work from a synchronous command and waits for it (the CLI's main thread is not part of
-/// Swift's cooperative pool, so blocking it is fine).
+/// Runs async fleet work from a synchronous command and waits for it (on a thread of its own).
 func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let result = Mutex<Result<T, any Error>?>(nil)
-    let done = DispatchSemaphore(value: 0)
-    Task.detached {
-        do { let v = try await body(); result.withLock { $0 = .success(v) } } catch { result.withLock { $0 = .failure(error) } }
-        done.signal()
-    }
-    done.wait()
-    return try result.withLock { $0! }.get()
+    try FleetThread.run(body)
 }
 
 /// A logger for PostgresNIO that stays quiet (fleet commands report failures themselves, once).

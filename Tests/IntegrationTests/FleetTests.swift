@@ -52,7 +52,7 @@ struct FleetTests {
         #expect(try json(defib(["fleet", "incidents", "--url", url, "--json"])).isEmpty)
     }
 
-    @Test func anOlderSchemaIsUpgradedWithItsRowsAndShippersWaitForIt() async throws {
+    @Test func anOlderSchemaIsUpgradedWithItsRowsAndShippersWaitForIt() throws {
         let db = try FleetTestDatabase.get()
         let name = try db.createDatabase("older")
         let url = db.socketURL(name)
@@ -75,7 +75,7 @@ struct FleetTests {
                                                                     alert: FleetAlertRule(hosts: 3, windowSeconds: 600)), logger: Self.logger)
         shipper.start()
         defer { shipper.stop(flushWithin: .seconds(1)) }
-        let waiting = try await waitFor(seconds: 30) { shipper.status.lastError?.contains("run `defib fleet migrate") == true }
+        let waiting = waitUntil(timeoutMs: 30_000) { shipper.status.lastError?.contains("run `defib fleet migrate") == true }
         #expect(waiting, "\(shipper.status)")
         #expect(shipper.status.backlog == 1 && shipper.status.shipped == 0, "\(shipper.status)")
 
@@ -85,7 +85,7 @@ struct FleetTests {
                 == #"old-host:7:3:{"id":7,"service":"proxy"}"#)
         #expect(try db.psql(name, "SELECT count(*) FROM pg_indexes WHERE indexname = 'fleet_incident_signed_by_time'") == "1")
         // The shipper notices by itself (it retries with backoff) and ships its backlog.
-        let drained = try await waitFor(seconds: 30) { shipper.status.shipped == 1 && shipper.status.backlog == 0 }
+        let drained = waitUntil(timeoutMs: 30_000) { shipper.status.shipped == 1 && shipper.status.backlog == 0 }
         #expect(drained, "\(shipper.status)")
         #expect(try db.psql(name, "SELECT count(*) FROM fleet_incident") == "2")
     }
@@ -117,33 +117,39 @@ struct FleetTests {
 
     // MARK: Delivery
 
-    @Test func aDuplicateOrOlderDeliveryChangesNothing() async throws {
+    @Test func aDuplicateOrOlderDeliveryChangesNothing() throws {
         let db = try FleetTestDatabase.get()
         let name = try db.createDatabase("dup")
         #expect(try defib(["fleet", "migrate", "--url", db.socketURL(name)]).code == 0)
-        let c = try await FleetConnection.open(try FleetEndpoint(url: db.socketURL(name), passwordFile: nil), logger: Self.logger)
-        defer { Task { await c.close() } }
+        let endpoint = try FleetEndpoint(url: db.socketURL(name), passwordFile: nil)
         var incident = Incident(id: 5, service: "proxy", pid: 42, detectedAt: Date(), cause: .exited(code: 3))
         incident.signature = "sig-dup"
         let rule = FleetAlertRule(hosts: 10, windowSeconds: 600)
         let v1 = FleetIncidentRow(incident: incident, version: 10, host: "h1", storeID: "s", machineID: nil)
-        let first = try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1")
-        #expect(first.inserted == 1 && first.updated == 0)
-        let again = try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1")
-        #expect(again.inserted == 0 && again.updated == 0 && again.unchanged == 1)
         incident.outcome = .recovered
         let v2 = FleetIncidentRow(incident: incident, version: 11, host: "h1", storeID: "s", machineID: nil)
-        let newer = try await FleetWriter.ship([v2], on: c, alert: rule, raisedBy: "h1")
-        #expect(newer.updated == 1)
-        // The older change arriving late (a retry that lost its acknowledgement) loses.
-        let late = try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1")
-        #expect(late.unchanged == 1)
-        #expect(try db.psql(name, "SELECT count(*) || ':' || max(version) || ':' || max(outcome) FROM fleet_incident") == "1:11:recovered")
         // The same local id from another host or another local database is another incident.
         let other = FleetIncidentRow(incident: incident, version: 1, host: "h2", storeID: "s", machineID: nil)
         let recreated = FleetIncidentRow(incident: incident, version: 1, host: "h1", storeID: "s-new", machineID: nil)
-        let both = try await FleetWriter.ship([other, recreated], on: c, alert: rule, raisedBy: "h2")
-        #expect(both.inserted == 2)
+        let results = try FleetThread.run { () -> [FleetShipResult] in
+            let c = try await FleetConnection.open(endpoint, logger: Self.logger)
+            var out: [FleetShipResult] = []
+            out.append(try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1"))
+            out.append(try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1"))   // delivered twice
+            out.append(try await FleetWriter.ship([v2], on: c, alert: rule, raisedBy: "h1"))
+            // The older change arriving late (a retry that lost its acknowledgement) loses.
+            out.append(try await FleetWriter.ship([v1], on: c, alert: rule, raisedBy: "h1"))
+            out.append(try await FleetWriter.ship([other, recreated], on: c, alert: rule, raisedBy: "h2"))
+            await c.close()
+            return out
+        }
+        #expect(results[0].inserted == 1 && results[0].updated == 0)
+        #expect(results[1].inserted == 0 && results[1].updated == 0 && results[1].unchanged == 1)
+        #expect(results[2].updated == 1)
+        #expect(results[3].unchanged == 1)
+        #expect(results[4].inserted == 2)
+        #expect(try db.psql(name, "SELECT count(*) || ':' || max(version) || ':' || max(outcome) FROM fleet_incident WHERE store_id = 's' AND host = 'h1'")
+                == "1:11:recovered")
         #expect(try db.psql(name, "SELECT count(*) FROM fleet_incident") == "3")
     }
 
@@ -209,12 +215,3 @@ struct FleetTests {
     }
 }
 
-/// Polls `condition` every 100 ms for up to `seconds` (async tests).
-func waitFor(seconds: Double, _ condition: () throws -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline {
-        if try condition() { return true }
-        try await Task.sleep(for: .milliseconds(100))
-    }
-    return try condition()
-}
