@@ -171,12 +171,9 @@ public struct Incident: Sendable, Equatable, Codable {
 
 /// RFC 3339 timestamps with milliseconds, UTC.
 public enum RFC3339 {
-    public static func string(_ date: Date) -> String {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: date)
-    }
+    /// One shared formatter (building one per call cost more than the rest of storing an incident; the
+    /// formatter is documented thread-safe).
+    public static func string(_ date: Date) -> String { IncidentJSON.rfc3339(date) }
 }
 
 /// The conventional name of a Linux signal number ("SIGKILL"), or "signal N".
