@@ -116,9 +116,10 @@ public enum FleetWriter {
         guard !batch.isEmpty else { return FleetShipResult() }
         return try await c.transaction("ship \(batch.count) incident(s)", seconds: deadlineSeconds) { c in
             var result = try await upsert(batch, on: c)
-            let signatures = Array(Set(batch.compactMap(\.signature))).sorted()
-            if !signatures.isEmpty {
-                result.events = try await checkAlerts(signatures: signatures, on: c, alert: alert, raisedBy: raisedBy)
+            let signed = batch.filter { $0.signature != nil }
+            if !signed.isEmpty {
+                result.events = try await checkAlerts(signatures: signed.map { $0.signature! }, detectedAt: signed.map(\.detectedAt),
+                                                      on: c, alert: alert, raisedBy: raisedBy)
             }
             return result
         }
@@ -154,22 +155,31 @@ public enum FleetWriter {
         return FleetShipResult(inserted: Int(inserted), updated: Int(updated), unchanged: batch.count - Int(inserted) - Int(updated))
     }
 
-    /// The fleet-event check for the signatures just written (see the type's comment).
-    static func checkAlerts(signatures: [String], on c: FleetConnection, alert: FleetAlertRule, raisedBy: String) async throws -> [FleetEvent] {
+    /// The fleet-event check for the incidents just written (signature and detection time of each; see the
+    /// type's comment). A signature is looked at only when one of them falls in the window ending at its newest
+    /// incident: a backlog of old incidents shipped late changes no episode and costs no check.
+    static func checkAlerts(signatures batchSignatures: [String], detectedAt: [Date], on c: FleetConnection, alert: FleetAlertRule,
+                            raisedBy: String) async throws -> [FleetEvent] {
         let window = Double(alert.windowSeconds)
+        let signatures = Array(Set(batchSignatures)).sorted()
         try await c.run("""
             SELECT pg_advisory_xact_lock(k) FROM (
                 SELECT DISTINCT hashtextextended('defib-fleet-event:' || s, 0) AS k FROM unnest(\(signatures)::text[]) AS s ORDER BY k
             ) AS keys
             """, "lock the fleet-event check")
         let due = try await c.run("""
-            WITH sigs AS (SELECT DISTINCT unnest(\(signatures)::text[]) AS signature),
+            WITH b AS (SELECT * FROM unnest(\(batchSignatures)::text[], \(detectedAt)::timestamptz[]) AS b(signature, detected_at)),
             newest AS (
-                SELECT s.signature, (SELECT max(f.detected_at) FROM fleet_incident f WHERE f.signature = s.signature) AS t FROM sigs s
+                SELECT s.signature, (SELECT max(f.detected_at) FROM fleet_incident f WHERE f.signature = s.signature) AS t
+                FROM (SELECT DISTINCT signature FROM b) s
+            ),
+            relevant AS (
+                SELECT n.* FROM newest n
+                WHERE EXISTS (SELECT 1 FROM b WHERE b.signature = n.signature AND b.detected_at > n.t - make_interval(secs => \(window)))
             ),
             counts AS (
                 SELECT n.signature, n.t, count(DISTINCT f.host)::int8 AS hosts, min(f.detected_at) AS first_seen
-                FROM newest n JOIN fleet_incident f ON f.signature = n.signature AND f.detected_at > n.t - make_interval(secs => \(window))
+                FROM relevant n JOIN fleet_incident f ON f.signature = n.signature AND f.detected_at > n.t - make_interval(secs => \(window))
                 GROUP BY n.signature, n.t
             )
             SELECT c.signature, c.hosts,
