@@ -48,7 +48,7 @@ public final class FleetShipper: Sendable {
         /// When a signature on many hosts is a fleet event.
         public var alert: FleetAlertRule
         /// Changes per transaction.
-        public var batchSize = 500
+        public var batchSize = 1000
         /// How often an idle shipper looks for new changes.
         public var pollInterval: Duration = .milliseconds(250)
         /// Longest any one database operation may take before the connection is dropped.
@@ -83,11 +83,6 @@ public final class FleetShipper: Sendable {
     private let finished = DispatchSemaphore(value: 0)
     private let started = Atomic<Bool>(false)
     private let storeID: String
-    /// Acknowledged rows older than this are pruned by the shipper itself even when few.
-    static let pruneAfterSeconds: TimeInterval = 60
-    /// This many acknowledged rows are pruned by the shipper itself at once.
-    static let pruneAtCount = 256
-
     private let backlogGauge: Gauge
     private let shippedCounter: Counter
     private let failureCounter: Counter
@@ -206,7 +201,7 @@ public final class FleetShipper: Sendable {
             }
         }
         await connection?.close()
-        pruneIfDue(force: true)
+        pruneAcknowledged()
     }
 
     /// PostgresNIO logs every connection failure at error level itself; ours already says it once.
@@ -228,7 +223,7 @@ public final class FleetShipper: Sendable {
             if n == 0 { break }
             total += n
         }
-        pruneIfDue(force: true)
+        pruneAcknowledged()
         refreshBacklog()
         return total
     }
@@ -256,17 +251,16 @@ public final class FleetShipper: Sendable {
                                                            "suspect": "\(event.suspect ?? "")", "hosts": "\(event.hosts)"])
         }
         logger.debug("fleet: shipped \(entries.count) change(s): \(result.inserted) new, \(result.updated) updated, \(result.unchanged) already there")
-        pruneIfDue(force: false)
         return entries.count
     }
 
-    /// Deletes acknowledged outbox rows itself when many wait or the oldest has waited long (see the
-    /// outbox's comment: most ride along with the supervisor's own writes).
-    private func pruneIfDue(force: Bool) {
-        let (count, oldest) = store.acknowledgedOutbox
-        guard count > 0 else { return }
-        let old = oldest.map { Date().timeIntervalSince($0) > Self.pruneAfterSeconds } ?? false
-        guard force || count >= Self.pruneAtCount || old else { return }
+    /// Deletes the acknowledged outbox rows now: only when the shipper stops (the supervisor is done) or a
+    /// one-off drain ends. While supervising it never writes to the store itself: its acknowledgements are
+    /// deleted inside the supervisor's own incident writes (a few rows each), so the supervisor's write never
+    /// waits for a transaction of the shipper's. Rows acknowledged but not yet deleted are tiny, never read again
+    /// by this shipper (its cursor is past them), and shipped once more after a restart at worst (harmlessly).
+    private func pruneAcknowledged() {
+        guard store.acknowledgedOutbox.count > 0 else { return }
         do { try store.pruneAcknowledgedOutbox() } catch {
             logger.warning("fleet: could not prune the outbox (the rows ship again after a restart, harmlessly): \(error)")
         }

@@ -18,13 +18,12 @@ import Synchronization
 /// row (one transaction): what was recorded before — the oldest — stays recorded and pending, nothing
 /// already pending is ever dropped to make room.
 ///
-/// Acknowledgement is arranged so the shipper (another thread) almost never writes to the store itself: it
-/// reads with a cursor and reports what the fleet database committed through `acknowledgeOutbox`; those
-/// rows are deleted inside the supervisor's next incident write (a few rows, no extra transaction or
-/// fsync), and only when many pile up (a backlog drained after an outage) or they have waited long does the
-/// shipper delete them in a short transaction of its own (`pruneAcknowledgedOutbox`). Until deleted, an
-/// acknowledged row would only be shipped again after a restart: at least once, and the fleet's upsert is
-/// idempotent.
+/// Acknowledgement is arranged so the shipper (another thread) never writes to the store while the
+/// supervisor runs: it reads with a cursor and reports what the fleet database committed through
+/// `acknowledgeOutbox`; those rows are deleted inside the supervisor's next incident write (at most 64, no
+/// extra transaction or fsync), and the rest when the shipper stops (`pruneAcknowledgedOutbox`). Until
+/// deleted, an acknowledged row would only be shipped again after a restart: at least once, and the fleet's
+/// upsert is idempotent.
 enum FleetOutboxSchema {
     static let table = "fleet_outbox"
 

@@ -25,13 +25,13 @@ struct FleetBenchCommand: ParsableCommand {
     var incidents = 1_000_000
 
     @Option(help: "Hosts shipping at once (one connection each).")
-    var workers = 8
+    var workers = 16
 
     @Option(help: "Timed repetitions of each query.")
     var reps = 15
 
-    @Option(help: "Outbox changes per shipping transaction.")
-    var batch = 500
+    @Option(help: "Outbox changes per shipping transaction (the shipper's default).")
+    var batch = 1000
 
     @Option(help: "An existing, empty fleet database to use (default: a throwaway cluster of our own on loopback).")
     var url: String?
