@@ -1,3 +1,4 @@
+import FlightRecorder
 import Foundation
 
 /// The write an incident points at: the one most likely to have caused the hang, named by its lock label
@@ -25,7 +26,7 @@ public enum FleetSuspect {
         if let holder = locks.lazy.compactMap({ $0.holder.flatMap(label) }).first { return holder }
         let events = locks.flatMap { $0.events ?? [] }
         if let corrupting = events.last(where: { e in
-            e.kind == "write-timed-out" && !e.label.isEmpty && (LockWord.parse(e.wordAfter).map(Diagnosis.isCorrupted) ?? false)
+            e.kind == "write-timed-out" && !e.label.isEmpty && (LockWord.parse(e.wordAfter).map(LockWord.isCorrupt) ?? false)
         }) {
             return label(corrupting.label)
         }

@@ -84,51 +84,7 @@ enum IncidentCodec {
         return decoder
     }
 
-    // Formatters are costly to build (most of the time of listing thousands of incidents went there) and
-    // ISO8601DateFormatter is documented thread-safe, so one of each is shared.
-    nonisolated(unsafe) private static let withFraction: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f
-    }()
-    nonisolated(unsafe) private static let withoutFraction: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f
-    }()
-
-    static func parseRFC3339(_ text: String) -> Date? {
-        fastUTC(text) ?? withFraction.date(from: text) ?? withoutFraction.date(from: text)
-    }
-
-    /// `yyyy-MM-ddTHH:mm:ss.SSSZ`, the form this store writes, read digit by digit (the formatter costs tens of
-    /// microseconds a date, and an incident has half a dozen); nil for anything else, which the formatters read.
-    static func fastUTC(_ text: String) -> Date? {
-        let utf8 = text.utf8
-        return utf8.withContiguousStorageIfAvailable { b -> Date? in
-            guard b.count == 24, b[4] == 45, b[7] == 45, b[10] == 84, b[13] == 58, b[16] == 58, b[19] == 46, b[23] == 90 else { return nil }
-            func n(_ from: Int, _ count: Int) -> Int? {
-                var v = 0
-                for i in from..<(from + count) {
-                    let d = Int(b[i]) - 48
-                    guard (0...9).contains(d) else { return nil }
-                    v = v * 10 + d
-                }
-                return v
-            }
-            guard let y = n(0, 4), let mo = n(5, 2), let d = n(8, 2), let h = n(11, 2), let mi = n(14, 2), let s = n(17, 2), let ms = n(20, 3),
-                  (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, s < 60 else { return nil }
-            // Days from the civil date (Howard Hinnant's algorithm), then seconds.
-            let yy = mo <= 2 ? y - 1 : y
-            let era = (yy >= 0 ? yy : yy - 399) / 400
-            let yoe = yy - era * 400
-            let doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1
-            let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy
-            let days = era * 146_097 + doe - 719_468
-            let ms64 = Int64(days) * 86_400_000 + Int64(h * 3_600_000 + mi * 60_000 + s * 1000 + ms)
-            return Date(timeIntervalSince1970: Double(ms64) / 1000)
-        } ?? nil
-    }
+    static func parseRFC3339(_ text: String) -> Date? { RFC3339.date(from: text) }
 }
 
 extension Date {

@@ -116,17 +116,34 @@ public final class IncidentStore: Sendable {
         let row = try StoredRow(incident, path: path)
         let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
         let changed = try write("update incident \(id)") { db in
-            try db.execute(sql: """
-                UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
-                       core_path = ?, core_bytes = ?, body = ?
-                WHERE id = ?
-                """, arguments: row.arguments + [id])
+            try db.execute(sql: Self.updateSQL, arguments: row.arguments + [id])
             let changed = db.changesCount
             if changed > 0 { try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning) }
             return changed
         }
         outboxAcknowledgements.remove(pruning)
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
+    }
+
+    /// Changes the stored incident `id` in one write transaction (read, change, write back), for an incident
+    /// whose writer no longer holds it. Throws `.notFound` when there is none. Like every incident write, it
+    /// records the change in the fleet outbox in the same transaction.
+    public func modify(id: Int64, _ change: @escaping @Sendable (inout Incident) -> Void) throws {
+        let path = self.path
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
+        try write("modify incident \(id)") { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]) else {
+                throw StoreError(.notFound, path: path, "no incident \(id)")
+            }
+            let columns = IncidentCodec.Columns(id: row["id"], service: row["service"], pid: row["pid"],
+                                                detectedAtMs: row["detected_at"], outcome: row["outcome"])
+            var incident = try IncidentCodec.decode(row["body"], columns: columns)
+            change(&incident)
+            let stored = try StoredRow(incident, path: path)
+            try db.execute(sql: Self.updateSQL, arguments: stored.arguments + [id])
+            try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning)
+        }
+        outboxAcknowledgements.remove(pruning)
     }
 
     /// Removes one incident (retention). Returns false when there was none with that id.
@@ -200,6 +217,11 @@ public final class IncidentStore: Sendable {
     // MARK: Plumbing
 
     private static let columns = "id, service, pid, detected_at, outcome, body"
+    private static let updateSQL = """
+        UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
+               core_path = ?, core_bytes = ?, body = ?
+        WHERE id = ?
+        """
 
     private static func filter(service: String?, since: Date?, until: Date?) -> (String, [any DatabaseValueConvertible]) {
         var clauses: [String] = []

@@ -30,8 +30,7 @@ struct FleetRunOptions: ParsableArguments {
     }
 }
 
-/// Starts shipping the store's outbox when `[fleet]` is configured, off the supervision loop, and puts its
-/// backlog into the supervisor's STATUS= line. A password file that cannot be used is a configuration error
+/// Starts shipping the store's outbox when `[fleet]` is configured, off the supervision loop. A password file that cannot be used is a configuration error
 /// (exit 64); a database that cannot be reached is not: the shipper retries while the service is supervised.
 func startFleetShipper(_ cfg: SupervisorConfig, store: IncidentStore, logger: Logger) throws -> FleetShipper? {
     guard let fleet = cfg.fleet else { return nil }
@@ -42,7 +41,6 @@ func startFleetShipper(_ cfg: SupervisorConfig, store: IncidentStore, logger: Lo
         throw ValidationError("fleet: \(error)")
     }
     shipper.start()
-    StatusAddendum.set { shipper.status.statusLine }
     return shipper
 }
 
@@ -50,6 +48,5 @@ func startFleetShipper(_ cfg: SupervisorConfig, store: IncidentStore, logger: Lo
 /// outbox for the next start).
 func stopFleetShipper(_ shipper: FleetShipper?) {
     guard let shipper else { return }
-    StatusAddendum.set(nil)
     shipper.stop(flushWithin: .seconds(3))
 }

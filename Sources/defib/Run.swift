@@ -1,8 +1,7 @@
 import ArgumentParser
 import DefibCore
-import DefibPOSIX
+import DefibFleet
 import DefibRuntime
-import DefibStore
 import Foundation
 import Logging
 
@@ -116,40 +115,23 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        let store: IncidentStore
-        do {
-            try makeDirectory(cfg.stateDirectory, mode: 0o700)
-            store = try IncidentStore.open(stateDirectory: cfg.stateDirectory)
-        } catch {
-            throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
-        }
-        // Sockets first: a port already taken is a configuration error, before any child starts.
-        var passed: [(name: String, fd: Int32)] = []
-        for spec in cfg.sockets {
-            do {
-                let socket = try ListeningSocket.bind(name: spec.name, host: spec.host, port: spec.port)
-                passed.append((socket.name, socket.fd))
-                logger.info("socket '\(spec.name)' listening on \(socket.address), passed to every instance")
-            } catch {
-                throw ValidationError("\(error)")
+        // Shipping is independent of supervision (it reads the store's outbox): started as soon as the store is
+        // open, so a password file that cannot be used is refused before any child starts.
+        var shipper: FleetShipper?
+        defer { stopFleetShipper(shipper) }
+        let (supervisor, endpoint) = try withSetupErrorsAsValidation {
+            try Supervisor.make(config: cfg, signals: signals, logger: logger) { store in
+                shipper = try startFleetShipper(cfg, store: store, logger: logger)
             }
-        }
-        var endpoint: MetricsEndpoint?
-        if let listen = cfg.metricsListen, let address = SocketSpec.parseAddress(listen) {
-            do { endpoint = try MetricsEndpoint(host: address.host, port: address.port) } catch {
-                throw ValidationError("metrics on \(listen): \(error)")
-            }
-            logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         defer { endpoint?.close() }
-        // Shipping is independent of supervision (it reads the store's outbox): started first so a password
-        // file that cannot be used is refused before any child starts.
-        let shipper = try startFleetShipper(cfg, store: store, logger: logger)
-        defer { stopFleetShipper(shipper) }
-        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals, passedSockets: passed)
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
         if code != 0 { throw ExitCode(code) }
+    }
+
+    private func withSetupErrorsAsValidation<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SupervisorSetupError { throw ValidationError(error.description) }
     }
 }
 

@@ -1,0 +1,60 @@
+import DefibCore
+import DefibPOSIX
+import DefibStore
+import Logging
+
+/// A configuration that cannot work, named on one line (`defib run` exits 64 with it).
+public struct SupervisorSetupError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}
+
+extension Supervisor {
+    /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
+    /// library starts a thread: a thread that does not block SIGTERM would take its default action.
+    public static func takeOverSignals() throws -> SignalQueue { try SystemEffects.takeOverSignals() }
+
+    /// The supervisor `defib run` runs for `config`, on this system: the incident store, the sockets passed to
+    /// every instance (a port already taken is a configuration error, before any child starts), the metrics
+    /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
+    /// `alongside` is given the store as soon as it is open, for work beside the loop on that same store (the
+    /// fleet shipper); what it throws ends the setup before any child starts.
+    public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger,
+                            alongside: (IncidentStore) throws -> Void = { _ in }) throws -> (Supervisor, MetricsEndpoint?) {
+        let store: IncidentStore
+        do {
+            try makeDirectory(config.stateDirectory, mode: 0o700)
+            store = try IncidentStore.open(stateDirectory: config.stateDirectory)
+        } catch {
+            throw SupervisorSetupError("cannot open the incident store in \(config.stateDirectory): \(error)")
+        }
+        try alongside(store)
+        var passed: [(name: String, fd: Int32)] = []
+        for spec in config.sockets {
+            do {
+                let socket = try ListeningSocket.bind(name: spec.name, host: spec.host, port: spec.port)
+                passed.append((socket.name, socket.fd))
+                logger.info("socket '\(spec.name)' listening on \(socket.address), passed to every instance")
+            } catch {
+                throw SupervisorSetupError("\(error)")
+            }
+        }
+        var endpoint: MetricsEndpoint?
+        if let listen = config.metricsListen, let address = SocketSpec.parseAddress(listen) {
+            do { endpoint = try MetricsEndpoint(host: address.host, port: address.port) } catch {
+                throw SupervisorSetupError("metrics on \(listen): \(error)")
+            }
+            logger.info("Prometheus metrics on http://\(listen)/metrics")
+        }
+        do {
+            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed)
+            for warning in effects.warnings { logger.warning("\(warning)") }
+            let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
+                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs)
+            return (Supervisor(setup, effects: effects, logger: logger), endpoint)
+        } catch {
+            endpoint?.close()
+            throw error
+        }
+    }
+}
