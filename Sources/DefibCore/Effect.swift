@@ -57,6 +57,8 @@ public enum Effect: Sendable, Equatable {
     case metric(MetricEvent)
     /// sd_notify to the service manager that started defib ("READY=1", "STATUS=…", "WATCHDOG=1").
     case notifyManager(String)
+    /// Ask the fleet shipper how far behind it is (for STATUS=); answered by `shippingReported`.
+    case readShipping
     /// The supervision is over: exit with this code.
     case exit(code: Int32)
 }
@@ -158,6 +160,8 @@ public protocol SupervisorEffects: AnyObject {
     func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure?
     /// sd_notify to the service manager (a no-op when none listens).
     func notifyManager(_ state: String)
+    /// How far the fleet shipper is behind; nil when none runs. Never blocks.
+    func shippingReport() -> ShippingReport?
 }
 
 /// Where incidents are kept (DefibStore's SQLite store): what the supervisor's loop writes, and the cores

@@ -51,6 +51,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case incidentStored(Result<Int64, EffectFailure>)
     /// A write to the store failed (the supervision goes on; the log says so).
     case storeFailed(EffectFailure)
+    /// The fleet shipper's backlog, nil when none runs.
+    case shippingReported(ShippingReport?)
 }
 
 /// Why an effect failed (the store refused a write, a helper could not start, a word could not be read),

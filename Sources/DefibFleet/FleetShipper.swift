@@ -20,12 +20,8 @@ public struct FleetShipperStatus: Sendable, Equatable {
     /// Fleet events this host recorded since start.
     public var events = 0
 
-    /// One clause for defib's STATUS= line: `fleet: 0 pending` or `fleet: 12 pending, database unreachable: …`.
-    public var statusLine: String {
-        var s = "fleet: \(backlog) pending"
-        if let lastError { s += ", failing: \(lastError.prefix(100))" }
-        return s
-    }
+    /// What defib's STATUS= line shows of it (`fleet: 0 pending` or `fleet: 12 pending, failing: …`).
+    public var report: ShippingReport { ShippingReport(pending: backlog, failing: lastError) }
 }
 
 /// Ships the local store's outbox to the fleet database, forever, on its own task and event loop: never
@@ -272,4 +268,9 @@ public final class FleetShipper: Sendable {
         state.withLock { $0.backlog = backlog.count }
         backlogGauge.record(backlog.count)
     }
+}
+
+extension FleetShipper: ShippingReporter {
+    /// The backlog and the failure, for the supervisor's STATUS= (a lock and a copy: never blocks the loop).
+    public var shippingReport: ShippingReport { status.report }
 }

@@ -19,6 +19,8 @@ public final class SystemEffects: SupervisorEffects {
     public let managerWatchdogUsec: UInt64?
     /// A service manager listens (NOTIFY_SOCKET is set).
     public let managerListening: Bool
+    /// The fleet shipper working beside the loop, when one runs.
+    let shipping: (any ShippingReporter)?
     /// What setting up did not manage but the supervision survives (for the log).
     public private(set) var warnings: [String] = []
 
@@ -37,9 +39,10 @@ public final class SystemEffects: SupervisorEffects {
     /// Becomes our descendants' subreaper and makes the state directory, the core directory and the run
     /// directory (0700, made by us), the link to a control socket kept elsewhere, and the NOTIFY_SOCKET.
     public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
-                passedSockets: [(name: String, fd: Int32)] = []) throws {
+                passedSockets: [(name: String, fd: Int32)] = [], shipping: (any ShippingReporter)? = nil) throws {
         self.config = config
         self.store = store
+        self.shipping = shipping
         self.signals = signals
         self.passedSockets = passedSockets
         childrenBeforeUs = Set(childProcesses(of: getpid()))
@@ -204,4 +207,6 @@ public final class SystemEffects: SupervisorEffects {
     }
 
     public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
+
+    public func shippingReport() -> ShippingReport? { shipping?.shippingReport }
 }

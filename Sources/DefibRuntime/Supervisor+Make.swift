@@ -17,10 +17,11 @@ extension Supervisor {
     /// The supervisor `defib run` runs for `config`, on this system: the incident store, the sockets passed to
     /// every instance (a port already taken is a configuration error, before any child starts), the metrics
     /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
-    /// `alongside` is given the store as soon as it is open, for work beside the loop on that same store (the
-    /// fleet shipper); what it throws ends the setup before any child starts.
+    /// `startShipping` is given the store as soon as it is open, to start work beside the loop on that same
+    /// store (the fleet shipper, which must share the store the loop writes); what it throws ends the setup
+    /// before any child starts, and the reporter it returns is asked for its backlog for STATUS=.
     public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger,
-                            alongside: (IncidentStore) throws -> Void = { _ in }) throws -> (Supervisor, MetricsEndpoint?) {
+                            startShipping: (IncidentStore) throws -> (any ShippingReporter)? = { _ in nil }) throws -> (Supervisor, MetricsEndpoint?) {
         let store: IncidentStore
         do {
             try makeDirectory(config.stateDirectory, mode: 0o700)
@@ -28,7 +29,7 @@ extension Supervisor {
         } catch {
             throw SupervisorSetupError("cannot open the incident store in \(config.stateDirectory): \(error)")
         }
-        try alongside(store)
+        let shipping = try startShipping(store)
         var passed: [(name: String, fd: Int32)] = []
         for spec in config.sockets {
             do {
@@ -47,10 +48,11 @@ extension Supervisor {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         do {
-            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed)
+            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed, shipping: shipping)
             for warning in effects.warnings { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
-                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs)
+                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs,
+                                          shipping: shipping != nil)
             return (Supervisor(setup, effects: effects, logger: logger), endpoint)
         } catch {
             endpoint?.close()

@@ -103,6 +103,8 @@ public final class Supervisor {
             metrics.record(event)
         case let .notifyManager(state):
             effects.notifyManager(state)
+        case .readShipping:
+            return .shippingReported(effects.shippingReport())
         case let .exit(code):
             exitCode = code
         }

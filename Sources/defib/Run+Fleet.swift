@@ -30,7 +30,8 @@ struct FleetRunOptions: ParsableArguments {
     }
 }
 
-/// Starts shipping the store's outbox when `[fleet]` is configured, off the supervision loop. A password file that cannot be used is a configuration error
+/// Starts shipping the store's outbox when `[fleet]` is configured, off the supervision loop (which asks it
+/// for its backlog, for STATUS=). A password file that cannot be used is a configuration error
 /// (exit 64); a database that cannot be reached is not: the shipper retries while the service is supervised.
 func startFleetShipper(_ cfg: SupervisorConfig, store: IncidentStore, logger: Logger) throws -> FleetShipper? {
     guard let fleet = cfg.fleet else { return nil }

@@ -122,6 +122,7 @@ struct RunCommand: ParsableCommand {
         let (supervisor, endpoint) = try withSetupErrorsAsValidation {
             try Supervisor.make(config: cfg, signals: signals, logger: logger) { store in
                 shipper = try startFleetShipper(cfg, store: store, logger: logger)
+                return shipper
             }
         }
         defer { endpoint?.close() }

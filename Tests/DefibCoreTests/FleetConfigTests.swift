@@ -158,4 +158,13 @@ import Testing
         b.succeeded()
         #expect(b.failed(random: 0.5) == 500)
     }
+
+    // MARK: Status
+
+    @Test func theStatusClauseSaysThePendingCountAndTheFailureCutShort() {
+        #expect(ShippingReport(pending: 0).statusClause == "fleet: 0 pending")
+        let long = "connect(10.0.0.7:5432): " + String(repeating: "x", count: 200)
+        let clause = ShippingReport(pending: 12, failing: long).statusClause
+        #expect(clause == "fleet: 12 pending, failing: " + long.prefix(100))
+    }
 }
