@@ -17,9 +17,10 @@ extension Supervisor {
     /// The supervisor `defib run` runs for `config`, on this system: the incident store, the sockets passed to
     /// every instance (a port already taken is a configuration error, before any child starts), the metrics
     /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
-    /// `startShipping` is given the store as soon as it is open, to start work beside the loop on that same
-    /// store (the fleet shipper, which must share the store the loop writes); what it throws ends the setup
-    /// before any child starts, and the reporter it returns is asked for its backlog for STATUS=.
+    /// `startShipping` is given the store, once it is open and the metrics backend is up, to start work beside
+    /// the loop on that same store (the fleet shipper, which must share the store the loop writes); what it
+    /// throws ends the setup before any child starts, and the reporter it returns is asked for its backlog for
+    /// STATUS=.
     public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger,
                             startShipping: (IncidentStore) throws -> (any ShippingReporter)? = { _ in nil }) throws -> (Supervisor, MetricsEndpoint?) {
         let store: IncidentStore
@@ -29,7 +30,6 @@ extension Supervisor {
         } catch {
             throw SupervisorSetupError("cannot open the incident store in \(config.stateDirectory): \(error)")
         }
-        let shipping = try startShipping(store)
         var passed: [(name: String, fd: Int32)] = []
         for spec in config.sockets {
             do {
@@ -48,6 +48,8 @@ extension Supervisor {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         do {
+            // After the metrics endpoint: the shipper's own metrics must find its backend in place.
+            let shipping = try startShipping(store)
             let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed, shipping: shipping)
             for warning in effects.warnings { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,

@@ -115,8 +115,8 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        // Shipping is independent of supervision (it reads the store's outbox): started as soon as the store is
-        // open, so a password file that cannot be used is refused before any child starts.
+        // Shipping is independent of supervision (it reads the store's outbox): started while the supervisor is
+        // set up, so a password file that cannot be used is refused before any child starts.
         var shipper: FleetShipper?
         defer { stopFleetShipper(shipper) }
         let (supervisor, endpoint) = try withSetupErrorsAsValidation {
