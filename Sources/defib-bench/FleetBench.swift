@@ -73,7 +73,7 @@ struct FleetBenchCommand: ParsableCommand {
                 fleetURL = url!
             }
             try FleetBench(hosts: hosts, incidents: incidents, workers: workers, reps: reps, batch: batch, work: work, url: fleetURL,
-                           defib: defib ?? ownDirectory() + "/defib").run(into: &report)
+                           defib: defib ?? ownDirectory() + "/defib", postmaster: cluster?.child.pid).run(into: &report)
         } catch let e as BenchError {
             try failPart("fleet", reason: e.message, startedAt: startedAt, outDirectory: options.out)
         } catch {
@@ -119,6 +119,10 @@ struct FleetBenchReport: Encodable {
     var meanBodyBytes = 0
     var ingestSeconds = 0.0
     var ingestPerSecond = 0.0
+    /// CPU time per incident shipped during the ingest, µs: this process (the shippers: reading the outbox,
+    /// decoding, rendering, the protocol) and the server (nil with --url).
+    var shipperCPUUsPerIncident = 0.0
+    var serverCPUUsPerIncident: Double?
     /// Per host: its whole drain (its incidents in batches of `batch`), ms.
     var hostDrainMs: Spread?
     var hostDrainP99Ms = 0.0
@@ -170,6 +174,12 @@ struct FleetBenchReport: Encodable {
         md += "| figure | value |\n|---|---|\n"
         md += String(format: "| building the hosts' local stores (not timed as ingest) | %.1f s, %@ |\n", generateSeconds, formatBytes(localStoreBytes))
         md += String(format: "| **ingest** | **%.0f incidents/s** (%d in %.1f s) |\n", ingestPerSecond, incidents, ingestSeconds)
+        md += String(format: "| CPU per incident shipped: the shippers (outbox, decoding, JSON, protocol) | %.0f µs |\n", shipperCPUUsPerIncident)
+        if let server = serverCPUUsPerIncident {
+            md += String(format: "| CPU per incident shipped: PostgreSQL (all its processes) | %.0f µs (together %.0f µs: with %d CPUs and nothing else running, at most ~%.0f incidents/s) |\n",
+                         server, shipperCPUUsPerIncident + server, machineBefore.nproc,
+                         Double(machineBefore.nproc) * 1e6 / max(shipperCPUUsPerIncident + server, 1))
+        }
         md += "| one host's drain (\(incidents / max(hosts, 1)) incidents) | median \(ms(hostDrainMs)), p99 \(String(format: "%.0f", hostDrainP99Ms)) ms |\n"
         md += "| rows in the fleet table afterwards | \(rowsInDatabase) (fleet events raised: \(fleetEvents)) |\n"
         md += "| table / indexes on disk | \(formatBytes(tableBytes)) / \(formatBytes(indexBytes)) |\n"
@@ -196,6 +206,8 @@ struct FleetBench {
     let work: String
     let url: String
     let defib: String
+    /// The server's postmaster, for its CPU time (nil with --url).
+    let postmaster: Int32?
 
     static let poisonSignature = "f1ee7b0150c0ffee"
     static let poisonLabel = "catalog.update app=shop machine=m2"
@@ -238,6 +250,7 @@ struct FleetBench {
         }
         progress("fleet: shipping with \(workers) hosts at once")
         let shared = IngestProgress()
+        let cpuBefore = CPUTimes.now(postmaster: postmaster)
         let t1 = monotonicNanoseconds()
         // One thread per worker, as each host ships from its own shipper thread (FleetThread).
         let errors = Mutex<[String]>([])
@@ -282,10 +295,17 @@ struct FleetBench {
         if let first = errors.withLock({ $0.first }) { throw BenchError(kind: .verification, message: "shipping: \(first)") }
         report.ingestSeconds = Double(monotonicNanoseconds() - t1) / 1e9
         report.ingestPerSecond = Double(incidents) / report.ingestSeconds
+        sleepMs(500)   // the backends of the closed connections end and are reaped: their time counts then
+        let cpuAfter = CPUTimes.now(postmaster: postmaster)
+        report.shipperCPUUsPerIncident = (cpuAfter.shipper - cpuBefore.shipper) * 1e6 / Double(incidents)
+        if let after = cpuAfter.server, let before = cpuBefore.server {
+            report.serverCPUUsPerIncident = (after - before) * 1e6 / Double(incidents)
+        }
         let allDrains = shared.drains.withLock { $0 }
         report.hostDrainMs = Spread(allDrains)
         report.hostDrainP99Ms = percentile(allDrains, 99) ?? 0
-        progress(String(format: "fleet: ingest %.0f incidents/s (%.1f s)", report.ingestPerSecond, report.ingestSeconds))
+        progress(String(format: "fleet: ingest %.0f incidents/s (%.1f s); CPU per incident: shippers %.0f µs, server %.0f µs",
+                        report.ingestPerSecond, report.ingestSeconds, report.shipperCPUUsPerIncident, report.serverCPUUsPerIncident ?? -1))
 
         // 3. The database at that size, and the views.
         let (reps, defib, url) = (self.reps, self.defib, self.url)
@@ -525,82 +545,4 @@ func runQuiet(_ argv: [String]) throws -> Int32 {
     }
     if case let .exited(code) = status { return code }
     return 128
-}
-
-/// A throwaway PostgreSQL for the benchmark: initdb in the work directory, as the `postgres` user when run as
-/// root (PostgreSQL refuses root), listening on 127.0.0.1 on a free port and on a Unix socket beside its
-/// data; stopped and removed with the work directory. Durability settings are the defaults (fsync and
-/// synchronous_commit on): the ingest figure is that of a real server, not of one that may lose commits.
-final class BenchPostgres {
-    let directory: String
-    let port: Int
-    let child: ManagedChild
-    let settings: String
-
-    static func start(directory: String) throws -> BenchPostgres {
-        guard let bin = postgresBin() else {
-            throw BenchError(kind: .startup, message: "PostgreSQL is not installed (/usr/lib/postgresql/*/bin/postgres): scripts/setup.sh installs it")
-        }
-        let data = directory + "/data"
-        try makeDirectories(directory)
-        chmod(directory, 0o755)
-        var asPostgres: [String] = []
-        if geteuid() == 0 {
-            guard let pw = getpwnam("postgres") else { throw BenchError(kind: .startup, message: "no postgres user to run the server as") }
-            chown(directory, pw.pointee.pw_uid, pw.pointee.pw_gid)
-            asPostgres = ["/usr/bin/setpriv", "--reuid=postgres", "--regid=postgres", "--clear-groups", "--pdeathsig", "KILL", "--"]
-        }
-        let initdb = try ManagedChild(name: "initdb", argv: asPostgres + ["\(bin)/initdb", "-D", data, "-U", "postgres", "-A", "trust",
-                                                                          "-E", "UTF8", "--no-instructions"],
-                                      workingDirectory: "/", logPath: directory + "/initdb.log")
-        guard initdb.wait(timeoutMs: 300_000) == .exited(code: 0) else {
-            throw BenchError(kind: .startup, message: "initdb failed: \(initdb.logTail)")
-        }
-        let port = try freeLoopbackPort()
-        let conf: [(String, String)] = [("listen_addresses", "'127.0.0.1'"), ("port", "\(port)"), ("unix_socket_directories", "'\(directory)'"),
-                                        ("shared_buffers", "'512MB'"), ("max_wal_size", "'4GB'"), ("checkpoint_timeout", "'15min'"),
-                                        ("max_connections", "100")]
-        let text = "\n" + conf.map { "\($0.0) = \($0.1)" }.joined(separator: "\n") + "\n"
-        guard let h = FileHandle(forWritingAtPath: data + "/postgresql.conf") else { throw BenchError(kind: .io, message: "open \(data)/postgresql.conf") }
-        h.seekToEndOfFile(); h.write(Data(text.utf8)); try h.close()
-        let child = try ManagedChild(name: "postgres", argv: asPostgres + ["\(bin)/postgres", "-D", data], workingDirectory: "/",
-                                     logPath: directory + "/postgres.log")
-        let version = (bin as NSString).deletingLastPathComponent.split(separator: "/").last.map(String.init) ?? "?"
-        let pg = BenchPostgres(directory: directory, port: port, child: child,
-                               settings: "PostgreSQL \(version) on this machine (127.0.0.1, Unix socket for the shippers), shared_buffers 512MB, "
-                                   + "max_wal_size 4GB, fsync and synchronous_commit on (defaults)")
-        let deadline = monotonicNanoseconds() + 60_000_000_000
-        while monotonicNanoseconds() < deadline {
-            if child.poll() != nil { throw BenchError(kind: .startup, message: "postgres exited: \(child.logTail)") }
-            if access("\(directory)/.s.PGSQL.\(port)", F_OK) == 0, (try? sql(pg.url(database: "postgres"), "SELECT 1")) != nil { return pg }
-            sleepMs(100)
-        }
-        child.stop()
-        throw BenchError(kind: .startup, message: "postgres did not accept connections within 60 s: \(child.logTail)")
-    }
-
-    private init(directory: String, port: Int, child: ManagedChild, settings: String) {
-        self.directory = directory; self.port = port; self.child = child; self.settings = settings
-    }
-
-    func url(database: String) -> String { "postgresql://postgres@:\(port)/\(database)?host=\(directory)" }
-
-    func stop() { child.stop(graceMs: 60_000) }
-
-    static func postgresBin() -> String? {
-        let base = "/usr/lib/postgresql"
-        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []).compactMap(Int.init).sorted()
-        return versions.reversed().map { "\(base)/\($0)/bin" }.first { access("\($0)/postgres", X_OK) == 0 }
-    }
-
-    /// One statement on `url`.
-    static func sql(_ url: String, _ statement: String) throws {
-        let logger = Logger(label: "defib-bench.fleet", factory: { _ in SwiftLogNoOpLogHandler() })
-        let endpoint = try FleetEndpoint(url: url, passwordFile: nil)
-        try runAsync {
-            let c = try await FleetConnection.open(endpoint, logger: logger)
-            defer { Task { await c.close() } }
-            try await c.scalar(statement)
-        }
-    }
 }
