@@ -45,6 +45,9 @@ public enum Effect: Sendable, Equatable {
     /// detached), or in the background (no answer now: `wait` reports `frozenCoreWritten` when it is done; the
     /// process stays frozen until it is killed).
     case writeFrozenCore(background: Bool)
+    /// The replacement is ready: the background writer, which yields the CPU to it until then (nice 19), goes on at
+    /// the supervisor's own priority.
+    case hurryFrozenCore
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
     /// A compressor in the background; answered by `helperStarted` or `helperFailed`.
@@ -178,6 +181,9 @@ public protocol SupervisorEffects: AnyObject {
     /// Writes the frozen process's core: now (its outcome), or in a writer thread (nil; `wait` reports
     /// `frozenCoreWritten` later).
     func writeFrozenCore(background: Bool) -> CoreOutcome?
+    /// The background writer back at the supervisor's priority (it starts at the lowest, leaving the CPU to the
+    /// replacement's start).
+    func hurryFrozenCore()
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>

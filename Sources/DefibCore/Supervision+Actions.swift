@@ -172,6 +172,11 @@ extension Supervision {
             warnedUnheard = true
         case let .instanceReady(pid):
             log(.info, "service \(config.service.name) pid \(pid) is ready")
+            if let frozen = frozenCapture, frozen.pid != pid, !frozen.hurried {
+                // The replacement is up: its hung predecessor's core need not yield the CPU any longer.
+                frozenCapture?.hurried = true
+                emit(.hurryFrozenCore)
+            }
             updateManagerStatus(ready: true)
             // Who it runs as, now that it answers: a wrapper it started through (env, a pyenv shim, setpriv) has
             // exec'd the service by now, which it may not have at the spawn. A death later has only this.

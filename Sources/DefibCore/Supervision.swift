@@ -104,6 +104,8 @@ public struct Supervision: Sendable {
         var pid: Int32
         var incidentID: Int64?
         var closedBeforeCore = false
+        /// The replacement is ready and the writer was told to stop yielding the CPU.
+        var hurried = false
     }
 
     public internal(set) var machine: SupervisorMachine

@@ -1,3 +1,4 @@
+import CDefibShims
 import DefibCore
 import Foundation
 import Glibc
@@ -37,6 +38,8 @@ extension SystemEffects {
         job.start()
         return nil
     }
+
+    public func hurryFrozenCore() { frozenCore?.hurry() }
 
     /// The background writer's outcome, once it is done (the pipe said so).
     func frozenCoreEvents() -> [SupervisorEvent] {
@@ -102,9 +105,29 @@ final class FrozenCoreJob: @unchecked Sendable {
         pthread_detach(thread)
     }
 
+    /// The writer's kernel thread id, once it runs (0 before).
+    private let writerTid = Atomic<Int32>(0)
+    private let hurried = Atomic<Bool>(false)
+
     fileprivate func run() {
+        // Yield the CPU to the replacement while it starts (nice 19 for this thread alone); `hurry` undoes it.
+        let tid = Int32(defib_gettid())
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), 19)
+        writerTid.store(tid, ordering: .releasing)
+        if hurried.load(ordering: .acquiring) { hurry() }
         let result = NativeCoreWriter.write(process, detach: false, writerThreads: 1)
         finish(outcome(result))
+    }
+
+    /// Back to the supervisor's own nice value (root may always lower it again; without CAP_SYS_NICE the writer
+    /// stays at 19, within the capture budget all the same).
+    func hurry() {
+        hurried.store(true, ordering: .releasing)
+        let tid = writerTid.load(ordering: .acquiring)
+        guard tid != 0 else { return }
+        errno = 0
+        let own = getpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0)
+        _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), errno == 0 ? own : 0)
     }
 
     func outcome(_ result: NativeCoreResult) -> CoreOutcome {

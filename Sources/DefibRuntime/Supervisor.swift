@@ -86,6 +86,8 @@ public final class Supervisor {
             return .coreFrozen(effects.freezeForCore(request))
         case let .writeFrozenCore(background):
             return effects.writeFrozenCore(background: background).map { .coreWritten($0) }
+        case .hurryFrozenCore:
+            effects.hurryFrozenCore()
         case let .startStacks(binary, core, output):
             return Self.helper(effects.startStacks(binary: binary, core: core, output: output))
         case let .startCompression(argv):

@@ -354,6 +354,8 @@ final class FakeEffects: SupervisorEffects {
         return nil
     }
 
+    func hurryFrozenCore() { calls.append("hurryFrozenCore") }
+
     private func coreOutcome(_ request: CoreRequest, durationMs: Int64? = nil, advancingTheClock: Bool = true) -> CoreOutcome {
         let coreDurationMs = durationMs ?? self.coreDurationMs
         if request.method == .none { return CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)) }

@@ -23,7 +23,8 @@ import Testing
         let incident = try #require(run.incidents.first)
         // The order: the replacement is spawned (and answers) before the frozen instance is killed.
         expectInOrder(fake.actions, ["insert 1", "observe 100 none capture", "freeze 100 first=100", "writeFrozenCore background", "spawn 101",
-                                     "observe 101 none identity", "signal 100 SIGKILL"])
+                                     "hurryFrozenCore", "observe 101 none identity", "signal 100 SIGKILL"])
+        #expect(fake.actions.filter { $0 == "hurryFrozenCore" }.count == 1, "the writer yields the CPU until the replacement is ready, once")
         #expect(!fake.actions.contains("killLeftovers 100"), "the frozen instance's end is no instance's end")
         #expect(incident.captureOrder == .restartWhileWriting)
         #expect(incident.notes.contains("capture order: the replacement starts while the core is written from the frozen process (3 threads stopped in 0.3 ms)"))

@@ -114,33 +114,36 @@ struct ProofTests {
         defer { s.stop() }
         let old = try #require(pidOfChild(of: s.defib.pid))
         try s.fault("timeout-race")
-        // Until the old instance is gone: note every moment both run, what the old one's threads were doing, and
-        // whether a request was answered meanwhile.
-        var overlaps = 0
-        var cpuAtReplacement: UInt64?
-        var states: Set<String> = []
+        // Until the old instance is gone: sample it at every moment both run (its threads' states and CPU time, when),
+        // and whether a request was answered meanwhile.
+        var samples: [(at: Date, states: Set<String>, cpu: UInt64)] = []
         var answeredDuringOverlap = 0
         let gone = waitUntil(timeoutMs: 30_000) {
             let children = childProcesses(of: s.defib.pid)
             guard children.contains(old) else { return true }
             guard children.contains(where: { $0 != old }) else { return false }
+            let at = Date()
             let sample = ProcSampler.sample(pid: old)
             guard !sample.threads.isEmpty else { return false }
-            overlaps += 1
-            states.formUnion(sample.threads.map(\.state))
-            let cpu = sample.threads.reduce(UInt64(0)) { $0 + ($1.onCpuNs ?? 0) }
-            if cpuAtReplacement == nil { cpuAtReplacement = cpu }
-            #expect(cpu == cpuAtReplacement, "the frozen instance ran after its replacement started")
+            samples.append((at, Set(sample.threads.map(\.state)), sample.threads.reduce(UInt64(0)) { $0 + ($1.onCpuNs ?? 0) }))
             if httpGet(port: s.port, path: "/", host: "app.test", timeoutMs: 500) != nil, childProcesses(of: s.defib.pid).contains(old) {
                 answeredDuringOverlap += 1
             }
             return false
         }
         #expect(gone, "the frozen instance outlived the test's bound")
-        #expect(overlaps > 0, "the old and the new instance never ran side by side: \(s.defib.log)")
-        #expect(states == ["t"], "every thread of the frozen instance is in a ptrace stop: \(states)")
-        #expect(answeredDuringOverlap > 0, "the replacement answered while the old instance was frozen (\(overlaps) samples side by side): \(s.defib.log)")
         let incident = try s.incident { ($0["timeline"] as? [String: Any])?["capture_done"] is String && ($0["killed_at"] as? String) != nil }
+        // Before its SIGKILL (the incident's `killed`, taken just before the signal went), every sample shows every thread
+        // in a ptrace stop and not one nanosecond more CPU than the first: it ran nothing. (After the kill its exit uses
+        // CPU to tear down its memory: not serving.)
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        let killed = try #require((incident["killed_at"] as? String).flatMap { formatter.date(from: $0) })
+        let frozen = samples.filter { $0.at < killed }
+        #expect(!frozen.isEmpty, "the old and the new instance never ran side by side before the kill (\(samples.count) samples): \(s.defib.log)")
+        #expect(frozen.allSatisfy { $0.states == ["t"] }, "every thread of the frozen instance is in a ptrace stop: \(frozen.map(\.states))")
+        #expect(Set(frozen.map(\.cpu)).count <= 1, "the frozen instance ran after its replacement started: \(frozen.map(\.cpu))")
+        #expect(answeredDuringOverlap > 0, "the replacement answered while the old instance was frozen (\(samples.count) samples side by side): \(s.defib.log)")
         #expect(incident["capture_order"] as? String == "restart-while-writing")
         #expect(incident["capture_error"] is NSNull, "\(incident["capture_error"] ?? "")")
         #expect((incident["core_bytes"] as? Int ?? 0) > 512 << 20, "the whole heap is in the core")
