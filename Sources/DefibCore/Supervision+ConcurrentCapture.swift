@@ -33,16 +33,32 @@ extension Supervision {
     /// The writer thread is done with the frozen instance's core: it lands in its incident, the frozen process is
     /// killed, and the incident's after-close evidence (stacks, compression, retention) follows if it closed meanwhile.
     mutating func frozenCoreWritten(_ outcome: CoreOutcome) {
-        guard let frozen = frozenCapture else {
+        guard let frozen = frozenCapture, !frozen.coreRecorded else {
             log(.debug, "a frozen core's outcome nobody waits for: \(outcome.record.path ?? outcome.record.error ?? "-")")
             return
         }
+        frozenCapture?.coreRecorded = true
         ledger.applyFrozenCore(outcome, incidentID: frozen.incidentID, at: now.wall)
         emit(.metric(.captureDuration(nanoseconds: Int64(outcome.record.durationMs * 1e6))))
         emit(.metric(.captureBytes(outcome.record.bytes)))
         if let error = outcome.record.error { log(.error, "core capture (native, from the frozen instance) failed: \(error)") }
         else if let path = outcome.record.path { log(.info, "core written from the frozen instance pid \(frozen.pid): \(path) (\(outcome.record.bytes) bytes, \(Int(outcome.record.durationMs)) ms)") }
+        if frozen.killed {
+            // Killed before its writer was done (overdue, shutdown): the core, cut short, is all there is.
+            frozenCaptureDone()
+            return
+        }
         schedule(machine.frozenCoreWritten(at: now.mono))
+    }
+
+    /// The frozen instance is dead and its core recorded: the incident's after-close evidence may follow.
+    private mutating func frozenCaptureDone() {
+        guard let frozen = frozenCapture else { return }
+        frozenCapture = nil
+        if frozen.closedBeforeCore, let id = frozen.incidentID {
+            flushChanges()
+            scheduleFirst([.evidenceAfterClose(incidentID: id)])
+        }
     }
 
     /// SIGKILL to the frozen instance (its process group too): its core is done, or it is overdue.
@@ -52,10 +68,7 @@ extension Supervision {
         log(overdue ? .error : .info, line ?? "killing the frozen instance pid \(pid) (SIGKILL), its core written")
         emit(.signal(pid: pid, signal: SIGKILL))
         ledger.frozenKilled(incidentID: frozen?.incidentID, at: now.wall, line: line)
-        frozenCapture = nil
-        if let frozen, frozen.closedBeforeCore, let id = frozen.incidentID {
-            flushChanges()
-            scheduleFirst([.evidenceAfterClose(incidentID: id)])
-        }
+        // Its writer ends once the process is gone (reads fail): the core it cut short is recorded when it reports.
+        if frozen?.coreRecorded == true { frozenCaptureDone() } else { frozenCapture?.killed = true }
     }
 }

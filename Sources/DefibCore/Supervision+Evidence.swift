@@ -74,8 +74,10 @@ extension Supervision {
             log(.info, "\(others.count) other process(es) of the instance to capture after it: "
                 + others.map { "\($0.pid) (\($0.comm), \($0.condition.rawValue))" }.joined(separator: ", "))
         }
-        if ConcurrentCapture.precondition(method: config.capture.method, socketsPassed: config.sockets.count,
-                                          otherProcessesToCapture: processCaptureQueue.count) == nil {
+        // One frozen instance at a time: a replacement that hangs while its predecessor's core is still being written
+        // gets today's order.
+        if frozenCapture == nil, ConcurrentCapture.precondition(method: config.capture.method, socketsPassed: config.sockets.count,
+                                                                otherProcessesToCapture: processCaptureQueue.count) == nil {
             // Freeze first: once it can do nothing, the replacement may start while the core is written.
             ask(.freezeForCore(request), awaiting: .freeze(pid: pid))
             return

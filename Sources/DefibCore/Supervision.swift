@@ -106,6 +106,9 @@ public struct Supervision: Sendable {
         var closedBeforeCore = false
         /// The replacement is ready and the writer was told to stop yielding the CPU.
         var hurried = false
+        /// The writer's outcome is in the incident / the frozen instance was killed (overdue, at shutdown: before it).
+        var coreRecorded = false
+        var killed = false
     }
 
     public internal(set) var machine: SupervisorMachine

@@ -100,3 +100,32 @@ import Testing
         #expect(incident.outcome == .recovered)
     }
 }
+
+extension SupervisorConcurrentCaptureTests {
+    /// A writer that reports only after the frozen instance was killed (overdue): its cut-short core still lands in
+    /// the incident, and the stacks follow it.
+    @Test func aCoreThatComesAfterAnOverdueKillIsStillRecorded() throws {
+        let fake = Self.fake()
+        fake.frozenCoreDurationMs = 2500   // past the budget (1000 ms) and a second
+        let run = Run(fake, config: Self.config(), stopAtMs: 6000)
+        let incident = try #require(run.incidents.first)
+        #expect(incident.killedAt == fake.wallBase.addingTimeInterval(2.448))
+        #expect(incident.notes.contains { $0.hasPrefix("the frozen instance pid 100 outlived the capture budget") })
+        #expect(incident.captureDoneAt == fake.wallBase.addingTimeInterval(2.948), "recorded when the writer reported")
+        #expect(incident.capture?.path == "/state/cores/core.svc.1.100")
+        expectInOrder(fake.actions, ["signal 100 SIGKILL", "startStacks /state/cores/core.svc.1.100"])
+    }
+
+    /// The replacement hangs while its predecessor is still frozen: one frozen instance at a time, so its core is
+    /// written first (today's order).
+    @Test func aSecondHangWhileACoreIsWrittenKeepsTodaysOrder() throws {
+        let fake = SupervisorProofTests.fake(word: 0xFFFF_FFFF_FFFF_FFFE, behaviours: [.hangs(afterMs: 300), .hangs(afterMs: 10), .healthy])
+        fake.frozenCoreDurationMs = 1400
+        let run = Run(fake, config: Self.config(), stopAtMs: 5000)
+        #expect(run.incidents.count >= 2, "\(run.incidents.map(\.notes))")
+        #expect(run.incidents.first?.captureOrder == .restartWhileWriting)
+        let second = try #require(run.incidents.dropFirst().first)
+        #expect(fake.actions.filter { $0.hasPrefix("freeze") }.count == 1, "\(fake.actions)")
+        #expect(second.capture?.path != nil && second.captureOrder == nil)
+    }
+}
