@@ -80,13 +80,15 @@ let package = Package(
             "DefibCore", "DefibPOSIX", "DefibChaos",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
-        .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore"]),
+        // Hardening fixtures shared by the tests: real tmpfs mounts (disk full), a second user, scratch directories.
+        .target(name: "DefibTestKit", path: "Tests/DefibTestKit"),
+        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims", "DefibTestKit"]),
+        .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore", "DefibTestKit"]),
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
-        .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore", "DefibTestKit"]),
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibTestKit"]),
     ]
 )
