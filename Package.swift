@@ -82,6 +82,8 @@ let package = Package(
         ]),
         // Hardening fixtures shared by the tests: real tmpfs mounts (disk full), a second user, scratch directories.
         .target(name: "DefibTestKit", path: "Tests/DefibTestKit"),
+        // A stand-in supervisor for the tests that SIGKILL one: it puts a program in a service cgroup and waits.
+        .executableTarget(name: "defib-test-helper", dependencies: ["DefibPOSIX", "DefibCore"], path: "Tests/DefibTestHelper"),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims", "DefibTestKit"]),
         .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore", "DefibTestKit"]),
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),

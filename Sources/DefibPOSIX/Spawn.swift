@@ -17,6 +17,9 @@ public struct SpawnRequest: Sendable {
     public var stdoutFD: Int32 = -1
     public var stderrFD: Int32 = -1
     public var stdinFromDevNull = false
+    /// A cgroup.procs opened for writing (`InstanceCgroup.procsFD`): the child moves itself there before
+    /// exec. -1: it stays in defib's cgroup.
+    public var cgroupProcsFD: Int32 = -1
 
     public init(argv: [String], environment: [String: String], workingDirectory: String? = nil) {
         self.argv = argv; self.environment = environment; self.workingDirectory = workingDirectory
@@ -140,7 +143,7 @@ public func spawnProcess(_ request: SpawnRequest) throws -> ChildProcess {
                     fds: fdBuf.baseAddress, nfds: Int32(request.passFDs.count),
                     pdeathsig: request.parentDeathSignal, new_session: request.newSession ? 1 : 0,
                     listen_pid_slot: listenSlot, stdout_fd: request.stdoutFD, stderr_fd: request.stderrFD,
-                    stdin_devnull: request.stdinFromDevNull ? 1 : 0)
+                    stdin_devnull: request.stdinFromDevNull ? 1 : 0, cgroup_procs_fd: request.cgroupProcsFD)
                 return defib_spawn(&attr, &pid, &err, &stage)
             }
         }

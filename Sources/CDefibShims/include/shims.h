@@ -20,6 +20,7 @@ typedef struct {
     int stdout_fd;               ///< -1: inherit; otherwise dup2'ed onto 1
     int stderr_fd;               ///< -1: inherit; otherwise dup2'ed onto 2
     int stdin_devnull;           ///< 1: stdin from /dev/null
+    int cgroup_procs_fd;         ///< -1: stay in the parent's cgroup; else a cgroup.procs opened for writing: the child moves itself there first
 } defib_spawn_attr;
 
 /// fork + exec. Returns 0 and the pid, or -1 with *err_out = errno and *stage_out naming the failing step
