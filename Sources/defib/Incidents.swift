@@ -51,6 +51,8 @@ struct StoreLocationOptions: ParsableArguments {
         let dir = try stateDirectory()
         var isDirectory: ObjCBool = false
         let database = IncidentStore.databasePath(stateDirectory: dir)
+        // A store this user may not read is not an empty one.
+        if let denied = Self.permissionDenied(dir: dir, database: database) { throw CLIError(denied) }
         if FileManager.default.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue,
            !FileManager.default.fileExists(atPath: database) {
             printError("defib: no incident database at \(database) yet")
@@ -64,6 +66,19 @@ struct StoreLocationOptions: ParsableArguments {
         } catch {
             return try openStore()   // the same failure, worded for the user
         }
+    }
+
+    /// "permission denied" when this user cannot look into the state directory or read the database in it
+    /// (the store is private to the user defib runs as); nil otherwise.
+    static func permissionDenied(dir: String, database: String) -> String? {
+        var st = stat()
+        if stat(database, &st) != 0 && errno == EACCES {
+            return "cannot read \(dir): permission denied (the incident store is private to the user defib runs as; try as that user, e.g. with sudo)"
+        }
+        if stat(database, &st) == 0, access(database, R_OK) != 0, errno == EACCES {
+            return "cannot read \(database): permission denied (the incident store is private to the user defib runs as; try as that user, e.g. with sudo)"
+        }
+        return nil
     }
 
     /// The store, opened read-only: the supervisor may be writing it right now.

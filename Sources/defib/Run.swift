@@ -21,13 +21,13 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Service name used in incidents and paths (default: program's base name).")
     var name: String?
 
-    @Option(name: .long, help: "Heartbeat interval in milliseconds.")
+    @Option(name: .long, parsing: .unconditional, help: "Heartbeat interval in milliseconds.")
     var interval: Int?
 
-    @Option(name: .long, help: "Silence (ms) that makes a hang, unless the process is starved rather than stuck.")
+    @Option(name: .long, parsing: .unconditional, help: "Silence (ms) that makes a hang, unless the process is starved rather than stuck.")
     var deadline: Int?
 
-    @Option(name: .long, help: "Missed pings a hang needs at least.")
+    @Option(name: .long, parsing: .unconditional, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
     @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1) or both.")
@@ -36,7 +36,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Core capture method: native, kernel, gcore or none.")
     var capture: CaptureMethod?
 
-    @Option(name: .long, help: "Core capture time budget in milliseconds.")
+    @Option(name: .long, parsing: .unconditional, help: "Core capture time budget in milliseconds.")
     var captureBudget: Int?
 
     @Option(name: .long, help: "Control socket path (default: STATE_DIR/run/NAME/control.sock).")
@@ -112,13 +112,10 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        let store: IncidentStore
-        do {
-            try makeDirectory(cfg.stateDirectory, mode: 0o700)
-            store = try IncidentStore.open(stateDirectory: cfg.stateDirectory)
-        } catch {
-            throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
-        }
+        // One supervisor, safe directories, a runnable program, what a dead supervisor left settled, a usable store.
+        let startup = try SupervisorStartup.prepare(cfg, logger: logger)
+        defer { startup.finish() }
+        let store = startup.store
         // Sockets first: a port already taken is a configuration error, before any child starts.
         var passed: [(name: String, fd: Int32)] = []
         for spec in cfg.sockets {

@@ -1,0 +1,104 @@
+import ArgumentParser
+import DefibCore
+import DefibPOSIX
+import DefibStore
+import Foundation
+import Logging
+
+/// What `defib run` settles before the supervisor starts, in this order: the state, run and core
+/// directories are safe (`SafeDirectory`); no other supervisor has the service (`SupervisorLock`, held
+/// until exit); the program can be executed; what a dead supervisor left is cleaned up (its processes, by
+/// cgroup; its open incidents, closed `supervisor-died`; its partial cores and temporary files); and the
+/// incident store opens — a damaged one moved aside, never a reason not to supervise. Anything that
+/// cannot work is refused here, exit 64, naming the path, pid or program.
+final class SupervisorStartup {
+    let stateDirectory: SafeDirectory
+    let runDirectory: SafeDirectory
+    let coreDirectory: SafeDirectory
+    let lock: SupervisorLock
+    let store: IncidentStore
+    /// The service's cgroup, or why there is none (one line for the log).
+    let cgroup: Result<ServiceCgroup, CgroupUnavailable>
+    /// The program path the first start will execute.
+    let program: String
+
+    private init(stateDirectory: SafeDirectory, runDirectory: SafeDirectory, coreDirectory: SafeDirectory, lock: SupervisorLock,
+                 store: IncidentStore, cgroup: Result<ServiceCgroup, CgroupUnavailable>, program: String) {
+        self.stateDirectory = stateDirectory; self.runDirectory = runDirectory; self.coreDirectory = coreDirectory
+        self.lock = lock; self.store = store; self.cgroup = cgroup; self.program = program
+    }
+
+    /// Runs every check and clean-up; throws `ValidationError` (exit 64) for what cannot work.
+    static func prepare(_ cfg: SupervisorConfig, logger: Logger) throws -> SupervisorStartup {
+        let name = cfg.service.name
+        do {
+            let state = try SafeDirectory.open(cfg.stateDirectory, mode: 0o700, role: "state directory")
+            let run = try state.subdirectory("run", role: "run directory").subdirectory(name, role: "run directory")
+            let lock: SupervisorLock
+            do { lock = try SupervisorLock.acquire(in: run, service: name) } catch { throw ValidationError("\(error)") }
+            if let previous = lock.previousHolder {
+                logger.info("took over the supervisor lock of \(name) from pid \(previous), which is no longer running")
+            }
+            let cores = try SafeDirectory.open(cfg.coreDirectory, mode: 0o700, role: "core directory")
+            let searchPath = cfg.service.environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]
+            let program: String
+            switch ProgramCheck.resolve(cfg.service.argv[0], searchPath: searchPath) {
+            case let .success(path): program = path
+            case let .failure(problem): throw ValidationError("\(problem)")
+            }
+
+            // A dead supervisor's processes first, so nothing of it still writes while its files are settled.
+            let cgroup = ServiceCgroup.prepare(stateDirectory: cfg.stateDirectory, service: name, runDirectory: run)
+            switch cgroup {
+            case let .success(group):
+                for note in group.notes { logger.info("\(note)") }
+                if !group.leftoversKilled.isEmpty {
+                    logger.warning("killed \(group.leftoversKilled.count) process(es) a dead supervisor of \(name) left in its cgroup: \(group.leftoversKilled.prefix(20).map(String.init).joined(separator: ", "))\(group.leftoversKilled.count > 20 ? ", …" : "")")
+                }
+                logger.debug("service cgroup \(group.path)")
+            case let .failure(unavailable):
+                logger.warning("\(unavailable)")
+            }
+
+            let store: IncidentStore
+            do {
+                let opened = try IncidentStore.openRecovering(stateDirectory: cfg.stateDirectory)
+                store = opened.store
+                if let damaged = opened.damaged {
+                    // Loud: on stderr whatever the log goes to, and as the log's most severe line.
+                    FileHandle.standardError.write(Data("defib run: \(damaged)\n".utf8))
+                    logger.critical("\(damaged)")
+                }
+            } catch {
+                throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
+            }
+
+            let note = "the supervisor\(lock.previousHolder.map { " (pid \($0))" } ?? "") died while this incident was open; closed by the next one (pid \(getpid())) at its start"
+            do {
+                let closed = try store.closeIncidentsLeftOpen(service: name, note: note) { incident in
+                    guard let id = incident.id else { return (nil, []) }
+                    let settled = LeftoverFiles.settleCores(coreDirectory: cores, service: name, incidentID: id, recordedCore: incident.capture?.path)
+                    return LeftoverFiles.captureRecord(for: incident, settled: settled)
+                }
+                for incident in closed {
+                    logger.warning("incident \(incident.id.map(String.init) ?? "?") (\(incident.cause.kind), detected \(RFC3339.string(incident.detectedAt))) was left open by a dead supervisor: closed as supervisor-died\(incident.notes.count > 1 ? "; " + incident.notes.suffix(from: incident.notes.count - 1).joined() : "")")
+                }
+            } catch {
+                logger.error("could not close incidents a dead supervisor left open: \(error)")
+            }
+            for path in LeftoverFiles.removeTemporaries(coreDirectory: cores, runDirectory: run) {
+                logger.info("removed \(path), left unfinished by a supervisor or service that was killed")
+            }
+            return SupervisorStartup(stateDirectory: state, runDirectory: run, coreDirectory: cores, lock: lock, store: store,
+                                     cgroup: cgroup, program: program)
+        } catch let error as UnsafeDirectoryError {
+            throw ValidationError("\(error)")
+        }
+    }
+
+    /// At exit: the (empty) service cgroup goes; the lock is released when this object goes.
+    func finish() {
+        if case let .success(group) = cgroup { group.remove(waitMs: 2000) }
+        lock.release()
+    }
+}
