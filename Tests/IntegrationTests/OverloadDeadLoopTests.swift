@@ -7,8 +7,9 @@ import Testing
 /// of the core, so /proc calls the process starved and defib extends the deadline (the kill decision for a
 /// starved process is unchanged) — but at the hang its threads never slept and it got hundreds of
 /// milliseconds of CPU without answering, so the incident says dead-loop, not "unknown … starved".
-/// The proxy and stress-ng share one CPU (taskset), so the rest of the machine — other tests, other
-/// builds — keeps the other cores.
+/// The proxy and stress-ng share one CPU (taskset), both at nice 10: they contend with each other as the
+/// test needs, while the rest of the machine — other tests, other builds — keeps the other cores and most
+/// of that one.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct OverloadDeadLoopTests {
     @Test func aDeadLoopUnderCPUContentionIsDiagnosedDeadLoop() throws {
@@ -18,7 +19,7 @@ struct OverloadDeadLoopTests {
         let dir = Scratch("overload-deadloop"); defer { dir.remove() }
         let state = "\(dir.path)/state"
         let defib = try Background([Binaries.defib, "run", "--state-dir", state, "--name", "proxy", "--interval", "100", "--deadline", "1000",
-                                    "--capture", "none", "--", "taskset", "-c", cpu, Binaries.proxy, "--listen", "127.0.0.1:\(freePort())",
+                                    "--capture", "none", "--", "nice", "-n", "10", "taskset", "-c", cpu, Binaries.proxy, "--listen", "127.0.0.1:\(freePort())",
                                     "--route", "app.test=127.0.0.1:9", "--reload-interval", "0", "--threads", "2"],
                                    log: "\(dir.path)/defib.log")
         defer {
@@ -31,7 +32,7 @@ struct OverloadDeadLoopTests {
                 && defib.log.contains("is ready")
         }
         try #require(ready, "the proxy never answered: \(defib.log)")
-        let stress = try Background(["taskset", "-c", cpu, "stress-ng", "--cpu", "4", "--timeout", "90s"], log: "\(dir.path)/stress.log")
+        let stress = try Background(["nice", "-n", "10", "taskset", "-c", cpu, "stress-ng", "--cpu", "4", "--timeout", "90s"], log: "\(dir.path)/stress.log")
         defer { stress.stop(graceMs: 2000) }
         // Four workers running on that CPU before the fault.
         #expect(waitUntil(timeoutMs: 10_000) { childProcesses(of: stress.pid).count >= 4 }, "\(stress.log)")
