@@ -84,6 +84,7 @@ struct StoreLocationOptions: ParsableArguments {
     /// The store, opened read-only: the supervisor may be writing it right now.
     func openStore() throws -> IncidentStore {
         let dir = try stateDirectory()
+        if let denied = Self.permissionDenied(dir: dir, database: IncidentStore.databasePath(stateDirectory: dir)) { throw CLIError(denied) }
         do {
             return try IncidentStore.openReadOnly(stateDirectory: dir)
         } catch let error as StoreError where error.kind == .missingDatabase {

@@ -154,6 +154,8 @@ struct HardeningRunTests {
         #expect(asNobody.code == 1, "\(asNobody.stdout)\(asNobody.stderr)")
         #expect(asNobody.stderr.contains("cannot read \(state): permission denied"), "\(asNobody.stderr)")
         #expect(!asNobody.stdout.contains("No incidents"))
+        let info = try runCommand(OtherUser.asNobody([Binaries.defib, "incidents", "info", "last", "--state-dir", state]))
+        #expect(info.code == 1 && info.stderr.contains("permission denied"), "\(info.stderr)")
     }
 
     @Test func aDamagedStoreIsMovedAsideAndTheServiceSupervised() throws {
