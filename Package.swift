@@ -19,13 +19,16 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
+        // What every part making system calls shares: the error naming the call and errno, the EINTR loop,
+        // the clocks, a monotonic condition for plain threads.
+        .target(name: "DefibSystem"),
         // The little C: fork/exec, pidfd, ptrace, process_vm_readv, prctl, wait-status helpers.
         .target(name: "CDefibShims"),
         // The flight recorder's on-disk format: written by ParkingLock in the service, read by the
         // supervisor. Pure Swift, no dependencies, so both sides share one definition.
         .target(name: "FlightRecorder", exclude: ["FORMAT.md"]),
         // A parking_lot-faithful RwLock with its parking lot, telemetry and flight-recorder writer.
-        .target(name: "ParkingLock", dependencies: ["CDefibShims", "FlightRecorder"]),
+        .target(name: "ParkingLock", dependencies: ["CDefibShims", "DefibSystem", "FlightRecorder"]),
         // Pure logic: config model, supervision state machine, restart policy, incident model, diagnosis.
         .target(name: "DefibCore", dependencies: [
             "FlightRecorder",
@@ -34,15 +37,17 @@ let package = Package(
         // libsystemd: sd_notify, sd_watchdog_enabled, sd_journal_sendv.
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Every syscall the supervisor makes.
-        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "CSystemd", "DefibCore", "FlightRecorder"]),
+        .target(name: "DefibPOSIX", dependencies: ["CDefibShims", "CSystemd", "DefibCore", "DefibSystem", "FlightRecorder"]),
         // The SQLite incident store.
         .target(name: "DefibStore", dependencies: [
             "DefibCore",
             .product(name: "GRDB", package: "GRDB.swift"),
         ]),
+        // The names of the faults the reference proxy injects, shared with the chaos harness.
+        .target(name: "DefibFaults"),
         // The reference proxy.
         .target(name: "DefibProxy", dependencies: [
-            "ParkingLock", "CDefibShims",
+            "ParkingLock", "CDefibShims", "DefibFaults", "DefibSystem", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -60,13 +65,13 @@ let package = Package(
         ]),
         // The chaos harness: scenarios, load generator, measurements, report (`defib chaos`).
         .target(name: "DefibChaos", dependencies: [
-            "DefibCore", "DefibPOSIX", "DefibStore",
+            "DefibCore", "DefibFaults", "DefibPOSIX", "DefibStore", "FlightRecorder",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "defib", dependencies: [
-            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos",
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "FlightRecorder",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -86,10 +91,15 @@ let package = Package(
         .executableTarget(name: "defib-test-helper", dependencies: ["DefibPOSIX", "DefibCore"], path: "Tests/DefibTestHelper"),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims", "DefibTestKit"]),
         .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore", "DefibTestKit"]),
-        .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "ParkingLock"]),
-        .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore"]),
+        .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "DefibSystem", "ParkingLock", "FlightRecorder"]),
+        .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore", "FlightRecorder"]),
         .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore", "DefibTestKit"]),
-        .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore"]),
+        // The supervisor's loop driven through fake effects and a manual clock.
+        .testTarget(name: "DefibRuntimeTests", dependencies: [
+            "DefibRuntime", "DefibCore", "FlightRecorder",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore", "DefibFaults"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibTestKit"]),
     ]

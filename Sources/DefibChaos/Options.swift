@@ -85,49 +85,21 @@ public enum ChaosDuration {
     }
 }
 
-/// The supervision policy the harness writes when the operator gives no config: the supervisor's defaults,
-/// a 10 Hz heartbeat, and restart limits that let many faults in a row through (a soak would otherwise
-/// hit the default intensity of 5 restarts a minute and make defib give up).
-public struct HarnessPolicy: Sendable, Equatable {
-    /// Heartbeat interval.
-    public var intervalMs: Int = 100
-    /// Hang deadline (the supervisor's default).
-    public var deadlineMs: Int = SupervisorConfig.Heartbeat().deadlineMs
-    /// Capture method.
-    public var capture: CaptureMethod = .native
-    /// Restart intensity: this many restarts …
-    public var intensityMax: Int = 1000
-    /// … within this window.
-    public var intensityWindowMs: Int = 60_000
-    /// Longest backoff.
-    public var backoffMaxMs: Int = 2000
-    /// An instance ready this long resets the backoff.
-    public var backoffResetMs: Int = 1000
-    /// SIGTERM → SIGKILL when the harness stops defib.
-    public var stopTimeoutMs: Int = 3000
-    /// The defaults.
-    public init() {}
-
-    /// The TOML text (policy only: state_dir, the service and the sockets come from `defib run` flags).
-    public var toml: String {
-        """
-        # Written by `defib chaos`: the supervision policy of these runs. The state directory, the service, its
-        # control socket and the HTTP socket are given to `defib run` as flags for each run.
-        [heartbeat]
-        interval_ms = \(intervalMs)
-        deadline_ms = \(deadlineMs)
-
-        [capture]
-        method = "\(capture.rawValue)"
-
-        [restart]
-        backoff_initial_ms = 100
-        backoff_max_ms = \(backoffMaxMs)
-        backoff_reset_ms = \(backoffResetMs)
-        intensity_max = \(intensityMax)
-        intensity_window_ms = \(intensityWindowMs)
-        stop_timeout_ms = \(stopTimeoutMs)
-
-        """
+extension SupervisorConfig {
+    /// The supervision policy the harness runs with when the operator gives no config: the supervisor's
+    /// defaults, a 10 Hz heartbeat, and restart limits that let many faults in a row through (a soak would
+    /// otherwise hit the default intensity of 5 restarts a minute and make defib give up). A config value:
+    /// the harness writes it (`tomlText`) for `defib run --config`; the state directory, the service, its
+    /// control socket and the HTTP socket are given to `defib run` as flags for each run.
+    public static func chaosPolicy(capture: CaptureMethod = .native, intensityMax: Int = 1000) -> SupervisorConfig {
+        var policy = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
+        policy.heartbeat.intervalMs = 100
+        policy.capture.method = capture
+        policy.restart.backoffMaxMs = 2000
+        policy.restart.backoffResetMs = 1000
+        policy.restart.intensityMax = intensityMax
+        policy.restart.intensityWindowMs = 60_000
+        policy.restart.stopTimeoutMs = 3000
+        return policy
     }
 }

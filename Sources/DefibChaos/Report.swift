@@ -198,7 +198,7 @@ public enum ChaosReport {
         let verdicts = verdicts(results, settings: settings, soak: soak)
         let ok = passed(results, verdicts: verdicts)
         var members: [JSONMember] = [
-            .init("generated_at", .string(IncidentJSON.rfc3339(generatedAt))),
+            .init("generated_at", .string(RFC3339.string(generatedAt))),
             .init("mode", .string(settings.mode.rawValue)),
             .init("passed", .bool(ok)),
             .init("runs", .int(Int64(results.count))),
@@ -240,7 +240,7 @@ public enum ChaosReport {
         let verdicts = verdicts(results, settings: settings, soak: soak)
         let ok = passed(results, verdicts: verdicts)
         var md = "# defib chaos report\n\n"
-        md += "Generated \(IncidentJSON.rfc3339(generatedAt)) by `defib chaos` (\(settings.mode.rawValue)): \(results.count) run(s), "
+        md += "Generated \(RFC3339.string(generatedAt)) by `defib chaos` (\(settings.mode.rawValue)): \(results.count) run(s), "
         md += "\(results.filter(\.passed).count) passed. **Result: \(ok ? "PASS" : "FAIL")**"
         md += ok ? " (exit status 0).\n\n" : " (exit status 1: see *Failed checks*).\n\n"
 

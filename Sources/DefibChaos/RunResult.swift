@@ -1,5 +1,6 @@
 import DefibCore
 import Foundation
+import FlightRecorder
 
 /// How one HTTP request of the load ended.
 public enum RequestOutcome: String, Sendable, Codable, CaseIterable {
@@ -243,7 +244,7 @@ public struct RunResult: Sendable, Equatable {
             .init("run", .int(Int64(run))),
             .init("recovered", .bool(recovered)),
             .init("reason", str(reason)),
-            .init("onset_at", onsetUnixMs.map { .string(IncidentJSON.rfc3339(Date(timeIntervalSince1970: $0 / 1000))) } ?? .null),
+            .init("onset_at", onsetUnixMs.map { .string(RFC3339.string(Date(timeIntervalSince1970: $0 / 1000))) } ?? .null),
             .init("detect_ms", num(detectMs)),
             .init("kill_ms", num(killMs)),
             .init("ready_ms", num(readyMs)),
@@ -395,7 +396,7 @@ public enum RunEvaluator {
         }
 
         // The lock word.
-        let corrupted = incident.lockWords.filter { LockWord.parse($0).map(Diagnosis.isCorrupted) ?? false }
+        let corrupted = incident.lockWords.filter { LockWord.parse($0).map(LockWord.isCorrupt) ?? false }
         result.lockWord = corrupted.contains("0xfffffffffffffffe") ? "0xfffffffffffffffe" : corrupted.first ?? incident.lockWords.first
         switch s.expectsCorruptedWord {
         case true?:

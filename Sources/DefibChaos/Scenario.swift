@@ -1,49 +1,48 @@
-import Foundation
 import DefibCore
+import DefibFaults
+import Foundation
 
-/// One kind of failure the harness inflicts on the supervised proxy (or none, for a control run).
-public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
-    /// The staged parking_lot `try_write_for` race: the catalog lock word corrupts to 0x…fffe.
-    case timeoutRace = "timeout-race"
-    /// The same race left to happen by itself under churn (seconds to about a minute).
-    case timeoutRaceNatural = "timeout-race-natural"
-    /// A leaked read guard; the next catalog write (a SIGHUP reload) queues every reader behind it.
-    case leakedRead = "leaked-read"
-    /// A read guard held across an else branch that takes the write lock: self-deadlock.
-    case guardAcrossElse = "guard-across-else"
-    /// A catalog update reads the catalog from inside its write section: self-deadlock by re-entry.
-    case writeThenRead = "write-then-read"
-    /// A catalog update holds the write lock while blocked in a call that does not return: a slow holder.
-    case slowHolder = "slow-holder"
-    /// Every event loop spins forever (CPU-bound, no locks).
-    case deadLoop = "dead-loop"
+/// One kind of failure the harness inflicts on the supervised proxy (or none, for a control run): one of
+/// the proxy's own faults (the names are `FaultKind`'s), a SIGSTOP, or nothing.
+public enum ChaosScenario: Hashable, Sendable {
+    /// A fault the proxy injects on itself (`fault NAME` on its control channel).
+    case proxyFault(FaultKind)
     /// SIGSTOP to the proxy: the process exists but runs nothing.
     case sigstop
-    /// The proxy aborts (SIGABRT).
-    case crash
     /// No fault at all: any incident is a false kill.
     case control
+
+    // Each proxy fault as a scenario, by its name.
+    public static let timeoutRace = ChaosScenario.proxyFault(.timeoutRace)
+    public static let timeoutRaceNatural = ChaosScenario.proxyFault(.timeoutRaceNatural)
+    public static let leakedRead = ChaosScenario.proxyFault(.leakedRead)
+    public static let guardAcrossElse = ChaosScenario.proxyFault(.guardAcrossElse)
+    public static let writeThenRead = ChaosScenario.proxyFault(.writeThenRead)
+    public static let slowHolder = ChaosScenario.proxyFault(.slowHolder)
+    public static let deadLoop = ChaosScenario.proxyFault(.deadLoop)
+    public static let crash = ChaosScenario.proxyFault(.crash)
 
     /// What the harness does to inject it, as the report names it.
     public var fault: String {
         switch self {
+        case let .proxyFault(kind): kind.rawValue
         case .sigstop: "SIGSTOP"
         case .control: "none"
-        default: rawValue
         }
     }
 
     /// The diagnosis kind the incident must carry; nil for a control run (no incident expected).
     public var expectedDiagnosis: DiagnosisKind? {
         switch self {
-        case .timeoutRace, .timeoutRaceNatural: .corruptedLockWord
-        case .leakedRead: .leakedReadLock
-        case .guardAcrossElse, .writeThenRead: .selfDeadlock
-        case .slowHolder: .slowHolder
-        case .deadLoop: .deadLoop
+        case .proxyFault(.timeoutRace), .proxyFault(.timeoutRaceNatural): .corruptedLockWord
+        case .proxyFault(.leakedRead): .leakedReadLock
+        case .proxyFault(.guardAcrossElse), .proxyFault(.writeThenRead): .selfDeadlock
+        case .proxyFault(.slowHolder): .slowHolder
+        case .proxyFault(.deadLoop): .deadLoop
         case .sigstop: .stopped
-        case .crash: .signaled
-        case .control: nil
+        case .proxyFault(.crash): .signaled
+        case .proxyFault(.exit): .exited
+        case .control, .proxyFault(.none): nil
         }
     }
 
@@ -51,7 +50,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     /// (a crashed one is gone before the supervisor hears of it).
     public var expectsCore: Bool {
         switch self {
-        case .crash, .control: false
+        case .proxyFault(.crash), .proxyFault(.exit), .proxyFault(.none), .control: false
         default: true
         }
     }
@@ -60,8 +59,8 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     /// the other lock bugs, nil where the lock is not involved.
     public var expectsCorruptedWord: Bool? {
         switch self {
-        case .timeoutRace, .timeoutRaceNatural: true
-        case .leakedRead, .guardAcrossElse, .writeThenRead, .slowHolder: false
+        case .proxyFault(.timeoutRace), .proxyFault(.timeoutRaceNatural): true
+        case .proxyFault(.leakedRead), .proxyFault(.guardAcrossElse), .proxyFault(.writeThenRead), .proxyFault(.slowHolder): false
         default: nil
         }
     }
@@ -70,7 +69,7 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
     /// race happens to strike): what the overload-deadlock verdict times.
     public var isImmediateDeadlock: Bool {
         switch self {
-        case .timeoutRace, .leakedRead, .guardAcrossElse, .writeThenRead, .slowHolder: true
+        case .proxyFault(.timeoutRace), .proxyFault(.leakedRead), .proxyFault(.guardAcrossElse), .proxyFault(.writeThenRead), .proxyFault(.slowHolder): true
         default: false
         }
     }
@@ -97,6 +96,39 @@ public enum ChaosScenario: String, CaseIterable, Sendable, Codable {
             if !out.contains(s) { out.append(s) }
         }
         return out
+    }
+}
+
+extension ChaosScenario: CaseIterable, RawRepresentable, Codable {
+    /// The scenarios, in the order a plan runs them: every proxy fault worth a run, SIGSTOP, and the control.
+    public static let allCases: [ChaosScenario] = [.timeoutRace, .timeoutRaceNatural, .leakedRead, .guardAcrossElse, .writeThenRead,
+                                                   .slowHolder, .deadLoop, .sigstop, .crash, .control]
+
+    /// The name operators type (a fault's own name, `sigstop`, `control`).
+    public var rawValue: String {
+        switch self {
+        case let .proxyFault(kind): kind.rawValue
+        case .sigstop: "sigstop"
+        case .control: "control"
+        }
+    }
+
+    public init?(rawValue: String) {
+        guard let known = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+        self = known
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let name = try decoder.singleValueContainer().decode(String.self)
+        guard let known = ChaosScenario(rawValue: name) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown scenario '\(name)'"))
+        }
+        self = known
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var container = encoder.singleValueContainer()
+        try container.encode(rawValue)
     }
 }
 

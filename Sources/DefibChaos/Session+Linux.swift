@@ -97,7 +97,7 @@ final class Session {
         while ChaosClock.nowUnixMs() < deadline {
             try flag.check()
             if !defibAlive { return false }
-            if ping(), simpleGet(port: port, host: "app.test", timeoutMs: 2000) == 200 { _ = currentProxyPid(); return true }
+            if ping(), httpGetStatus(port: port, host: "app.test", timeoutMs: 2000) == 200 { _ = currentProxyPid(); return true }
             ChaosClock.sleep(ms: 50)
         }
         return false
@@ -206,8 +206,9 @@ func freeLoopbackPort() -> Int {
     return Int(UInt16(bigEndian: addr.sin_port))
 }
 
-/// One blocking GET over a fresh connection; the status, or nil when there was no complete answer.
-func simpleGet(port: Int, host: String, path: String = "/", timeoutMs: Int) -> Int? {
+/// One blocking `GET` to 127.0.0.1:`port` over a fresh connection (`Connection: close`): the status, or nil on
+/// refusal, timeout or an incomplete answer. The harness and the benchmarks probe a service with it.
+public func httpGetStatus(port: Int, host: String, path: String = "/", timeoutMs: Int) -> Int? {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
     guard fd >= 0 else { return nil }
     defer { close(fd) }

@@ -278,52 +278,11 @@ private struct TOMLConfigReader {
             if let v = stringTable(t, "env", prefix: "service.") { c.service.environment = v }
             if let v = string(t, "working_directory", prefix: "service.") { c.service.workingDirectory = v }
         }
-        if let t = table(root, "heartbeat") {
-            let p = "heartbeat."
-            unknownKeys(t, prefix: p, known: ["source", "interval_ms", "deadline_ms", "misses", "start_timeout_ms", "control_socket"])
-            if let v = string(t, "source", prefix: p) { c.heartbeat.source = oneOf(v, key: p + "source", what: "heartbeat source", default: c.heartbeat.source) }
-            if let v = int(t, "interval_ms", prefix: p) { c.heartbeat.intervalMs = v }
-            if let v = int(t, "deadline_ms", prefix: p) { c.heartbeat.deadlineMs = v }
-            if let v = int(t, "misses", prefix: p) { c.heartbeat.misses = v }
-            if let v = int(t, "start_timeout_ms", prefix: p) { c.heartbeat.startTimeoutMs = v }
-            if let v = string(t, "control_socket", prefix: p) { c.heartbeat.controlSocket = v }
-        }
-        if let t = table(root, "capture") {
-            let p = "capture."
-            unknownKeys(t, prefix: p, known: ["method", "budget_ms", "directory", "stacks", "compress"])
-            if let v = string(t, "compress", prefix: p) { c.capture.compress = oneOf(v, key: p + "compress", what: "compression", default: c.capture.compress) }
-            if let v = string(t, "method", prefix: p) { c.capture.method = oneOf(v, key: p + "method", what: "capture method", default: c.capture.method) }
-            if let v = int(t, "budget_ms", prefix: p) { c.capture.budgetMs = v }
-            if let v = string(t, "directory", prefix: p) { c.capture.directory = v }
-            if let v = bool(t, "stacks", prefix: p) { c.capture.stacks = v }
-        }
-        if let t = table(root, "restart") {
-            let p = "restart."
-            unknownKeys(t, prefix: p, known: ["backoff_initial_ms", "backoff_max_ms", "backoff_multiplier", "backoff_reset_ms",
-                                                  "intensity_max", "intensity_window_ms", "stop_timeout_ms"])
-            if let v = int(t, "backoff_initial_ms", prefix: p) { c.restart.backoffInitialMs = v }
-            if let v = int(t, "backoff_max_ms", prefix: p) { c.restart.backoffMaxMs = v }
-            if let v = number(t, "backoff_multiplier", prefix: p) { c.restart.backoffMultiplier = v }
-            if let v = int(t, "backoff_reset_ms", prefix: p) { c.restart.backoffResetMs = v }
-            if let v = int(t, "intensity_max", prefix: p) { c.restart.intensityMax = v }
-            if let v = int(t, "intensity_window_ms", prefix: p) { c.restart.intensityWindowMs = v }
-            if let v = int(t, "stop_timeout_ms", prefix: p) { c.restart.stopTimeoutMs = v }
-        }
-        if let t = table(root, "escalation") {
-            let p = "escalation."
-            unknownKeys(t, prefix: p, known: ["miss_ms", "suspect_ms", "extension_step_ms", "max_extension_ms", "kill_jitter_ms"])
-            if let v = int(t, "miss_ms", prefix: p) { c.escalation.missMs = v }
-            if let v = int(t, "suspect_ms", prefix: p) { c.escalation.suspectMs = v }
-            if let v = int(t, "extension_step_ms", prefix: p) { c.escalation.extensionStepMs = v }
-            if let v = int(t, "max_extension_ms", prefix: p) { c.escalation.maxExtensionMs = v }
-            if let v = int(t, "kill_jitter_ms", prefix: p) { c.escalation.killJitterMs = v }
-        }
-        if let t = table(root, "retention") {
-            let p = "retention."
-            unknownKeys(t, prefix: p, known: ["max_use_mb", "keep_free_mb", "max_per_service"])
-            if let v = megabytes(t, "max_use_mb", prefix: p) { c.retention.maxUseBytes = v }
-            if let v = megabytes(t, "keep_free_mb", prefix: p) { c.retention.keepFreeBytes = v }
-            if let v = int(t, "max_per_service", prefix: p) { c.retention.maxPerService = v }
+        for section in ConfigField.sections {
+            guard let t = table(root, section.name) else { continue }
+            let prefix = section.name + "."
+            unknownKeys(t, prefix: prefix, known: section.fields.map(\.key))
+            for field in section.fields { read(field, from: t, prefix: prefix, into: &c) }
         }
         if let t = table(root, "sockets") {
             for name in t.keys.sorted() {
@@ -340,6 +299,25 @@ private struct TOMLConfigReader {
             if let v = string(t, "listen", prefix: "metrics.") { c.metricsListen = v }
         }
         return c
+    }
+
+    /// One setting of `field`'s section into `c`; a value of the wrong type is an issue and leaves the default.
+    mutating func read(_ field: ConfigField, from t: TOMLTable, prefix: String, into c: inout SupervisorConfig) {
+        let key = field.key
+        switch field.slot {
+        case let .int(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .optionalInt(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .number(path): if let v = number(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .bool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .optionalString(path): if let v = string(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .mebibytes(path): if let v = megabytes(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .source(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "heartbeat source", default: c[keyPath: path]) }
+        case let .method(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }
+        case let .compression(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "compression", default: c[keyPath: path]) }
+        }
     }
 
     // MARK: Typed access, each recording a type problem with the key's line
@@ -361,17 +339,11 @@ private struct TOMLConfigReader {
     }
 
     mutating func string(_ t: TOMLTable, _ key: String, prefix: String) -> String? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let s = v.string { return s }
-        typeMismatch(prefix + key, expected: "a string", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "a string") { $0.string }
     }
 
     mutating func int(_ t: TOMLTable, _ key: String, prefix: String) -> Int? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let i = v.int { return i }
-        typeMismatch(prefix + key, expected: "an integer", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "an integer") { $0.int }
     }
 
     /// A size in MiB, as bytes. A value whose bytes do not fit in 64 bits is named as too large (shifting it
@@ -387,17 +359,19 @@ private struct TOMLConfigReader {
     }
 
     mutating func number(_ t: TOMLTable, _ key: String, prefix: String) -> Double? {
-        guard let v = value(t, key, prefix) else { return nil }
-        if let d = v.double { return d }
-        if let i = v.int { return Double(i) }
-        typeMismatch(prefix + key, expected: "a number", got: v)
-        return nil
+        scalar(t, key, prefix: prefix, expected: "a number") { $0.double ?? $0.int.map(Double.init) }
     }
 
     mutating func bool(_ t: TOMLTable, _ key: String, prefix: String) -> Bool? {
+        scalar(t, key, prefix: prefix, expected: "a boolean (true or false)") { $0.bool }
+    }
+
+    /// The value at `key` as `extract` reads it; anything else is a type issue naming `expected`.
+    private mutating func scalar<T>(_ t: TOMLTable, _ key: String, prefix: String, expected: String,
+                                    _ extract: (TOMLValueConvertible) -> T?) -> T? {
         guard let v = value(t, key, prefix) else { return nil }
-        if let b = v.bool { return b }
-        typeMismatch(prefix + key, expected: "a boolean (true or false)", got: v)
+        if let typed = extract(v) { return typed }
+        typeMismatch(prefix + key, expected: expected, got: v)
         return nil
     }
 
@@ -476,156 +450,6 @@ private struct TOMLConfigReader {
         case .date: return "a date"
         case .time: return "a time"
         case .dateTime: return "a date-time"
-        }
-    }
-}
-
-/// The closest of `candidates` to `word` when it is a plausible typo (edit distance ≤ 2, or ≤ a third of
-/// the word's length for long words).
-func suggestion(_ word: String, among candidates: [String]) -> String? {
-    let scored = candidates.map { ($0, editDistance(word.lowercased(), $0)) }.min { $0.1 < $1.1 }
-    guard let (best, distance) = scored, distance <= max(2, word.count / 3) else { return nil }
-    return best
-}
-
-/// Levenshtein distance.
-func editDistance(_ a: String, _ b: String) -> Int {
-    let a = Array(a), b = Array(b)
-    if a.isEmpty { return b.count }
-    if b.isEmpty { return a.count }
-    var previous = Array(0...b.count)
-    for i in 1...a.count {
-        var current = [i] + Array(repeating: 0, count: b.count)
-        for j in 1...b.count {
-            current[j] = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
-        }
-        previous = current
-    }
-    return previous[b.count]
-}
-
-/// Where each key is set in the TOML text. TOMLKit does not expose source positions for values, so this is
-/// a small scan of the source: table headers, `key =` lines and dotted keys, skipping strings, comments
-/// and the insides of multi-line arrays. Keys inside inline tables resolve to the line of their table.
-struct KeyLocations {
-    private var lines: [String: Int] = [:]
-
-    init(_ text: String) {
-        var table: [String] = []
-        var state = ValueScan()
-        var number = 0
-        for raw in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            number += 1
-            if state.inValue {
-                state.scan(raw[...])
-                continue
-            }
-            let line = raw.drop { $0 == " " || $0 == "\t" }
-            if line.hasPrefix("[") {
-                let isArray = line.hasPrefix("[[")
-                let inner = line.dropFirst(isArray ? 2 : 1)
-                let header = KeyLocations.dottedKey(inner)
-                if header.rest.first == "]" {
-                    table = header.path
-                    record(table, number)
-                }
-                continue
-            }
-            let parsed = KeyLocations.dottedKey(line)
-            guard !parsed.path.isEmpty, parsed.rest.first == "=" else { continue }
-            record(table + parsed.path, number)
-            state.scan(parsed.rest.dropFirst())
-        }
-    }
-
-    private mutating func record(_ path: [String], _ line: Int) {
-        let key = path.joined(separator: ".")
-        if lines[key] == nil { lines[key] = line }
-    }
-
-    /// The key set on `line`, or the last key set before it (the value of a multi-line array or string
-    /// started there); nil before the first key.
-    func key(atLine line: Int) -> String? {
-        lines.filter { $0.value <= line }.max { ($0.value, $1.key) < ($1.value, $0.key) }?.key
-    }
-
-    /// The line setting `key`, or the line of the nearest enclosing key or table that is in the text.
-    func line(of key: String) -> Int? {
-        // Array element keys like `service.argv[1]` live on their array's line.
-        var path = key.split(separator: "[").first.map(String.init) ?? key
-        while true {
-            if let line = lines[path] { return line }
-            guard let dot = path.lastIndex(of: ".") else { return nil }
-            path = String(path[..<dot])
-        }
-    }
-
-    /// A (possibly dotted, possibly quoted) key at the start of `s`, and what follows it (whitespace skipped).
-    static func dottedKey(_ s: Substring) -> (path: [String], rest: Substring) {
-        var rest = s
-        var path: [String] = []
-        func skipSpace() { rest = rest.drop { $0 == " " || $0 == "\t" } }
-        while true {
-            skipSpace()
-            guard let first = rest.first else { return (path, rest) }
-            if first == "\"" || first == "'" {
-                let body = rest.dropFirst()
-                guard let end = body.firstIndex(of: first) else { return ([], rest) }
-                path.append(String(body[..<end]))
-                rest = body[body.index(after: end)...]
-            } else {
-                let bare = rest.prefix { $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }
-                guard !bare.isEmpty else { return (path, rest) }
-                path.append(String(bare))
-                rest = rest.dropFirst(bare.count)
-            }
-            skipSpace()
-            guard rest.first == "." else { return (path, rest) }
-            rest = rest.dropFirst()
-        }
-    }
-}
-
-/// Tracks, across lines, whether a value is still open: a multi-line string, or an array/inline table whose
-/// closing bracket is on a later line.
-private struct ValueScan {
-    var depth = 0
-    var multiline: String?
-
-    var inValue: Bool { depth > 0 || multiline != nil }
-
-    mutating func scan(_ s: Substring) {
-        var i = s.startIndex
-        while i < s.endIndex {
-            if let delimiter = multiline {
-                guard let r = s[i...].range(of: delimiter) else { return }
-                multiline = nil
-                i = r.upperBound
-                continue
-            }
-            let c = s[i]
-            switch c {
-            case "#": return
-            case "\"", "'":
-                let triple = String(repeating: String(c), count: 3)
-                if s[i...].hasPrefix(triple) {
-                    multiline = triple
-                    i = s.index(i, offsetBy: 3)
-                    continue
-                }
-                // A one-line string: skip to its closing quote (basic strings have escapes).
-                var j = s.index(after: i)
-                while j < s.endIndex, s[j] != c {
-                    if c == "\"", s[j] == "\\" { j = s.index(after: j); if j == s.endIndex { break } }
-                    j = s.index(after: j)
-                }
-                i = j < s.endIndex ? s.index(after: j) : j
-                continue
-            case "[", "{": depth += 1
-            case "]", "}": depth = max(0, depth - 1)
-            default: break
-            }
-            i = s.index(after: i)
         }
     }
 }

@@ -1,3 +1,4 @@
+import FlightRecorder
 /// Why a service hung, in one line, from evidence gathered without the service's help: the lock words
 /// and telemetry (flight recorder, process memory), what /proc said about its threads and progress,
 /// and — once gdb has read the core — its stacks. Pure: the runtime gathers, this decides.
@@ -86,35 +87,6 @@ public struct DiagnosisInput: Sendable {
     }
 }
 
-/// The lock word's bits (parking_lot's RwLock).
-public enum LockWord {
-    public static let parked: UInt64 = 0b0001
-    public static let writerParked: UInt64 = 0b0010
-    public static let upgradable: UInt64 = 0b0100
-    public static let writer: UInt64 = 0b1000
-    public static let oneReader: UInt64 = 0b10000
-
-    public static func readers(_ w: UInt64) -> UInt64 { w >> 4 }
-
-    /// "0x…" → the word; nil for "unknown" or garbage.
-    public static func parse(_ text: String) -> UInt64? {
-        let digits = text.hasPrefix("0x") || text.hasPrefix("0X") ? String(text.dropFirst(2)) : text
-        return UInt64(digits, radix: 16)
-    }
-
-    /// "WRITER|WRITER_PARKED, 1 reader".
-    public static func describe(_ w: UInt64) -> String {
-        var flags: [String] = []
-        if w & writer != 0 { flags.append("WRITER") }
-        if w & upgradable != 0 { flags.append("UPGRADABLE") }
-        if w & writerParked != 0 { flags.append("WRITER_PARKED") }
-        if w & parked != 0 { flags.append("PARKED") }
-        let r = readers(w)
-        let readerText = r >= (1 << 59) ? "reader count \(r) (saturated)" : "\(r) reader\(r == 1 ? "" : "s")"
-        return (flags.isEmpty ? "no flags" : flags.joined(separator: "|")) + ", " + readerText
-    }
-}
-
 public enum Diagnoser {
     /// Applies the rules in order; the first that explains the evidence wins.
     public static func diagnose(_ input: DiagnosisInput) -> HangDiagnosis {
@@ -140,14 +112,14 @@ public enum Diagnoser {
         let words = input.locks.compactMap { lock in LockWord.parse(lock.word).map { (lock, $0) } }
 
         // A corrupted word: flags and a reader count no sequence of lock operations produces.
-        if let (lock, word) = words.first(where: { Diagnosis.isCorrupted($0.1) }) {
+        if let (lock, word) = words.first(where: { LockWord.isCorrupt($0.1) }) {
             let readers = lock.readersWaiting ?? 0
             let writers = lock.writersWaiting ?? 0
             var evidence = ["lock '\(lock.name)' at \(lock.address): \(LockWord.describe(word)) (read from \(lock.source))"]
             let timeouts = lock.events?.filter { $0.kind == "write-timed-out" } ?? []
             // The recorder pins the timeout whose revert corrupted the word; later timeouts on the
             // corrupted lock only show it already broken.
-            if let corrupting = timeouts.first(where: { LockWord.parse($0.wordAfter).map(Diagnosis.isCorrupted) ?? false }) {
+            if let corrupting = timeouts.first(where: { LockWord.parse($0.wordAfter).map(LockWord.isCorrupt) ?? false }) {
                 evidence.append("timed-out writer whose revert corrupted the word: '\(corrupting.label)' tid \(corrupting.tid), word after its revert \(corrupting.wordAfter)")
             } else if let timedOut = timeouts.last {
                 evidence.append("last timed-out writer: '\(timedOut.label)' tid \(timedOut.tid), word after its revert \(timedOut.wordAfter)")
@@ -170,7 +142,7 @@ public enum Diagnoser {
             }
             guard let suspect else { continue }
             // Still stuck: WRITER taken and readers counted (a timed write that gave up left neither).
-            guard word & LockWord.writer != 0, LockWord.readers(word) > 0 else { continue }
+            guard word & LockWord.writer != 0, LockWord.readerCount(word) > 0 else { continue }
             guard threads.isEmpty || threads.contains(where: { $0.tid == suspect.tid }) else { continue }
             // It has let go of its read lock since: no longer waiting for itself.
             if let tids = readHolderTids, !tids.contains(suspect.tid), (lock.moreReadHolders ?? 0) == 0 { continue }
@@ -215,7 +187,7 @@ public enum Diagnoser {
         // a read lock is running inside its read section (they are idle, parked or gone).
         let allAsleep = !threads.isEmpty && threads.allSatisfy { $0.state != "R" && $0.state != "D" }
         for (lock, word) in words {
-            let readers = LockWord.readers(word)
+            let readers = LockWord.readerCount(word)
             let writerWaits = lock.holderWaitingForReaders == true || word & LockWord.writerParked != 0 || (lock.writersWaiting ?? 0) > 0
             guard readers > 0, writerWaits else { continue }
             let writer = lock.holder ?? lock.events?.last(where: { $0.kind == "parked-write-for-readers" }).map { "'\($0.label)' tid \($0.tid)" } ?? "a writer"

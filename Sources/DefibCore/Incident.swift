@@ -172,14 +172,33 @@ public struct Incident: Sendable, Equatable, Codable {
     }
 }
 
-/// RFC 3339 timestamps with milliseconds, UTC.
+/// RFC 3339 timestamps, UTC: the one formatter for incidents, their JSON, the store, reports and benchmarks.
+/// Formatters are costly to build (most of the time of listing thousands of incidents went there) and
+/// ISO8601DateFormatter is documented thread-safe, so one of each precision is shared.
 public enum RFC3339 {
-    public static func string(_ date: Date) -> String {
+    /// With milliseconds ("2026-11-23T10:00:00.123Z"), or to the second.
+    public static func string(_ date: Date, fractionalSeconds: Bool = true) -> String {
+        (fractionalSeconds ? withFraction : withoutFraction).string(from: date)
+    }
+
+    /// Reads either precision back; nil for anything else.
+    public static func date(from text: String) -> Date? {
+        withFraction.date(from: text) ?? withoutFraction.date(from: text)
+    }
+
+    nonisolated(unsafe) private static let withFraction: ISO8601DateFormatter = {
         let f = ISO8601DateFormatter()
         f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         f.timeZone = TimeZone(identifier: "UTC")
-        return f.string(from: date)
-    }
+        return f
+    }()
+
+    nonisolated(unsafe) private static let withoutFraction: ISO8601DateFormatter = {
+        let f = ISO8601DateFormatter()
+        f.formatOptions = [.withInternetDateTime]
+        f.timeZone = TimeZone(identifier: "UTC")
+        return f
+    }()
 }
 
 /// The conventional name of a Linux signal number ("SIGKILL"), or "signal N".

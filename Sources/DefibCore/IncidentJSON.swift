@@ -35,31 +35,35 @@ public indirect enum JSONValue: Sendable, Equatable {
             out += d.isFinite ? "\(d)" : "null"
         case let .string(s): JSONValue.writeString(s, into: &out)
         case let .array(items):
-            if items.isEmpty { out += "[]"; return }
-            out += "["
-            for (n, item) in items.enumerated() {
-                if n > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            Self.writeList(items, open: "[", close: "]", into: &out, pretty: pretty, indent: indent) { item, out in
                 item.write(into: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "]"
         case let .object(members):
-            if members.isEmpty { out += "{}"; return }
-            out += "{"
-            for (n, member) in members.enumerated() {
-                if n > 0 { out += "," }
-                if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            Self.writeList(members, open: "{", close: "}", into: &out, pretty: pretty, indent: indent) { member, out in
                 JSONValue.writeString(member.key, into: &out)
                 out += pretty ? ": " : ":"
                 member.value.write(into: &out, pretty: pretty, indent: indent + 1)
             }
-            if pretty { out += "\n" + String(repeating: "  ", count: indent) }
-            out += "}"
         }
     }
 
-    private static func writeString(_ s: String, into out: inout String) {
+    /// `open` elements `close`, comma-separated, one per line when `pretty`.
+    private static func writeList<T>(_ elements: [T], open: String, close: String, into out: inout String, pretty: Bool, indent: Int,
+                                     _ element: (T, inout String) -> Void) {
+        if elements.isEmpty { out += open + close; return }
+        out += open
+        for (n, e) in elements.enumerated() {
+            if n > 0 { out += "," }
+            if pretty { out += "\n" + String(repeating: "  ", count: indent + 1) }
+            element(e, &out)
+        }
+        if pretty { out += "\n" + String(repeating: "  ", count: indent) }
+        out += close
+    }
+
+    /// A quoted string with JSON's escapes, which TOML's basic strings share (control characters, DEL
+    /// included, as \\uXXXX): the config writer uses it too.
+    static func writeString(_ s: String, into out: inout String) {
         out += "\""
         for scalar in s.unicodeScalars {
             switch scalar {
@@ -68,7 +72,7 @@ public indirect enum JSONValue: Sendable, Equatable {
             case "\n": out += "\\n"
             case "\r": out += "\\r"
             case "\t": out += "\\t"
-            case _ where scalar.value < 0x20:
+            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
                 out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
                     + String(scalar.value, radix: 16)
             default: out.unicodeScalars.append(scalar)
@@ -209,14 +213,6 @@ public enum IncidentJSON {
     private static func string(_ s: String?) -> JSONValue { s.map { .string($0) } ?? .null }
     private static func timestamp(_ d: Date?) -> JSONValue { d.map { .string(rfc3339($0)) } ?? .null }
 
-    /// `RFC3339.string` with one shared formatter: building a formatter per timestamp dominated the time
-    /// of printing thousands of incidents. ISO8601DateFormatter is documented thread-safe.
-    public static func rfc3339(_ date: Date) -> String { formatter.string(from: date) }
-
-    nonisolated(unsafe) private static let formatter: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        f.timeZone = TimeZone(identifier: "UTC")
-        return f
-    }()
+    /// `RFC3339.string` (the one formatter), by the name the CLI's callers know.
+    public static func rfc3339(_ date: Date) -> String { RFC3339.string(date) }
 }

@@ -94,12 +94,9 @@ extension GcoreCapture {
 }
 
 /// `gdb -batch … -ex 'thread apply all bt' BINARY CORE`, run in the background after the restart.
-public struct StacksJob: Sendable {
-    public let child: ChildProcess
-    public let outputPath: String
-    public let incidentID: Int64
-
-    public static func start(binary: String, core: String, outputPath: String, incidentID: Int64) throws -> StacksJob {
+public enum GdbStacks {
+    /// Starts gdb writing to `outputPath` (created 0600); the caller reaps it.
+    public static func start(binary: String, core: String, outputPath: String) throws -> ChildProcess {
         guard let gdb = resolveExecutable("gdb") else { throw SpawnError(program: "gdb", stage: "resolve in PATH", errno: ENOENT) }
         let out = openLog(outputPath)
         if out < 0 { throw SystemError("open(\(outputPath))") }
@@ -109,17 +106,17 @@ public struct StacksJob: Sendable {
                                           "-ex", "thread apply all bt", binary, core],
                                    environment: helperEnvironment())
         request.stdoutFD = out; request.stderrFD = out; request.stdinFromDevNull = true
-        return StacksJob(child: try spawnProcess(request), outputPath: outputPath, incidentID: incidentID)
+        return try spawnProcess(request)
     }
 
-    /// The output, once the job has ended: the threads and their frames, without gdb's chatter about
+    /// The output, once gdb has ended: the threads and their frames, without gdb's chatter about
     /// debug info (kept only when there are no frames at all, so a failure still explains itself).
-    public func output(maxBytes: Int = 4 << 20) -> String {
+    public static func read(outputPath: String, maxBytes: Int = 4 << 20) -> String {
         guard let f = fopen(outputPath, "r") else { return "" }
         defer { fclose(f) }
         var data = [UInt8](repeating: 0, count: maxBytes)
         let n = fread(&data, 1, maxBytes, f)
-        return Self.stacksOnly(String(decoding: data[0..<n], as: UTF8.self))
+        return stacksOnly(String(decoding: data[0..<n], as: UTF8.self))
     }
 
     /// Keeps "Thread …" headers, "#N …" frames and the blank lines between threads.

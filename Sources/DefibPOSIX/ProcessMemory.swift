@@ -19,9 +19,3 @@ public enum ProcessMemory {
         return String(cString: buf)
     }
 }
-
-/// Formats a 64-bit word the way incidents show lock words: 0x + 16 hex digits.
-public func hex64(_ v: UInt64) -> String {
-    let digits = String(v, radix: 16)
-    return "0x" + String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-}

@@ -141,6 +141,12 @@ public enum Journald {
         return UInt64(st.st_dev) == dev && UInt64(st.st_ino) == ino
     }
 
+    /// Writes straight to fd 2: where a line goes when the journal went away (never lose it).
+    public static func writeStandardError(_ text: String) {
+        var bytes = Array(text.utf8)
+        _ = bytes.withUnsafeMutableBytes { raw in write(2, raw.baseAddress, raw.count) }
+    }
+
     /// Sends one entry; `fields` are (NAME, value) with NAME in the journal's upper-case form.
     @discardableResult
     public static func send(_ fields: [(String, String)]) -> Bool {

@@ -1,5 +1,7 @@
+import DefibSystem
 import Logging
 import Synchronization
+import FlightRecorder
 
 /// Applies catalog updates, one at a time, on its own thread: each with
 /// `catalog.tryWrite(for: updateTimeout, label: "catalog.update app=… machine=…")`, retried on timeout
@@ -87,7 +89,7 @@ final class CatalogUpdater: @unchecked Sendable {
                 stats.updatesTimedOut.wrappingAdd(1, ordering: .relaxed)
                 // Log the first few and then rarely: a stuck lock times out forever.
                 if attempts <= 3 || attempts % 100 == 0 {
-                    logger.warning("catalog update '\(update)' from \(source): tryWrite timed out (attempt \(attempts), lock word \(hex16(catalog.lock.rawWord))); retrying")
+                    logger.warning("catalog update '\(update)' from \(source): tryWrite timed out (attempt \(attempts), lock word \(LockWord.hex(catalog.lock.rawWord))); retrying")
                 }
             case .applied:
                 stats.updatesApplied.wrappingAdd(1, ordering: .relaxed)

@@ -1,7 +1,9 @@
+import DefibSystem
 import Glibc
 import Logging
 import NIOCore
 import ParkingLock
+import FlightRecorder
 
 /// A frame of a line protocol: a line (without its newline), or a line that grew past the limit.
 enum LineFrame {
@@ -51,23 +53,13 @@ final class LineFrameDecoder: ByteToMessageDecoder {
     }
 }
 
-/// The shared state the control channel answers from.
-struct ControlContext: Sendable {
-    let catalog: Catalog
-    let stats: ProxyStats
-    let faults: FaultInjector
-    let group: EventLoopGroup
-    let flightRecorderPath: String?
-    let logger: Logger
-}
-
 /// Serves the operator's line protocol: one reply line per request line.
 final class ControlHandler: ChannelInboundHandler {
     typealias InboundIn = LineFrame
     typealias OutboundOut = ByteBuffer
-    private let env: ControlContext
+    private let env: ProxyContext
 
-    init(_ env: ControlContext) { self.env = env }
+    init(_ env: ProxyContext) { self.env = env }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -132,7 +124,7 @@ final class ControlHandler: ChannelInboundHandler {
             var o = JSONLine()
             o.add("name", s.name)
             o.add("address", "0x" + String(s.address, radix: 16))
-            o.add("word", hex16(s.word))
+            o.add("word", LockWord.hex(s.word))
             o.add("revert", s.revert.rawValue)
             o.add("holder", raw: holderJSON(s.holder))
             o.add("last_holder", raw: holderJSON(s.lastHolder))
@@ -151,7 +143,7 @@ final class ControlHandler: ChannelInboundHandler {
     static func readHolderJSON(_ h: LockReadHolder) -> String {
         var o = JSONLine()
         o.add("tid", Int(h.tid))
-        o.add("depth", h.depth)
+        o.add("depth", Int(h.depth))
         o.add("since_ms", h.sinceUnixMs)
         o.add("exited", raw: h.threadExited ? "true" : "false")
         return o.closed
@@ -167,7 +159,7 @@ final class ControlHandler: ChannelInboundHandler {
     }
 
     /// The `stats` reply, read from atomics only.
-    static func statsJSON(_ env: ControlContext) -> String {
+    static func statsJSON(_ env: ProxyContext) -> String {
         let s = env.stats
         let published = env.catalog.published
         let fault = env.faults.armed
@@ -186,7 +178,7 @@ final class ControlHandler: ChannelInboundHandler {
         o.add("reloads", s.reloads.load(ordering: .relaxed))
         o.add("fault", fault?.kind.rawValue ?? "none")
         o.add("fault_armed_at_ms", fault?.armedAtUnixMs)
-        o.add("catalog_word", hex16(env.catalog.lock.rawWord))
+        o.add("catalog_word", LockWord.hex(env.catalog.lock.rawWord))
         return o.closed
     }
 }

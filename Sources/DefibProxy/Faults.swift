@@ -1,44 +1,19 @@
+@_exported import DefibFaults
+import DefibSystem
 import Glibc
 import Logging
 import NIOCore
 import ParkingLock
 import Synchronization
+import FlightRecorder
 
-/// The lock bugs (and plain failures) the proxy reproduces on demand.
-public enum FaultKind: String, CaseIterable, Sendable {
-    /// Clears a pending fault. A corrupted lock word cannot be repaired.
-    case none
-    /// The parking_lot `try_write_for` race, staged deterministically with the TimeoutGate.
-    case timeoutRace = "timeout-race"
-    /// The same race left to happen by itself under churn (buggy revert, short timeouts, no gate).
-    case timeoutRaceNatural = "timeout-race-natural"
-    /// A request path leaks a read guard; the next waiting write queues every reader behind it.
-    case leakedRead = "leaked-read"
-    /// A read guard held across an else branch that takes the write lock: self-deadlock.
-    case guardAcrossElse = "guard-across-else"
-    /// A catalog update reads the catalog (through the read lock) from inside its write section: the
-    /// writer waits for itself, like a read guard held across an else, the other way round.
-    case writeThenRead = "write-then-read"
-    /// A catalog update holds the write lock while blocked in a call that does not return (an hour):
-    /// a live, named holder every reader queues behind.
-    case slowHolder = "slow-holder"
-    /// Every event loop thread spins forever (CPU-bound, no locks).
-    case deadLoop = "dead-loop"
-    /// The process aborts (SIGABRT, core dumped if allowed).
-    case crash
-    /// The process exits with code 3.
-    case exit
-
-    /// The kinds as operators type them, for help and error messages.
-    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
-
+extension FaultKind {
     /// Parses a kind; the error lists the known ones.
     public static func parse(_ text: String) throws(FaultError) -> FaultKind {
         guard let kind = FaultKind(rawValue: text) else { throw FaultError(kind: .unknownFault, message: "unknown fault '\(text)' (known: \(names))") }
         return kind
     }
 }
-
 /// A fault that cannot be armed.
 public struct FaultError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The class of problem.
@@ -94,7 +69,7 @@ public final class FaultInjector: @unchecked Sendable {
     public func arm(_ kind: FaultKind) -> (reply: String, followUp: FaultFollowUp) {
         let now = unixMilliseconds()
         let word = catalog.lock.rawWord
-        logger.warning("fault \(kind.rawValue) armed at \(now) ms (catalog lock word \(hex16(word)))")
+        logger.warning("fault \(kind.rawValue) armed at \(now) ms (catalog lock word \(LockWord.hex(word)))")
         if kind != .none { current.withLock { $0 = ArmedFault(kind: kind, armedAtUnixMs: now) } }
         switch kind {
         case .none:
@@ -106,7 +81,7 @@ public final class FaultInjector: @unchecked Sendable {
             var reply = "ok fault none armed"
             if let previous { reply += " (was \(previous.kind.rawValue)\(cleared.isEmpty ? "" : "; cleared \(cleared.joined(separator: ", "))"))" }
             if isCorruptedWord(catalog.lock.rawWord) {
-                reply += "; the catalog lock word \(hex16(catalog.lock.rawWord)) is corrupted and cannot be repaired: restart the proxy"
+                reply += "; the catalog lock word \(LockWord.hex(catalog.lock.rawWord)) is corrupted and cannot be repaired: restart the proxy"
             }
             return (reply, .none)
         case .timeoutRace:
@@ -150,7 +125,7 @@ public final class FaultInjector: @unchecked Sendable {
         let holding = ThreadEvent()
         startThread(name: name) { body(catalog, update, { holding.set() }) }
         guard holding.wait(timeoutNs: 10_000_000_000) else {
-            return "error fault \(kind.rawValue): the update did not get the write lock within 10 s (word \(hex16(catalog.lock.rawWord)))"
+            return "error fault \(kind.rawValue): the update did not get the write lock within 10 s (word \(LockWord.hex(catalog.lock.rawWord)))"
         }
         logger.warning("fault \(kind.rawValue): '\(Catalog.updateLabel(update))' holds the catalog write lock and will not let go")
         return nil
@@ -175,12 +150,12 @@ public final class FaultInjector: @unchecked Sendable {
         startThread(name: "fault-race") {
             for attempt in 1...20 {
                 if let word = FaultInjector.runStagedRace(catalog: catalog, update: update) {
-                    logger.warning("fault timeout-race: catalog lock word corrupted to \(hex16(word)) (attempt \(attempt))")
+                    logger.warning("fault timeout-race: catalog lock word corrupted to \(LockWord.hex(word)) (attempt \(attempt))")
                     return
                 }
-                logger.info("fault timeout-race: attempt \(attempt) left the word at \(hex16(lock.rawWord)) (a concurrent reader); staging again")
+                logger.info("fault timeout-race: attempt \(attempt) left the word at \(LockWord.hex(lock.rawWord)) (a concurrent reader); staging again")
             }
-            logger.error("fault timeout-race: the staged race did not corrupt the word in 20 attempts (word \(hex16(lock.rawWord)))")
+            logger.error("fault timeout-race: the staged race did not corrupt the word in 20 attempts (word \(LockWord.hex(lock.rawWord)))")
         }
     }
 
@@ -294,7 +269,7 @@ final class NaturalRace: @unchecked Sendable {
                 }
                 i += 1
                 if isCorruptedWord(lock.rawWord) {
-                    logger.warning("fault timeout-race-natural: catalog lock word corrupted to \(hex16(lock.rawWord)) after \(writerTimeouts.load(ordering: .relaxed)) writer timeouts")
+                    logger.warning("fault timeout-race-natural: catalog lock word corrupted to \(LockWord.hex(lock.rawWord)) after \(writerTimeouts.load(ordering: .relaxed)) writer timeouts")
                     return
                 }
             }

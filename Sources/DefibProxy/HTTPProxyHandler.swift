@@ -4,10 +4,16 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 
-/// What every HTTP connection handler shares.
-struct HTTPProxyContext: Sendable {
+/// What every connection handler shares, HTTP and control channel alike.
+struct ProxyContext: Sendable {
     let catalog: Catalog
     let stats: ProxyStats
+    /// Where `fault KIND` arms a fault, and the event loops a dead loop makes spin.
+    let faults: FaultInjector
+    let group: EventLoopGroup
+    /// What `locks` points operators at.
+    let flightRecorderPath: String?
+    /// Limits on the backend and on a request.
     let connectTimeout: TimeAmount
     let responseTimeout: TimeAmount
     let maxRequestBody: Int
@@ -42,12 +48,12 @@ final class HTTPProxyHandler: ChannelInboundHandler, RemovableChannelHandler {
         var describe: String { "backend \(address) (app \(app), machine \(machine))" }
     }
 
-    private let env: HTTPProxyContext
+    private let env: ProxyContext
     private var state = State.idle
     private var context: ChannelHandlerContext!
     private var clientAddress: String?
 
-    init(_ env: HTTPProxyContext) { self.env = env }
+    init(_ env: ProxyContext) { self.env = env }
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context

@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 import NIOCore
@@ -5,6 +6,7 @@ import NIOHTTP1
 import NIOPosix
 import ParkingLock
 import Synchronization
+import FlightRecorder
 
 /// The running proxy: event loops, HTTP listeners, control channel, update stream, churn, reloads.
 /// `start` is the builder the executable and the tests share.
@@ -76,10 +78,10 @@ public final class ProxyServer: @unchecked Sendable {
         }
 
         // HTTP.
-        let httpEnv = HTTPProxyContext(catalog: catalog, stats: stats,
-                                       connectTimeout: .milliseconds(Int64(config.connectTimeoutMs)),
-                                       responseTimeout: .milliseconds(Int64(config.responseTimeoutMs)),
-                                       maxRequestBody: config.maxRequestBodyBytes, logger: logger)
+        let env = ProxyContext(catalog: catalog, stats: stats, faults: faults, group: group, flightRecorderPath: flightRecorder,
+                               connectTimeout: .milliseconds(Int64(config.connectTimeoutMs)),
+                               responseTimeout: .milliseconds(Int64(config.responseTimeoutMs)),
+                               maxRequestBody: config.maxRequestBodyBytes, logger: logger)
         let http = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 512)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
@@ -87,7 +89,7 @@ public final class ProxyServer: @unchecked Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(HTTPProxyHandler(httpEnv))
+                    try channel.pipeline.syncOperations.addHandler(HTTPProxyHandler(env))
                 }
             }
         var httpAddresses: [SocketAddress] = []
@@ -116,8 +118,6 @@ public final class ProxyServer: @unchecked Sendable {
 
         // Control channel, on the same event loops as HTTP: a dead loop silences it too.
         if let path = config.controlSocket {
-            let env = ControlContext(catalog: catalog, stats: stats, faults: faults, group: group,
-                                     flightRecorderPath: flightRecorder, logger: logger)
             do {
                 channels.append(try bindUnixLineServer(path: path, group: group) { ControlHandler(env) })
                 unixSockets.append(path)
@@ -187,7 +187,7 @@ public final class ProxyServer: @unchecked Sendable {
         let previous = umask(0o177)
         defer { umask(previous) }
         let channel = try bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).wait()
-        if chmod(path, 0o600) != 0 { throw SystemCallError("chmod(\(path), 0600)") }
+        if chmod(path, 0o600) != 0 { throw SystemError("chmod(\(path), 0600)") }
         return channel
     }
 
@@ -221,8 +221,8 @@ public final class ProxyServer: @unchecked Sendable {
             try? group.syncShutdownGracefully()
             done.set()
         }
-        let finished = done.wait(timeoutNs: UInt64(timeoutMs) * 1_000_000)
-        if !finished { logger.warning("shutdown did not finish within \(timeoutMs) ms (event loops blocked: catalog lock word \(hex16(catalog.lock.rawWord)))") }
+        let finished = done.wait(timeoutNs: Int64(timeoutMs) * 1_000_000)
+        if !finished { logger.warning("shutdown did not finish within \(timeoutMs) ms (event loops blocked: catalog lock word \(LockWord.hex(catalog.lock.rawWord)))") }
         return finished
     }
 }

@@ -136,33 +136,28 @@ public enum RouteGrammar {
     /// Parses a whole text (a routes file's contents or a chunk of an update stream). Errors carry
     /// `file` and the 1-based line number.
     public static func parse(_ text: String, file: String? = nil, firstLine: Int = 1) throws(RouteError) -> [RouteUpdate] {
-        var out: [RouteUpdate] = []
-        var number = firstLine
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
-            do {
-                if let update = try parseLine(line) { out.append(update) }
-            } catch {
-                var located = error
-                located.file = file
-                located.line = number
-                throw located
-            }
-            number += 1
-        }
-        return out
+        try parse(text, file: file, firstLine: firstLine) { _ throws(RouteError) in }
     }
 
     /// Parses a routes file: a list of `up` lines (a `down` in a routes file is a mistake, reported).
     public static func parseRoutesFile(_ text: String, file: String) throws(RouteError) -> [RouteUpdate] {
-        var number = 1
+        try parse(text, file: file, firstLine: 1) { update throws(RouteError) in
+            guard update.isUp else {
+                throw RouteError(kind: .notAnUp, problem: "a routes file lists machines with 'up' lines; '\(update)' belongs on the update stream")
+            }
+        }
+    }
+
+    /// Every line parsed and passed to `check`; an error from either is located at its file and line.
+    private static func parse(_ text: String, file: String?, firstLine: Int,
+                              check: (RouteUpdate) throws(RouteError) -> Void) throws(RouteError) -> [RouteUpdate] {
         var out: [RouteUpdate] = []
+        var number = firstLine
         for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
             do throws(RouteError) {
-                switch try parseLine(line) {
-                case nil: break
-                case let update? where update.isUp: out.append(update)
-                case let update?:
-                    throw RouteError(kind: .notAnUp, problem: "a routes file lists machines with 'up' lines; '\(update)' belongs on the update stream")
+                if let update = try parseLine(line) {
+                    try check(update)
+                    out.append(update)
                 }
             } catch {
                 var located = error
@@ -178,7 +173,7 @@ public enum RouteGrammar {
     /// Reads and parses a routes file from disk.
     public static func parseRoutesFile(atPath path: String) throws(RouteError) -> [RouteUpdate] {
         let text: String
-        do { text = try readWholeFile(path) } catch { throw RouteError(kind: .unreadable, problem: "cannot read routes file: \(error.problem)", file: path) }
+        do { text = try readWholeFile(path) } catch { throw RouteError(kind: .unreadable, problem: "cannot read routes file: \(error)", file: path) }
         return try parseRoutesFile(text, file: path)
     }
 

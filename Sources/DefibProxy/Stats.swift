@@ -1,3 +1,4 @@
+import DefibSystem
 import Synchronization
 
 /// The proxy's counters: relaxed atomics, bumped on the hot path without a lock.
@@ -17,7 +18,7 @@ public final class ProxyStats: Sendable {
     /// Full reloads completed.
     public let reloads = Atomic<Int>(0)
     /// Monotonic start time, for uptime.
-    public let startedAtNs: UInt64
+    public let startedAtNs: Int64
 
     /// Counters starting at zero now.
     public init() { startedAtNs = monotonicNanoseconds() }
@@ -61,10 +62,4 @@ struct JSONLine {
         }
         return out + "\""
     }
-}
-
-/// `0x` + exactly 16 lower-case hex digits.
-func hex16(_ v: UInt64) -> String {
-    let digits = String(v, radix: 16)
-    return "0x" + String(repeating: "0", count: 16 - digits.count) + digits
 }

@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 
@@ -62,9 +63,9 @@ public final class ProxyNotifier: @unchecked Sendable {
     private let logger: Logger
 
     /// A datagram socket for `settings.socketPath` (not yet used).
-    public init(settings: SystemdNotifySettings, logger: Logger) throws(SystemCallError) {
+    public init(settings: SystemdNotifySettings, logger: Logger) throws(SystemError) {
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        if fd < 0 { throw SystemCallError("socket(AF_UNIX, SOCK_DGRAM)") }
+        if fd < 0 { throw SystemError("socket(AF_UNIX, SOCK_DGRAM)") }
         self.fd = fd; self.settings = settings; self.logger = logger
     }
 
@@ -72,7 +73,7 @@ public final class ProxyNotifier: @unchecked Sendable {
 
     /// Sends one message (e.g. "READY=1"). The sender's credentials are the kernel's: a thread of this process
     /// sends as its pid, so systemd's NotifyAccess=main accepts it.
-    public func send(_ message: String) throws(SystemCallError) {
+    public func send(_ message: String) throws(SystemError) {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         var path = Array(settings.socketPath.utf8)
@@ -86,7 +87,7 @@ public final class ProxyNotifier: @unchecked Sendable {
                 retryingEINTR { sendto(fd, bytes, bytes.count, Int32(MSG_NOSIGNAL), sa, length) }
             }
         }
-        if sent != bytes.count { throw SystemCallError("sendto(NOTIFY_SOCKET \(settings.socketPath), \(message))") }
+        if sent != bytes.count { throw SystemError("sendto(NOTIFY_SOCKET \(settings.socketPath), \(message))") }
     }
 
     /// READY=1 now and, when WATCHDOG_USEC asks for them, keep-alives from the "sd-watchdog" thread for the rest

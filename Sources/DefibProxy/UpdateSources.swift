@@ -1,3 +1,4 @@
+import DefibSystem
 import Glibc
 import Logging
 import Synchronization
@@ -68,21 +69,34 @@ struct UpdateLineReader {
     mutating func reset() { partial.removeAll(); lineNumber = 0 }
 }
 
-/// Follows an update file like `tail -F` on its own thread.
-final class UpdateFileFollower: @unchecked Sendable {
-    let path: String
-    private let updater: CatalogUpdater
-    private let logger: Logger
+/// A source of catalog updates on a plain thread of its own (named, so it shows in a core), running
+/// `run()` until `stop()`.
+class UpdateSourceThread: @unchecked Sendable {
+    let threadName: String
+    let updater: CatalogUpdater
     private let stopped = Atomic<Bool>(false)
 
+    init(threadName: String, updater: CatalogUpdater) { self.threadName = threadName; self.updater = updater }
+
+    final func start() { startThread(name: threadName) { [self] in run() } }
+    final func stop() { stopped.store(true, ordering: .relaxed) }
+    final var isStopped: Bool { stopped.load(ordering: .relaxed) }
+
+    /// The thread's work; returns once `isStopped`.
+    func run() {}
+}
+
+/// Follows an update file like `tail -F` on its own thread.
+final class UpdateFileFollower: UpdateSourceThread, @unchecked Sendable {
+    let path: String
+    private let logger: Logger
+
     init(path: String, updater: CatalogUpdater, logger: Logger) {
-        self.path = path; self.updater = updater; self.logger = logger
+        self.path = path; self.logger = logger
+        super.init(threadName: "updates-file", updater: updater)
     }
 
-    func start() { startThread(name: "updates-file") { [self] in run() } }
-    func stop() { stopped.store(true, ordering: .relaxed) }
-
-    private func run() {
+    override func run() {
         var reader = UpdateLineReader(source: path)
         var fd: Int32 = -1
         var inode: ino_t = 0
@@ -90,11 +104,11 @@ final class UpdateFileFollower: @unchecked Sendable {
         var warnedMissing = false
         var buffer = [UInt8](repeating: 0, count: 65536)
         defer { if fd >= 0 { close(fd) } }
-        while !stopped.load(ordering: .relaxed) {
+        while !isStopped {
             if fd < 0 {
                 fd = open(path, O_RDONLY | O_CLOEXEC)
                 if fd < 0 {
-                    if !warnedMissing { logger.warning("updates file \(path): \(SystemCallError("open(\(path))")); waiting for it to appear"); warnedMissing = true }
+                    if !warnedMissing { logger.warning("updates file \(path): \(SystemError("open(\(path))")); waiting for it to appear"); warnedMissing = true }
                     sleepNanoseconds(200_000_000)
                     continue
                 }
@@ -114,7 +128,7 @@ final class UpdateFileFollower: @unchecked Sendable {
                 }
                 continue
             }
-            if n < 0 { logger.error("\(SystemCallError("read(\(path))")); reopening"); close(fd); fd = -1; continue }
+            if n < 0 { logger.error("\(SystemError("read(\(path))")); reopening"); close(fd); fd = -1; continue }
             // At the end: notice truncation (start over) and replacement (reopen), else poll again.
             var st = stat()
             if fstat(fd, &st) == 0 && st.st_size < offset {
@@ -134,24 +148,20 @@ final class UpdateFileFollower: @unchecked Sendable {
 }
 
 /// The built-in churn generator: RATE updates per second flipping machines of existing apps.
-final class ChurnGenerator: @unchecked Sendable {
+final class ChurnGenerator: UpdateSourceThread, @unchecked Sendable {
     private let catalog: Catalog
-    private let updater: CatalogUpdater
     private let rate: Double
-    private let stopped = Atomic<Bool>(false)
 
     init(catalog: Catalog, updater: CatalogUpdater, rate: Double) {
-        self.catalog = catalog; self.updater = updater; self.rate = rate
+        self.catalog = catalog; self.rate = rate
+        super.init(threadName: "catalog-churn", updater: updater)
     }
 
-    func start() { startThread(name: "catalog-churn") { [self] in run() } }
-    func stop() { stopped.store(true, ordering: .relaxed) }
-
-    private func run() {
+    override func run() {
         var rng = SystemRandomNumberGenerator()
-        let period = UInt64(1_000_000_000 / max(rate, 0.001))
+        let period = Int64(1_000_000_000 / max(rate, 0.001))
         var next = monotonicNanoseconds()
-        while !stopped.load(ordering: .relaxed) {
+        while !isStopped {
             next += period
             // Plan from the current table (a read, like any request), and only when the updater keeps
             // up: a stuck lock must not grow the queue without bound.
@@ -159,7 +169,7 @@ final class ChurnGenerator: @unchecked Sendable {
                 updater.submit(update, source: "churn")
             }
             let now = monotonicNanoseconds()
-            if next > now { sleepNanoseconds(next - now) } else { next = now }
+            if next > now { sleepNanoseconds(UInt64(next - now)) } else { next = now }
         }
     }
 }
@@ -171,7 +181,7 @@ final class CatalogReloader: @unchecked Sendable {
     private let updater: CatalogUpdater
     private let routesFile: String?
     private let routeFlags: [RouteUpdate]
-    private let intervalNs: UInt64?
+    private let intervalNs: Int64?
     private let stats: ProxyStats
     private let logger: Logger
     private let condition = ThreadCondition()
@@ -181,7 +191,7 @@ final class CatalogReloader: @unchecked Sendable {
     init(catalog: Catalog, updater: CatalogUpdater, routesFile: String?, routeFlags: [RouteUpdate],
          intervalMs: Int, stats: ProxyStats, logger: Logger) {
         self.catalog = catalog; self.updater = updater; self.routesFile = routesFile; self.routeFlags = routeFlags
-        self.intervalNs = intervalMs > 0 ? UInt64(intervalMs) * 1_000_000 : nil
+        self.intervalNs = intervalMs > 0 ? Int64(intervalMs) * 1_000_000 : nil
         self.stats = stats; self.logger = logger
     }
 

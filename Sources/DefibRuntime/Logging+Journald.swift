@@ -33,7 +33,7 @@ public struct JournaldLogHandler: LogHandler {
         }
         if !Journald.send(fields) {
             // The journal went away: never lose the line.
-            FileHandleStderr.write("\(identifier): \(event.level): \(event.message)\n")
+            Journald.writeStandardError("\(identifier): \(event.level): \(event.message)\n")
         }
     }
 
@@ -59,27 +59,6 @@ public struct JournaldLogHandler: LogHandler {
     }
 }
 
-/// Writes straight to fd 2.
-enum FileHandleStderr {
-    static func write(_ text: String) {
-        var bytes = Array(text.utf8)
-        _ = bytes.withUnsafeMutableBytes { raw in
-            #if canImport(Glibc)
-            Glibc.write(2, raw.baseAddress, raw.count)
-            #endif
-        }
-    }
-}
-
-/// Message ids of defib's journal entries (like systemd-coredump's fc2e22bc…), for `journalctl MESSAGE_ID=`.
-public enum DefibMessageID {
-    public static let incidentOpened = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a03"
-    public static let incidentClosed = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a04"
-    public static let coreCaptured = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a05"
-    /// The stacks are stored and the signature is final (it groups repeats by the blocked threads' frames).
-    public static let evidenceComplete = "5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a06"
-}
-
 /// Picks the log destination once, at start: the journal when systemd connected our stderr to it,
 /// plain text on stderr otherwise.
 public enum DefibLogging {
@@ -92,7 +71,3 @@ public enum DefibLogging {
         }
     }
 }
-
-#if canImport(Glibc)
-import Glibc
-#endif

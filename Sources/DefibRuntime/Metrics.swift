@@ -1,4 +1,5 @@
 import CoreMetrics
+import DefibCore
 import Metrics
 import NIOCore
 import NIOHTTP1
@@ -35,6 +36,25 @@ struct SupervisorMetrics {
         notifyRejected = CoreMetrics.Counter(label: "defib_notify_rejected_total", dimensions: dims)
         killJitter = CoreMetrics.Timer(label: "defib_kill_jitter_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
         recoveries = CoreMetrics.Counter(label: "defib_heartbeat_recoveries_total", dimensions: dims)
+    }
+
+    /// One measurement the supervision asked for.
+    func record(_ event: MetricEvent) {
+        switch event {
+        case let .pingRoundTrip(ns): pingRoundTrip.recordNanoseconds(ns)
+        case .heartbeatMissed: misses.increment()
+        case .suspect: suspects.increment()
+        case .deadlineExtended: extensions.increment()
+        case .restart: restarts.increment()
+        case .recovery: recoveries.increment()
+        case .notifyRejected: notifyRejected.increment()
+        case let .killJitter(ms): killJitter.recordMilliseconds(ms)
+        case let .captureDuration(ns): captureDuration.recordNanoseconds(ns)
+        case let .captureBytes(bytes): captureBytes.record(bytes)
+        case let .incident(cause): incident(cause: cause)
+        case let .verdict(kind): verdict(kind)
+        case let .phase(current): phase(current.rawValue, all: SupervisorMachine.Phase.allCases.map(\.rawValue))
+        }
     }
 
     /// Incidents by cause (missed-heartbeat, exited, signaled, start-timeout, spawn-failed).

@@ -84,22 +84,7 @@ enum IncidentCodec {
         return decoder
     }
 
-    // Formatters are costly to build (most of the time of listing thousands of incidents went there) and
-    // ISO8601DateFormatter is documented thread-safe, so one of each is shared.
-    nonisolated(unsafe) private static let withFraction: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return f
-    }()
-    nonisolated(unsafe) private static let withoutFraction: ISO8601DateFormatter = {
-        let f = ISO8601DateFormatter()
-        f.formatOptions = [.withInternetDateTime]
-        return f
-    }()
-
-    static func parseRFC3339(_ text: String) -> Date? {
-        withFraction.date(from: text) ?? withoutFraction.date(from: text)
-    }
+    static func parseRFC3339(_ text: String) -> Date? { RFC3339.date(from: text) }
 }
 
 extension Date {

@@ -111,14 +111,27 @@ public final class IncidentStore: Sendable {
         }
         let row = try StoredRow(incident, path: path)
         let changed = try write("update incident \(id)") { db in
-            try db.execute(sql: """
-                UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
-                       core_path = ?, core_bytes = ?, body = ?
-                WHERE id = ?
-                """, arguments: row.arguments + [id])
+            try db.execute(sql: Self.updateSQL, arguments: row.arguments + [id])
             return db.changesCount
         }
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
+    }
+
+    /// Changes the stored incident `id` in one write transaction (read, change, write back), for an incident
+    /// whose writer no longer holds it. Throws `.notFound` when there is none.
+    public func modify(id: Int64, _ change: @escaping @Sendable (inout Incident) -> Void) throws {
+        let path = self.path
+        try write("modify incident \(id)") { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]) else {
+                throw StoreError(.notFound, path: path, "no incident \(id)")
+            }
+            let columns = IncidentCodec.Columns(id: row["id"], service: row["service"], pid: row["pid"],
+                                                detectedAtMs: row["detected_at"], outcome: row["outcome"])
+            var incident = try IncidentCodec.decode(row["body"], columns: columns)
+            change(&incident)
+            let stored = try StoredRow(incident, path: path)
+            try db.execute(sql: Self.updateSQL, arguments: stored.arguments + [id])
+        }
     }
 
     /// Removes one incident (retention). Returns false when there was none with that id.
@@ -192,6 +205,11 @@ public final class IncidentStore: Sendable {
     // MARK: Plumbing
 
     static let columns = "id, service, pid, detected_at, outcome, body"
+    private static let updateSQL = """
+        UPDATE incident SET service = ?, pid = ?, cause_kind = ?, detected_at = ?, outcome = ?, signature = ?,
+               core_path = ?, core_bytes = ?, body = ?
+        WHERE id = ?
+        """
 
     private static func filter(service: String?, since: Date?, until: Date?) -> (String, [any DatabaseValueConvertible]) {
         var clauses: [String] = []

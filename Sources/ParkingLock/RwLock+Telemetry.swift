@@ -60,9 +60,8 @@ extension RwLock {
         let holders = withUnsafeTemporaryAllocation(of: defib_read_holder.self, capacity: limit) { rows in
             total = defib_read_holders(holdID, rows.baseAddress, limit, &trackedDepth)
             return rows.prefix(min(total, limit)).map { row in
-                LockReadHolder(tid: row.tid, depth: Int(row.depth), sinceMonotonicNs: row.since_ns,
-                               sinceUnixMs: nowUnixMs - Int64((nowMonotonic &- min(row.since_ns, nowMonotonic)) / 1_000_000),
-                               threadExited: row.exited != 0)
+                LockReadHolder(tid: row.tid, depth: UInt16(clamping: row.depth), threadExited: row.exited != 0, sinceMonotonicNs: row.since_ns,
+                               sinceUnixMs: nowUnixMs - Int64((nowMonotonic &- min(row.since_ns, nowMonotonic)) / 1_000_000))
             }
         }
         let listed = holders.count
@@ -73,8 +72,7 @@ extension RwLock {
     }
 
     func didAcquireWrite(label: String) {
-        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
-                                sinceUnixMs: defib_realtime_ms())
+        let holder = LockHolder.callingThread(label: label)
         telemetry.withLock { t in
             t.holder = holder
             t.holderWaitingForReaders = false
@@ -86,8 +84,7 @@ extension RwLock {
     /// pending writer from now on. The recorder learns it with the next slot write: the writer's
     /// `parked-write-for-readers` event if it has to sleep, its acquisition if the readers leave first.
     func notePendingWriter(label: String) {
-        let holder = LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(),
-                                sinceUnixMs: defib_realtime_ms())
+        let holder = LockHolder.callingThread(label: label)
         telemetry.withLock { t in
             t.holder = holder
             t.holderWaitingForReaders = true
@@ -197,7 +194,7 @@ extension RwLock {
             updatedMonotonicNs: defib_monotonic_ns(), updatedUnixMs: defib_realtime_ms(),
             eventCount: slot.eventCount, pinnedWriteTimeout: slot.pinnedWriteTimeout,
             pinnedWriteWhileHoldingRead: slot.pinnedWriteWhileHoldingRead,
-            readHolders: holders.map(Self.recorded), moreReadHolders: UInt32(clamping: more))
+            readHolders: holders, moreReadHolders: UInt32(clamping: more))
         slot.writer.writeSlot(slot.index, image: image, event: event.map { ($0, ordinal!) }, pinned: slot.pinnedDirty)
         slot.pinnedDirty = false
     }
@@ -219,9 +216,11 @@ extension RwLock {
         }
     }
 
-    private static func recorded(_ h: LockReadHolder) -> FlightRecord.ReadHolder {
-        FlightRecord.ReadHolder(tid: h.tid, depth: UInt16(clamping: h.depth), threadExited: h.threadExited,
-                                sinceMonotonicNs: h.sinceMonotonicNs, sinceUnixMs: h.sinceUnixMs)
-    }
+}
 
+extension LockHolder {
+    /// The calling thread as a write holder from now on, under `label`.
+    static func callingThread(label: String) -> LockHolder {
+        LockHolder(label: label, tid: defib_lock_tid(), sinceMonotonicNs: defib_monotonic_ns(), sinceUnixMs: defib_realtime_ms())
+    }
 }

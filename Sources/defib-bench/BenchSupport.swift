@@ -71,16 +71,10 @@ func childPIDs(of pid: Int32) -> [Int32] {
 struct MachineState: Codable, Equatable {
     /// Online CPUs.
     var nproc: Int
-    /// MemTotal in bytes.
-    var memTotalBytes: Int64
-    /// MemAvailable in bytes.
-    var memAvailableBytes: Int64
-    /// MemFree in bytes.
-    var memFreeBytes: Int64
-    /// Page cache (Cached) in bytes.
-    var cachedBytes: Int64
-    /// Dirty page cache not yet written back, in bytes.
-    var dirtyBytes: Int64
+    /// MemTotal, MemAvailable and MemFree, in bytes.
+    var memTotalBytes, memAvailableBytes, memFreeBytes: Int64
+    /// Page cache (Cached), and the part of it dirty (not yet written back), in bytes.
+    var cachedBytes, dirtyBytes: Int64
     /// Load averages over 1, 5 and 15 minutes.
     var load: [Double]
     /// uname -r.
@@ -145,11 +139,7 @@ struct MachineState: Codable, Equatable {
 // MARK: - files and time
 
 /// Wall-clock time as ISO 8601 in UTC, for the report's dates.
-func isoNow() -> String {
-    let f = ISO8601DateFormatter()
-    f.formatOptions = [.withInternetDateTime]
-    return f.string(from: Date())
-}
+func isoNow() -> String { RFC3339.string(Date(), fractionalSeconds: false) }
 
 /// Creates `path` and its parents.
 func makeDirectories(_ path: String) throws {

@@ -3,10 +3,7 @@ import Foundation
 /// The core part's section of REPORT.md. Pure.
 enum CoreMarkdown {
     static func render(_ r: CoreReport) -> String {
-        var md = "## Core capture: native writer vs gcore vs the kernel's dump\n\n"
-        md += "Started \(r.startedAt), finished \(r.finishedAt). \(r.gdbVersion).\n\n"
-        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
-            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
+        var md = r.sectionHeading("Core capture: native writer vs gcore vs the kernel's dump", note: "\(r.gdbVersion).")
         md += """
         How it was measured:
         - The reference proxy (`defib-proxy`, release build) in two kinds: idle, and grown with `--ballast 512 --extra-threads 8` \

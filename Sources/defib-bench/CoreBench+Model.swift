@@ -111,17 +111,11 @@ struct ScenarioResult: Codable, Equatable {
     func summary(_ method: String) -> MethodSummary? { summaries.first { $0.method == method } }
 }
 
-/// bench/core.json: the envelope every part writes (part, status, reason, targets, markdown) plus the figures.
-struct CoreReport: Codable {
-    var part = "core"
-    /// "ok", or "FAIL" when the part could not run.
-    var status: String
-    /// Why it could not run.
-    var reason: String?
-    var startedAt: String
-    var finishedAt: String
-    var machineBefore: MachineState
-    var machineAfter: MachineState
+/// bench/core.json: the envelope every part writes plus these figures.
+typealias CoreReport = BenchReport<CoreFigures>
+
+/// The core part's figures.
+struct CoreFigures: Codable {
     /// `gdb --version`, first line.
     var gdbVersion: String
     /// Timed repetitions per method and scenario.
@@ -129,12 +123,9 @@ struct CoreReport: Codable {
     /// Untimed captures per method before the timed ones.
     var warmups: Int
     var scenarios: [ScenarioResult]
-    var targets: [TargetCheck]
-    /// This part's section of REPORT.md.
-    var markdown: String
 }
 
-/// The targets, checked against the figures. Pure.
+/// The core capture's targets, checked against the figures. Pure.
 enum CoreTargets {
     /// The targets: idle: native ≥ 20× faster than gcore; 512 MiB: native ≥ 5× faster than gcore and faster than
     /// the kernel's dump; native core no larger than 1.1× the kernel's (file size and allocated size, both

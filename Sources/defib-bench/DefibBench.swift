@@ -38,6 +38,27 @@ struct PartOptions: ParsableArguments {
     }
 }
 
+/// defib's heartbeat in the parts that run it (`defib run --interval/--deadline`).
+struct HeartbeatOptions: ParsableArguments {
+    @Option(help: "defib's heartbeat interval in ms (defib run --interval).")
+    var interval: Int = 100
+
+    @Option(help: "defib's hang deadline in ms (defib run --deadline).")
+    var deadline: Int = 1000
+
+    func validate() throws {
+        guard interval > 0 else { throw ValidationError("--interval must be positive, got \(interval)") }
+        guard deadline > interval else { throw ValidationError("--deadline (\(deadline)) must exceed --interval (\(interval))") }
+    }
+}
+
+/// `value` within `range`, else an error naming the option: "--reps must be 1…50, got 0".
+func requireRange(_ value: Int, _ range: ClosedRange<Int>, _ option: String, unit: String = "") throws {
+    guard range.contains(value) else {
+        throw ValidationError("\(option) must be \(range.lowerBound)…\(range.upperBound)\(unit.isEmpty ? "" : " " + unit), got \(value)")
+    }
+}
+
 /// Progress on stderr, unbuffered, so a long run shows where it is.
 func progress(_ line: String) {
     FileHandle.standardError.write(Data((line + "\n").utf8))
@@ -76,10 +97,10 @@ struct CoreCommand: ParsableCommand {
     var budgetMs: Int = 120_000
 
     func validate() throws {
-        guard (1...50).contains(reps) else { throw ValidationError("--reps must be 1…50, got \(reps)") }
-        guard (0...5).contains(warmups) else { throw ValidationError("--warmups must be 0…5, got \(warmups)") }
-        guard (1...16384).contains(ballast) else { throw ValidationError("--ballast must be 1…16384 MiB, got \(ballast)") }
-        guard (0...256).contains(extraThreads) else { throw ValidationError("--extra-threads must be 0…256, got \(extraThreads)") }
+        try requireRange(reps, 1...50, "--reps")
+        try requireRange(warmups, 0...5, "--warmups")
+        try requireRange(ballast, 1...16384, "--ballast", unit: "MiB")
+        try requireRange(extraThreads, 0...256, "--extra-threads")
         guard budgetMs > 0 else { throw ValidationError("--budget-ms must be positive, got \(budgetMs)") }
     }
 
@@ -105,9 +126,9 @@ struct CoreCommand: ParsableCommand {
         let idle = bench.run(.init(id: "idle", title: "Idle proxy", ballastMB: 0, extraThreads: 0))
         let big = bench.run(.init(id: "ballast", title: "Proxy grown to \(ballast) MiB RSS with \(extraThreads) extra threads",
                                   ballastMB: ballast, extraThreads: extraThreads))
-        var report = CoreReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore,
-                                machineAfter: MachineState.now(), gdbVersion: gdbVersion, reps: reps, warmups: warmups,
-                                scenarios: [idle, big], targets: CoreTargets.evaluate(idle: idle, ballast: big), markdown: "")
+        var report = CoreReport(part: "core", startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore, machineAfter: MachineState.now(),
+                                figures: CoreFigures(gdbVersion: gdbVersion, reps: reps, warmups: warmups, scenarios: [idle, big]))
+        report.targets = CoreTargets.evaluate(idle: idle, ballast: big)
         if idle.samples.isEmpty && big.samples.isEmpty {
             report.status = "FAIL"
             report.reason = "no capture ran: \(idle.error ?? "") \(big.error ?? "")"
@@ -151,18 +172,12 @@ struct OverheadCommand: ParsableCommand {
     @Option(help: "Start-up measurements of defib and of the proxy alone (the measured run adds one for defib).")
     var startupRuns: Int = 3
 
-    @Option(help: "Heartbeat interval in ms (defib run --interval).")
-    var interval: Int = 100
-
-    @Option(help: "Hang deadline in ms (defib run --deadline).")
-    var deadline: Int = 1000
+    @OptionGroup var heartbeat: HeartbeatOptions
 
     func validate() throws {
-        guard (1...3600).contains(duration) else { throw ValidationError("--duration must be 1…3600 s, got \(duration)") }
-        guard (0...60).contains(settle) else { throw ValidationError("--settle must be 0…60 s, got \(settle)") }
-        guard (0...20).contains(startupRuns) else { throw ValidationError("--startup-runs must be 0…20, got \(startupRuns)") }
-        guard interval > 0 else { throw ValidationError("--interval must be positive, got \(interval)") }
-        guard deadline > interval else { throw ValidationError("--deadline (\(deadline)) must exceed --interval (\(interval))") }
+        try requireRange(duration, 1...3600, "--duration", unit: "s")
+        try requireRange(settle, 0...60, "--settle", unit: "s")
+        try requireRange(startupRuns, 0...20, "--startup-runs")
     }
 
     func run() throws {
@@ -181,12 +196,11 @@ struct OverheadCommand: ParsableCommand {
             try failPart("overhead", reason: "\(error)", startedAt: startedAt, outDirectory: options.out)
         }
         defer { removeTree(work) }
-        var report = OverheadReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: "", machineBefore: machineBefore,
-                                    machineAfter: machineBefore, intervalMs: interval, deadlineMs: deadline, settleSeconds: settle,
-                                    defibReadyMs: [], proxyReadyMs: [], defib: nil, proxy: nil, targets: [], markdown: "")
-        let bench = OverheadBench(defib: defibPath, proxy: proxy, workDirectory: work, intervalMs: interval, deadlineMs: deadline,
+        var report = OverheadReport(part: "overhead", startedAt: startedAt, finishedAt: "", machineBefore: machineBefore, machineAfter: machineBefore,
+                                    figures: OverheadFigures(intervalMs: heartbeat.interval, deadlineMs: heartbeat.deadline, settleSeconds: settle))
+        let bench = OverheadBench(defib: defibPath, proxy: proxy, workDirectory: work, intervalMs: heartbeat.interval, deadlineMs: heartbeat.deadline,
                                   durationSeconds: duration, settleSeconds: settle, startupRuns: startupRuns, log: progress)
-        progress("overhead: defib \(defibPath), \(duration) s window at --interval \(interval)")
+        progress("overhead: defib \(defibPath), \(duration) s window at --interval \(heartbeat.interval)")
         do { try bench.run(into: &report) } catch {
             report.status = "FAIL"
             report.reason = "\(error)"

@@ -12,9 +12,7 @@ struct UsageWindow: Codable, Equatable {
     /// Clock ticks per second (sysconf(_SC_CLK_TCK)).
     var ticksPerSecond: Int
     /// VmRSS sampled once a second: smallest, largest, last.
-    var rssMinBytes: Int64
-    var rssMaxBytes: Int64
-    var rssEndBytes: Int64
+    var rssMinBytes, rssMaxBytes, rssEndBytes: Int64
     /// VmHWM at the end: the peak since the process started (start-up included).
     var hwmBytes: Int64
     /// Threads at the end.
@@ -26,15 +24,11 @@ struct UsageWindow: Codable, Equatable {
     var cpuPercent: Double { seconds > 0 ? Double(cpuTicks) / Double(ticksPerSecond) / seconds * 100 : 0 }
 }
 
-/// bench/overhead.json: the envelope (part, status, reason, targets, markdown) plus the figures.
-struct OverheadReport: Codable {
-    var part = "overhead"
-    var status: String
-    var reason: String?
-    var startedAt: String
-    var finishedAt: String
-    var machineBefore: MachineState
-    var machineAfter: MachineState
+/// bench/overhead.json: the envelope every part writes plus these figures.
+typealias OverheadReport = BenchReport<OverheadFigures>
+
+/// The overhead part's figures.
+struct OverheadFigures: Codable {
     /// `defib run --interval`.
     var intervalMs: Int
     /// `defib run --deadline`.
@@ -42,15 +36,13 @@ struct OverheadReport: Codable {
     /// Seconds between READY=1 and the start of the window.
     var settleSeconds: Int
     /// Each launch of `defib run … -- defib-proxy`: ms from spawning defib to its READY=1.
-    var defibReadyMs: [Double]
+    var defibReadyMs: [Double] = []
     /// Each launch of `defib-proxy` alone: ms from spawning it to its first "pong".
-    var proxyReadyMs: [Double]
+    var proxyReadyMs: [Double] = []
     /// defib over the window.
     var defib: UsageWindow?
     /// The supervised proxy over the same window, for reference.
     var proxy: UsageWindow?
-    var targets: [TargetCheck]
-    var markdown: String
 }
 
 /// defib supervising the idle proxy at a 10 Hz heartbeat: what the supervisor itself costs.
@@ -222,10 +214,7 @@ enum OverheadChecks {
 /// The overhead part's section of REPORT.md. Pure.
 enum OverheadMarkdown {
     static func render(_ r: OverheadReport) -> String {
-        var md = "## The supervisor's own cost\n\n"
-        md += "Started \(r.startedAt), finished \(r.finishedAt).\n\n"
-        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
-            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
+        var md = r.sectionHeading("The supervisor's own cost", note: "")
         let window = r.defib.map { String(format: "%.0f s", $0.seconds) } ?? "–"
         md += """
         How it was measured: `defib run --interval \(r.intervalMs) --deadline \(r.deadlineMs) -- defib-proxy --listen 127.0.0.1:PORT …` \

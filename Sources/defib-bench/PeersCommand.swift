@@ -48,26 +48,20 @@ struct PeersCommand: ParsableCommand {
     @Option(help: "Directory of the config templates.")
     var templates: String = "bench/peers"
 
-    @Option(help: "defib's heartbeat interval in ms (defib run --interval).")
-    var interval: Int = 100
-
-    @Option(help: "defib's hang deadline in ms (defib run --deadline).")
-    var deadline: Int = 1000
+    @OptionGroup var heartbeat: HeartbeatOptions
 
     @Flag(help: "Keep the work directory (logs, configs, state) for inspection.")
     var keepWork = false
 
     func validate() throws {
         _ = try PeerID.parseList(peers)
-        guard (1...50).contains(reps) else { throw ValidationError("--reps must be 1…50, got \(reps)") }
-        guard (0...50).contains(supervisordReps) else { throw ValidationError("--supervisord-reps must be 0…50, got \(supervisordReps)") }
+        try requireRange(reps, 1...50, "--reps")
+        try requireRange(supervisordReps, 0...50, "--supervisord-reps")
         guard rate > 0 && rate <= 2000 else { throw ValidationError("--rate must be in (0, 2000] requests/s, got \(rate)") }
         guard requestTimeoutMs > 0 else { throw ValidationError("--request-timeout-ms must be positive, got \(requestTimeoutMs)") }
-        guard (5...600).contains(bound) else { throw ValidationError("--bound must be 5…600 s, got \(bound)") }
-        guard (1...600).contains(usageSeconds) else { throw ValidationError("--usage-seconds must be 1…600, got \(usageSeconds)") }
-        guard (100...30_000).contains(warmupMs) else { throw ValidationError("--warmup-ms must be 100…30000, got \(warmupMs)") }
-        guard interval > 0 else { throw ValidationError("--interval must be positive, got \(interval)") }
-        guard deadline > interval else { throw ValidationError("--deadline (\(deadline)) must exceed --interval (\(interval))") }
+        try requireRange(bound, 5...600, "--bound", unit: "s")
+        try requireRange(usageSeconds, 1...600, "--usage-seconds")
+        try requireRange(warmupMs, 100...30_000, "--warmup-ms")
     }
 
     func run() throws {
@@ -105,7 +99,7 @@ struct PeersCommand: ParsableCommand {
         let gdbVersion = toolVersion(["gdb", "--version"], work: work)
         let corePattern = (readTextFile("/proc/sys/kernel/core_pattern") ?? "?").trimmingCharacters(in: .whitespacesAndNewlines)
         let settings = PeersSettings(reps: reps, supervisordReps: supervisordReps, ratePerSecond: rate, requestTimeoutMs: Double(requestTimeoutMs),
-                                     boundSeconds: bound, usageSeconds: usageSeconds, defibIntervalMs: interval, defibDeadlineMs: deadline,
+                                     boundSeconds: bound, usageSeconds: usageSeconds, defibIntervalMs: heartbeat.interval, defibDeadlineMs: heartbeat.deadline,
                                      proxyArguments: "--route \(PeerRunner.appHost)=127.0.0.1:BACKEND --control-socket DIR/control.sock",
                                      gdbVersion: gdbVersion, corePattern: corePattern)
         let runner = PeerRunner(settings: settings, workDirectory: work, warmupMs: warmupMs, log: progress)
@@ -124,7 +118,7 @@ struct PeersCommand: ParsableCommand {
             let usage = !measuredUsage.contains(id.supervisor)
             switch id {
             case .defibNative, .defibGcore, .defibNone, .defibListen:
-                let config = "`defib run --interval \(interval) --deadline \(deadline) --capture \(DefibPeerSession.captureMethod(id))`"
+                let config = "`defib run --interval \(heartbeat.interval) --deadline \(heartbeat.deadline) --capture \(DefibPeerSession.captureMethod(id))`"
                     + (id.socketPassed ? " with `--socket http=127.0.0.1:PORT` (defib binds the port once and passes it to every instance)"
                         : ", the proxy binding `--listen 127.0.0.1:PORT` itself")
                     + "; defaults otherwise (gdb stacks after the restart; restart backoff 100 ms doubling, reset after 60 s healthy). "
@@ -132,7 +126,7 @@ struct PeersCommand: ParsableCommand {
                 results.append(runner.run(id, reps: reps, measureUsage: usage, freshSessionPerRep: true, version: defibVersion,
                                           configuration: config) { rep in
                     try DefibPeerSession(id: id, defib: defibPath, proxy: proxy, directory: "\(work)/\(id.rawValue)/rep-\(rep)",
-                                         backendPort: backend.port, intervalMs: interval, deadlineMs: deadline)
+                                         backendPort: backend.port, intervalMs: heartbeat.interval, deadlineMs: heartbeat.deadline)
                 })
             case .monit:
                 let config = "`monit -I -c monitrc`: `set daemon 1`; `check process` by pid file; `if failed unixsocket control.sock send \"ping monit\\n\" "
@@ -187,12 +181,12 @@ struct PeersCommand: ParsableCommand {
                              "peer-proxy.service", "peer-proxy-listen.service", "supervisord.conf"]
             .map { (name: $0, text: readTextFile("\(templatesDir)/\($0)") ?? "(missing)") }
         let defibCommand = DefibPeerSession.argv(.defibNative, defib: "defib", proxy: "defib-proxy", stateDirectory: "STATE",
-                                                 controlSocket: "DIR/control.sock", port: 0, backendPort: 0, intervalMs: interval,
-                                                 deadlineMs: deadline).joined(separator: " ")
+                                                 controlSocket: "DIR/control.sock", port: 0, backendPort: 0, intervalMs: heartbeat.interval,
+                                                 deadlineMs: heartbeat.deadline).joined(separator: " ")
             .replacingOccurrences(of: "http=127.0.0.1:0", with: "http=127.0.0.1:PORT")
             .replacingOccurrences(of: "=127.0.0.1:0", with: "=127.0.0.1:BACKEND")
-        var report = PeersReport(status: "ok", reason: nil, startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore,
-                                 machineAfter: MachineState.now(), settings: settings, peers: results, targets: [], markdown: "")
+        var report = PeersReport(part: "peers", startedAt: startedAt, finishedAt: isoNow(), machineBefore: machineBefore, machineAfter: MachineState.now(),
+                                 figures: PeersFigures(settings: settings, peers: results))
         report.targets = PeersChecks.evaluate(results, boundSeconds: bound)
         if results.allSatisfy({ $0.status != "ok" }) {
             report.status = "FAIL"

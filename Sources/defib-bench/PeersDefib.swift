@@ -6,9 +6,7 @@ import Glibc
 /// `defib run … -- defib-proxy …`: a row for each capture method, and one where the proxy binds its own port.
 final class DefibPeerSession: PeerSession {
     let id: PeerID
-    let port: Int
-    let controlSocket: String
-    let proxyBinary: String
+    let proxy: PeerProxy
     let heartbeat: String
     private(set) var notes: [String] = []
     private let defib: String
@@ -38,13 +36,13 @@ final class DefibPeerSession: PeerSession {
     }
 
     init(id: PeerID, defib: String, proxy: String, directory: String, backendPort: Int, intervalMs: Int, deadlineMs: Int) throws {
-        self.id = id; self.defib = defib; self.directory = directory; proxyBinary = proxy
+        self.id = id; self.defib = defib; self.directory = directory
         stateDirectory = directory + "/state"
-        controlSocket = directory + "/control.sock"
         heartbeat = "a `ping` on the control socket every \(intervalMs) ms, hang after \(deadlineMs) ms of silence"
         try makeDirectories(directory)
-        port = try freeLoopbackPort()
-        let argv = Self.argv(id, defib: defib, proxy: proxy, stateDirectory: stateDirectory, controlSocket: controlSocket, port: port,
+        let endpoint = try PeerProxy.inDirectory(directory, binary: proxy)
+        self.proxy = endpoint
+        let argv = Self.argv(id, defib: defib, proxy: proxy, stateDirectory: stateDirectory, controlSocket: endpoint.controlSocket, port: endpoint.port,
                              backendPort: backendPort, intervalMs: intervalMs, deadlineMs: deadlineMs)
         child = try ManagedChild(name: "defib run (\(id.rawValue))", argv: argv, workingDirectory: directory, logPath: directory + "/defib.log",
                                  removing: ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID",

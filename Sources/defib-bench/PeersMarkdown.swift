@@ -58,10 +58,8 @@ enum PeersMarkdown {
     /// `templates`: the config files of bench/peers/ by name, quoted in the report.
     static func render(_ r: PeersReport, defibCommand: String, templates: [(name: String, text: String)]) -> String {
         let s = r.settings
-        var md = "## Peer comparison: defib vs monit, systemd's watchdog and supervisord\n\n"
-        md += "Started \(r.startedAt), finished \(r.finishedAt). **One run on one machine; medians and ratios.**\n\n"
-        md += "Machine before: \(r.machineBefore.summary).  \nMachine after: \(r.machineAfter.summary).  \n"
-            + MachineState.pressureLine(from: r.machineBefore, to: r.machineAfter) + "\n\n"
+        var md = r.sectionHeading("Peer comparison: defib vs monit, systemd's watchdog and supervisord",
+                                  note: "**One run on one machine; medians and ratios.**")
         md += """
         How it was measured:
         - The same release `defib-proxy` (`\(s.proxyArguments)`, plus `--listen 127.0.0.1:PORT` where it binds its own port, \

@@ -170,8 +170,7 @@ struct SupervisorUsage: Codable, Equatable {
     /// CPU time of those processes in the window (clock_getcpuclockid: every thread, ns resolution), in ns.
     var cpuNs: Int64
     /// VmRSS summed over the processes, sampled once a second: largest and last.
-    var rssMaxBytes: Int64
-    var rssEndBytes: Int64
+    var rssMaxBytes, rssEndBytes: Int64
     /// What the heartbeat was during the window.
     var heartbeat: String
 
@@ -203,61 +202,43 @@ func percentile(_ values: [Double], _ p: Double) -> Double? {
     return sorted[min(max(rank, 1), sorted.count) - 1]
 }
 
-/// A row's figures boiled down for the table. Pure.
+/// A row's figures boiled down for the table, read off its repetitions. Pure.
 struct PeerSummary: Equatable {
-    var reps: Int
-    var recovered: Int
-    /// Over the recovered repetitions.
-    var recovery: Spread?
-    var recoveryP95: Double?
-    var oldGone: Spread?
-    var coresCaptured: Int
-    var coresUsable: Int
-    var recorded: Int
-    var refused: [Int]
-    var failed: [Int]
-    var timedOut: [Int]
-    var hangShown: Int
-    var problems: Int
+    let row: PeerResult
+    init(_ row: PeerResult) { self.row = row }
 
-    init(_ r: PeerResult) {
-        reps = r.reps.count
-        let times = r.reps.compactMap(\.window.recoveryMs)
-        recovered = times.count
-        recovery = Spread(times)
-        recoveryP95 = percentile(times, 95)
-        oldGone = Spread(r.reps.compactMap(\.oldGoneMs))
-        coresCaptured = r.reps.filter { $0.core != nil }.count
-        coresUsable = r.reps.filter { $0.core?.usable == true }.count
-        recorded = r.reps.filter(\.recorded).count
-        refused = r.reps.map(\.window.refused)
-        failed = r.reps.map(\.window.failed)
-        timedOut = r.reps.map(\.window.timedOut)
-        hangShown = r.reps.filter(\.window.hangShown).count
-        problems = r.reps.reduce(0) { $0 + $1.problems.count }
-    }
+    var reps: Int { row.reps.count }
+    /// The recovery times of the repetitions that recovered.
+    var recoveryTimes: [Double] { row.reps.compactMap(\.window.recoveryMs) }
+    var recovered: Int { recoveryTimes.count }
+    /// Over the recovered repetitions.
+    var recovery: Spread? { Spread(recoveryTimes) }
+    var recoveryP95: Double? { percentile(recoveryTimes, 95) }
+    var oldGone: Spread? { Spread(row.reps.compactMap(\.oldGoneMs)) }
+    var coresCaptured: Int { row.reps.filter { $0.core != nil }.count }
+    var coresUsable: Int { row.reps.filter { $0.core?.usable == true }.count }
+    var recorded: Int { row.reps.filter(\.recorded).count }
+    var refused: [Int] { row.reps.map(\.window.refused) }
+    var failed: [Int] { row.reps.map(\.window.failed) }
+    var timedOut: [Int] { row.reps.map(\.window.timedOut) }
+    var hangShown: Int { row.reps.filter(\.window.hangShown).count }
+    var problems: Int { row.reps.reduce(0) { $0 + $1.problems.count } }
 }
 
-/// bench/peers.json: the envelope (part, status, reason, targets, markdown) plus every row's figures.
-struct PeersReport: Codable {
-    var part = "peers"
-    var status: String
-    var reason: String?
-    var startedAt: String
-    var finishedAt: String
-    var machineBefore: MachineState
-    var machineAfter: MachineState
+/// bench/peers.json: the envelope every part writes plus every row's figures.
+typealias PeersReport = BenchReport<PeersFigures>
+
+/// The peers part's figures.
+struct PeersFigures: Codable {
     /// The settings of the run.
     var settings: PeersSettings
     var peers: [PeerResult]
-    var targets: [TargetCheck]
-    var markdown: String
 }
 
 /// How the run was made (quoted in the report).
 struct PeersSettings: Codable, Equatable {
-    var reps: Int
-    var supervisordReps: Int
+    /// Fault injections per row, and for supervisord (each waits out the whole bound).
+    var reps, supervisordReps: Int
     /// Open-loop load, requests per second, each on a new connection.
     var ratePerSecond: Double
     /// A request with no complete response after this long is a timeout.
@@ -267,8 +248,7 @@ struct PeersSettings: Codable, Equatable {
     /// The supervisor-cost window.
     var usageSeconds: Int
     /// `defib run --interval` and `--deadline`.
-    var defibIntervalMs: Int
-    var defibDeadlineMs: Int
+    var defibIntervalMs, defibDeadlineMs: Int
     /// The proxy's arguments common to every row.
     var proxyArguments: String
     /// gdb's version line.

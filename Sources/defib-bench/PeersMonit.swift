@@ -25,9 +25,7 @@ struct PeerTemplates {
 /// `monit -I -c DIR/monitrc` as our child: a 1 s cycle, the proxy's control-socket ping, gcore + restart on failure.
 final class MonitPeerSession: PeerSession {
     let id = PeerID.monit
-    let port: Int
-    let controlSocket: String
-    let proxyBinary: String
+    let proxy: PeerProxy
     let heartbeat = "a 1 s cycle (`set daemon 1`): connect to the control socket, send `ping monit`, expect `pong monit`, timeout 1 s"
     private(set) var notes: [String] = []
     private let directory: String
@@ -40,13 +38,13 @@ final class MonitPeerSession: PeerSession {
     }
 
     init(monitPath: String, proxy: String, directory: String, templates: PeerTemplates, backendPort: Int) throws {
-        self.directory = directory; proxyBinary = proxy
+        self.directory = directory
         removeTree(directory)
         try makeDirectories(directory + "/cores")
-        port = try freeLoopbackPort()
-        controlSocket = directory + "/control.sock"
+        let endpoint = try PeerProxy.inDirectory(directory, binary: proxy)
+        self.proxy = endpoint
         let values = ["DIR": directory, "PROXY": proxy,
-                      "PROXY_ARGS": Self.proxyArguments(port: port, backendPort: backendPort, controlSocket: controlSocket)]
+                      "PROXY_ARGS": Self.proxyArguments(port: endpoint.port, backendPort: backendPort, controlSocket: endpoint.controlSocket)]
         // monit refuses a control file others can read.
         try templates.render("monitrc", to: directory + "/monitrc", values: values, mode: 0o600)
         try templates.render("monit-start-proxy.sh", to: directory + "/start-proxy.sh", values: values, mode: 0o755)
@@ -151,9 +149,7 @@ final class MonitPeerSession: PeerSession {
 /// the hung proxy is killed by pid and supervisord starts a new one.
 final class SupervisordPeerSession: PeerSession {
     let id = PeerID.supervisord
-    let port: Int
-    let controlSocket: String
-    let proxyBinary: String
+    let proxy: PeerProxy
     let heartbeat = "none: supervisord learns of its child's exit (SIGCHLD) and nothing else"
     private(set) var notes: [String] = []
     private let directory: String
@@ -161,13 +157,13 @@ final class SupervisordPeerSession: PeerSession {
     private var logOffset = 0
 
     init(supervisordPath: String, proxy: String, directory: String, templates: PeerTemplates, backendPort: Int) throws {
-        self.directory = directory; proxyBinary = proxy
+        self.directory = directory
         removeTree(directory)
         try makeDirectories(directory)
-        port = try freeLoopbackPort()
-        controlSocket = directory + "/control.sock"
+        let endpoint = try PeerProxy.inDirectory(directory, binary: proxy)
+        self.proxy = endpoint
         let values = ["DIR": directory, "PROXY": proxy,
-                      "PROXY_ARGS": MonitPeerSession.proxyArguments(port: port, backendPort: backendPort, controlSocket: controlSocket)]
+                      "PROXY_ARGS": MonitPeerSession.proxyArguments(port: endpoint.port, backendPort: backendPort, controlSocket: endpoint.controlSocket)]
         try templates.render("supervisord.conf", to: directory + "/supervisord.conf", values: values, mode: 0o600)
         supervisord = try ManagedChild(name: "supervisord", argv: [supervisordPath, "-n", "-c", directory + "/supervisord.conf"],
                                        workingDirectory: directory, logPath: directory + "/supervisord.out")

@@ -7,15 +7,32 @@ import Glibc
 
 /// One supervisor running the proxy, as the repetitions see it. Each peer (defib, monit, systemd, supervisord)
 /// implements it; the runner does the rest the same way for all of them.
+/// A row's proxy as the runner reaches it.
+struct PeerProxy {
+    /// The proxy's HTTP port on 127.0.0.1.
+    var port: Int
+    /// The proxy's control socket (fault injection, pings), as a path on this machine.
+    var controlSocket: String
+    /// The proxy binary, for gdb.
+    var binary: String
+
+    /// A free loopback port, and the control socket in `directory`.
+    static func inDirectory(_ directory: String, binary: String) throws -> PeerProxy {
+        PeerProxy(port: try freeLoopbackPort(), controlSocket: directory + "/control.sock", binary: binary)
+    }
+}
+
+extension PeerSession {
+    var port: Int { proxy.port }
+    var controlSocket: String { proxy.controlSocket }
+    var proxyBinary: String { proxy.binary }
+}
+
 protocol PeerSession: AnyObject {
     /// The row.
     var id: PeerID { get }
-    /// The proxy's HTTP port on 127.0.0.1.
-    var port: Int { get }
-    /// The proxy's control socket (fault injection, pings), as a path on this machine.
-    var controlSocket: String { get }
-    /// The proxy binary, for gdb.
-    var proxyBinary: String { get }
+    /// The supervised proxy: its port, control socket and binary.
+    var proxy: PeerProxy { get }
     /// The supervisor's own processes, for its CPU and RSS.
     func supervisorProcesses() -> [(name: String, pid: Int32)]
     /// The heartbeat in words ("a ping every 100 ms").
@@ -128,7 +145,7 @@ struct PeerRunner {
             if let pid = session.proxyPID() {
                 switch ControlRequest.roundTrip(path: session.controlSocket, line: "ping bench", timeoutMs: 1000) {
                 case .success("pong bench"):
-                    let status = httpStatus(port: session.port, host: Self.appHost, timeoutMs: 2000)
+                    let status = httpGetStatus(port: session.port, host: Self.appHost, timeoutMs: 2000)
                     if status == 200 { return pid }
                     last = "pid \(pid) answers ping but HTTP to 127.0.0.1:\(session.port) gave \(status.map { "status \($0)" } ?? "no response")"
                 case let .success(other): last = "pid \(pid) answered '\(other)' to 'ping bench'"
@@ -274,34 +291,6 @@ func processCPUNanoseconds(_ pid: Int32) -> Int64? {
     var ts = timespec()
     guard clock_gettime(clock, &ts) == 0 else { return nil }
     return Int64(ts.tv_sec) * 1_000_000_000 + Int64(ts.tv_nsec)
-}
-
-/// One `GET /` with `Connection: close` to 127.0.0.1:`port`: the status, nil on refusal or timeout.
-func httpStatus(port: Int, host: String, timeoutMs: Int) -> Int? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var tv = timeval(tv_sec: timeoutMs / 1000, tv_usec: (timeoutMs % 1000) * 1000)
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    var addr = sockaddr_in()
-    addr.sin_family = sa_family_t(AF_INET)
-    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-    addr.sin_port = UInt16(port).bigEndian
-    let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard rc == 0 else { return nil }
-    let request = Array("GET / HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
-    guard send(fd, request, request.count, Int32(MSG_NOSIGNAL)) == request.count else { return nil }
-    var buf = [UInt8](repeating: 0, count: 64)
-    var got: [UInt8] = []
-    while got.count < 12 {
-        let n = recv(fd, &buf, buf.count, 0)
-        if n <= 0 { break }
-        got += buf[0..<n]
-    }
-    let line = String(decoding: got, as: UTF8.self)
-    guard line.hasPrefix("HTTP/1."), line.count >= 12 else { return nil }
-    return Int(line.dropFirst(9).prefix(3))
 }
 
 /// Reaps our children that are zombies and that nobody else waits for: the proxies monit's scripts started, re-parented

@@ -156,9 +156,7 @@ final class SystemdContainer {
 /// listening socket across restarts) or binding --listen itself.
 final class SystemdPeerSession: PeerSession {
     let id: PeerID
-    let port: Int
-    let controlSocket: String
-    let proxyBinary: String
+    let proxy: PeerProxy
     let heartbeat = "`WatchdogSec=1s`: the proxy sends WATCHDOG=1 every 500 ms after a catalog read; systemd checks the deadline"
     private(set) var notes: [String] = []
     private let container: SystemdContainer
@@ -181,14 +179,14 @@ final class SystemdPeerSession: PeerSession {
         try makeDirectories("\(container.share)/units")
         try makeDirectories("\(container.share)/\(row)/cores")
         coresHere = "\(container.share)/\(row)/cores"
-        proxyBinary = "\(container.share)/bin/defib-proxy"
-        if access(proxyBinary, X_OK) != 0 {
-            do { try FileManager.default.copyItem(atPath: proxy, toPath: proxyBinary) } catch {
-                throw BenchError(kind: .io, message: "copying \(proxy) to \(proxyBinary): \(error.localizedDescription)")
+        let binary = "\(container.share)/bin/defib-proxy"
+        if access(binary, X_OK) != 0 {
+            do { try FileManager.default.copyItem(atPath: proxy, toPath: binary) } catch {
+                throw BenchError(kind: .io, message: "copying \(proxy) to \(binary): \(error.localizedDescription)")
             }
         }
-        port = try freeLoopbackPort()
-        controlSocket = "\(container.share)/\(row)/control.sock"
+        let port = try freeLoopbackPort()
+        self.proxy = PeerProxy(port: port, controlSocket: "\(container.share)/\(row)/control.sock", binary: binary)
         var args = "--route \(PeerRunner.appHost)=127.0.0.1:\(backendPort) --control-socket \(inside)/\(row)/control.sock"
         if socketUnit == nil { args = "--listen 127.0.0.1:\(port) " + args }
         let values = ["PROXY": "\(inside)/bin/defib-proxy", "PROXY_ARGS": args, "CORES": "\(inside)/\(row)/cores", "PORT": String(port)]

@@ -17,6 +17,75 @@ struct PartEnvelope: Codable, Equatable {
     var markdown: String?
 }
 
+/// bench/PART.json as a part writes it: the envelope (`PartEnvelope`'s keys, plus when the part ran and the
+/// machine before and after) and the part's own figures beside them at the top level. One type for every
+/// part; `report.NAME` reaches the figures.
+@dynamicMemberLookup
+struct BenchReport<Figures: Codable>: Codable {
+    var part: String
+    /// "ok", or "FAIL" when the part could not run.
+    var status = "ok"
+    /// Why it could not run.
+    var reason: String?
+    var startedAt: String
+    var finishedAt: String
+    var machineBefore: MachineState
+    var machineAfter: MachineState
+    var targets: [TargetCheck] = []
+    /// This part's section of REPORT.md.
+    var markdown = ""
+    var figures: Figures
+
+    init(part: String, startedAt: String, finishedAt: String, machineBefore: MachineState, machineAfter: MachineState, figures: Figures) {
+        self.part = part; self.startedAt = startedAt; self.finishedAt = finishedAt
+        self.machineBefore = machineBefore; self.machineAfter = machineAfter; self.figures = figures
+    }
+
+    /// The start of the part's section of REPORT.md: its heading, when it ran (and `note`), and the machine
+    /// before and after.
+    func sectionHeading(_ title: String, note: String) -> String {
+        "## \(title)\n\n" + "Started \(startedAt), finished \(finishedAt).\(note.isEmpty ? "" : " " + note)\n\n"
+            + "Machine before: \(machineBefore.summary).  \nMachine after: \(machineAfter.summary).  \n"
+            + MachineState.pressureLine(from: machineBefore, to: machineAfter) + "\n\n"
+    }
+
+    subscript<T>(dynamicMember keyPath: WritableKeyPath<Figures, T>) -> T {
+        get { figures[keyPath: keyPath] }
+        set { figures[keyPath: keyPath] = newValue }
+    }
+
+    enum CodingKeys: String, CodingKey { case part, status, reason, startedAt, finishedAt, machineBefore, machineAfter, targets, markdown }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        part = try c.decode(String.self, forKey: .part)
+        status = try c.decode(String.self, forKey: .status)
+        reason = try c.decodeIfPresent(String.self, forKey: .reason)
+        startedAt = try c.decode(String.self, forKey: .startedAt)
+        finishedAt = try c.decode(String.self, forKey: .finishedAt)
+        machineBefore = try c.decode(MachineState.self, forKey: .machineBefore)
+        machineAfter = try c.decode(MachineState.self, forKey: .machineAfter)
+        targets = try c.decode([TargetCheck].self, forKey: .targets)
+        markdown = try c.decode(String.self, forKey: .markdown)
+        figures = try Figures(from: decoder)
+    }
+
+    /// The envelope's keys and the figures' keys in one flat object.
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(part, forKey: .part)
+        try c.encode(status, forKey: .status)
+        try c.encodeIfPresent(reason, forKey: .reason)
+        try c.encode(startedAt, forKey: .startedAt)
+        try c.encode(finishedAt, forKey: .finishedAt)
+        try c.encode(machineBefore, forKey: .machineBefore)
+        try c.encode(machineAfter, forKey: .machineAfter)
+        try c.encode(targets, forKey: .targets)
+        try c.encode(markdown, forKey: .markdown)
+        try figures.encode(to: encoder)
+    }
+}
+
 /// Writes a part's JSON (pretty, sorted keys) to OUT/PART.json.
 func writePartJSON<T: Encodable>(_ value: T, part: String, outDirectory: String) throws {
     try makeDirectories(outDirectory)

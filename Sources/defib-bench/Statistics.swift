@@ -23,7 +23,7 @@ struct Spread: Codable, Equatable {
     }
 }
 
-/// One target of the issue, checked against the figures: the report prints PASS or FAIL for each.
+/// One target the benchmarks hold the code to, checked against the figures: the report prints PASS or FAIL for each.
 struct TargetCheck: Codable, Equatable {
     /// Short stable name ("idle.native-vs-gcore").
     var id: String

@@ -2,6 +2,7 @@ import ArgumentParser
 import DefibCore
 import DefibStore
 import Foundation
+import FlightRecorder
 
 /// `defib incidents info ID|last`: everything recorded about one incident, diagnosis first.
 struct IncidentsInfoCommand: ParsableCommand {
@@ -114,7 +115,7 @@ struct IncidentsInfoCommand: ParsableCommand {
             for l in i.lockState {
                 let word = IncidentJSON.normalizedWord(l.word) ?? l.word
                 let corrupted = IncidentJSON.normalizedWord(l.word)
-                    .flatMap { UInt64($0.dropFirst(2), radix: 16) }.map(Diagnosis.isCorrupted) ?? false
+                    .flatMap { UInt64($0.dropFirst(2), radix: 16) }.map(LockWord.isCorrupt) ?? false
                 var waiting: [String] = []
                 if let r = l.readersWaiting { waiting.append("\(r) reader\(r == 1 ? "" : "s")") }
                 if let w = l.writersWaiting { waiting.append("\(w) writer\(w == 1 ? "" : "s")") }

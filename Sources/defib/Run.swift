@@ -1,8 +1,6 @@
 import ArgumentParser
 import DefibCore
-import DefibPOSIX
 import DefibRuntime
-import DefibStore
 import Foundation
 import Logging
 
@@ -112,33 +110,15 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        // One supervisor, safe directories, a runnable program, what a dead supervisor left settled, a usable store.
-        let startup = try SupervisorStartup.prepare(cfg, logger: logger)
-        defer { startup.finish() }
-        let store = startup.store
-        // Sockets first: a port already taken is a configuration error, before any child starts.
-        var passed: [(name: String, fd: Int32)] = []
-        for spec in cfg.sockets {
-            do {
-                let socket = try ListeningSocket.bind(name: spec.name, host: spec.host, port: spec.port)
-                passed.append((socket.name, socket.fd))
-                logger.info("socket '\(spec.name)' listening on \(socket.address), passed to every instance")
-            } catch {
-                throw ValidationError("\(error)")
-            }
-        }
-        var endpoint: MetricsEndpoint?
-        if let listen = cfg.metricsListen, let address = SocketSpec.parseAddress(listen) {
-            do { endpoint = try MetricsEndpoint(host: address.host, port: address.port) } catch {
-                throw ValidationError("metrics on \(listen): \(error)")
-            }
-            logger.info("Prometheus metrics on http://\(listen)/metrics")
-        }
+        let (supervisor, endpoint) = try withSetupErrorsAsValidation { try Supervisor.make(config: cfg, signals: signals, logger: logger) }
         defer { endpoint?.close() }
-        let supervisor = try Supervisor(config: cfg, recorder: store, logger: logger, signals: signals, passedSockets: passed)
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
         if code != 0 { throw ExitCode(code) }
+    }
+
+    private func withSetupErrorsAsValidation<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SupervisorSetupError { throw ValidationError(error.description) }
     }
 }
 

@@ -69,8 +69,8 @@ struct BenchTargetTests {
         let machine = MachineState(nproc: 2, memTotalBytes: 0, memAvailableBytes: 0, memFreeBytes: 0, cachedBytes: 0, dirtyBytes: 0,
                                    load: [], kernel: "", cpuModel: "")
         func render() -> String {
-            CoreMarkdown.render(CoreReport(status: "ok", startedAt: "", finishedAt: "", machineBefore: machine, machineAfter: machine,
-                                           gdbVersion: "gdb", reps: 1, warmups: 1, scenarios: [big], targets: [], markdown: ""))
+            CoreMarkdown.render(CoreReport(part: "core", startedAt: "", finishedAt: "", machineBefore: machine, machineAfter: machine,
+                                           figures: CoreFigures(gdbVersion: "gdb", reps: 1, warmups: 1, scenarios: [big])))
         }
         big.warmupSamples = [Self.sample("native", ms: 1100, file: 700, allocated: 700), Self.sample("gcore", ms: 1100, file: 900, allocated: 900)]
         let slow = render()

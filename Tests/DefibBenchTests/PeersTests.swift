@@ -198,8 +198,8 @@ struct PeersReportTests {
         let settings = PeersSettings(reps: 3, supervisordReps: 1, ratePerSecond: 100, requestTimeoutMs: 5000, boundSeconds: 30,
                                      usageSeconds: 20, defibIntervalMs: 100, defibDeadlineMs: 1000, proxyArguments: "--route app.test=127.0.0.1:BACKEND", gdbVersion: "gdb 13",
                                      corePattern: "core")
-        var report = PeersReport(status: "ok", startedAt: "s", finishedAt: "f", machineBefore: machine, machineAfter: machine,
-                                 settings: settings, peers: Self.sample, targets: [], markdown: "")
+        var report = PeersReport(part: "peers", startedAt: "s", finishedAt: "f", machineBefore: machine, machineAfter: machine,
+                                 figures: PeersFigures(settings: settings, peers: Self.sample))
         report.peers[0].usage = SupervisorUsage(processes: ["defib pid 1"], seconds: 20, cpuNs: 40_000_000, rssMaxBytes: 30 << 20,
                                                 rssEndBytes: 29 << 20, heartbeat: "every 100 ms")
         report.targets = PeersChecks.evaluate(report.peers, boundSeconds: 30)

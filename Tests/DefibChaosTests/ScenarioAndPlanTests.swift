@@ -74,9 +74,8 @@ import Testing
     }
 
     @Test func harnessPolicyIsAValidConfigWithRaisedIntensity() throws {
-        var policy = HarnessPolicy()
-        policy.intensityMax = 2010
-        let cfg = try SupervisorConfig.parse(policy.toml, path: "supervisor.toml")
+        let policy = SupervisorConfig.chaosPolicy(intensityMax: 2010)
+        let cfg = try SupervisorConfig.parse(policy.tomlText, path: "supervisor.toml")
         #expect(cfg.heartbeat.intervalMs == 100)
         #expect(cfg.heartbeat.deadlineMs == SupervisorConfig.Heartbeat().deadlineMs)
         #expect(cfg.restart.intensityMax == 2010)

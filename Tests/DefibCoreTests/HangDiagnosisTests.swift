@@ -1,6 +1,7 @@
 import DefibCore
 import Foundation
 import Testing
+import FlightRecorder
 
 @Suite struct HangDiagnosisTests {
     static let hang = IncidentCause.missedHeartbeat(misses: 4, lastPongAt: nil, lastError: "no reply within 250 ms")
@@ -177,10 +178,10 @@ import Testing
     }
 
     @Test func corruptedWordsAreRecognised() {
-        #expect(Diagnosis.isCorrupted(0xFFFF_FFFF_FFFF_FFFE))
-        #expect(Diagnosis.isCorrupted(0xFFFF_FFFF_FFFF_FFFF))
-        #expect(!Diagnosis.isCorrupted(0x1A))
-        #expect(!Diagnosis.isCorrupted(0))
+        #expect(LockWord.isCorrupt(0xFFFF_FFFF_FFFF_FFFE))
+        #expect(LockWord.isCorrupt(0xFFFF_FFFF_FFFF_FFFF))
+        #expect(!LockWord.isCorrupt(0x1A))
+        #expect(!LockWord.isCorrupt(0))
     }
 }
 

@@ -82,29 +82,44 @@ import Testing
         }
     }
 
-    /// The expected phase after each event, per phase. `nil` = unchanged.
-    static let table: [Phase: [Event: Phase]] = [
-        .idle: [.start: .spawning, .shutdown: .stopped],
-        .spawning: [.spawned: .starting, .spawnFailed: .backoff],
-        .starting: [.tickFar: .capturing, .pong: .running, .childExited: .backoff, .shutdown: .shuttingDown],
-        .running: [.childExited: .backoff, .shutdown: .shuttingDown],
-        .suspect: [.pong: .running, .childExited: .backoff, .shutdown: .shuttingDown],
-        .capturing: [.captureFinished: .stopping],
-        .stopping: [.childExited: .backoff],
-        .backoff: [.tickFar: .spawning, .shutdown: .stopped],
-        .gaveUp: [.shutdown: .stopped],
-        .shuttingDown: [.childExited: .stopped],
+    /// The expected phase and actions after each event, per phase. Missing = unchanged and no action.
+    static let table: [Phase: [Event: (Phase, [SupervisorAction])]] = [
+        .idle: [.start: (.spawning, [.spawn]), .shutdown: (.stopped, [.exit(code: 0)])],
+        .spawning: [.spawned: (.starting, [.sendPing(token: 1)]),
+                    .spawnFailed: (.backoff, [.openIncident(.spawnFailed(message: "execve: No such file")), .scheduleRestart(delayMs: 100)])],
+        .starting: [.tickFar: (.capturing, [.openIncident(.startTimeout(ms: 60_000, lastError: nil)), .captureEvidence(pid: 100)]),
+                    .pong: (.running, [.instanceReady(pid: 100)]),
+                    .childExited: (.backoff, [.openIncident(.died(.exited(code: 3))), .scheduleRestart(delayMs: 100)]),
+                    .shutdown: (.shuttingDown, [.terminate(pid: 100)])],
+        .running: [.tickFar: (.running, [.sendPing(token: 2)]),
+                   .childExited: (.backoff, [.openIncident(.died(.exited(code: 3))), .scheduleRestart(delayMs: 100)]),
+                   .shutdown: (.shuttingDown, [.terminate(pid: 100)])],
+        .suspect: [.tickFar: (.suspect, [.heartbeatMissed(misses: 3, silenceMs: 60_250, reason: "no reply within 60250 ms"), .judgeProgress(pid: 100)]),
+                   .pong: (.running, [.heartbeatRecovered(silenceMs: 250, misses: 2, wasSuspect: true)]),
+                   .pingFailed: (.suspect, [.heartbeatMissed(misses: 3, silenceMs: 250, reason: "connection refused")]),
+                   .childExited: (.backoff, [.openIncident(.died(.exited(code: 3))), .scheduleRestart(delayMs: 100)]),
+                   .shutdown: (.shuttingDown, [.terminate(pid: 100)])],
+        .capturing: [.childExited: (.capturing, [.noteIncident("the process ended during evidence capture: exited with code 3")]),
+                     .captureFinished: (.stopping, [.kill(pid: 100)])],
+        .stopping: [.tickFar: (.stopping, [.noteIncident("pid 100 still alive 5000 ms after SIGKILL; sending it again"), .kill(pid: 100)]),
+                    .childExited: (.backoff, [.scheduleRestart(delayMs: 100)])],
+        .backoff: [.tickFar: (.spawning, [.spawn]), .shutdown: (.stopped, [.closeIncident(.shutdown), .exit(code: 0)])],
+        .gaveUp: [.shutdown: (.stopped, [.exit(code: 0)])],
+        // Driven there by one shutdown already: a second one escalates to SIGKILL.
+        .shuttingDown: [.tickFar: (.shuttingDown, [.kill(pid: 100)]), .shutdown: (.shuttingDown, [.kill(pid: 100)]),
+                        .childExited: (.stopped, [.exit(code: 0)])],
         .stopped: [:],
     ]
 
-    @Test(arguments: [Phase.idle, .spawning, .starting, .running, .suspect, .capturing, .stopping, .backoff, .shuttingDown, .stopped])
+    @Test(arguments: Phase.allCases)
     func everyEventInEveryPhase(phase: Phase) {
         for event in Event.allCases {
-            var d = Self.drive(to: phase)
+            var d = phase == .gaveUp ? Self.drive(to: .backoff, intensityMax: 0) : Self.drive(to: phase)
             #expect(d.m.phase == phase)
-            _ = Self.apply(event, to: &d)
-            let expected = Self.table[phase]?[event] ?? phase
+            let actions = Self.apply(event, to: &d)
+            let (expected, expectedActions) = Self.table[phase]?[event] ?? (phase, [])
             #expect(d.m.phase == expected, "\(phase) × \(event): got \(d.m.phase), expected \(expected)")
+            #expect(actions == expectedActions, "\(phase) × \(event): got \(actions), expected \(expectedActions)")
         }
     }
 

@@ -40,7 +40,7 @@ import Testing
         let waiting = LockSnapshot(name: "catalog", address: 0x10, word: 0x1B, revert: .fixed,
                                    holder: LockHolder(label: "catalog.reload", tid: 80, sinceMonotonicNs: 2, sinceUnixMs: 1_700_000_000_500),
                                    holderWaitingForReaders: true, lastHolder: nil, readersWaiting: 1, writersWaiting: 1,
-                                   readHolders: [LockReadHolder(tid: 81, depth: 1, sinceMonotonicNs: 1, sinceUnixMs: 1_700_000_000_100, threadExited: true)],
+                                   readHolders: [LockReadHolder(tid: 81, depth: 1, threadExited: true, sinceMonotonicNs: 1, sinceUnixMs: 1_700_000_000_100)],
                                    moreReadHolders: 2)
         #expect(ControlHandler.locksJSON(pid: 1, flightRecorder: nil, snapshots: [waiting]).hasSuffix(#""holder":{"label":"catalog.reload","tid":80,"since_ms":1700000000500},"last_holder":null,"readers_waiting":1,"writers_waiting":1,"holder_waiting_for_readers":true,"read_holders":[{"tid":81,"depth":1,"since_ms":1700000000100,"exited":true}],"more_read_holders":2}]}"#))
     }

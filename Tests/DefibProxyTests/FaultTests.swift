@@ -1,6 +1,7 @@
 @testable import DefibProxy
 import ParkingLock
 import Testing
+import FlightRecorder
 
 private let corrupted: UInt64 = 0xFFFF_FFFF_FFFF_FFFE
 
@@ -12,7 +13,7 @@ private func twoMachineCatalog(revert: RevertStrategy) throws -> Catalog {
 
 /// True when a thread that reads the catalog is still blocked after `ms` (it is left parked; the
 /// catalog must be leaked).
-private func readerStaysBlocked(_ catalog: Catalog, ms: UInt64 = 300) -> Bool {
+private func readerStaysBlocked(_ catalog: Catalog, ms: Int64 = 300) -> Bool {
     let done = onThread { _ = catalog.route(host: "shop") }
     return !done.wait(timeoutNs: ms * 1_000_000)
 }
@@ -26,7 +27,7 @@ struct FaultTests {
         let update = FaultInjector.stagedUpdate(catalog.snapshot())
         #expect(update == .up(app: "shop", machine: "m1", address: BackendAddress(host: "127.0.0.1", port: 1)))
         #expect(FaultInjector.runStagedRace(catalog: catalog, update: update) == corrupted)
-        #expect(catalog.lock.rawWord == corrupted, "word \(hex16(catalog.lock.rawWord))")
+        #expect(catalog.lock.rawWord == corrupted, "word \(LockWord.hex(catalog.lock.rawWord))")
         #expect(catalog.lock.snapshot().holder == nil, "nobody holds the lock, yet …")
         #expect(readerStaysBlocked(catalog), "… every reader parks forever")
         #expect(eventually(timeoutMs: 2000) { catalog.lock.rawWord == 0xFFFF_FFFF_FFFF_FFFF }, "the parked reader sets PARKED")
@@ -51,7 +52,7 @@ struct FaultTests {
             #expect(faults.arm(.timeoutRace).reply == "ok fault timeout-race armed")
             #expect(faults.armed?.kind == .timeoutRace)
             #expect(catalog.lock.revert == .buggy)
-            #expect(eventually(timeoutMs: 10_000) { catalog.lock.rawWord == corrupted }, "word \(hex16(catalog.lock.rawWord))")
+            #expect(eventually(timeoutMs: 10_000) { catalog.lock.rawWord == corrupted }, "word \(LockWord.hex(catalog.lock.rawWord))")
             let cleared = faults.arm(.none).reply
             #expect(cleared.hasPrefix("ok fault none armed (was timeout-race"), "\(cleared)")
             #expect(cleared.contains("is corrupted and cannot be repaired"), "\(cleared)")
@@ -87,7 +88,7 @@ struct FaultTests {
         #expect(FaultInjector.elseBranchTrigger(catalog.snapshot()) == .up(app: "shop", machine: "defib-fault", address: BackendAddress(host: "127.0.0.1", port: 1)))
         #expect(faults.arm(.guardAcrossElse).reply == "ok fault guard-across-else armed")
         // The updater holds one read lock and waits, as the writer, for the readers to drain: itself.
-        #expect(eventually(timeoutMs: 5000) { catalog.lock.rawWord & ~LockWord.parked == 0x1A }, "word \(hex16(catalog.lock.rawWord))")
+        #expect(eventually(timeoutMs: 5000) { catalog.lock.rawWord & ~LockWord.parked == 0x1A }, "word \(LockWord.hex(catalog.lock.rawWord))")
         #expect(readerStaysBlocked(catalog))
         #expect(eventually(timeoutMs: 2000) { catalog.lock.snapshot().readersWaiting >= 1 })
         // The updater is the writer parked waiting for readers, and the one reader it waits for.
@@ -115,7 +116,7 @@ struct FaultTests {
         // The spec measured medians of 1–5 s and a max near 33 s; allow 100 s on a shared machine
         // (the whole test suite runs in parallel on two cores).
         let hit = eventually(timeoutMs: 100_000) { isCorruptedWord(catalog.lock.rawWord) }
-        #expect(hit, "no corruption within 100 s after \(race.writerTimeouts.load(ordering: .relaxed)) writer timeouts; word \(hex16(catalog.lock.rawWord))")
+        #expect(hit, "no corruption within 100 s after \(race.writerTimeouts.load(ordering: .relaxed)) writer timeouts; word \(LockWord.hex(catalog.lock.rawWord))")
         #expect(race.writerTimeouts.load(ordering: .relaxed) > 0)
     }
 

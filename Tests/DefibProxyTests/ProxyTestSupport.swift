@@ -1,4 +1,5 @@
 @testable import DefibProxy
+import DefibSystem
 import Glibc
 import Logging
 import Synchronization
@@ -19,7 +20,7 @@ func onThread(_ body: @escaping @Sendable () -> Void) -> ThreadEvent {
 
 /// Polls `condition` every 5 ms for up to `timeoutMs`.
 func eventually(timeoutMs: Int, _ condition: () -> Bool) -> Bool {
-    let deadline = monotonicNanoseconds() + UInt64(timeoutMs) * 1_000_000
+    let deadline = monotonicNanoseconds() + Int64(timeoutMs) * 1_000_000
     while monotonicNanoseconds() < deadline {
         if condition() { return true }
         usleep(5000)

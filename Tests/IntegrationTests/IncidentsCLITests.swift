@@ -31,7 +31,7 @@ struct IncidentsCLITests {
         hang.capture = CaptureRecord(method: "gcore", path: core, bytes: 3 * 1024 * 1024, durationMs: 802.5, error: nil)
         hang.lockState = [LockState(name: "catalog", address: "0x7f0000001000", word: "0xFFFFFFFFFFFFFFFE", source: "memory",
                                     lastHolder: "reload#3", readersWaiting: 12, writersWaiting: 1)]
-        hang.diagnosis = Diagnosis.fromLocks([("catalog", "0xfffffffffffffffe")]) ?? ""
+        hang.diagnosis = "corrupted-lock-word: lock 'catalog' word 0xfffffffffffffffe: WRITER and WRITER_PARKED set with a saturated reader count; no thread can be in the critical section, every reader and writer waits forever"
         hang.notes = ["captured before the kill"]
         hang.stacks = "Thread 2 (LWP 202):\n#0  syscall () at futex.S:38\n"
         let hangID = try store.insert(hang)

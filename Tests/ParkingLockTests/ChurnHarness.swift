@@ -2,6 +2,7 @@ import CDefibShims
 import Glibc
 import ParkingLock
 import Synchronization
+import FlightRecorder
 
 /// How long a churn reader holds its read lock, relative to the writers' timeout T.
 enum ReaderHold: Sendable, CustomStringConvertible {

@@ -1,5 +1,6 @@
 import ParkingLock
 import Testing
+import FlightRecorder
 
 extension ParkingLockSuite {
     /// The interleaving of parking_lot issue 465, forced with the timeout gate: the writer times out

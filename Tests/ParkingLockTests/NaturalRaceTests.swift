@@ -1,5 +1,6 @@
 import ParkingLock
 import Testing
+import FlightRecorder
 
 extension ParkingLockSuite {
     /// The race without the gate: readers whose holds track the writers' timeout T, writers looping on

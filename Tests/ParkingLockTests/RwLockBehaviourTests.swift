@@ -2,6 +2,7 @@ import CDefibShims
 import Glibc
 import ParkingLock
 import Testing
+import FlightRecorder
 
 /// A counter deliberately without synchronization: only the lock protects it.
 final class UnguardedCounter: @unchecked Sendable {

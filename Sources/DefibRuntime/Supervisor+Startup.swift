@@ -1,4 +1,3 @@
-import ArgumentParser
 import DefibCore
 import DefibPOSIX
 import DefibStore
@@ -28,14 +27,14 @@ final class SupervisorStartup {
         self.lock = lock; self.store = store; self.cgroup = cgroup; self.program = program
     }
 
-    /// Runs every check and clean-up; throws `ValidationError` (exit 64) for what cannot work.
+    /// Runs every check and clean-up; throws `SupervisorSetupError` (`defib run` exits 64 with it) for what cannot work.
     static func prepare(_ cfg: SupervisorConfig, logger: Logger) throws -> SupervisorStartup {
         let name = cfg.service.name
         do {
             let state = try SafeDirectory.open(cfg.stateDirectory, mode: 0o700, role: "state directory")
             let run = try state.subdirectory("run", role: "run directory").subdirectory(name, role: "run directory")
             let lock: SupervisorLock
-            do { lock = try SupervisorLock.acquire(in: run, service: name) } catch { throw ValidationError("\(error)") }
+            do { lock = try SupervisorLock.acquire(in: run, service: name) } catch { throw SupervisorSetupError("\(error)") }
             if let previous = lock.previousHolder {
                 logger.info("took over the supervisor lock of \(name) from pid \(previous), which is no longer running")
             }
@@ -44,7 +43,7 @@ final class SupervisorStartup {
             let program: String
             switch ProgramCheck.resolve(cfg.service.argv[0], searchPath: searchPath) {
             case let .success(path): program = path
-            case let .failure(problem): throw ValidationError("\(problem)")
+            case let .failure(problem): throw SupervisorSetupError("\(problem)")
             }
 
             // A dead supervisor's processes first, so nothing of it still writes while its files are settled.
@@ -70,10 +69,10 @@ final class SupervisorStartup {
                     logger.critical("\(damaged)")
                 }
             } catch {
-                throw ValidationError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
+                throw SupervisorSetupError("cannot open the incident store in \(cfg.stateDirectory): \(error)")
             }
 
-            let note = "the supervisor\(lock.previousHolder.map { " (pid \($0))" } ?? "") died while this incident was open; closed by the next one (pid \(getpid())) at its start"
+            let note = "the supervisor\(lock.previousHolder.map { " (pid \($0))" } ?? "") died while this incident was open; closed by the next one (pid \(ProcessInfo.processInfo.processIdentifier)) at its start"
             do {
                 let closed = try store.closeIncidentsLeftOpen(service: name, note: note) { incident in
                     guard let id = incident.id else { return (nil, []) }
@@ -92,7 +91,7 @@ final class SupervisorStartup {
             return SupervisorStartup(stateDirectory: state, runDirectory: run, coreDirectory: cores, lock: lock, store: store,
                                      cgroup: cgroup, program: program)
         } catch let error as UnsafeDirectoryError {
-            throw ValidationError("\(error)")
+            throw SupervisorSetupError("\(error)")
         }
     }
 

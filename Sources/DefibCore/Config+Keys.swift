@@ -1,0 +1,100 @@
+import Foundation
+
+/// One scalar setting of a config file's section: its key and where it lives in `SupervisorConfig`. The
+/// reader and the writer (`tomlText`) walk the same list, so a key can never be read one way and written
+/// another.
+struct ConfigField {
+    enum Slot {
+        case int(WritableKeyPath<SupervisorConfig, Int>)
+        case optionalInt(WritableKeyPath<SupervisorConfig, Int?>)
+        case number(WritableKeyPath<SupervisorConfig, Double>)
+        case bool(WritableKeyPath<SupervisorConfig, Bool>)
+        case optionalString(WritableKeyPath<SupervisorConfig, String?>)
+        /// Bytes in the config, whole MiB in the file.
+        case mebibytes(WritableKeyPath<SupervisorConfig, Int64?>)
+        case source(WritableKeyPath<SupervisorConfig, HeartbeatSource>)
+        case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
+        case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
+    }
+
+    let key: String
+    let slot: Slot
+    init(_ key: String, _ slot: Slot) { self.key = key; self.slot = slot }
+
+    /// The sections made of scalar settings, in file order, each key in the order it is read.
+    static var sections: [(name: String, fields: [ConfigField])] {
+        [
+            ("heartbeat", [.init("source", .source(\.heartbeat.source)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
+                           .init("deadline_ms", .int(\.heartbeat.deadlineMs)), .init("misses", .int(\.heartbeat.misses)),
+                           .init("start_timeout_ms", .int(\.heartbeat.startTimeoutMs)),
+                           .init("control_socket", .optionalString(\.heartbeat.controlSocket))]),
+            ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
+                         .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
+                         .init("compress", .compression(\.capture.compress))]),
+            ("restart", [.init("backoff_initial_ms", .int(\.restart.backoffInitialMs)), .init("backoff_max_ms", .int(\.restart.backoffMaxMs)),
+                         .init("backoff_multiplier", .number(\.restart.backoffMultiplier)),
+                         .init("backoff_reset_ms", .int(\.restart.backoffResetMs)), .init("intensity_max", .int(\.restart.intensityMax)),
+                         .init("intensity_window_ms", .int(\.restart.intensityWindowMs)),
+                         .init("stop_timeout_ms", .int(\.restart.stopTimeoutMs))]),
+            ("escalation", [.init("miss_ms", .optionalInt(\.escalation.missMs)), .init("suspect_ms", .optionalInt(\.escalation.suspectMs)),
+                            .init("extension_step_ms", .optionalInt(\.escalation.extensionStepMs)),
+                            .init("max_extension_ms", .optionalInt(\.escalation.maxExtensionMs)),
+                            .init("kill_jitter_ms", .int(\.escalation.killJitterMs))]),
+            ("retention", [.init("max_use_mb", .mebibytes(\.retention.maxUseBytes)), .init("keep_free_mb", .mebibytes(\.retention.keepFreeBytes)),
+                           .init("max_per_service", .int(\.retention.maxPerService))]),
+        ]
+    }
+
+    /// The value as a TOML literal; nil when unset.
+    func literal(in config: SupervisorConfig) -> String? {
+        switch slot {
+        case let .int(path): String(config[keyPath: path])
+        case let .optionalInt(path): config[keyPath: path].map(String.init)
+        case let .number(path): String(config[keyPath: path])
+        case let .bool(path): String(config[keyPath: path])
+        case let .optionalString(path): config[keyPath: path].map(tomlString)
+        case let .mebibytes(path): config[keyPath: path].map { String($0 >> 20) }
+        case let .source(path): tomlString(config[keyPath: path].rawValue)
+        case let .method(path): tomlString(config[keyPath: path].rawValue)
+        case let .compression(path): tomlString(config[keyPath: path].rawValue)
+        }
+    }
+}
+
+/// A TOML basic string.
+func tomlString(_ s: String) -> String {
+    var out = ""
+    JSONValue.writeString(s, into: &out)
+    return out
+}
+
+extension SupervisorConfig {
+    /// The config as a file `load` reads back to the same value: what a program that builds a config (the
+    /// chaos harness) hands to `defib run --config`. Empty settings (no state directory, no service yet)
+    /// are left out, so flags can supply them.
+    public var tomlText: String {
+        var out = ""
+        if !stateDirectory.isEmpty { out += "state_dir = \(tomlString(stateDirectory))\n" }
+        var service: [String] = []
+        if !self.service.name.isEmpty { service.append("name = \(tomlString(self.service.name))") }
+        if !self.service.argv.isEmpty { service.append("argv = [" + self.service.argv.map(tomlString).joined(separator: ", ") + "]") }
+        if let dir = self.service.workingDirectory { service.append("working_directory = \(tomlString(dir))") }
+        if !self.service.environment.isEmpty {
+            service.append("env = { " + self.service.environment.sorted { $0.key < $1.key }
+                .map { "\(tomlString($0.key)) = \(tomlString($0.value))" }.joined(separator: ", ") + " }")
+        }
+        if !service.isEmpty { out += "\n[service]\n" + service.joined(separator: "\n") + "\n" }
+        for section in ConfigField.sections {
+            let lines = section.fields.compactMap { field in field.literal(in: self).map { "\(field.key) = \($0)" } }
+            if !lines.isEmpty { out += "\n[\(section.name)]\n" + lines.joined(separator: "\n") + "\n" }
+        }
+        if !sockets.isEmpty {
+            out += "\n[sockets]\n" + sockets.map { spec in
+                let host = spec.host.contains(":") ? "[\(spec.host)]" : spec.host
+                return "\(spec.name) = \(tomlString("\(host):\(spec.port)"))"
+            }.joined(separator: "\n") + "\n"
+        }
+        if let listen = metricsListen { out += "\n[metrics]\nlisten = \(tomlString(listen))\n" }
+        return out
+    }
+}

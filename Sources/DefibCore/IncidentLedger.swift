@@ -1,0 +1,254 @@
+import Foundation
+
+/// What is known about the service's failures: the open incident, the notes gathered before one exists,
+/// the /proc samples a judgement is made from, the lock telemetry learnt while the service was healthy,
+/// and the closed incidents whose evidence is still landing (stacks, compression, retention). Pure: the
+/// supervision changes it with the same events and actions the machine uses, and persists what it says
+/// (`takeChanges()`, once per change); nobody edits an incident anywhere else, and nothing is read back
+/// from the store to learn what was written.
+public struct IncidentLedger: Sendable {
+    public let service: String
+    /// The incident being handled: opened at a failure, closed once a replacement is ready (or the
+    /// supervisor gives up or stops). Its `id` is nil until the store has it.
+    public private(set) var open: Incident?
+    /// Closed incidents whose evidence is still landing, by id.
+    public private(set) var closing: [Int64: Incident] = [:]
+    /// Decisions taken before an incident existed (misses, suspect evidence, extensions), copied into the next one.
+    public private(set) var pendingNotes: [String] = []
+    /// /proc at the first miss of the current silence: what progress is judged against.
+    public private(set) var baseline: ProcessSample?
+    /// The two samples the last progress verdict was judged from.
+    public private(set) var lastJudged: JudgedSamples?
+    /// The locks the healthy service reported (`locks` on the control channel).
+    public private(set) var knownLocks: [KnownLock] = []
+    /// Ids of stored incidents changed since the last `takeChanges()`, in order.
+    private var changed: [Int64] = []
+
+    /// How many miss lines an incident keeps (the count is in its cause either way).
+    public static let missNotesKept = 8
+
+    /// The samples behind a progress verdict: the start and the end of its window.
+    public struct JudgedSamples: Sendable, Equatable {
+        public var before: ProcessSample
+        public var after: ProcessSample
+    }
+
+    public init(service: String) { self.service = service }
+
+    // MARK: before an incident
+
+    /// A miss, kept for the incident this silence may become (the first few, then a count).
+    mutating func noteMiss(misses: Int, silenceMs: Double, reason: String) {
+        if misses <= Self.missNotesKept { pendingNotes.append("miss \(misses) after \(Int(silenceMs)) ms of silence: \(reason)") }
+        else if misses == Self.missNotesKept + 1 { pendingNotes.append("further misses are counted, not listed (see misses in the cause)") }
+    }
+
+    mutating func notePending(_ line: String) { pendingNotes.append(line) }
+
+    /// The silence ended (a late heartbeat) or no longer counts (STOPPING=1): what was gathered for it goes.
+    mutating func forgetSilence() {
+        pendingNotes.removeAll()
+        baseline = nil
+    }
+
+    mutating func setBaseline(_ sample: ProcessSample?) { baseline = sample }
+
+    /// Progress of `pid` over the window: from the baseline (if it is this pid's), else over `fallback`'s two samples.
+    mutating func judge(pid: Int32, samples: [ProcessSample]) -> ProgressVerdict {
+        let after = samples.last ?? ProcessSample(pid: pid, atNs: 0, threads: [])
+        let before = baseline.flatMap { $0.pid == pid ? $0 : nil } ?? samples.first ?? after
+        lastJudged = JudgedSamples(before: before, after: after)
+        return ProgressJudge.judge(before: before, after: after)
+    }
+
+    mutating func instanceStarted() { knownLocks = [] }
+    mutating func learnLocks(_ locks: [KnownLock]) { knownLocks = locks }
+
+    // MARK: the incident's life
+
+    /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows).
+    mutating func open(_ cause: FailureCause, at detected: Date, pid: Int32, binaryPath: String?, startedAt: Date?,
+                       verdictAtOpen: ProgressVerdict? = nil) -> Incident {
+        let incidentCause = Self.incidentCause(cause, detected: detected)
+        var new = Incident(service: service, pid: pid, binaryPath: binaryPath, startedAt: startedAt, detectedAt: detected, cause: incidentCause)
+        switch cause {
+        case let .startTimeout(_, lastError):
+            if let lastError { new.notes.append("last control-channel error: \(lastError)") }
+            // Never ready is a hang too: say whether it is stuck, stopped or busy.
+            if let verdictAtOpen {
+                new.progress = verdictAtOpen
+                new.threadStates = lastJudged?.after.stateSummary
+            }
+        case let .missedHeartbeat(_, _, _, silence, extended, verdict):
+            new.silenceMs = silence
+            new.extendedMs = extended
+            new.progress = verdict
+            new.threadStates = lastJudged?.after.stateSummary
+        case .died, .spawnFailed, .triggered:
+            break
+        }
+        new.notes += pendingNotes
+        pendingNotes.removeAll()
+        switch cause {
+        case .died, .spawnFailed:
+            // A death or a failed start needs no evidence to be explained (no capture follows it): name it now.
+            // Hangs are diagnosed once their evidence has been read.
+            let diagnosis = Diagnoser.diagnose(DiagnosisInput(cause: incidentCause, locks: [], nowUnixMs: Int64(detected.timeIntervalSince1970 * 1000)))
+            new.diagnosis = diagnosis.line
+            new.diagnosisEvidence = diagnosis.evidence
+            new.signature = new.computedSignature()
+        case .missedHeartbeat, .startTimeout, .triggered:
+            break
+        }
+        baseline = nil
+        new.lockState = knownLocks.map { $0.state(word: $0.word ?? "unknown", source: "control") }
+        open = new
+        return new
+    }
+
+    /// The store has the open incident under `id`.
+    mutating func stored(id: Int64) { open?.id = id }
+
+    /// A line in the open incident (dropped when there is none).
+    mutating func note(_ line: String) { changeOpen { $0.notes.append(line) } }
+
+    /// A line in the open incident, or kept for the next one.
+    mutating func noteOrKeep(_ line: String) {
+        if open != nil { note(line) } else { pendingNotes.append(line) }
+    }
+
+    mutating func killed(at date: Date) {
+        guard open?.killedAt == nil else { return }
+        changeOpen { $0.killedAt = date }
+    }
+
+    mutating func restarted(newPid: Int32, at date: Date) { changeOpen { $0.restartedAt = date; $0.newPid = newPid } }
+
+    /// The evidence read from the hung process before the core: its program, threads, locks and what they
+    /// diagnose. Returns the diagnosis.
+    mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence) -> HangDiagnosis? {
+        guard var current = open else { return nil }
+        current.binaryPath = observation.executable ?? current.binaryPath
+        current.threadStates = sample.stateSummary
+        current.notes += evidence.notes
+        if !evidence.locks.isEmpty { current.lockState = evidence.locks }
+        current.flightRecorder = evidence.recorderSummary
+        var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
+                                   sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000))
+        if let judged = lastJudged, judged.after.pid == pid, judged.before.pid == pid { input.baseline = judged.before }
+        let diagnosis = Diagnoser.diagnose(input)
+        current.diagnosis = diagnosis.line
+        current.diagnosisEvidence = diagnosis.evidence
+        current.threads = sample.threads.count
+        current.signature = current.computedSignature()
+        replaceOpen(current)
+        return diagnosis
+    }
+
+    /// The core (or why there is none), and the notes of its writer.
+    mutating func applyCore(_ outcome: CoreOutcome) {
+        changeOpen { incident in
+            incident.capture = outcome.record
+            if let threads = outcome.threads { incident.threads = threads }
+            incident.notes += outcome.notes
+        }
+    }
+
+    /// Closes the open incident; it stays here (by id) while its evidence lands. Returns it.
+    mutating func close(_ outcome: IncidentOutcome, at date: Date) -> Incident? {
+        guard var current = open else { return nil }
+        current.outcome = outcome
+        if outcome == .recovered { current.readyAt = date }
+        replaceOpen(current)
+        open = nil
+        if let id = current.id { closing[id] = current }
+        return current
+    }
+
+    // MARK: after the close
+
+    /// gdb's stacks: they refine the diagnosis's evidence (where the blocked threads wait) and fix the signature.
+    mutating func applyStacks(incidentID id: Int64, text: String, gdbEnded: String?) -> Incident? {
+        change(id) { stored in
+            stored.stacks = text
+            if let gdbEnded { stored.notes.append("gdb ended \(gdbEnded) while reading stacks") }
+            if !text.isEmpty, let diagnosis = HangDiagnosis(line: stored.diagnosis, evidence: stored.diagnosisEvidence ?? []) {
+                let refined = Diagnoser.refine(diagnosis, stacks: text)
+                stored.diagnosis = refined.line
+                stored.diagnosisEvidence = refined.evidence
+            }
+            stored.signature = stored.computedSignature()
+        }
+    }
+
+    /// A line in a stored incident this ledger holds (open or closing).
+    mutating func note(incidentID id: Int64, _ line: String) { _ = change(id) { $0.notes.append(line) } }
+
+    /// The core was compressed to `path` (`bytes`).
+    mutating func coreCompressed(incidentID id: Int64, tool: CoreCompression, path: String, bytes: Int64) {
+        _ = change(id) { stored in
+            stored.notes.append("core compressed with \(tool.rawValue): \(stored.capture?.bytes ?? 0) → \(bytes) bytes")
+            stored.capture?.path = path
+            stored.capture?.bytes = bytes
+        }
+    }
+
+    /// Retention removed the core of incident `id`; false when this ledger does not hold it (the store is
+    /// told directly).
+    mutating func coreRemoved(incidentID id: Int64, path: String, reason: String) -> Bool {
+        change(id) { stored in
+            stored.notes.append(Self.removedNote(path: path, reason: reason))
+            stored.capture?.path = nil
+        } != nil
+    }
+
+    static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }
+
+    /// Everything about the closed incident `id` has landed.
+    mutating func evidenceComplete(incidentID id: Int64) { closing.removeValue(forKey: id) }
+
+    /// The incident with this id, open or closing.
+    public func incident(id: Int64) -> Incident? { open?.id == id ? open : closing[id] }
+
+    /// The stored incidents changed since the last call, each once, to be written.
+    mutating func takeChanges() -> [Incident] {
+        defer { changed.removeAll() }
+        return changed.compactMap { incident(id: $0) }
+    }
+
+    // MARK: helpers
+
+    private mutating func changeOpen(_ body: (inout Incident) -> Void) {
+        guard var current = open else { return }
+        body(&current)
+        replaceOpen(current)
+    }
+
+    private mutating func replaceOpen(_ incident: Incident) {
+        if incident != open, let id = incident.id, !changed.contains(id) { changed.append(id) }
+        open = incident
+    }
+
+    @discardableResult
+    private mutating func change(_ id: Int64, _ body: (inout Incident) -> Void) -> Incident? {
+        if open?.id == id { changeOpen(body); return open }
+        guard var stored = closing[id] else { return nil }
+        body(&stored)
+        if stored != closing[id], !changed.contains(id) { changed.append(id) }
+        closing[id] = stored
+        return stored
+    }
+
+    /// The machine's cause as the incident records it (the wall clock turns "ms since the last pong" into a time).
+    static func incidentCause(_ cause: FailureCause, detected: Date) -> IncidentCause {
+        switch cause {
+        case let .missedHeartbeat(misses, since, error, _, _, _):
+            .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error)
+        case let .startTimeout(ms, _): .startTimeout(seconds: Double(ms) / 1000)
+        case let .died(.exited(code)): .exited(code: code)
+        case let .died(.signaled(sig, core)): .signaled(signal: sig, coreDumped: core)
+        case let .spawnFailed(message): .spawnFailed(message: message)
+        case let .triggered(reason): .triggered(reason: reason)
+        }
+    }
+}

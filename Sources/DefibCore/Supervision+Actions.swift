@@ -1,0 +1,255 @@
+import Foundation
+
+/// What each of the machine's actions means for the ledger and the world, and the incident's life.
+extension Supervision {
+    mutating func run(_ step: Step) {
+        switch step {
+        case let .action(action):
+            perform(action)
+        case let .instanceEnded(pid, status):
+            log(.warning, "service pid \(pid) ended: \(machine.describe(status))")
+            child = nil
+            if pingOpen != nil { emit(.cancelPing); pingOpen = nil }
+            if locksQueryDeadline != nil { emit(.cancelLocksQuery); locksQueryDeadline = nil }
+            // Processes the instance started and left behind were re-parented to us (the subreaper): they go,
+            // so the next instance never runs beside a remnant of the last one. Not ours to kill: our own
+            // helpers, and children we had before we started supervising.
+            ask(.killLeftovers(of: pid, sparing: Set(helpers.keys).union(setup.childrenBeforeUs)), awaiting: .leftovers(oldPid: pid, status: status))
+        case let .recordCore(outcome):
+            recordCore(outcome)
+        case let .finishCapture(jitterDraw):
+            schedule(machine.captureFinished(at: now.mono, jitterDraw: jitterDraw))
+        case .queryLocks:
+            // Ask the healthy service which locks it has and where their words live.
+            locksQueryDeadline = now.mono + 1000
+            emit(.queryLocks)
+        case let .evidenceAfterClose(id):
+            evidenceAfterClose(incidentID: id)
+        case let .compressOrTrim(id):
+            compressOrTrim(incidentID: id)
+        case let .retention(justWritten):
+            ask(.scanCores(directory: config.coreDirectory), awaiting: .inventory(justWritten: justWritten))
+        case let .helperEnded(pid, status):
+            helperEnded(pid: pid, status: status)
+        }
+    }
+
+    /// An awaited answer: the step that asked for it goes on. False when `event` is not that answer.
+    mutating func resume(_ waiting: Awaiting, with event: SupervisorEvent) -> Bool {
+        switch (waiting, event) {
+        case let (.spawn, .spawned(pid, executable)):
+            awaiting = nil
+            child = (pid, executable)
+            lastChildPid = pid
+            childStartedAt = now.wall
+            ledger.instanceStarted()
+            log(.info, "started \(config.service.name): pid \(pid) (\(executable))")
+            schedule(machine.spawned(pid: pid, at: now.mono))
+        case let (.spawn, .spawnFailed(message)):
+            awaiting = nil
+            log(.error, "could not start \(config.service.name): \(message)")
+            schedule(machine.spawnFailed(message: message, at: now.mono))
+        case let (.baseline, .observed(observation)):
+            awaiting = nil
+            ledger.setBaseline(observation.samples.last)
+        case let (.softEvidence(pid, silenceMs), .observed(observation)):
+            awaiting = nil
+            softEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
+        case let (.verdict(pid), .observed(observation)):
+            awaiting = nil
+            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            log(.notice, "progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
+            emit(.metric(.verdict(verdict.kind)))
+            schedule(machine.progressJudged(verdict, at: now.mono))
+        case let (.verdictAtOpen(cause, pid, detected), .observed(observation)):
+            awaiting = nil
+            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            emit(.metric(.verdict(verdict.kind)))
+            openIncident(cause, detected: detected, verdict: verdict)
+        case let (.stored, .incidentStored(result)):
+            awaiting = nil
+            incidentStored(result)
+        case let (.lockEvidence(pid), .observed(observation)):
+            awaiting = nil
+            lockEvidenceRead(pid: pid, observation: observation)
+        case let (.core, .coreWritten(outcome)):
+            awaiting = nil
+            var steps: [Step] = []
+            if let killedAt = outcome.killedAt { ledger.killed(at: killedAt) }
+            // The kernel's dump kills by design and reaps the instance within the capture.
+            if let status = outcome.exited, let pid = child?.pid { steps.append(.instanceEnded(pid: pid, status: status)) }
+            scheduleFirst(steps + [.recordCore(outcome), .finishCapture(jitterDraw: outcome.jitterDraw)])
+        case let (.leftovers(oldPid, status), .leftoversKilled(killed)):
+            awaiting = nil
+            for process in killed {
+                let line = "killed pid \(process.pid) (\(process.name)), left behind by the instance pid \(oldPid)"
+                log(.warning, line)
+                ledger.noteOrKeep(line)
+            }
+            schedule(machine.childExited(status, at: now.mono))
+        case let (.helperStart(helper), .helperStarted(pid)):
+            awaiting = nil
+            helpers[pid] = helper
+        case let (.helperStart(helper), .helperFailed(problem)):
+            awaiting = nil
+            helperFailed(helper, problem: problem)
+        case let (.stacks(id, output, status), .stacksRead(text)):
+            awaiting = nil
+            stacksRead(incidentID: id, output: output, status: status, text: text)
+        case let (.compressedSize(helper, status), .fileMeasured(bytes)):
+            awaiting = nil
+            compressionEnded(helper, status: status, bytes: bytes)
+        case let (.inventory(justWritten), .coresScanned(inventory)):
+            awaiting = nil
+            applyRetention(inventory, justWritten: justWritten)
+        default:
+            return false
+        }
+        return true
+    }
+
+    private mutating func perform(_ action: SupervisorAction) {
+        switch action {
+        case .spawn:
+            ask(.spawn(spawnPlan), awaiting: .spawn)
+        case let .sendPing(token):
+            pingOpen = (token, now.mono)
+            emit(.sendPing(token: token))
+        case let .instanceReady(pid):
+            log(.info, "service \(config.service.name) pid \(pid) is ready")
+            updateManagerStatus(ready: true)
+        case let .heartbeatMissed(misses, silenceMs, reason):
+            log(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
+            emit(.metric(.heartbeatMissed))
+            ledger.noteMiss(misses: misses, silenceMs: silenceMs, reason: reason)
+        case let .sampleProgress(pid):
+            ask(.observe(ObservationRequest(pid: pid, samples: .one)), awaiting: .baseline)
+        case let .collectSoftEvidence(pid, silenceMs):
+            // Soft evidence, nothing done to the process: its threads, its progress, and its locks as the
+            // flight recorder shows them (the recorder is read from a file; the process is not touched).
+            var request = ObservationRequest(pid: pid, samples: .one)
+            request.flightRecorder = flightRecorderPath
+            ask(.observe(request), awaiting: .softEvidence(pid: pid, silenceMs: silenceMs))
+        case let .judgeProgress(pid):
+            ask(.observe(judgementRequest(pid: pid)), awaiting: .verdict(pid: pid))
+        case let .deadlineExtended(byMs, totalMs, reason):
+            let line = "deadline extended by \(byMs) ms (\(totalMs) ms in all): starved, not stuck: \(reason)"
+            log(.warning, line)
+            ledger.notePending(line)
+            emit(.metric(.deadlineExtended))
+        case let .silenceCancelled(reason):
+            log(.info, "the current silence no longer counts: \(reason)")
+            ledger.forgetSilence()
+        case let .serviceNotified(text):
+            log(.info, "service says: \(text)")
+            if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
+        case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
+            let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
+            if wasSuspect { log(.warning, "\(line); no kill") } else { log(.info, line) }
+            emit(.metric(.recovery))
+            ledger.forgetSilence()
+        case let .openIncident(cause):
+            if case .startTimeout = cause, let pid = machine.pid {
+                // Never ready is a hang too: judge whether it is stuck, stopped or busy before recording it.
+                ask(.observe(judgementRequest(pid: pid)), awaiting: .verdictAtOpen(cause, pid: pid, detected: now.wall))
+            } else {
+                openIncident(cause, detected: now.wall, verdict: nil)
+            }
+        case let .captureEvidence(pid):
+            // Lock state (flight recorder + words straight from memory), a diagnosis, then the core — in that
+            // order, each stored as soon as it is known, so a failure later never loses what came before.
+            var request = ObservationRequest(pid: pid, samples: ledger.lastJudged?.after.pid == pid ? .none : .one)
+            request.executable = true
+            request.flightRecorder = flightRecorderPath
+            request.recorderLockWords = true
+            request.lockWordAddresses = ledger.knownLocks.map(\.address)
+            request.threadIDs = true
+            ask(.observe(request), awaiting: .lockEvidence(pid: pid))
+        case let .kill(pid):
+            log(.warning, "killing pid \(pid) and its process group (SIGKILL)")
+            emit(.signal(pid: pid, signal: SIGKILL))
+            ledger.killed(at: now.wall)
+        case let .terminate(pid):
+            log(.info, "stopping pid \(pid) (SIGTERM to its process group)")
+            emit(.signal(pid: pid, signal: SIGTERM))
+        case let .killDelayed(ms, maxMs):
+            emit(.metric(.killJitter(ms: ms)))
+            perform(.noteIncident("kill delayed \(ms) ms (kill jitter up to \(maxMs) ms)"))
+        case let .noteIncident(note):
+            log(.notice, note)
+            ledger.note(note)
+        case let .incidentRestarted(newPid):
+            ledger.restarted(newPid: newPid, at: now.wall)
+        case let .closeIncident(outcome):
+            closeIncident(outcome)
+        case let .scheduleRestart(delayMs):
+            emit(.metric(.restart))
+            log(.info, "restarting \(config.service.name) in \(delayMs) ms (restart \(machine.restarts))")
+        case let .exit(code):
+            if code != 0 { log(.error, "giving up on \(config.service.name): restart intensity exceeded") }
+            exiting = (code, now.mono + Self.helpersShutdownWaitMs)
+            if !helpers.isEmpty {
+                log(.info, "waiting up to \(Self.helpersShutdownWaitMs) ms for \(helpers.count) background job(s) (gdb, compression)")
+            }
+        }
+    }
+
+    /// How long shutdown waits for gdb and compression before giving up on them: well inside the unit's
+    /// TimeoutStopSec= (15 s) once the service itself has stopped (stop_timeout_ms, 5 s by default).
+    public static let helpersShutdownWaitMs = 8_000
+
+    /// The instance's run directory holds its flight recorder.
+    var flightRecorderPath: String { config.runDirectory + "/flight-recorder" }
+
+    /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart.
+    private func judgementRequest(pid: Int32) -> ObservationRequest {
+        ObservationRequest(pid: pid, samples: ledger.baseline?.pid == pid ? .one : .pair(apartMs: 100))
+    }
+
+    /// The instance's program and environment: the config's variables, then the supervisor's own (its control
+    /// socket, our NOTIFY_SOCKET, WATCHDOG_USEC when keep-alives are expected), which win.
+    var spawnPlan: SpawnPlan {
+        var env = config.service.environment
+        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
+        env["DEFIB_SERVICE"] = config.service.name
+        env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
+        env["NOTIFY_SOCKET"] = config.notifySocketPath
+        if config.heartbeat.source.usesNotify {
+            // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
+            env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
+        }
+        // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
+        // service should die (and dump) on them like any other program.
+        return SpawnPlan(argv: config.service.argv, workingDirectory: config.service.workingDirectory, environment: env,
+                         environmentDefaults: ["SWIFT_BACKTRACE": "enable=no"], removeFirst: config.controlSocketPath)
+    }
+
+    // MARK: the incident's life
+
+    private mutating func openIncident(_ cause: FailureCause, detected: Date, verdict: ProgressVerdict?) {
+        let incident = ledger.open(cause, at: detected, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
+                                   startedAt: childStartedAt, verdictAtOpen: verdict)
+        ask(.insertIncident(incident), awaiting: .stored)
+    }
+
+    private mutating func incidentStored(_ result: Result<Int64, EffectFailure>) {
+        switch result {
+        case let .success(id): ledger.stored(id: id)
+        case let .failure(failure): log(.error, "could not record incident: \(failure)")
+        }
+        guard let incident = ledger.open else { return }
+        emit(.metric(.incident(cause: incident.cause.kind)))
+        lastIncidentLine = "\(incident.id.map { "#\($0)" } ?? "") \(incident.cause.kind) at \(RFC3339.string(incident.detectedAt))"
+        log(.warning, "incident \(incident.id.map(String.init) ?? "?") opened: \(incident.cause.summary)",
+            fields: incident.journalFields(messageID: DefibMessageID.incidentOpened))
+    }
+
+    private mutating func closeIncident(_ outcome: IncidentOutcome) {
+        guard let closed = ledger.close(outcome, at: now.wall) else { return }
+        flushChanges()
+        let id = closed.id.map(String.init) ?? "?"
+        let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
+        log(.warning, "incident \(id) closed: \(outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
+        if let storedID = closed.id { scheduleFirst([.evidenceAfterClose(incidentID: storedID)]) }
+    }
+}

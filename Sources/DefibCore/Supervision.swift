@@ -1,0 +1,310 @@
+import Foundation
+
+/// The supervision of one service as a pure function of events and time: the machine decides *when*
+/// (stages, deadlines, restarts), the ledger keeps *what is known* (the incident and its evidence), and
+/// this ties them together and says which effects the runtime must carry out. The runtime is a loop:
+///
+/// ```
+/// handle(.start)
+/// loop:
+///   for event in effects.wait(until: nextWakeup) + [.tick]:
+///     for effect in handle(event, at: effects.now()):
+///       perform it; feed its answer (if any) back to handle at once
+/// ```
+///
+/// Some actions need an answer from the world before the next step makes sense (a spawn's pid, a /proc
+/// sample, the store's id for a new incident, a core). Their effect is the last of the batch `handle`
+/// returns; the work left is kept in order (`agenda`) and resumes when the answer comes back.
+public struct Supervision: Sendable {
+    /// What the supervision is given once, at start.
+    public struct Setup: Sendable {
+        public var config: SupervisorConfig
+        /// The service manager's watchdog period for defib (WATCHDOG_USEC), when it watches us.
+        public var managerWatchdogUsec: UInt64?
+        /// A service manager listens (NOTIFY_SOCKET is set): READY=1 and STATUS= go to it.
+        public var managerListening: Bool
+        /// Processes that were already our children when supervision began: never a remnant to kill.
+        public var childrenBeforeUs: Set<Int32>
+        public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = []) {
+            self.config = config; self.managerWatchdogUsec = managerWatchdogUsec
+            self.managerListening = managerListening; self.childrenBeforeUs = childrenBeforeUs
+        }
+    }
+
+    /// A helper process working off the critical path.
+    enum Helper: Sendable, Equatable {
+        /// gdb reading stacks from a core into `output`.
+        case stacks(incidentID: Int64, output: String)
+        /// gzip/zstd replacing `input` with `output`.
+        case compression(incidentID: Int64, input: String, output: String, tool: CoreCompression)
+    }
+
+    /// Work to do, in order: the machine's actions and the steps that follow an answer.
+    enum Step: Sendable {
+        case action(SupervisorAction)
+        /// The instance is gone: say so, drop its requests, kill what it left behind, then tell the machine.
+        case instanceEnded(pid: Int32, status: ChildStatus)
+        indirect case recordCore(CoreOutcome)
+        case finishCapture(jitterDraw: Double)
+        case queryLocks
+        /// Stacks from the core of a closed incident, then compression, then retention.
+        case evidenceAfterClose(incidentID: Int64)
+        case compressOrTrim(incidentID: Int64)
+        case retention(justWritten: Int64?)
+        case helperEnded(pid: Int32, status: ChildStatus)
+    }
+
+    /// The answer the agenda waits for.
+    enum Awaiting: Sendable {
+        case spawn
+        case baseline
+        case softEvidence(pid: Int32, silenceMs: Double)
+        case verdict(pid: Int32)
+        case verdictAtOpen(FailureCause, pid: Int32, detected: Date)
+        case stored
+        case lockEvidence(pid: Int32)
+        case core
+        case leftovers(oldPid: Int32, status: ChildStatus)
+        case helperStart(Helper)
+        case stacks(incidentID: Int64, output: String, status: ChildStatus)
+        case compressedSize(Helper, status: ChildStatus)
+        case inventory(justWritten: Int64?)
+    }
+
+    public internal(set) var machine: SupervisorMachine
+    public internal(set) var ledger: IncidentLedger
+    let setup: Setup
+    var config: SupervisorConfig { setup.config }
+
+    /// The live instance as spawned.
+    var child: (pid: Int32, executable: String)?
+    /// The last instance's pid and start, kept after it is gone (a death's incident names them).
+    var lastChildPid: Int32?
+    var childStartedAt: Date?
+    /// The ping whose request is open, and when it went out (for the round-trip metric).
+    var pingOpen: (token: UInt64, sentAt: MonoTime)?
+    /// A `locks` query is open until then.
+    var locksQueryDeadline: MonoTime?
+    var helpers: [Int32: Helper] = [:]
+    var nextManagerKeepAlive = MonoTime(nanoseconds: 0)
+    var announcedReady = false
+    var lastStatusSent: String?
+    /// The last STATUS= the service sent over sd_notify.
+    var serviceStatus: String?
+    var lastIncidentLine: String?
+    var lastPhase: SupervisorMachine.Phase?
+    /// The machine is done; helpers get until `deadline` to finish, then the supervisor exits with `code`.
+    var exiting: (code: Int32, deadline: MonoTime)?
+    public internal(set) var finished = false
+
+    var agenda: [Step] = []
+    var awaiting: Awaiting?
+    var now = Instant(mono: MonoTime(nanoseconds: 0), wall: Date(timeIntervalSince1970: 0))
+    var output: [Effect] = []
+
+    public init(_ setup: Setup) {
+        self.setup = setup
+        machine = SupervisorMachine(settings: .init(setup.config))
+        ledger = IncidentLedger(service: setup.config.service.name)
+    }
+
+    /// When the runtime must come back with a `.tick` at the latest (it also wakes at most every second).
+    public var nextWakeup: MonoTime? {
+        if let exiting { return exiting.deadline }
+        var times = [machine.nextWakeup, locksQueryDeadline].compactMap { $0 }
+        if setup.managerWatchdogUsec != nil { times.append(nextManagerKeepAlive) }
+        return times.min()
+    }
+
+    /// The one entry point: an event at `now`, the effects to carry out in order.
+    public mutating func handle(_ event: SupervisorEvent, at now: Instant) -> [Effect] {
+        guard !finished else { return [] }
+        self.now = now
+        output = []
+        if let waiting = awaiting, resume(waiting, with: event) {
+            // The answer was awaited: the agenda goes on from where it stopped.
+        } else if exiting != nil {
+            reactWhileExiting(to: event)
+        } else {
+            react(to: event)
+        }
+        drain()
+        if exiting != nil, awaiting == nil, agenda.isEmpty, helpers.isEmpty { finish() }
+        housekeeping(after: event)
+        return output
+    }
+
+    // MARK: events from the world
+
+    private mutating func react(to event: SupervisorEvent) {
+        switch event {
+        case .start:
+            schedule(machine.start(at: now.mono))
+        case .tick:
+            if let deadline = locksQueryDeadline, now.mono >= deadline {
+                locksQueryDeadline = nil
+                emit(.cancelLocksQuery)
+                log(.debug, "locks query timed out")
+            }
+            schedule(machine.tick(at: now.mono))
+        case let .signal(sig):
+            log(.info, "received \(signalName(sig)); stopping the service and exiting")
+            if setup.managerListening { emit(.notifyManager("STOPPING=1\nSTATUS=stopping (\(signalName(sig)))")) }
+            schedule(machine.shutdown(at: now.mono))
+        case let .childExited(pid, status):
+            childExited(pid: pid, status: status)
+        case let .notify(message):
+            notified(message)
+        case let .pingReply(token, line):
+            let sent = pingOpen
+            pingOpen = nil
+            if line == "pong \(token)" {
+                if let sent, sent.token == token { emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - sent.sentAt.nanoseconds))) }
+                let wasStarting = machine.phase == .starting
+                schedule(machine.pongReceived(token: token, at: now.mono))
+                if wasStarting && machine.phase == .running { agenda.append(.queryLocks) }
+            } else {
+                let shown = line.count > 120 ? String(line.prefix(120)) + "…" : line
+                schedule(machine.pingFailed(token: token, reason: "unexpected reply '\(shown)' to 'ping \(token)' (expected 'pong \(token)')", at: now.mono))
+            }
+        case let .pingFailed(token, problem):
+            pingOpen = nil
+            schedule(machine.pingFailed(token: token, reason: problem, at: now.mono))
+        case let .locksReply(line):
+            locksQueryDeadline = nil
+            if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { log(.warning, "unreadable 'locks' reply: \(line.prefix(200))") }
+        case let .locksFailed(problem):
+            locksQueryDeadline = nil
+            log(.debug, "locks query failed: \(problem)")
+        case let .storeFailed(failure):
+            log(.error, "could not update incident: \(failure)")
+        case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
+             .fileMeasured, .coresScanned, .incidentStored:
+            // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
+            log(.debug, "unexpected answer ignored: \(event)")
+        }
+    }
+
+    /// After the machine is done: only helpers' ends matter; the rest waits for nobody.
+    private mutating func reactWhileExiting(to event: SupervisorEvent) {
+        switch event {
+        case let .childExited(pid, status) where helpers[pid] != nil:
+            agenda.append(.helperEnded(pid: pid, status: status))
+        case .tick:
+            guard let exiting, now.mono >= exiting.deadline else { return }
+            stopHelpersAtShutdown()
+        case let .storeFailed(failure):
+            log(.error, "could not update incident: \(failure)")
+        default:
+            break
+        }
+    }
+
+    private mutating func childExited(pid: Int32, status: ChildStatus) {
+        if let child, child.pid == pid {
+            agenda.append(.instanceEnded(pid: pid, status: status))
+        } else if helpers[pid] != nil {
+            agenda.append(.helperEnded(pid: pid, status: status))
+        } else {
+            log(.debug, "reaped orphan pid \(pid): \(machine.describe(status))")
+        }
+    }
+
+    /// Every pending sd_notify datagram; only the child's own pid is heard (NotifyAccess=main).
+    private mutating func notified(_ message: NotifyMessage) {
+        guard let child, message.pid == child.pid else {
+            emit(.metric(.notifyRejected))
+            log(.warning, "ignored sd_notify message from pid \(message.pid) (only the service's main pid \(child.map { String($0.pid) } ?? "-") is heard): \(message.text.prefix(120))")
+            return
+        }
+        let parsed = NotifyProtocol.parse(message.text)
+        for problem in parsed.problems { log(.warning, "sd_notify from pid \(message.pid): \(problem)") }
+        if message.truncated { log(.warning, "sd_notify from pid \(message.pid): datagram longer than 4 KiB, truncated") }
+        schedule(machine.notifyReceived(parsed.fields, at: now.mono))
+    }
+
+    // MARK: the agenda
+
+    /// The machine's actions go first, before whatever was left (they follow from what just happened).
+    mutating func schedule(_ actions: [SupervisorAction]) {
+        agenda.insert(contentsOf: actions.map { .action($0) }, at: 0)
+    }
+
+    mutating func scheduleFirst(_ steps: [Step]) { agenda.insert(contentsOf: steps, at: 0) }
+
+    private mutating func drain() {
+        while awaiting == nil, !finished, !agenda.isEmpty {
+            run(agenda.removeFirst())
+            flushChanges()
+        }
+    }
+
+    /// Asks the world for an answer and stops the agenda until it comes.
+    mutating func ask(_ effect: Effect, awaiting: Awaiting) {
+        flushChanges()
+        emit(effect)
+        self.awaiting = awaiting
+    }
+
+    /// Writes each incident the ledger changed, once.
+    mutating func flushChanges() {
+        for incident in ledger.takeChanges() { emit(.updateIncident(incident)) }
+    }
+
+    mutating func finish() {
+        guard let exiting else { return }
+        flushChanges()
+        emit(.exit(code: exiting.code))
+        finished = true
+        agenda.removeAll()
+    }
+
+    // MARK: after every event
+
+    private mutating func housekeeping(after event: SupervisorEvent) {
+        if let usec = setup.managerWatchdogUsec, now.mono >= nextManagerKeepAlive {
+            // WATCHDOG=1 from the loop itself: if the loop stops turning, the manager's watchdog fires.
+            emit(.notifyManager("WATCHDOG=1"))
+            nextManagerKeepAlive = now.mono + Int(Self.keepAlivePeriodNs(watchdogUsec: usec) / 1_000_000)
+        }
+        guard case .tick = event, !finished else { return }
+        // A ping the machine gave up on (its deadline passed, or the instance is being handled) is abandoned.
+        if let open = pingOpen, machine.pingInFlight != open.token {
+            emit(.cancelPing)
+            pingOpen = nil
+        }
+        if machine.phase != lastPhase {
+            lastPhase = machine.phase
+            emit(.metric(.phase(machine.phase)))
+        }
+        updateManagerStatus()
+    }
+
+    /// The keep-alive period: 40 % of WATCHDOG_USEC, so that with the loop's own latency the gap between two
+    /// keep-alives stays under the half that sd_watchdog_enabled(3) asks for.
+    public static func keepAlivePeriodNs(watchdogUsec usec: UInt64) -> Int64 { Int64(usec) * 400 }
+
+    /// STATUS= for `systemctl status`, sent when it changes; READY=1 the first time the service answers.
+    mutating func updateManagerStatus(ready: Bool = false) {
+        guard setup.managerListening else { return }
+        var status = "\(config.service.name): \(machine.phase.rawValue)"
+        if let pid = machine.pid { status += " pid \(pid)" }
+        status += "; \(machine.restarts) restart(s)"
+        if let last = lastIncidentLine { status += "; last incident \(last)" }
+        if let serviceStatus { status += "; service: \(serviceStatus.prefix(80))" }
+        var message = ""
+        if ready && !announcedReady {
+            announcedReady = true
+            message += "READY=1\n"
+        }
+        guard !message.isEmpty || status != lastStatusSent else { return }
+        lastStatusSent = status
+        emit(.notifyManager(message + "STATUS=" + status))
+    }
+
+    mutating func emit(_ effect: Effect) { output.append(effect) }
+
+    mutating func log(_ level: LogEntry.Level, _ message: String, fields: [String: String] = [:]) {
+        emit(.log(LogEntry(level, message, fields: fields)))
+    }
+}

@@ -1,0 +1,148 @@
+import DefibCore
+import Foundation
+import Glibc
+
+/// Reading a hung process without touching it, writing its core, and the helpers and files that follow.
+extension SystemEffects {
+    public func observe(_ request: ObservationRequest) -> Observation {
+        let pid = request.pid
+        var observation = Observation(pid: pid)
+        if request.executable { observation.executable = ProcessMemory.executable(pid: pid) }
+        switch request.samples {
+        case .none: break
+        case .one: observation.samples = [ProcSampler.sample(pid: pid)]
+        case let .pair(apartMs):
+            let before = ProcSampler.sample(pid: pid)
+            usleep(UInt32(apartMs) * 1000)
+            observation.samples = [before, ProcSampler.sample(pid: pid)]
+        }
+        var addresses = request.lockWordAddresses
+        if let path = request.flightRecorder {
+            do {
+                let record = try FlightRecorderFile.read(path: path)
+                observation.flightRecorder = .record(record)
+                if request.recorderLockWords { addresses = record.locks.map(\.address) + addresses }
+            } catch {
+                observation.flightRecorder = access(path, F_OK) == 0 ? .unreadable("\(error)") : .missing
+            }
+        }
+        for address in addresses where observation.lockWords[address] == nil {
+            do { observation.lockWords[address] = .success(try ProcessMemory.readUInt64(pid: pid, address: address)) } catch {
+                observation.lockWords[address] = .failure(EffectFailure("\(error)"))
+            }
+        }
+        if request.threadIDs { observation.threadIDs = threadIDs(pid: pid) }
+        return observation
+    }
+
+    /// The core, by the requested method, within the budget. The kernel method kills the process and reaps
+    /// it here (the outcome carries its end).
+    public func writeCore(_ request: CoreRequest) -> CoreOutcome {
+        let keepAlive = request.managerKeepAlive.map { BoundedKeepAlive(periodNs: $0.periodNs, untilNs: $0.untilNs) }
+        defer { keepAlive?.finish() }
+        var outcome: CoreOutcome
+        switch request.method {
+        case .none:
+            outcome = CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil))
+        case .native:
+            let result = NativeCoreWriter.capture(pid: request.pid, path: request.path,
+                                                  options: NativeCoreOptions(budgetMs: request.budgetMs, firstThread: request.firstThread))
+            outcome = CoreOutcome(record: result.record, threads: result.threads)
+            outcome.notes = result.notes
+            if result.truncated { outcome.notes.append("core truncated at the \(request.budgetMs) ms budget") }
+            if result.record.path != nil {
+                outcome.notes.append(String(format: "native core: %d threads stopped in %.1f ms, %lld bytes allocated of %lld", result.threads,
+                                            result.stopMs, result.allocatedBytes, result.record.bytes))
+            }
+        case .gcore:
+            outcome = CoreOutcome(record: GcoreCapture.capture(pid: request.pid, prefix: request.prefix, budgetMs: request.budgetMs))
+        case .kernel:
+            outcome = kernelCore(request)
+        }
+        outcome.jitterDraw = Double.random(in: 0..<1)
+        return outcome
+    }
+
+    private func kernelCore(_ request: CoreRequest) -> CoreOutcome {
+        switch KernelCoreCapture.begin(pid: request.pid, pidfd: child?.pidfd) {
+        case let .failure(error):
+            return CoreOutcome(record: CaptureRecord(method: "kernel", path: nil, bytes: 0, durationMs: 0, error: "\(error)"))
+        case let .success(started):
+            // The core-dumping signal is the kill: the timeline says so.
+            let killedAt = Date()
+            var status: ChildStatus?
+            if let instance = child, instance.pid == request.pid {
+                status = waitForChild(instance, timeoutMs: request.budgetMs)
+                if status != nil {
+                    instance.closePidfd()
+                    child = nil
+                }
+            }
+            let result = KernelCoreCapture.finish(started, status: status)
+            var outcome = CoreOutcome(record: result.record)
+            outcome.notes = result.notes + ["core destination: \(result.destination)"]
+            outcome.killedAt = killedAt
+            outcome.exited = status
+            return outcome
+        }
+    }
+
+    // MARK: helpers and files
+
+    public func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure> {
+        do {
+            let gdb = try GdbStacks.start(binary: binary, core: core, outputPath: output)
+            helpers[gdb.pid] = gdb
+            return .success(gdb.pid)
+        } catch {
+            return .failure(EffectFailure("\(error)"))
+        }
+    }
+
+    public func startCompression(argv: [String]) -> Result<Int32, EffectFailure> {
+        var request = SpawnRequest(argv: argv, environment: helperEnvironment())
+        request.stdinFromDevNull = true
+        do {
+            let tool = try spawnProcess(request)
+            helpers[tool.pid] = tool
+            return .success(tool.pid)
+        } catch {
+            return .failure(EffectFailure("\(error)"))
+        }
+    }
+
+    public func readStacks(path: String) -> String { GdbStacks.read(outputPath: path) }
+
+    public func stopHelper(pid: Int32) {
+        guard let helper = helpers.removeValue(forKey: pid) else { return }
+        try? helper.signal(SIGKILL)
+        _ = waitForChild(helper, timeoutMs: 2000)
+        helper.closePidfd()
+    }
+
+    public func fileSize(path: String) -> Int64? { DefibPOSIX.fileSize(path) }
+
+    public func removeFile(path: String) { unlink(path) }
+
+    /// The stored cores with what each takes on disk, and the space of the core directory's file system
+    /// (f_bfree, as systemd-coredump: KeepFree counts the blocks reserved for root as free).
+    public func scanCores(directory: String) -> CoreInventory {
+        let stored = (try? store.storedCores()) ?? []
+        guard !stored.isEmpty else { return CoreInventory(cores: [], space: nil) }
+        var fs = statvfs()
+        guard statvfs(directory, &fs) == 0 else { return CoreInventory(cores: stored, space: nil) }
+        let space = FileSystemSpace(totalBytes: Int64(fs.f_blocks) * Int64(fs.f_frsize), freeBytes: Int64(fs.f_bfree) * Int64(fs.f_frsize))
+        let cores = stored.map { core in
+            var measured = core
+            measured.bytes = allocatedSize(core.path) ?? 0
+            return measured
+        }
+        return CoreInventory(cores: cores, space: space)
+    }
+}
+
+/// Blocks actually allocated to a file (cores have holes), in bytes.
+func allocatedSize(_ path: String) -> Int64? {
+    var st = stat()
+    return stat(path, &st) == 0 ? Int64(st.st_blocks) * 512 : nil
+}

@@ -1,0 +1,207 @@
+import DefibCore
+import Foundation
+import Glibc
+
+/// The supervisor's effects on a real Linux system: every syscall, file and helper process the loop needs
+/// (the store behind `IncidentPersistence`). Single-threaded: the thread that calls `spawn` must be the
+/// supervisor's own, long-lived one (PR_SET_PDEATHSIG follows the spawning thread).
+public final class SystemEffects: SupervisorEffects {
+    let config: SupervisorConfig
+    let store: any IncidentPersistence
+    let signals: SignalQueue
+    /// Descriptors passed to every instance (LISTEN_FDS), bound once by the caller.
+    let passedSockets: [(name: String, fd: Int32)]
+    /// The NOTIFY_SOCKET served to the instance.
+    let notifyServer: NotifyServer
+    /// Processes that were already our children when supervision began.
+    public let childrenBeforeUs: Set<Int32>
+    /// The service manager's watchdog period for us (WATCHDOG_USEC), when it watches us.
+    public let managerWatchdogUsec: UInt64?
+    /// A service manager listens (NOTIFY_SOCKET is set).
+    public let managerListening: Bool
+    /// What setting up did not manage but the supervision survives (for the log).
+    public private(set) var warnings: [String] = []
+
+    var child: ChildProcess?
+    var helpers: [Int32: ChildProcess] = [:]
+    var ping: (token: UInt64, request: ControlRequest)?
+    var locksQuery: ControlRequest?
+
+    /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
+    /// library starts a thread: a thread that does not block SIGTERM would take its default action.
+    public static func takeOverSignals() throws -> SignalQueue {
+        _ = Glibc.signal(SIGPIPE, SIG_IGN)
+        return try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
+    }
+
+    /// Becomes our descendants' subreaper and makes the state directory, the core directory and the run
+    /// directory (0700, made by us), the link to a control socket kept elsewhere, and the NOTIFY_SOCKET.
+    public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
+                passedSockets: [(name: String, fd: Int32)] = []) throws {
+        self.config = config
+        self.store = store
+        self.signals = signals
+        self.passedSockets = passedSockets
+        childrenBeforeUs = Set(childProcesses(of: getpid()))
+        managerWatchdogUsec = SystemdNotifier.watchdogUsec()
+        managerListening = SystemdNotifier.isEnabled
+        try becomeChildSubreaper()
+        let runDirectory = config.runDirectory
+        for dir in [config.stateDirectory, config.coreDirectory, config.stateDirectory + "/run", runDirectory] {
+            try makeDirectory(dir, mode: 0o700)
+        }
+        if config.controlSocketPath != runDirectory + "/control.sock" {
+            // A control socket elsewhere: its directory is made (0700) only if missing — never chmod'ed, it
+            // may be shared (/run, /tmp) — and the run directory gets a symlink to it for `defib ctl`.
+            let dir = Self.parentDirectory(config.controlSocketPath)
+            if access(dir, F_OK) != 0 { try makeDirectory(dir, mode: 0o700) }
+            let link = runDirectory + "/control.sock"
+            unlink(link)
+            if symlink(config.controlSocketPath, link) != 0 { throw SystemError("symlink(\(config.controlSocketPath), \(link))") }
+        }
+        notifyServer = try NotifyServer(path: config.notifySocketPath)
+        // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
+        // that is restarting has none for a moment, and a line meant for it must not go to another one).
+        let pidFile = runDirectory + "/supervisor.pid"
+        if (try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)) == nil {
+            warnings.append("could not write \(pidFile): defib ctl will fall back to probing sockets")
+        }
+    }
+
+    static func parentDirectory(_ path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    public func now() -> Instant { Instant(mono: MonoTime(nanoseconds: monotonicNanoseconds()), wall: Date()) }
+
+    // MARK: waiting
+
+    public func wait(until deadline: MonoTime?) -> [SupervisorEvent] {
+        var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: notifyServer.fd, events: Int16(POLLIN), revents: 0)]
+        if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
+        if let locksQuery { fds.append(pollfd(fd: locksQuery.fd, events: Int16(POLLIN), revents: 0)) }
+        var timeoutMs: Int32 = 1000
+        if let deadline {
+            // Rounded up, so the loop sleeps until the deadline rather than spinning through its last millisecond.
+            timeoutMs = min(timeoutMs, Int32(clamping: max(0, (deadline.nanoseconds - monotonicNanoseconds() + 999_999) / 1_000_000)))
+        }
+        _ = poll(&fds, nfds_t(fds.count), timeoutMs)
+
+        var events: [SupervisorEvent] = []
+        for sig in signals.drain() {
+            if sig == SIGCHLD { reap(into: &events) } else { events.append(.signal(sig)) }
+        }
+        reap(into: &events)  // a SIGCHLD can be merged with one already drained
+        for message in notifyServer.receiveAll() {
+            events.append(.notify(NotifyMessage(pid: message.pid, text: message.text, truncated: message.truncated)))
+        }
+        if let (token, request) = ping {
+            switch request.readAvailable() {
+            case .pending: break
+            case let .reply(line): cancelPing(); events.append(.pingReply(token: token, line: line))
+            case let .failed(problem): cancelPing(); events.append(.pingFailed(token: token, problem: problem))
+            }
+        }
+        if let request = locksQuery {
+            switch request.readAvailable() {
+            case .pending: break
+            case let .reply(line): cancelLocksQuery(); events.append(.locksReply(line))
+            case let .failed(problem): cancelLocksQuery(); events.append(.locksFailed(problem))
+            }
+        }
+        return events
+    }
+
+    /// Every child that has ended: the instance, helpers, and orphans re-parented to us. Their pidfds close
+    /// here, before anyone could signal a recycled pid.
+    private func reap(into events: inout [SupervisorEvent]) {
+        for reaped in reapAll() {
+            if let child, child.pid == reaped.pid {
+                child.closePidfd()
+                self.child = nil
+            } else if let helper = helpers.removeValue(forKey: reaped.pid) {
+                helper.closePidfd()
+            }
+            events.append(.childExited(pid: reaped.pid, status: reaped.status))
+        }
+    }
+
+    // MARK: the service
+
+    public func spawn(_ plan: SpawnPlan) -> SupervisorEvent {
+        if let stale = plan.removeFirst { unlink(stale) }
+        var env = helperEnvironment()
+        for (key, value) in plan.environmentDefaults where env[key] == nil { env[key] = value }
+        for (key, value) in plan.environment { env[key] = value }
+        var request = SpawnRequest(argv: plan.argv, environment: env, workingDirectory: plan.workingDirectory)
+        request.passFDs = passedSockets.map(\.fd)
+        request.passFDNames = passedSockets.map(\.name)
+        do {
+            let started = try spawnProcess(request)
+            child = started
+            return .spawned(pid: started.pid, executable: started.executable)
+        } catch {
+            return .spawnFailed("\(error)")
+        }
+    }
+
+    public func signal(pid: Int32, signal: Int32) {
+        guard let child, child.pid == pid else { return }
+        try? child.signal(signal)
+        child.signalGroup(signal)
+    }
+
+    public func killLeftovers(of pid: Int32, sparing: Set<Int32>) -> [KilledProcess] {
+        var killed: [KilledProcess] = []
+        for leftover in childProcesses(of: getpid()) where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil {
+            let name = processName(leftover)
+            if killProcess(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
+        }
+        return killed
+    }
+
+    // MARK: the control channel
+
+    public func sendPing(token: UInt64) -> String? {
+        cancelPing()
+        switch ControlRequest.start(path: config.controlSocketPath, line: "ping \(token)") {
+        case let .success(request): ping = (token, request); return nil
+        case let .failure(error): return error.problem
+        }
+    }
+
+    public func cancelPing() {
+        ping?.request.close()
+        ping = nil
+    }
+
+    public func queryLocks() -> String? {
+        cancelLocksQuery()
+        switch ControlRequest.start(path: config.controlSocketPath, line: "locks") {
+        case let .success(request): locksQuery = request; return nil
+        case let .failure(error): return "\(error)"
+        }
+    }
+
+    public func cancelLocksQuery() {
+        locksQuery?.close()
+        locksQuery = nil
+    }
+
+    // MARK: the store and the service manager
+
+    public func insert(_ incident: Incident) -> Result<Int64, EffectFailure> {
+        do { return .success(try store.insert(incident)) } catch { return .failure(EffectFailure("\(error)")) }
+    }
+
+    public func update(_ incident: Incident) -> EffectFailure? {
+        do { try store.update(incident); return nil } catch { return EffectFailure("\(error)") }
+    }
+
+    public func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure? {
+        do { try store.recordCoreRemoved(id: incidentID, note: note); return nil } catch { return EffectFailure("\(error)") }
+    }
+
+    public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
+}
