@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <string.h>
 #include <unistd.h>
+#include <grp.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/syscall.h>
@@ -55,6 +56,13 @@ int defib_spawn(const defib_spawn_attr *a, pid_t *pid_out, int *err_out, const c
             errpipe = moved;
         }
         if (a->new_session && setsid() < 0) child_fail(errpipe, errno, "setsid");
+        // Groups first (setgroups needs root), then the gid, then the uid: after setresuid nothing else can change.
+        if (a->set_ids) {
+            if (setgroups((size_t)(a->ngroups > 0 ? a->ngroups : 0), a->groups) != 0) child_fail(errpipe, errno, "setgroups");
+            if (setresgid(a->gid, a->gid, a->gid) != 0) child_fail(errpipe, errno, "setresgid");
+            if (setresuid(a->uid, a->uid, a->uid) != 0) child_fail(errpipe, errno, "setresuid");
+        }
+        // After the credential change: changing credentials clears the parent-death signal (prctl(2)).
         if (a->pdeathsig > 0) {
             if (prctl(PR_SET_PDEATHSIG, a->pdeathsig) != 0) child_fail(errpipe, errno, "prctl(PR_SET_PDEATHSIG)");
             if (getppid() != parent) _exit(127); // the parent died before prctl took effect

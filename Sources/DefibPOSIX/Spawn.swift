@@ -17,6 +17,9 @@ public struct SpawnRequest: Sendable {
     public var stdoutFD: Int32 = -1
     public var stderrFD: Int32 = -1
     public var stdinFromDevNull = false
+    /// The child's uid, gid and supplementary groups, set after fork and before exec (then the parent-death
+    /// signal, which a credential change clears); nil keeps defib's.
+    public var credentials: ProcessCredentials?
     /// A cgroup.procs opened for writing (`InstanceCgroup.procsFD`): the child moves itself there before
     /// exec. -1: it stays in defib's cgroup.
     public var cgroupProcsFD: Int32 = -1
@@ -135,16 +138,22 @@ public func spawnProcess(_ request: SpawnRequest) throws -> ChildProcess {
     var pid: pid_t = 0
     var err: Int32 = 0
     var stage: UnsafePointer<CChar>? = nil
+    let ids = request.credentials
+    let groups = ids?.groups ?? []
     let rc: Int32 = argv.withUnsafeBufferPointer { argvBuf in
         envp.withUnsafeBufferPointer { envBuf in
             request.passFDs.withUnsafeBufferPointer { fdBuf in
-                var attr = defib_spawn_attr(
-                    path: path, argv: argvBuf.baseAddress, envp: envBuf.baseAddress, cwd: cwd,
-                    fds: fdBuf.baseAddress, nfds: Int32(request.passFDs.count),
-                    pdeathsig: request.parentDeathSignal, new_session: request.newSession ? 1 : 0,
-                    listen_pid_slot: listenSlot, stdout_fd: request.stdoutFD, stderr_fd: request.stderrFD,
-                    stdin_devnull: request.stdinFromDevNull ? 1 : 0, cgroup_procs_fd: request.cgroupProcsFD)
-                return defib_spawn(&attr, &pid, &err, &stage)
+                groups.withUnsafeBufferPointer { groupBuf in
+                    var attr = defib_spawn_attr(
+                        path: path, argv: argvBuf.baseAddress, envp: envBuf.baseAddress, cwd: cwd,
+                        fds: fdBuf.baseAddress, nfds: Int32(request.passFDs.count),
+                        pdeathsig: request.parentDeathSignal, new_session: request.newSession ? 1 : 0,
+                        listen_pid_slot: listenSlot, stdout_fd: request.stdoutFD, stderr_fd: request.stderrFD,
+                        stdin_devnull: request.stdinFromDevNull ? 1 : 0,
+                        set_ids: ids == nil ? 0 : 1, uid: ids?.uid ?? 0, gid: ids?.gid ?? 0,
+                        groups: groupBuf.baseAddress, ngroups: Int32(groups.count), cgroup_procs_fd: request.cgroupProcsFD)
+                    return defib_spawn(&attr, &pid, &err, &stage)
+                }
             }
         }
     }

@@ -20,6 +20,11 @@ typedef struct {
     int stdout_fd;               ///< -1: inherit; otherwise dup2'ed onto 1
     int stderr_fd;               ///< -1: inherit; otherwise dup2'ed onto 2
     int stdin_devnull;           ///< 1: stdin from /dev/null
+    int set_ids;                 ///< 1: setgroups(groups), setresgid(gid), setresuid(uid) before exec, then the pdeathsig
+    uid_t uid;
+    gid_t gid;
+    const gid_t *groups;         ///< supplementary groups (may be NULL when ngroups is 0)
+    int ngroups;
     int cgroup_procs_fd;         ///< -1: stay in the parent's cgroup; else a cgroup.procs opened for writing: the child moves itself there first
 } defib_spawn_attr;
 
