@@ -15,6 +15,7 @@ struct ConfigField {
         case source(WritableKeyPath<SupervisorConfig, HeartbeatSource>)
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
+        case notifyAccess(WritableKeyPath<SupervisorConfig, NotifyAccess>)
     }
 
     let key: String
@@ -27,7 +28,8 @@ struct ConfigField {
             ("heartbeat", [.init("source", .source(\.heartbeat.source)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
                            .init("deadline_ms", .int(\.heartbeat.deadlineMs)), .init("misses", .int(\.heartbeat.misses)),
                            .init("start_timeout_ms", .int(\.heartbeat.startTimeoutMs)),
-                           .init("control_socket", .optionalString(\.heartbeat.controlSocket))]),
+                           .init("control_socket", .optionalString(\.heartbeat.controlSocket)),
+                           .init("notify_access", .notifyAccess(\.heartbeat.notifyAccess))]),
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
                          .init("compress", .compression(\.capture.compress))]),
@@ -57,6 +59,7 @@ struct ConfigField {
         case let .source(path): tomlString(config[keyPath: path].rawValue)
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
+        case let .notifyAccess(path): tomlString(config[keyPath: path].rawValue)
         }
     }
 }
@@ -79,6 +82,11 @@ extension SupervisorConfig {
         if !self.service.name.isEmpty { service.append("name = \(tomlString(self.service.name))") }
         if !self.service.argv.isEmpty { service.append("argv = [" + self.service.argv.map(tomlString).joined(separator: ", ") + "]") }
         if let dir = self.service.workingDirectory { service.append("working_directory = \(tomlString(dir))") }
+        if let user = self.service.user { service.append("user = \(tomlString(user))") }
+        if let group = self.service.group { service.append("group = \(tomlString(group))") }
+        if let groups = self.service.supplementaryGroups {
+            service.append("supplementary_groups = [" + groups.map(tomlString).joined(separator: ", ") + "]")
+        }
         if !self.service.environment.isEmpty {
             service.append("env = { " + self.service.environment.sorted { $0.key < $1.key }
                 .map { "\(tomlString($0.key)) = \(tomlString($0.value))" }.joined(separator: ", ") + " }")

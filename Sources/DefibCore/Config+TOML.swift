@@ -251,6 +251,7 @@ extension SupervisorConfig {
         for socket in sockets where SocketSpec.numericHost(socket.host) == nil {
             bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
+        issues += service.identityIssues()
         return issues
     }
 }
@@ -272,11 +273,14 @@ private struct TOMLConfigReader {
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
-            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory"])
+            unknownKeys(t, prefix: "service.", known: ["name", "argv", "env", "working_directory", "user", "group", "supplementary_groups"])
             if let v = string(t, "name", prefix: "service.") { c.service.name = v }
             if let v = stringArray(t, "argv", prefix: "service.") { c.service.argv = v }
             if let v = stringTable(t, "env", prefix: "service.") { c.service.environment = v }
             if let v = string(t, "working_directory", prefix: "service.") { c.service.workingDirectory = v }
+            if let v = string(t, "user", prefix: "service.") { c.service.user = v }
+            if let v = string(t, "group", prefix: "service.") { c.service.group = v }
+            if let v = stringArray(t, "supplementary_groups", prefix: "service.") { c.service.supplementaryGroups = v }
         }
         for section in ConfigField.sections {
             guard let t = table(root, section.name) else { continue }
@@ -317,6 +321,8 @@ private struct TOMLConfigReader {
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }
         case let .compression(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "compression", default: c[keyPath: path]) }
+        case let .notifyAccess(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "notify access", default: c[keyPath: path]) }
         }
     }
 

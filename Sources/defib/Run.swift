@@ -31,6 +31,12 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1) or both.")
     var heartbeat: HeartbeatSource?
 
+    @Option(name: .long, help: "Run the service as this user (name or uid).")
+    var user: String?
+
+    @Option(name: .long, help: "Run the service with this group (name or gid; default: the user's).")
+    var group: String?
+
     @Option(name: .long, help: "Core capture method: native, kernel, gcore or none.")
     var capture: CaptureMethod?
 
@@ -72,6 +78,8 @@ struct RunCommand: ParsableCommand {
         if let misses { cfg.heartbeat.misses = misses }
         if let capture { cfg.capture.method = capture }
         if let heartbeat { cfg.heartbeat.source = heartbeat }
+        if let user { cfg.service.user = user }
+        if let group { cfg.service.group = group }
         if let metrics { cfg.metricsListen = metrics }
         for spec in sockets {
             guard let eq = spec.firstIndex(of: "="), let address = SocketSpec.parseAddress(String(spec[spec.index(after: eq)...])) else {
