@@ -2,14 +2,17 @@ import Foundation
 
 /// Why an incident was opened. A child's end is data, not an error.
 public enum IncidentCause: Sendable, Equatable, Codable {
-    /// The control channel stopped answering: `misses` consecutive pings went unanswered.
-    case missedHeartbeat(misses: Int, lastPongAt: Date?, lastError: String?)
+    /// The heartbeat stopped: `misses` consecutive pings (keep-alives, probe attempts) went unanswered.
+    /// `heartbeat` names a probe when one was the source (`http probe GET http://…`); nil for the control
+    /// channel and sd_notify, whose wording stays as it was.
+    case missedHeartbeat(misses: Int, lastPongAt: Date?, lastError: String?, heartbeat: String? = nil)
     /// The child exited on its own with this code.
     case exited(code: Int32)
     /// The child was killed by a signal it did not get from us.
     case signaled(signal: Int32, coreDumped: Bool)
-    /// The child never reached its first `pong` within the start timeout.
-    case startTimeout(seconds: Double)
+    /// The child never reached its first `pong` (or probe beat, or READY=1) within the start timeout;
+    /// `heartbeat` names the probe when one was the source.
+    case startTimeout(seconds: Double, heartbeat: String? = nil)
     /// The program could not be started at all (exec failed, bad path …).
     case spawnFailed(message: String)
     /// The service asked to be treated as hung (sd_notify `WATCHDOG=trigger`).
@@ -30,15 +33,17 @@ public enum IncidentCause: Sendable, Equatable, Codable {
     /// One human sentence.
     public var summary: String {
         switch self {
-        case let .missedHeartbeat(misses, lastPong, lastError):
-            var s = "control channel silent: \(misses) heartbeat(s) missed"
-            if let lastPong { s += ", last pong \(RFC3339.string(lastPong))" } else { s += ", never answered" }
+        case let .missedHeartbeat(misses, lastPong, lastError, heartbeat):
+            var s = heartbeat.map { "\($0) failing: \(misses) heartbeat(s) missed" } ?? "control channel silent: \(misses) heartbeat(s) missed"
+            let answer = heartbeat == nil ? "pong" : "beat"
+            if let lastPong { s += ", last \(answer) \(RFC3339.string(lastPong))" } else { s += ", never answered" }
             if let lastError { s += " (\(lastError))" }
             return s
         case let .exited(code): return "exited on its own with code \(code)"
         case let .signaled(signal, core):
             return "killed by signal \(signal) (\(signalName(signal)))" + (core ? ", core dumped by the kernel" : "")
-        case let .startTimeout(seconds): return "no first pong within \(seconds) s of start"
+        case let .startTimeout(seconds, heartbeat):
+            return heartbeat.map { "\($0): no first beat within \(seconds) s of start" } ?? "no first pong within \(seconds) s of start"
         case let .spawnFailed(message): return "could not start: \(message)"
         case let .triggered(reason): return reason
         }

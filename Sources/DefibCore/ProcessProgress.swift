@@ -148,6 +148,10 @@ public struct ProgressThresholds: Sendable, Equatable {
 
 /// Judges progress from two samples. Pure.
 public enum ProgressJudge {
+    /// The shortest window a verdict is drawn over: below it, scheduling granularity alone (a runnable thread
+    /// that simply has not been picked yet, a tick not yet accounted) reads as starvation.
+    public static let minimumWindowMs = 100
+
     public static func judge(before: ProcessSample, after: ProcessSample, thresholds t: ProgressThresholds = .init()) -> ProgressVerdict {
         if after.threads.isEmpty { return .gone }
         let wallNs = max(1, after.atNs - before.atNs)
@@ -253,6 +257,13 @@ public enum ProcParse {
         // rest[0] = state (field 3), utime = field 14, stime = field 15 → rest[11], rest[12].
         guard rest.count > 12, let utime = UInt64(rest[11]), let stime = UInt64(rest[12]) else { return nil }
         return (name, String(rest[0]), utime + stime)
+    }
+
+    /// The parent pid (field 4) of a /proc/PID/stat line.
+    public static func parentPID(_ text: String) -> Int32? {
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)
+        return rest.count > 1 ? Int32(rest[1]) : nil
     }
 
     /// /proc/PID/task/TID/schedstat: "on_cpu_ns run_delay_ns timeslices".

@@ -31,6 +31,11 @@ extension Supervision {
             ask(.scanCores(directory: config.coreDirectory), awaiting: .inventory(justWritten: justWritten))
         case let .helperEnded(pid, status):
             helperEnded(pid: pid, status: status)
+        case .retryWrites:
+            for incident in ledger.takeRefusedUpdates() { emit(.updateIncident(incident)) }
+            scheduleFirst(ledger.pendingInserts.map { .retryInsert($0) })
+        case let .retryInsert(incident):
+            ask(.insertIncident(incident), awaiting: .storedLater(incident))
         }
     }
 
@@ -81,8 +86,15 @@ extension Supervision {
             scheduleFirst(steps + [.recordCore(outcome), .finishCapture(jitterDraw: outcome.jitterDraw)])
         case let (.leftovers(oldPid, status), .leftoversKilled(killed)):
             awaiting = nil
-            for process in killed {
+            // Named one by one up to a few, then counted: an instance that leaves thousands behind costs a
+            // bounded incident and log.
+            for process in killed.prefix(Self.leftoversNamed) {
                 let line = "killed pid \(process.pid) (\(process.name)), left behind by the instance pid \(oldPid)"
+                logFromChild(.warning, line, source: "leftover")
+                ledger.noteOrKeep(line)
+            }
+            if killed.count > Self.leftoversNamed {
+                let line = "killed \(killed.count - Self.leftoversNamed) more process(es) left behind by the instance pid \(oldPid) (\(killed.count) in all)"
                 log(.warning, line)
                 ledger.noteOrKeep(line)
             }
@@ -102,6 +114,9 @@ extension Supervision {
         case let (.inventory(justWritten), .coresScanned(inventory)):
             awaiting = nil
             applyRetention(inventory, justWritten: justWritten)
+        case let (.storedLater(incident), .incidentStored(result)):
+            awaiting = nil
+            storedLater(incident, result)
         default:
             return false
         }
@@ -119,7 +134,8 @@ extension Supervision {
             log(.info, "service \(config.service.name) pid \(pid) is ready")
             updateManagerStatus(ready: true)
         case let .heartbeatMissed(misses, silenceMs, reason):
-            log(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
+            // The reason may quote the child's reply: its log line is the child's to flood.
+            logFromChild(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)", source: "heartbeat")
             emit(.metric(.heartbeatMissed))
             ledger.noteMiss(misses: misses, silenceMs: silenceMs, reason: reason)
         case let .sampleProgress(pid):
@@ -141,7 +157,7 @@ extension Supervision {
             log(.info, "the current silence no longer counts: \(reason)")
             ledger.forgetSilence()
         case let .serviceNotified(text):
-            log(.info, "service says: \(text)")
+            logFromChild(.info, "service says: \(text)", source: "sd_notify")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
         case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
@@ -198,22 +214,47 @@ extension Supervision {
     /// TimeoutStopSec= (15 s) once the service itself has stopped (stop_timeout_ms, 5 s by default).
     public static let helpersShutdownWaitMs = 8_000
 
-    /// The instance's run directory holds its flight recorder.
-    var flightRecorderPath: String { config.runDirectory + "/flight-recorder" }
+    /// The instance's flight recorder (in the run directory, or the instance directory of another user's service).
+    var flightRecorderPath: String { setup.paths.flightRecorder }
 
-    /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart.
+    /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart. Never over a
+    /// window shorter than `ProgressJudge.minimumWindowMs`: a baseline taken just before (a loop that fell
+    /// behind handles a miss and the deadline in one turn) is topped up with a second sample, since over a
+    /// millisecond a runnable thread that has not run yet looks starved.
     private func judgementRequest(pid: Int32) -> ObservationRequest {
-        ObservationRequest(pid: pid, samples: ledger.baseline?.pid == pid ? .one : .pair(apartMs: 100))
+        let minimum = ProgressJudge.minimumWindowMs
+        guard let baseline = ledger.baseline, baseline.pid == pid else { return ObservationRequest(pid: pid, samples: .pair(apartMs: minimum)) }
+        let ageMs = Int((now.mono.nanoseconds - baseline.atNs) / 1_000_000)
+        return ObservationRequest(pid: pid, samples: ageMs >= minimum ? .one : .pair(apartMs: minimum - max(0, ageMs)))
+    }
+
+    /// How many processes an instance left behind are named one by one.
+    static let leftoversNamed = 20
+
+    /// What the incident calls the heartbeat that went silent, when it is not the control channel.
+    private func heartbeatName(for cause: FailureCause) -> String? {
+        switch cause {
+        case .missedHeartbeat:
+            switch machine.lastSilence {
+            case .notify?: "sd_notify keep-alive (WATCHDOG=1)"
+            case .both?: "control channel and sd_notify keep-alive (WATCHDOG=1)"
+            case .ping?, nil: nil
+            }
+        case .startTimeout:
+            config.heartbeat.source == .notify ? "sd_notify (READY=1)" : nil
+        case .died, .spawnFailed, .triggered:
+            nil
+        }
     }
 
     /// The instance's program and environment: the config's variables, then the supervisor's own (its control
     /// socket, our NOTIFY_SOCKET, WATCHDOG_USEC when keep-alives are expected), which win.
     var spawnPlan: SpawnPlan {
         var env = config.service.environment
-        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
+        env["DEFIB_CONTROL_SOCKET"] = setup.paths.controlSocket
         env["DEFIB_SERVICE"] = config.service.name
         env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
-        env["NOTIFY_SOCKET"] = config.notifySocketPath
+        env["NOTIFY_SOCKET"] = setup.paths.notifySocket
         if config.heartbeat.source.usesNotify {
             // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
             env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
@@ -221,21 +262,25 @@ extension Supervision {
         // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
         // service should die (and dump) on them like any other program.
         return SpawnPlan(argv: config.service.argv, workingDirectory: config.service.workingDirectory, environment: env,
-                         environmentDefaults: ["SWIFT_BACKTRACE": "enable=no"], removeFirst: config.controlSocketPath)
+                         environmentDefaults: ["SWIFT_BACKTRACE": "enable=no"], removeFirst: setup.paths.controlSocket)
     }
 
     // MARK: the incident's life
 
     private mutating func openIncident(_ cause: FailureCause, detected: Date, verdict: ProgressVerdict?) {
         let incident = ledger.open(cause, at: detected, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
-                                   startedAt: childStartedAt, verdictAtOpen: verdict)
+                                   startedAt: childStartedAt, verdictAtOpen: verdict, heartbeat: heartbeatName(for: cause))
         ask(.insertIncident(incident), awaiting: .stored)
     }
 
     private mutating func incidentStored(_ result: Result<Int64, EffectFailure>) {
         switch result {
         case let .success(id): ledger.stored(id: id)
-        case let .failure(failure): log(.error, "could not record incident: \(failure)")
+        case let .failure(failure):
+            if failure.retryLater { ledger.insertRefused() }
+            log(.error, "could not record incident: \(failure)" + (failure.retryLater ? "; kept in memory and written when the store takes it" : ""))
+            // Meanwhile the incident exists in the log, in full.
+            if let incident = ledger.open { log(.error, "incident not stored: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))") }
         }
         guard let incident = ledger.open else { return }
         emit(.metric(.incident(cause: incident.cause.kind)))
@@ -250,6 +295,54 @@ extension Supervision {
         let id = closed.id.map(String.init) ?? "?"
         let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
         log(.warning, "incident \(id) closed: \(outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
-        if let storedID = closed.id { scheduleFirst([.evidenceAfterClose(incidentID: storedID)]) }
+        if let storedID = closed.id {
+            scheduleFirst([.evidenceAfterClose(incidentID: storedID)])
+        } else {
+            // Its final version, in full, while the store does not have it (its evidence follows once it does).
+            log(.error, "incident not stored (closed): \(IncidentJSON.string(closed, includeStacks: true, pretty: false))")
+        }
+    }
+
+    // MARK: what the store refused
+
+    /// Every `storeRetryMs` while the store has refused something, it is offered again.
+    static let storeRetryMs = 1000
+
+    mutating func offerUnwrittenIfDue() {
+        guard ledger.hasUnwritten else { refusalsLogged.removeAll(); return }
+        guard let due = nextStoreRetry else { nextStoreRetry = now.mono + Self.storeRetryMs; return }
+        guard now.mono >= due else { return }
+        nextStoreRetry = now.mono + Self.storeRetryMs
+        agenda.append(.retryWrites)
+    }
+
+    mutating func updateRefused(_ incident: Incident, _ failure: EffectFailure) {
+        let id = incident.id.map(String.init) ?? "?"
+        if failure.retryLater {
+            ledger.updateRefused(incident)
+            if refusalsLogged.insert(incident.id ?? -1).inserted {
+                log(.error, "could not update incident \(id): \(failure); kept in memory and written when the store takes it")
+                log(.error, "incident \(id) as known now: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
+            } else {
+                log(.debug, "incident \(id) still not updated: \(failure)")
+            }
+        } else {
+            log(.error, "could not update incident: \(failure)")
+        }
+    }
+
+    private mutating func storedLater(_ incident: Incident, _ result: Result<Int64, EffectFailure>) {
+        switch result {
+        case let .success(id):
+            guard let (stored, closed) = ledger.storedLater(incident, id: id) else { return }
+            log(.notice, "incident \(id) stored now (the store had refused it): \(stored.cause.summary)",
+                fields: stored.journalFields(messageID: DefibMessageID.incidentOpened))
+            if closed { scheduleFirst([.evidenceAfterClose(incidentID: id)]) }
+        case let .failure(failure) where failure.retryLater:
+            log(.debug, "incident of pid \(incident.pid) still not stored: \(failure)")
+        case let .failure(failure):
+            ledger.giveUpInsert(incident)
+            log(.error, "incident of pid \(incident.pid) cannot be stored (\(failure)); as last known: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
+        }
     }
 }

@@ -175,6 +175,5 @@ extension Supervision {
             ledger.note(incidentID: id, note)
         }
         helpers.removeAll()
-        finish()
     }
 }

@@ -96,7 +96,7 @@ public final class Supervisor {
         case let .insertIncident(incident):
             return .incidentStored(effects.insert(incident))
         case let .updateIncident(incident):
-            return effects.update(incident).map { .storeFailed($0) }
+            return effects.update(incident).map { .incidentNotUpdated(incident, $0) }
         case let .recordCoreRemoved(id, note):
             return effects.recordCoreRemoved(incidentID: id, note: note).map { .storeFailed($0) }
         case let .log(entry):

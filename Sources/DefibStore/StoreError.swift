@@ -1,3 +1,5 @@
+import DefibCore
+
 /// Something the incident store could not do. The description names the database file and the problem,
 /// e.g. `/var/lib/defib/incidents.sqlite: no incident 42`.
 public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -40,8 +42,8 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
 
     /// The write may well succeed later: the disk is full (SQLITE_FULL), an I/O error (SQLITE_IOERR, which
     /// is also how ENOSPC on the WAL shows), another process holds a lock (SQLITE_BUSY/LOCKED), or the file
-    /// cannot be opened right now (SQLITE_CANTOPEN). The incident is kept and written again (see
-    /// `IncidentWriteQueue`) rather than lost.
+    /// cannot be opened right now (SQLITE_CANTOPEN). The supervision keeps the incident and writes it again
+    /// (`IncidentLedger`'s unwritten incidents) rather than losing it.
     public var retryLater: Bool {
         guard let code = sqliteCode else { return false }
         return [5, 6, 10, 13, 14].contains(code)
@@ -57,3 +59,5 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     /// `PATH: MESSAGE`.
     public var description: String { "\(path): \(message)" }
 }
+
+extension StoreError: RetryableError {}

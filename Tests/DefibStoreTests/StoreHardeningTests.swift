@@ -97,38 +97,40 @@ import Testing
         }
     }
 
-    @Test func aFullDiskKeepsTheIncidentUntilItCanBeWritten() throws {
+    /// A full disk refuses an insert and an update with an error that says to try again later (the supervision
+    /// keeps the incident in memory and offers it again: `IncidentLedger`); once there is room, the same
+    /// writes succeed.
+    @Test func aFullDiskRefusesWritesAsOnesToRetry() throws {
         try #require(geteuid() == 0, "mounting a tmpfs needs root")
         try withTmpfs(size: "2m", name: "store") { disk in
             let state = disk.path + "/state"
             try #require(mkdir(state, 0o700) == 0)
             let store = try IncidentStore.open(stateDirectory: state)
-            let queue = IncidentWriteQueue(store: store)
             var first = Self.incident(ms: 1)
-            #expect(queue.record(&first) == .written(id: 1))
+            first.id = try store.insert(first)
             try disk.fill()
             // An incident with a lot to say (notes, as a long hang accumulates them) on a full disk.
-            var hang = Self.incident(pid: 200, ms: 2, notes: (0..<50).map { "note \($0) " + String(repeating: "x", count: 2000) })
-            guard case let .pending(error) = queue.record(&hang) else { Issue.record("written on a full disk?"); return }
-            #expect(error.retryLater, "\(error)")
-            #expect(hang.id == nil && queue.pendingCount == 1)
-            // The runtime keeps updating it meanwhile: the latest version replaces the waiting one.
-            hang.notes.append("capture failed: disk full")
-            hang.outcome = .recovered
-            #expect(queue.record(&hang) != .written(id: 2))
-            #expect(queue.pendingCount == 1)
-            #expect(queue.retryPending().isEmpty, "still full")
+            let hang = Self.incident(pid: 200, ms: 2, notes: (0..<50).map { "note \($0) " + String(repeating: "x", count: 2000) })
+            do {
+                _ = try store.insert(hang)
+                Issue.record("written on a full disk?")
+            } catch let error as StoreError {
+                #expect(error.retryLater, "\(error)")
+                #expect((error as any RetryableError).retryLater, "the supervision sees it through RetryableError")
+            }
+            first.notes = (0..<50).map { "later note \($0) " + String(repeating: "y", count: 2000) }
+            do {
+                try store.update(first)
+                Issue.record("updated on a full disk?")
+            } catch let error as StoreError {
+                #expect(error.retryLater, "\(error)")
+            }
             disk.unfill()
-            let written = queue.retryPending()
-            #expect(written.count == 1 && written.first?.id == 2)
-            #expect(queue.pendingCount == 0)
-            let stored = try #require(try store.incident(id: 2))
-            #expect(stored.outcome == .recovered && stored.notes.last == "capture failed: disk full", "the latest version was written")
-            // The runtime's copy still has no id: its next save updates row 2, not a new row.
-            var later = hang
-            later.notes.append("stacks stored")
-            #expect(queue.record(&later) == .written(id: 2) && later.id == 2)
+            let id = try store.insert(hang)
+            try store.update(first)
             #expect(try store.count() == 2)
+            #expect(try store.incident(id: id)?.notes.count == 50)
+            #expect(try store.incident(id: first.id!)?.notes.first?.hasPrefix("later note 0") == true)
         }
     }
 
