@@ -1,3 +1,4 @@
+import CDefibShims
 import Glibc
 
 /// One request on a service's control channel (a Unix stream socket, one line out, one line back),
@@ -36,9 +37,12 @@ public final class ControlRequest {
 
     /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
     /// A reply longer than `maxReplyBytes` fails as soon as that many bytes came without a newline.
-    public static func start(path: String, line: String, maxReplyBytes: Int = defaultMaxReplyBytes) -> Result<ControlRequest, ControlError> {
+    /// With `noFollow`, `path` must be the socket itself, not a link to one: the supervisor connects as root
+    /// into a directory another user's service can write, which must not be able to point it at another socket.
+    public static func start(path: String, line: String, maxReplyBytes: Int = defaultMaxReplyBytes,
+                             noFollow: Bool = false) -> Result<ControlRequest, ControlError> {
         let fd: Int32
-        switch connected(path: path) {
+        switch noFollow ? connectedWithoutFollowing(path: path) : connected(path: path) {
         case let .success(f): fd = f
         case let .failure(e): return .failure(e)
         }
@@ -51,6 +55,27 @@ public final class ControlRequest {
             return .failure(ControlError(path: path, problem: problem))
         }
         return .success(request)
+    }
+
+    /// `connected(path:)` to the socket file itself: its last component is opened with O_PATH|O_NOFOLLOW and
+    /// must be a socket, and the connection goes through /proc/self/fd/N, that very inode — a link put there,
+    /// or swapped in between the check and the connect, is never followed.
+    static func connectedWithoutFollowing(path: String) -> Result<Int32, ControlError> {
+        let pathFD = Glibc.open(path, defib_o_path() | O_NOFOLLOW | O_CLOEXEC)
+        guard pathFD >= 0 else {
+            let e = errno
+            return .failure(ControlError(path: path, problem: e == ENOENT ? "no control socket (nothing listening yet)" : SystemError("open", errno: e).description))
+        }
+        defer { Glibc.close(pathFD) }
+        var st = stat()
+        guard fstat(pathFD, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else {
+            return .failure(ControlError(path: path, problem: (st.st_mode & S_IFMT) == S_IFLNK
+                ? "is a symbolic link, not the service's socket: not followed" : "is not a socket"))
+        }
+        switch connected(path: "/proc/self/fd/\(pathFD)") {
+        case let .success(fd): return .success(fd)
+        case let .failure(e): return .failure(ControlError(path: path, problem: e.problem))
+        }
     }
 
     /// A non-blocking stream socket connected to `path`.

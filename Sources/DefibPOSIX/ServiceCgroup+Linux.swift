@@ -127,6 +127,11 @@ public final class ServiceCgroup: @unchecked Sendable {
            (recorded.split(separator: "/").last ?? "").hasPrefix("defib-") {
             leftovers.append(dir)
         }
+        // Leaves are numbered on from those a previous supervisor made: a new instance never takes the name
+        // of one that was there (a log or an operator may still refer to it).
+        cgroup.nextInstance = (childCgroups(servicePath).compactMap { name in
+            name.hasPrefix("instance-") ? Int(name.dropFirst("instance-".count)) : nil
+        }.max() ?? 0) + 1
         for dir in leftovers where isDirectory(dir) {
             cgroup.leftoversKilled += killSubtree(dir, waitMs: leftoverWaitMs)
             removeEmptyChildren(dir)
@@ -174,10 +179,11 @@ public final class ServiceCgroup: @unchecked Sendable {
             // A leaf of a previous run still there: reuse its number only once it is empty and removed.
             if Self.members(of: leaf).isEmpty, rmdir(leaf) == 0, mkdir(leaf, 0o755) == 0 { break }
         }
-        let leaf = "\(path)/instance-\(nextInstance - 1)"
+        let name = "instance-\(nextInstance - 1)"
+        let leaf = "\(path)/\(name)"
         let fd = Glibc.open(leaf + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { let e = SystemError("open(\(leaf)/cgroup.procs)"); rmdir(leaf); throw e }
-        return InstanceCgroup(path: leaf, procsFD: fd)
+        return InstanceCgroup(path: leaf, cgroupPath: cgroupPath + "/" + name, procsFD: fd)
     }
 
     /// Every process in the service cgroup and its leaves.
@@ -304,15 +310,29 @@ public final class ServiceCgroup: @unchecked Sendable {
 public final class InstanceCgroup: @unchecked Sendable {
     /// Its directory.
     public let path: String
+    /// Its path in the hierarchy, as /proc/PID/cgroup shows it for the processes in it.
+    public let cgroupPath: String
     /// `cgroup.procs`, opened for writing (close-on-exec): the spawn shim's child writes "0" to it before
     /// exec, so the instance — and all it ever starts — is in the leaf before it runs a line of its own.
     public private(set) var procsFD: Int32
 
-    init(path: String, procsFD: Int32) { self.path = path; self.procsFD = procsFD }
+    init(path: String, cgroupPath: String, procsFD: Int32) { self.path = path; self.cgroupPath = cgroupPath; self.procsFD = procsFD }
     deinit { closeProcsFD() }
 
     /// The processes in it.
     public func members() -> [Int32] { ServiceCgroup.subtreeMembers(path) }
+
+    /// SIGKILL to everything in it, without waiting (`cgroup.kill`, or each member where the kernel has none):
+    /// the hang's kill reaches what the instance started, wherever it went in the process tree.
+    public func killNow() {
+        if access(path + "/cgroup.kill", W_OK) == 0, writeFile(path + "/cgroup.kill", "1") == nil { return }
+        signalMembers(SIGKILL)
+    }
+
+    /// `signal` to every process in it (a stop request reaches workers in their own sessions too).
+    public func signalMembers(_ signal: Int32) {
+        for pid in members() { _ = Glibc.kill(pid, signal) }
+    }
 
     /// SIGKILL to everything in it (`cgroup.kill`), then waits at most `waitMs` until it is empty. True
     /// when it is. The caller still reaps its own child; orphans go to their subreaper.
@@ -330,7 +350,8 @@ public final class InstanceCgroup: @unchecked Sendable {
         return rmdir(path) == 0 || errno == ENOENT
     }
 
-    private func closeProcsFD() { if procsFD >= 0 { Glibc.close(procsFD); procsFD = -1 } }
+    /// The child has joined (or failed to): the descriptor is no longer needed.
+    public func closeProcsFD() { if procsFD >= 0 { Glibc.close(procsFD); procsFD = -1 } }
 }
 
 /// The whole of a small /proc or cgroup file, or nil.

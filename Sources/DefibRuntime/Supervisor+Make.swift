@@ -14,9 +14,10 @@ extension Supervisor {
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
     public static func takeOverSignals() throws -> SignalQueue { try SystemEffects.takeOverSignals() }
 
-    /// The supervisor `defib run` runs for `config`, on this system: the incident store, the sockets passed to
-    /// every instance (a port already taken is a configuration error, before any child starts), the metrics
-    /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
+    /// The supervisor `defib run` runs for `config`, on this system: what `SupervisorStartup` settles (safe
+    /// directories, the supervisor lock, the service's identity and cgroup, what a dead supervisor left, the
+    /// incident store), the sockets passed to every instance (a port already taken is a configuration error,
+    /// before any child starts), the metrics endpoint and the NOTIFY_SOCKET. `run()` then supervises until the end.
     public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger) throws -> (Supervisor, MetricsEndpoint?) {
         // One supervisor, safe directories, a runnable program, what a dead supervisor left settled, a usable store.
         let startup = try SupervisorStartup.prepare(config, logger: logger)
@@ -41,10 +42,13 @@ extension Supervisor {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         do {
-            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed)
-            for warning in effects.warnings { logger.warning("\(warning)") }
+            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed,
+                                            directories: startup.directories, cgroup: try? startup.cgroup.get())
+            effects.onWarning = { [logger] in logger.warning("\($0)") }
+            for warning in effects.warnings where !startup.directories.warnings.contains(warning) { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
-                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs)
+                                          managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs,
+                                          paths: startup.directories.paths)
             let supervisor = Supervisor(setup, effects: effects, logger: logger)
             supervisor.startup = startup
             return (supervisor, endpoint)

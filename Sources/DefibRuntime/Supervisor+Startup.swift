@@ -11,9 +11,8 @@ import Logging
 /// incident store opens — a damaged one moved aside, never a reason not to supervise. Anything that
 /// cannot work is refused here, exit 64, naming the path, pid or program.
 final class SupervisorStartup {
-    let stateDirectory: SafeDirectory
-    let runDirectory: SafeDirectory
-    let coreDirectory: SafeDirectory
+    /// The state, run, core and notify directories, checked, and where the service's files go.
+    let directories: ServiceDirectories
     let lock: SupervisorLock
     let store: IncidentStore
     /// The service's cgroup, or why there is none (one line for the log).
@@ -21,24 +20,29 @@ final class SupervisorStartup {
     /// The program path the first start will execute.
     let program: String
 
-    private init(stateDirectory: SafeDirectory, runDirectory: SafeDirectory, coreDirectory: SafeDirectory, lock: SupervisorLock,
-                 store: IncidentStore, cgroup: Result<ServiceCgroup, CgroupUnavailable>, program: String) {
-        self.stateDirectory = stateDirectory; self.runDirectory = runDirectory; self.coreDirectory = coreDirectory
-        self.lock = lock; self.store = store; self.cgroup = cgroup; self.program = program
+    private init(directories: ServiceDirectories, lock: SupervisorLock, store: IncidentStore, cgroup: Result<ServiceCgroup, CgroupUnavailable>,
+                 program: String) {
+        self.directories = directories; self.lock = lock; self.store = store; self.cgroup = cgroup; self.program = program
     }
 
     /// Runs every check and clean-up; throws `SupervisorSetupError` (`defib run` exits 64 with it) for what cannot work.
     static func prepare(_ cfg: SupervisorConfig, logger: Logger) throws -> SupervisorStartup {
         let name = cfg.service.name
         do {
-            let state = try SafeDirectory.open(cfg.stateDirectory, mode: 0o700, role: "state directory")
-            let run = try state.subdirectory("run", role: "run directory").subdirectory(name, role: "run directory")
+            // The service's identity is resolved once: a restart never waits for the user database.
+            let credentials: ProcessCredentials?
+            do { credentials = try ProcessCredentials.resolve(cfg.service) } catch { throw SupervisorSetupError("\(error)") }
+            let directories = try ServiceDirectories.open(cfg, credentials: credentials)
+            let run = directories.run
             let lock: SupervisorLock
             do { lock = try SupervisorLock.acquire(in: run, service: name) } catch { throw SupervisorSetupError("\(error)") }
             if let previous = lock.previousHolder {
                 logger.info("took over the supervisor lock of \(name) from pid \(previous), which is no longer running")
             }
-            let cores = try SafeDirectory.open(cfg.coreDirectory, mode: 0o700, role: "core directory")
+            try directories.openToService()
+            if let credentials { logger.info("the service runs as \(credentials.summary)") }
+            for warning in directories.warnings { logger.warning("\(warning)") }
+            let cores = directories.cores
             let searchPath = cfg.service.environment["PATH"] ?? ProcessInfo.processInfo.environment["PATH"]
             let program: String
             switch ProgramCheck.resolve(cfg.service.argv[0], searchPath: searchPath) {
@@ -88,8 +92,7 @@ final class SupervisorStartup {
             for path in LeftoverFiles.removeTemporaries(coreDirectory: cores, runDirectory: run) {
                 logger.info("removed \(path), left unfinished by a supervisor or service that was killed")
             }
-            return SupervisorStartup(stateDirectory: state, runDirectory: run, coreDirectory: cores, lock: lock, store: store,
-                                     cgroup: cgroup, program: program)
+            return SupervisorStartup(directories: directories, lock: lock, store: store, cgroup: cgroup, program: program)
         } catch let error as UnsafeDirectoryError {
             throw SupervisorSetupError("\(error)")
         }

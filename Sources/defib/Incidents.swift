@@ -76,7 +76,7 @@ struct StoreLocationOptions: ParsableArguments {
             return "cannot read \(dir): permission denied (the incident store is private to the user defib runs as; try as that user, e.g. with sudo)"
         }
         if stat(database, &st) == 0, access(database, R_OK) != 0, errno == EACCES {
-            return "cannot read \(database): permission denied (the incident store is private to the user defib runs as; try as that user, e.g. with sudo)"
+            return "cannot read \(dir): permission denied (its incident store \(database) is private to the user defib runs as; try as that user, e.g. with sudo)"
         }
         return nil
     }
