@@ -73,6 +73,15 @@ public struct LogRateLimiter: Sendable, Equatable {
         return notes
     }
 
+    /// The suppression lines of every window, ended or not, and forgets them all: at exit, so a count is
+    /// never lost.
+    public mutating func flushAll() -> [String] {
+        defer { windows.removeAll() }
+        return windows.keys.sorted().compactMap { source in
+            windows[source].flatMap { Self.note(source: source, $0.suppressed, intervalMs: intervalMs) }
+        }
+    }
+
     /// Lines dropped so far in `source`'s current window.
     public func suppressed(_ source: String) -> Int { windows[source]?.suppressed ?? 0 }
 

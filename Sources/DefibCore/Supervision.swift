@@ -308,6 +308,7 @@ public struct Supervision: Sendable {
 
     mutating func finish() {
         guard let exiting else { return }
+        for note in childLog.flushAll() { log(.warning, note) }
         for incident in ledger.unwritten {
             // Not lost: the whole record is in the log (journald or stderr) even though the store never took it.
             log(.error, "incident of pid \(incident.pid) detected at \(RFC3339.string(incident.detectedAt)) could not be stored before exit; as last known: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")

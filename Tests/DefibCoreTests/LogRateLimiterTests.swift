@@ -46,4 +46,12 @@ import Testing
         #expect(clipped.hasSuffix("… (200007 bytes, cut)"))
         #expect(limiter.clip("short") == "short")
     }
+
+    @Test func atExitEveryOpenWindowReportsWhatItDropped() {
+        var limiter = LogRateLimiter(burst: 2, intervalMs: 30_000)
+        for i in 0..<5 { _ = limiter.admit("sd_notify", at: Self.at(Int64(i))) }
+        _ = limiter.admit("leftover", at: Self.at(10))
+        #expect(limiter.flushAll() == ["3 sd_notify messages suppressed (rate limit: a burst per 30 s)"], "the open window's count, not lost")
+        #expect(limiter.flushAll().isEmpty)
+    }
 }
