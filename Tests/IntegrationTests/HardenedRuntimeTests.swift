@@ -139,6 +139,54 @@ import Testing
         #expect(!defib.log.contains(String(repeating: "x", count: 2048)), "a 60 KB message is cut")
     }
 
+    /// Pids defib says it started, in order.
+    static func started(_ log: String, name: String) -> [Int32] {
+        log.components(separatedBy: "started \(name): pid ").dropFirst().compactMap { Int32($0.prefix { $0.isNumber }) }
+    }
+
+    static func owner(_ path: String) -> (mode: mode_t, uid: uid_t, gid: gid_t)? {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { return nil }
+        return (st.st_mode & 0o7777, st.st_uid, st.st_gid)
+    }
+
+    /// `--user nobody`: the service runs as nobody and makes its control socket in run/NAME/instance, a directory
+    /// defib makes anew (02770, root and nobody's group) before every start below run/NAME (0710, the same group);
+    /// defib pings it there, before and after a hang's restart. What the service left in its directory — here a
+    /// link to /etc/shadow — is gone at the next start, never followed.
+    @Test func aServiceRunAsNobodyAnswersPingsFromItsInstanceDirectory() throws {
+        try #require(geteuid() == 0, "changing user needs root")
+        let nobody = OtherUser.nobody
+        let dir = Scratch("as-nobody"); defer { dir.remove() }
+        let state = dir.path + "/state", runDir = state + "/run/svc", instance = runDir + "/instance"
+        let defib = try Background([Binaries.defib, "run", "--state-dir", state, "--name", "svc", "--user", "nobody", "--interval", "50",
+                                    "--deadline", "400", "--capture", "none", "--", Self.pingable],
+                                   env: ["MODE": "hang-after:60"], log: dir.path + "/defib.log")
+        defer { defib.stop() }
+        let pong = { (try? runCommand([Binaries.defib, "ctl", "--state-dir", state, "--name", "svc", "ping", "9"]).stdout) == "pong 9\n" }
+        try #require(waitUntil(timeoutMs: 20_000, pong), "\(defib.log)")
+        let plant = instance + "/planted"
+        #expect(symlink("/etc/shadow", plant) == 0 && lchown(plant, nobody.uid, nobody.gid) == 0)
+        let first = try #require(Self.started(defib.log, name: "svc").first)
+        #expect((readTextFile("/proc/\(first)/status") ?? "").contains("Uid:\t\(nobody.uid)\t\(nobody.uid)\t\(nobody.uid)\t\(nobody.uid)"))
+        #expect(Self.owner(state)?.mode == 0o711 && Self.owner(state + "/run")?.mode == 0o711)
+        let run = try #require(Self.owner(runDir)), inst = try #require(Self.owner(instance))
+        #expect(run.mode == 0o710 && run.uid == 0 && run.gid == nobody.gid, "run/svc: \(run)")
+        #expect(inst.mode == 0o2770 && inst.uid == 0 && inst.gid == nobody.gid, "run/svc/instance: \(inst)")
+        #expect(Self.owner(instance + "/control.sock")?.uid == nobody.uid, "the service made its socket itself")
+
+        let restarted = waitUntil(timeoutMs: 30_000) { Self.started(defib.log, name: "svc").count >= 2 }
+        try #require(restarted, "\(defib.log)")
+        #expect(waitUntil(timeoutMs: 20_000, pong), "pinged in the new instance directory: \(defib.log)")
+        let second = Self.started(defib.log, name: "svc")[1]
+        #expect((readTextFile("/proc/\(second)/status") ?? "").contains("Uid:\t\(nobody.uid)\t"))
+        let remade = try #require(Self.owner(instance))
+        #expect(remade.mode == 0o2770 && remade.gid == nobody.gid, "made anew for the new instance: \(remade)")
+        #expect(Self.owner(plant) == nil, "what the old instance left is gone")
+        #expect(Self.owner("/etc/shadow")?.uid == 0, "and the link was not followed")
+        #expect(waitUntil(timeoutMs: 10_000) { (try? incidentsJSON(stateDir: state))?.first?["outcome"] as? String == "recovered" })
+    }
+
     /// Every ping is answered with 100 MB and no newline: each is an unexpected reply after 4 KiB, the loop
     /// stays responsive (SIGTERM ends it promptly), and the busy writer is not called starved.
     @Test func aFloodingControlChannelIsAMissNotAStall() throws {
