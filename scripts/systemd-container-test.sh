@@ -11,7 +11,8 @@
 # What it shows:
 #   0. systemd-analyze verify prints nothing for defib.service and defib@proxy.service (binaries installed);
 #   1. systemd sees READY=1 (start returns once the proxy answers) and defib's STATUS= text; with Delegate=yes
-#      the proxy runs in an instance cgroup below the unit's, defib in a `supervisor` leaf beside it;
+#      the proxy runs in an instance cgroup below the unit's, defib in a `supervisor` leaf beside it; a second
+#      instance runs its proxy as nobody (user = "nobody"), pinged in its instance directory;
 #   2. a hang injected into the proxy is handled by defib: an incident, a restart of the proxy in a new
 #      instance cgroup, and systemd does not restart defib (NRestarts stays 0);
 #   3. SIGSTOP on defib: systemd's watchdog restarts defib, and afterwards exactly one proxy runs;
@@ -130,6 +131,28 @@ check "the proxy runs in its instance's cgroup: '$pcg'" '[[ "$pcg" == */defib@pr
 check "defib moved itself into a leaf of the delegated cgroup: '$dcg'" '[[ "$dcg" == */defib@proxy.service/supervisor ]]'
 nocg=$(ct journalctl -u $U --no-pager -o cat 2>/dev/null | grep -c "no cgroup for the service")
 check "no 'no cgroup for the service' warning in the unit's journal ($nocg)" '[ "$nocg" = 0 ]'
+
+# 1c. A service with a user of its own under the unit's hardening: defib@nobody runs a proxy as nobody, which
+#     answers pings from its instance directory.
+ct sh -c 'cat > /etc/defib/nobody.toml' <<'EOF'
+state_dir = "/var/lib/defib/nobody"
+[service]
+name = "nobody"
+user = "nobody"
+argv = ["/usr/local/bin/defib-proxy", "--route", "app.test=127.0.0.1:18081"]
+[heartbeat]
+interval_ms = 100
+deadline_ms = 1000
+[sockets]
+http = "127.0.0.1:18090"
+EOF
+ct systemctl start defib@nobody; rc=$?
+nuser=$(ct ps -o user= -C defib-proxy | sort | tr '\n' ' ')
+npong=$(ct defib ctl --state-dir /var/lib/defib/nobody --name nobody ping 3 2>&1)
+check "defib@nobody: started (rc=$rc), its proxy runs as nobody (users: $nuser), answers '$npong'" \
+      '[ $rc = 0 ] && [[ "$nuser" == *nobody* ]] && [ "$npong" = "pong 3" ]'
+[ $rc = 0 ] || ct journalctl -u defib@nobody --no-pager -o cat | tail -15 | sed "s/^/    /"
+ct systemctl stop defib@nobody
 
 # 2. A hang in the proxy is defib's business, not systemd's.
 ct defib ctl --state-dir $STATE fault timeout-race >/dev/null

@@ -197,7 +197,7 @@ public struct SupervisorConfig: Sendable, Equatable {
     /// `heartbeat.control_socket` set, typically to keep socket paths short — beside the control socket, as
     /// `<control_socket>.notify`.
     public var notifySocketPath: String { heartbeat.controlSocket.map { $0 + ".notify" } ?? "\(notifyDirectory)/\(service.name).sock" }
-    /// `<run directory>/instance`: made anew at every start for a service that runs as another user (02770,
+    /// `<run directory>/instance`: made anew at every start for a service that runs as another user (0770,
     /// group = the service's), holding what the service itself creates — its control socket, its flight
     /// recorder — so it can create them without being given a directory defib relies on.
     public var instanceDirectory: String { "\(runDirectory)/instance" }

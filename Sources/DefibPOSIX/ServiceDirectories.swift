@@ -9,7 +9,7 @@ import Glibc
 /// | `STATE` | 0711 when defib makes it | `incidents.sqlite` (0600), `cores/`, `run/`, `notify/` |
 /// | `STATE/run` | 0711 when defib makes it | one directory per service |
 /// | `STATE/run/NAME` | 0700; 0710 with the service's group when it runs as another user | the supervisor lock, its pid, the cgroup record; the control socket and flight recorder of a service running as defib's user |
-/// | `STATE/run/NAME/instance` | 02770, group = the service's; made anew at every start | the control socket and flight recorder of a service running as another user |
+/// | `STATE/run/NAME/instance` | 0770, group = the service's (no set-group-id bit: what is made there is the service's own, and units forbid the bit with RestrictSUIDSGID=); made anew at every start | the control socket and flight recorder of a service running as another user |
 /// | `STATE/notify` | 0711 | `NAME.sock`, the NOTIFY_SOCKET, 0666 (senders told apart by pid) |
 ///
 /// Defib never changes the mode or owner of a directory it did not create, with one exception the
@@ -88,7 +88,7 @@ public final class ServiceDirectories: @unchecked Sendable {
     /// of the last instance stays, nothing the service prepared is used). Nothing to do for defib's own user.
     public func prepareInstance() throws(UnsafeDirectoryError) {
         guard paths.instanceDirectory != nil, let credentials else { return }
-        _ = try run.freshSubdirectory("instance", mode: 0o2770, group: credentials.gid, role: "instance directory")
+        _ = try run.freshSubdirectory("instance", mode: 0o770, group: credentials.gid, role: "instance directory")
     }
 
     /// The first directory from `/` down to `path`'s parent that `credentials` (nil: any other user) may not

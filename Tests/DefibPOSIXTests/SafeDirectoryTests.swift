@@ -134,11 +134,11 @@ import Testing
         try #require(symlink(outside, scratch.path + "/run/instance/link-to-dir") == 0)
         try #require(symlink(outside + "/precious", scratch.path + "/run/instance/sub/link-to-file") == 0)
         let nobody = OtherUser.nobody
-        let fresh = try run.freshSubdirectory("instance", mode: 0o2770, group: nobody.gid)
+        let fresh = try run.freshSubdirectory("instance", mode: 0o770, group: nobody.gid)
         #expect(fresh.created)
         #expect(try FileManager.default.contentsOfDirectory(atPath: fresh.path).isEmpty)
         var st = stat()
-        #expect(stat(fresh.path, &st) == 0 && st.st_uid == geteuid() && st.st_gid == nobody.gid && st.st_mode & 0o7777 == 0o2770)
+        #expect(stat(fresh.path, &st) == 0 && st.st_uid == geteuid() && st.st_gid == nobody.gid && st.st_mode & 0o7777 == 0o770)
         #expect((try? String(contentsOfFile: outside + "/precious", encoding: .utf8)) == "keep", "links were removed, not followed")
         #expect(try FileManager.default.contentsOfDirectory(atPath: scratch.path + "/run") == ["instance"], "the old one is gone")
     }

@@ -151,7 +151,7 @@ import Testing
     }
 
     /// `--user nobody`: the service runs as nobody and makes its control socket in run/NAME/instance, a directory
-    /// defib makes anew (02770, root and nobody's group) before every start below run/NAME (0710, the same group);
+    /// defib makes anew (0770, root and nobody's group) before every start below run/NAME (0710, the same group);
     /// defib pings it there, before and after a hang's restart. What the service left in its directory — here a
     /// link to /etc/shadow — is gone at the next start, never followed.
     @Test func aServiceRunAsNobodyAnswersPingsFromItsInstanceDirectory() throws {
@@ -172,7 +172,7 @@ import Testing
         #expect(Self.owner(state)?.mode == 0o711 && Self.owner(state + "/run")?.mode == 0o711)
         let run = try #require(Self.owner(runDir)), inst = try #require(Self.owner(instance))
         #expect(run.mode == 0o710 && run.uid == 0 && run.gid == nobody.gid, "run/svc: \(run)")
-        #expect(inst.mode == 0o2770 && inst.uid == 0 && inst.gid == nobody.gid, "run/svc/instance: \(inst)")
+        #expect(inst.mode == 0o770 && inst.uid == 0 && inst.gid == nobody.gid, "run/svc/instance: \(inst)")
         #expect(Self.owner(instance + "/control.sock")?.uid == nobody.uid, "the service made its socket itself")
 
         let restarted = waitUntil(timeoutMs: 30_000) { Self.started(defib.log, name: "svc").count >= 2 }
@@ -181,7 +181,7 @@ import Testing
         let second = Self.started(defib.log, name: "svc")[1]
         #expect((readTextFile("/proc/\(second)/status") ?? "").contains("Uid:\t\(nobody.uid)\t"))
         let remade = try #require(Self.owner(instance))
-        #expect(remade.mode == 0o2770 && remade.gid == nobody.gid, "made anew for the new instance: \(remade)")
+        #expect(remade.mode == 0o770 && remade.gid == nobody.gid, "made anew for the new instance: \(remade)")
         #expect(Self.owner(plant) == nil, "what the old instance left is gone")
         #expect(Self.owner("/etc/shadow")?.uid == 0, "and the link was not followed")
         #expect(waitUntil(timeoutMs: 10_000) { (try? incidentsJSON(stateDir: state))?.first?["outcome"] as? String == "recovered" })
