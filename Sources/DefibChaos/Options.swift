@@ -87,12 +87,14 @@ public enum ChaosDuration {
 
 extension SupervisorConfig {
     /// The supervision policy the harness runs with when the operator gives no config: the supervisor's
-    /// defaults, a 10 Hz heartbeat, and restart limits that let many faults in a row through (a soak would
+    /// defaults, ping heartbeats at 10 Hz, and restart limits that let many faults in a row through (a soak would
     /// otherwise hit the default intensity of 5 restarts a minute and make defib give up). A config value:
     /// the harness writes it (`tomlText`) for `defib run --config`; the state directory, the service, its
     /// control socket and the HTTP socket are given to `defib run` as flags for each run.
     public static func chaosPolicy(capture: CaptureMethod = .native, intensityMax: Int = 1000) -> SupervisorConfig {
         var policy = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
+        // The proxy speaks ping: it is held to it from its first instance (no `auto` start window).
+        policy.heartbeat.mode = .ping
         policy.heartbeat.intervalMs = 100
         policy.capture.method = capture
         policy.restart.backoffMaxMs = 2000

@@ -9,13 +9,16 @@ struct ConfigField {
         case optionalInt(WritableKeyPath<SupervisorConfig, Int?>)
         case number(WritableKeyPath<SupervisorConfig, Double>)
         case bool(WritableKeyPath<SupervisorConfig, Bool>)
+        /// Unset means a default decided at run time (e.g. "only under journald").
+        case optionalBool(WritableKeyPath<SupervisorConfig, Bool?>)
         case optionalString(WritableKeyPath<SupervisorConfig, String?>)
         /// Bytes in the config, whole MiB in the file.
         case mebibytes(WritableKeyPath<SupervisorConfig, Int64?>)
-        case source(WritableKeyPath<SupervisorConfig, HeartbeatSource>)
+        case mode(WritableKeyPath<SupervisorConfig, HeartbeatMode>)
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
         case notifyAccess(WritableKeyPath<SupervisorConfig, NotifyAccess>)
+        case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
     }
 
     let key: String
@@ -25,14 +28,22 @@ struct ConfigField {
     /// The sections made of scalar settings, in file order, each key in the order it is read.
     static var sections: [(name: String, fields: [ConfigField])] {
         [
-            ("heartbeat", [.init("source", .source(\.heartbeat.source)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
+            ("heartbeat", [.init("source", .mode(\.heartbeat.mode)), .init("interval_ms", .int(\.heartbeat.intervalMs)),
                            .init("deadline_ms", .int(\.heartbeat.deadlineMs)), .init("misses", .int(\.heartbeat.misses)),
                            .init("start_timeout_ms", .int(\.heartbeat.startTimeoutMs)),
                            .init("control_socket", .optionalString(\.heartbeat.controlSocket)),
+                           .init("probe", .optionalString(\.heartbeat.probe)),
+                           .init("probe_timeout_ms", .optionalInt(\.heartbeat.probeTimeoutMs)),
+                           .init("probe_expect_status", .optionalInt(\.heartbeat.probeExpectStatus)),
+                           .init("probe_expect_body", .optionalString(\.heartbeat.probeExpectBody)),
+                           .init("probe_send", .optionalString(\.heartbeat.probeSend)),
+                           .init("probe_expect", .optionalString(\.heartbeat.probeExpect)),
                            .init("notify_access", .notifyAccess(\.heartbeat.notifyAccess))]),
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
-                         .init("compress", .compression(\.capture.compress))]),
+                         .init("compress", .compression(\.capture.compress)),
+                         .init("announce_to_coredumpctl", .optionalBool(\.capture.announceToCoredumpctl)),
+                         .init("runtime", .runtime(\.capture.runtime)), .init("runtime_budget_ms", .int(\.capture.runtimeBudgetMs))]),
             ("restart", [.init("backoff_initial_ms", .int(\.restart.backoffInitialMs)), .init("backoff_max_ms", .int(\.restart.backoffMaxMs)),
                          .init("backoff_multiplier", .number(\.restart.backoffMultiplier)),
                          .init("backoff_reset_ms", .int(\.restart.backoffResetMs)), .init("intensity_max", .int(\.restart.intensityMax)),
@@ -54,12 +65,14 @@ struct ConfigField {
         case let .optionalInt(path): config[keyPath: path].map(String.init)
         case let .number(path): String(config[keyPath: path])
         case let .bool(path): String(config[keyPath: path])
+        case let .optionalBool(path): config[keyPath: path].map { String($0) }
         case let .optionalString(path): config[keyPath: path].map(tomlString)
         case let .mebibytes(path): config[keyPath: path].map { String($0 >> 20) }
-        case let .source(path): tomlString(config[keyPath: path].rawValue)
+        case let .mode(path): tomlString(config[keyPath: path].rawValue)
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
         case let .notifyAccess(path): tomlString(config[keyPath: path].rawValue)
+        case let .runtime(path): tomlString(config[keyPath: path].rawValue)
         }
     }
 }
@@ -103,6 +116,13 @@ extension SupervisorConfig {
             }.joined(separator: "\n") + "\n"
         }
         if let listen = metricsListen { out += "\n[metrics]\nlisten = \(tomlString(listen))\n" }
+        if let fleet {
+            var lines = ["url = \(tomlString(fleet.url))"]
+            if let host = fleet.host { lines.append("host = \(tomlString(host))") }
+            if let file = fleet.passwordFile { lines.append("password_file = \(tomlString(file))") }
+            lines += ["fleet_alert_hosts = \(fleet.alertHosts)", "fleet_alert_window = \(fleet.alertWindowSeconds)"]
+            out += "\n[fleet]\n" + lines.joined(separator: "\n") + "\n"
+        }
         return out
     }
 }

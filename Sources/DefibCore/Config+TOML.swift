@@ -197,6 +197,7 @@ extension SupervisorConfig {
         }
 
         duration("capture.budget_ms", capture.budgetMs)
+        duration("capture.runtime_budget_ms", capture.runtimeBudgetMs)
         if let dir = capture.directory, dir.isEmpty { bad("capture.directory", "must not be empty") }
 
         duration("restart.backoff_initial_ms", restart.backoffInitialMs)
@@ -251,7 +252,8 @@ extension SupervisorConfig {
         for socket in sockets where SocketSpec.numericHost(socket.host) == nil {
             bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
-        issues += service.identityIssues()
+        issues += heartbeat.probeIssues() + service.identityIssues()
+        if let fleet { issues += fleet.validationIssues() }
         return issues
     }
 }
@@ -269,7 +271,7 @@ private struct TOMLConfigReader {
     mutating func read(_ root: TOMLTable) -> SupervisorConfig {
         var c = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
         unknownKeys(root, prefix: "", known: ["state_dir", "service", "heartbeat", "capture", "restart", "escalation",
-                                              "retention", "sockets", "metrics"])
+                                              "retention", "sockets", "metrics", "fleet"])
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
@@ -302,7 +304,33 @@ private struct TOMLConfigReader {
             unknownKeys(t, prefix: "metrics.", known: ["listen"])
             if let v = string(t, "listen", prefix: "metrics.") { c.metricsListen = v }
         }
+        if let t = table(root, "fleet") { c.fleet = readFleet(t) }
         return c
+    }
+
+    /// `[fleet]`: `url` is required once the table is there (an empty table ships nowhere, which is a mistake).
+    mutating func readFleet(_ t: TOMLTable) -> FleetSettings {
+        let p = "fleet."
+        unknownKeys(t, prefix: p, known: ["url", "host", "password_file", "fleet_alert_hosts", "fleet_alert_window", "password"])
+        if t["password"] != nil {
+            add(.invalid, key: p + "password", "a password does not belong in the config: use fleet.password_file (a 0600 file) or PGPASSWORD")
+        }
+        var f = FleetSettings(url: string(t, "url", prefix: p) ?? "")
+        if t["url"] == nil { add(.invalid, key: p + "url", "required in [fleet]: postgresql://USER@HOST:PORT/DB") }
+        f.host = string(t, "host", prefix: p)
+        f.passwordFile = string(t, "password_file", prefix: p)
+        if let v = int(t, "fleet_alert_hosts", prefix: p) { f.alertHosts = v }
+        if let value = t["fleet_alert_window"] {
+            present.insert(p + "fleet_alert_window")
+            if let n = value.int {
+                f.alertWindowSeconds = n
+            } else if let s = value.string, let n = FleetSettings.parseWindowSeconds(s) {
+                f.alertWindowSeconds = n
+            } else {
+                add(.invalid, key: p + "fleet_alert_window", "expected seconds or a duration such as \"10m\", got \(describe(value))")
+            }
+        }
+        return f
     }
 
     /// One setting of `field`'s section into `c`; a value of the wrong type is an issue and leaves the default.
@@ -313,9 +341,10 @@ private struct TOMLConfigReader {
         case let .optionalInt(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .number(path): if let v = number(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .bool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
+        case let .optionalBool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .optionalString(path): if let v = string(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .mebibytes(path): if let v = megabytes(t, key, prefix: prefix) { c[keyPath: path] = v }
-        case let .source(path):
+        case let .mode(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "heartbeat source", default: c[keyPath: path]) }
         case let .method(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }
@@ -323,6 +352,8 @@ private struct TOMLConfigReader {
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "compression", default: c[keyPath: path]) }
         case let .notifyAccess(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "notify access", default: c[keyPath: path]) }
+        case let .runtime(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "runtime", default: c[keyPath: path]) }
         }
     }
 

@@ -103,8 +103,29 @@ public struct SupervisorConfig: Sendable, Equatable {
     }
     /// `[heartbeat]`
     public struct Heartbeat: Sendable, Equatable {
-        /// Where heartbeats come from: `ping` (control channel), `notify` (sd_notify WATCHDOG=1), `both`.
-        public var source: HeartbeatSource = .ping
+        /// Where heartbeats come from, as configured: `auto` (the default: ping once the child listens on its
+        /// control socket, sd_notify once it sends WATCHDOG=1, its exit only while it does neither), `ping`
+        /// (control channel), `notify` (sd_notify WATCHDOG=1), `both`, a probe (`http`, `tcp`, `exec`) or `none`.
+        public var mode: HeartbeatMode = .auto
+        /// The protocol heartbeat of a `ping`, `notify` or `both` mode. The other modes are not one protocol:
+        /// for them this reads `.ping` (a probe runs as pings do; `auto` and `none` are the machine's own
+        /// business, see `SupervisorMachine.Settings.mode`). Setting it sets `mode`.
+        public var source: HeartbeatSource {
+            get { mode.protocolSource ?? .ping }
+            set { mode = HeartbeatMode(newValue) }
+        }
+        /// The probe target for `http` (a URL), `tcp` (HOST:PORT) or `exec` (a command line).
+        public var probe: String?
+        /// One probe attempt's time limit; nil = half the deadline, so two attempts fit in one.
+        public var probeTimeoutMs: Int?
+        /// HTTP: the one status that counts as healthy (default: any 2xx or 3xx).
+        public var probeExpectStatus: Int?
+        /// HTTP: text the body must contain.
+        public var probeExpectBody: String?
+        /// TCP: a line to send once connected (e.g. `PING`).
+        public var probeSend: String?
+        /// TCP: the prefix the first line back must start with (e.g. `+PONG`).
+        public var probeExpect: String?
         /// Time between the answer to one ping and the next ping.
         public var intervalMs: Int = 200
         /// How long one ping may stay unanswered before it counts as a miss.
@@ -130,6 +151,17 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var directory: String?
         /// Run `gdb -batch` on the core after the restart and store all threads' backtraces.
         public var stacks: Bool = true
+        /// Announce each core to the journal as systemd-coredump does, so coredumpctl lists it; nil = only
+        /// when defib runs under journald.
+        public var announceToCoredumpctl: Bool?
+        /// Whose stacks to read besides gdb's: the Go, Python or Java runtime's (`auto` detects it).
+        public var runtime: RuntimeSetting = .auto
+        /// Time the runtime's tool (py-spy, jcmd) may take before the kill; part of `budgetMs`, never added to it
+        /// (see `effectiveRuntimeBudgetMs`).
+        public var runtimeBudgetMs: Int = 3000
+        /// The runtime tool's time before the kill: `runtimeBudgetMs`, capped at half the capture budget so the
+        /// core always keeps the other half.
+        public var effectiveRuntimeBudgetMs: Int { max(1, min(runtimeBudgetMs, budgetMs / 2)) }
         public init() {}
     }
     /// `[escalation]`: the stages between a late heartbeat and a kill. Unset values derive from the deadline
@@ -173,6 +205,8 @@ public struct SupervisorConfig: Sendable, Equatable {
     public var sockets: [SocketSpec] = []
     /// `[metrics] listen`: where Prometheus metrics are served ("127.0.0.1:9464"); nil = off.
     public var metricsListen: String?
+    /// `[fleet]`: ship incidents to a fleet database (nil: do not ship).
+    public var fleet: FleetSettings?
     /// `state_dir`: incidents.sqlite, cores/, run/.
     public var stateDirectory: String
 

@@ -37,19 +37,23 @@ public struct CoreRetentionPolicy: Sendable, Equatable {
     }
 }
 
-/// One core on disk.
+/// One incident's core on disk, with the cores of its instance's other processes (a multi-process service's
+/// stuck workers): they are kept and deleted together, and weigh together.
 public struct StoredCore: Sendable, Equatable {
     public var incidentID: Int64
     public var path: String
-    /// Allocated bytes (cores have holes; what they really take).
+    /// The cores of the instance's other processes (`processes[].core_path`), deleted with `path`.
+    public var otherPaths: [String] = []
+    /// Allocated bytes of all of them (cores have holes; what they really take).
     public var bytes: Int64
     public var service: String
     public var signature: String?
     /// Detection time, ms since the epoch: the age.
     public var detectedUnixMs: Int64
-    public init(incidentID: Int64, path: String, bytes: Int64, service: String, signature: String?, detectedUnixMs: Int64) {
+    public init(incidentID: Int64, path: String, bytes: Int64, service: String, signature: String?, detectedUnixMs: Int64,
+                otherPaths: [String] = []) {
         self.incidentID = incidentID; self.path = path; self.bytes = bytes; self.service = service
-        self.signature = signature; self.detectedUnixMs = detectedUnixMs
+        self.signature = signature; self.detectedUnixMs = detectedUnixMs; self.otherPaths = otherPaths
     }
 }
 

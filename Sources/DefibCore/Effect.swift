@@ -23,6 +23,16 @@ public enum Effect: Sendable, Equatable {
     case queryLocks
     case cancelLocksQuery
 
+    // Probes (`http`, `tcp`, `exec`): the heartbeat of a service that speaks no protocol of ours.
+    /// Start one attempt of the configured probe, its result reported as `probeResult(token:)`; a failure to
+    /// even start (refused at once, no process) is answered by `probeResult` at once.
+    case startProbe(token: UInt64)
+    /// The attempt's time is up: end it (an exec probe's process group is killed); answered by `probeResult`
+    /// with what it was still waiting for.
+    case timeOutProbe(token: UInt64)
+    /// Drop the attempt in flight without a verdict (the machine gave up on it, the instance is gone).
+    case cancelProbe
+
     // Evidence.
     /// Read /proc, the flight recorder and lock words; answered by `observed`.
     indirect case observe(ObservationRequest)
@@ -34,6 +44,13 @@ public enum Effect: Sendable, Equatable {
     case startCompression(argv: [String])
     /// The stacks gdb wrote to `path`; answered by `stacksRead`.
     case readStacks(path: String)
+    /// The runtime's own stacks from the live process (py-spy, jcmd) within the request's budget; answered by
+    /// `runtimeStacksRead`.
+    indirect case readRuntimeStacks(RuntimeStacksRequest)
+    /// delve over a Go service's core in the background; answered by `helperStarted` or `helperFailed`.
+    indirect case startGoroutines(GoroutinesRequest)
+    /// What delve wrote to `path`; answered by `goroutinesRead`.
+    case readGoroutines(path: String)
     /// SIGKILL a helper still running at shutdown and reap it.
     case stopHelper(pid: Int32)
     /// Answered by `fileMeasured`.
@@ -51,12 +68,17 @@ public enum Effect: Sendable, Equatable {
     /// An incident no longer in memory lost its core to retention: the store notes it (`note`) and forgets
     /// the path; a failure is answered by `storeFailed`.
     case recordCoreRemoved(incidentID: Int64, note: String)
+    /// A final core announced to the journal in systemd-coredump's form (`CoredumpEntry`), so coredumpctl
+    /// lists it; answered by `coreAnnounced`.
+    case announceCore([JournalField])
 
     // People and the service manager.
     case log(LogEntry)
     case metric(MetricEvent)
     /// sd_notify to the service manager that started defib ("READY=1", "STATUS=…", "WATCHDOG=1").
     case notifyManager(String)
+    /// Ask the fleet shipper how far behind it is (for STATUS=); answered by `shippingReported`.
+    case readShipping
     /// The supervision is over: exit with this code.
     case exit(code: Int32)
 }
@@ -133,6 +155,13 @@ public protocol SupervisorEffects: AnyObject {
     func queryLocks() -> String?
     /// Closes the `locks` query, if any.
     func cancelLocksQuery()
+    /// Starts a probe attempt whose result `wait` reports as `probeResult(token:)`; nil when it started, else
+    /// why it failed at once (that failure is its result).
+    func startProbe(token: UInt64) -> ProbeFailure?
+    /// Ends the attempt `token` whose time is up; what it was waiting for (nil when no such attempt runs).
+    func timeOutProbe(token: UInt64) -> ProbeFailure?
+    /// Ends the attempt in flight, if any, without a verdict.
+    func cancelProbe()
     /// Reads what `request` asks for, without touching the process.
     func observe(_ request: ObservationRequest) -> Observation
     /// Writes a core within its budget (the kernel method reaps the process).
@@ -142,6 +171,13 @@ public protocol SupervisorEffects: AnyObject {
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>
     /// gdb's output at `path`, reduced to threads and frames.
     func readStacks(path: String) -> String
+    /// The runtime's tool run against the live process, bounded by the request's budget; never throws (what
+    /// failed is in the evidence's `error`).
+    func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome
+    /// delve's pid, or why it could not start.
+    func startGoroutines(_ request: GoroutinesRequest) -> Result<Int32, EffectFailure>
+    /// What delve wrote to `path` (bounded).
+    func readGoroutines(path: String) -> String
     /// SIGKILLs and reaps a helper still running.
     func stopHelper(pid: Int32)
     /// The size of a file, nil when it is not there.
@@ -158,6 +194,17 @@ public protocol SupervisorEffects: AnyObject {
     func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure?
     /// sd_notify to the service manager (a no-op when none listens).
     func notifyManager(_ state: String)
+    /// Sends one entry to the journal; nil when it took it, else why not (no journal here, refused).
+    func announceCore(_ fields: [JournalField]) -> EffectFailure?
+    /// How far the fleet shipper is behind; nil when none runs. Never blocks.
+    func shippingReport() -> ShippingReport?
+}
+
+/// One field of a journal entry: its name in the journal's upper-case form, and its value.
+public struct JournalField: Sendable, Equatable {
+    public var name: String
+    public var value: String
+    public init(_ name: String, _ value: String) { self.name = name; self.value = value }
 }
 
 /// Where incidents are kept (DefibStore's SQLite store): what the supervisor's loop writes, and the cores

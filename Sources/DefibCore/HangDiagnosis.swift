@@ -15,6 +15,9 @@ public enum DiagnosisKind: String, Sendable, Codable, CaseIterable {
     case exited
     case signaled
     case unknown
+    /// Threads wait for each other in a cycle (pthread mutexes read from memory, Java monitors from the JVM):
+    /// a proof of deadlock. Declared last so the older kinds keep their order; the rule runs first.
+    case lockCycle = "lock-cycle"
 }
 
 /// A diagnosis: the kind, one sentence for people, and the evidence behind it.
@@ -79,6 +82,8 @@ public struct DiagnosisInput: Sendable {
     public var nowUnixMs: Int64
     /// A live write hold longer than this is "slow".
     public var slowHoldMs: Int64
+    /// The pthread mutex wait-for graph read from the hung process (empty when none was read).
+    public var waitFor: [WaitForEdge] = []
 
     public init(cause: IncidentCause, locks: [LockState], progress: ProgressVerdict? = nil, sample: ProcessSample? = nil,
                 stacks: String? = nil, nowUnixMs: Int64, slowHoldMs: Int64 = 1000) {
@@ -108,6 +113,10 @@ public enum Diagnoser {
         if case let .stopped(reason)? = input.progress {
             return HangDiagnosis(kind: .stopped, sentence: "the process is stopped (SIGSTOP or a debugger): \(reason)")
         }
+
+        // A cycle of threads each waiting for a mutex the next one owns, all asleep: proven, whatever else holds.
+        let graph = WaitForGraph.diagnose(edges: input.waitFor, sample: input.sample, baseline: input.baseline)
+        if let graph, graph.kind == .lockCycle { return graph }
 
         let words = input.locks.compactMap { lock in LockWord.parse(lock.word).map { (lock, $0) } }
 
@@ -227,6 +236,9 @@ public enum Diagnoser {
                                  sentence: "\(lock.holder ?? "a writer") has held the write lock of '\(lock.name)' for \(seconds(input.nowUnixMs - since)) s; \(lock.readersWaiting ?? 0) reader(s) and \(lock.writersWaiting ?? 0) writer(s) waiting",
                                  evidence: ["lock '\(lock.name)': \(lock.word)"])
         }
+
+        // A chain of pthread mutex waits ending in a live owner.
+        if let graph { return graph }
 
         // Dead loop: CPU time advancing and nobody waiting on a lock. Also when the process also waited
         // for a CPU ("starved"): spinning threads of its own compete for the cores, and a process that

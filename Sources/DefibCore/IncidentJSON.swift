@@ -62,22 +62,36 @@ public indirect enum JSONValue: Sendable, Equatable {
     }
 
     /// A quoted string with JSON's escapes, which TOML's basic strings share (control characters, DEL
-    /// included, as \\uXXXX): the config writer uses it too.
+    /// included, as \\uXXXX): the config writer uses it too. Every character to escape is ASCII, so the text
+    /// between two of them is copied whole, as a slice of the UTF-8 (on scalar boundaries, not always on
+    /// character boundaries: a quote followed by a combining mark is one character). Appending scalar by
+    /// scalar was most of the fleet shipper's CPU.
     static func writeString(_ s: String, into out: inout String) {
         out += "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7F:
-                out += "\\u" + String(repeating: "0", count: 4 - String(scalar.value, radix: 16).count)
-                    + String(scalar.value, radix: 16)
-            default: out.unicodeScalars.append(scalar)
+        let utf8 = s.utf8
+        var run = utf8.startIndex
+        var i = run
+        while i != utf8.endIndex {
+            let byte = utf8[i]
+            guard byte < 0x20 || byte == 0x22 || byte == 0x5C || byte == 0x7F else {
+                i = utf8.index(after: i)
+                continue
             }
+            out += Substring(utf8[run..<i])
+            switch byte {
+            case 0x22: out += "\\\""
+            case 0x5C: out += "\\\\"
+            case 0x0A: out += "\\n"
+            case 0x0D: out += "\\r"
+            case 0x09: out += "\\t"
+            default:
+                let hex = String(byte, radix: 16)
+                out += (hex.count == 1 ? "\\u000" : "\\u00") + hex
+            }
+            i = utf8.index(after: i)
+            run = i
         }
+        out += Substring(utf8[run..<i])
         out += "\""
     }
 
@@ -112,7 +126,11 @@ public struct JSONMember: Sendable, Equatable {
 /// `holder_waiting_for_readers`, `read_holders` [{`tid`, `depth`, `since`, `exited`}], `more_read_holders`;
 /// null where the source did not say), `threads` (count in the core, or
 /// in /proc), `diagnosis_evidence`, `silence_ms`, `extended_ms`, `progress` ({kind, reason} from /proc),
-/// `thread_states`, `flight_recorder`, `notes`, and with `includeStacks` the `stacks` text (or null).
+/// `thread_states`, `flight_recorder`, `notes`, then who the process was and how it ended (`uid`, `gid`, `comm`,
+/// `argv`, `unit`, `signal`, `signal_name`, `diagnosis_kind`; see `processMembers`), the runtime evidence
+/// (`wait_for`, `runtime`, `runtime_tool`, `runtime_error`, `runtime_stacks`: see `runtimeMembers`), and with
+/// `processes` of a multi-process instance (see `processListMembers`), and with `includeStacks` the `stacks`
+/// text (or null).
 public enum IncidentJSON {
     /// The incident as an ordered JSON object.
     public static func object(_ incident: Incident, includeStacks: Bool = false) -> JSONValue {
@@ -149,6 +167,9 @@ public enum IncidentJSON {
             .init("flight_recorder", string(incident.flightRecorder)),
             .init("notes", .array(incident.notes.map { .string($0) })),
         ]
+        members += processMembers(incident)
+        members += runtimeMembers(incident)
+        members += processListMembers(incident)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }

@@ -19,6 +19,12 @@ public struct IncidentLedger: Sendable {
     public private(set) var baseline: ProcessSample?
     /// The two samples the last progress verdict was judged from.
     public private(set) var lastJudged: JudgedSamples?
+    /// Every process of the instance at the first miss (with the baseline): what each one's progress is judged
+    /// against.
+    public private(set) var instanceBaseline: [ProcessSample] = []
+    /// Every process of the instance as the last judgement saw it (main first); nil before one, or for an
+    /// instance not judged process by process.
+    public private(set) var processJudgements: [ProcessJudgement]?
     /// The locks the healthy service reported (`locks` on the control channel).
     public private(set) var knownLocks: [KnownLock] = []
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
@@ -56,9 +62,35 @@ public struct IncidentLedger: Sendable {
     mutating func forgetSilence() {
         pendingNotes.removeAll()
         baseline = nil
+        instanceBaseline = []
+        processJudgements = nil
     }
 
-    mutating func setBaseline(_ sample: ProcessSample?) { baseline = sample }
+    mutating func setBaseline(_ sample: ProcessSample?, instance: [ProcessSample] = []) {
+        baseline = sample
+        instanceBaseline = instance
+    }
+
+    /// Every process of the instance `mainPID`, judged over the window: from the instance baseline (when it is
+    /// this instance's) or the first round, to the last round. Kept for the incident and the captures.
+    mutating func judgeInstance(mainPID: Int32, rounds: [[ProcessSample]]) -> [ProcessJudgement] {
+        guard let after = rounds.last, !after.isEmpty else {
+            processJudgements = nil
+            return []
+        }
+        let before = instanceBaseline.contains { $0.pid == mainPID } ? instanceBaseline : rounds.first ?? after
+        let judged = ServiceProgressJudge.judge(before: before, after: after, mainPID: mainPID)
+        processJudgements = judged
+        return judged
+    }
+
+    /// What one suspect-stage round says about every process against the instance baseline, when the instance
+    /// is more than one process.
+    func instanceSummary(mainPID: Int32, round: [ProcessSample]) -> String? {
+        guard round.count > 1 else { return nil }
+        let before = instanceBaseline.isEmpty ? round : instanceBaseline
+        return ServiceProgressJudge.summary(ServiceProgressJudge.judge(before: before, after: round, mainPID: mainPID))
+    }
 
     /// Progress of `pid` over the window: from the baseline (if it is this pid's), else over `fallback`'s two samples.
     mutating func judge(pid: Int32, samples: [ProcessSample]) -> ProgressVerdict {
@@ -68,20 +100,30 @@ public struct IncidentLedger: Sendable {
         return ProgressJudge.judge(before: before, after: after)
     }
 
-    mutating func instanceStarted() { knownLocks = [] }
+    mutating func instanceStarted() {
+        knownLocks = []
+        processJudgements = nil
+        instanceBaseline = []
+    }
     mutating func learnLocks(_ locks: [KnownLock]) { knownLocks = locks }
 
     // MARK: the incident's life
 
-    /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows). `heartbeat`
-    /// names the heartbeat that went silent when it is not the control channel (sd_notify keep-alives).
+    /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows).
+    /// `heartbeat` names the heartbeat that went silent when it is not the control channel (a probe, the
+    /// sd_notify keep-alives), and
+    /// `lastFailure` is what its last attempt said, more precise than the machine's "no reply within".
     mutating func open(_ cause: FailureCause, at detected: Date, pid: Int32, binaryPath: String?, startedAt: Date?,
-                       verdictAtOpen: ProgressVerdict? = nil, heartbeat: String? = nil) -> Incident {
-        let incidentCause = Self.incidentCause(cause, detected: detected, heartbeat: heartbeat)
+                       verdictAtOpen: ProgressVerdict? = nil, process: IncidentProcess? = nil,
+                       heartbeat: String? = nil, lastFailure: String? = nil) -> Incident {
+        let incidentCause = Self.incidentCause(cause, detected: detected, heartbeat: heartbeat, lastFailure: lastFailure)
         var new = Incident(service: service, pid: pid, binaryPath: binaryPath, startedAt: startedAt, detectedAt: detected, cause: incidentCause)
+        new.process = process
         switch cause {
         case let .startTimeout(_, lastError):
-            if let lastError { new.notes.append("last control-channel error: \(lastError)") }
+            if let error = lastFailure ?? lastError {
+                new.notes.append(heartbeat.map { "last error of the \($0): \(error)" } ?? "last control-channel error: \(error)")
+            }
             // Never ready is a hang too: say whether it is stuck, stopped or busy.
             if let verdictAtOpen {
                 new.progress = verdictAtOpen
@@ -97,6 +139,14 @@ public struct IncidentLedger: Sendable {
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
+        var judgedNow = false
+        if case .missedHeartbeat = cause { judgedNow = true }
+        if case .startTimeout = cause { judgedNow = verdictAtOpen != nil }
+        if judgedNow, let judged = processJudgements, judged.count > 1, judged.first(where: \.isMain)?.pid == pid {
+            // A master and workers: each process as judged, the cores filled in as they are written.
+            new.processes = ServiceProgressJudge.records(judged)
+            new.notes.append(ServiceProgressJudge.summary(judged))
+        }
         switch cause {
         case .died, .spawnFailed:
             // A death or a failed start needs no evidence to be explained (no capture follows it): name it now.
@@ -109,6 +159,7 @@ public struct IncidentLedger: Sendable {
             break
         }
         baseline = nil
+        instanceBaseline = []
         new.lockState = knownLocks.map { $0.state(word: $0.word ?? "unknown", source: "control") }
         open = new
         openUnsaved = false
@@ -126,26 +177,36 @@ public struct IncidentLedger: Sendable {
         if open != nil { note(line) } else { pendingNotes.append(line) }
     }
 
-    mutating func killed(at date: Date) {
+    /// The process was ended at `date`; `signal` when it was not SIGKILL (the kernel method's dump).
+    mutating func killed(at date: Date, signal: Int32? = nil) {
         guard open?.killedAt == nil else { return }
-        changeOpen { $0.killedAt = date }
+        changeOpen { $0.killedAt = date; $0.signal = signal }
     }
 
     mutating func restarted(newPid: Int32, at date: Date) { changeOpen { $0.restartedAt = date; $0.newPid = newPid } }
 
-    /// The evidence read from the hung process before the core: its program, threads, locks and what they
-    /// diagnose. Returns the diagnosis.
-    mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence) -> HangDiagnosis? {
+    /// The evidence read from the hung process before the core: its program, threads, locks, the wait-for graph
+    /// and runtime stacks, and what they diagnose (a proof from the native evidence stands; a hang it leaves
+    /// `unknown` takes the runtime's diagnosis). Returns the diagnosis.
+    mutating func applyEvidence(pid: Int32, observation: Observation, sample: ProcessSample, evidence: LockEvidence,
+                                runtime: RuntimeFindings? = nil) -> HangDiagnosis? {
         guard var current = open else { return nil }
         current.binaryPath = observation.executable ?? current.binaryPath
+        current.process = observation.process ?? current.process   // read again now: it may have changed user or name
         current.threadStates = sample.stateSummary
         current.notes += evidence.notes
         if !evidence.locks.isEmpty { current.lockState = evidence.locks }
         current.flightRecorder = evidence.recorderSummary
+        if let runtime {
+            current.notes += runtime.notes
+            current.waitFor = runtime.waitFor
+            current.runtimeEvidence = runtime.evidence
+        }
         var input = DiagnosisInput(cause: current.cause, locks: current.lockState, progress: current.progress,
                                    sample: sample, nowUnixMs: Int64(current.detectedAt.timeIntervalSince1970 * 1000))
         if let judged = lastJudged, judged.after.pid == pid, judged.before.pid == pid { input.baseline = judged.before }
-        let diagnosis = Diagnoser.diagnose(input)
+        input.waitFor = runtime?.waitFor ?? []
+        let diagnosis = RuntimeDiagnoser.combine(native: Diagnoser.diagnose(input), runtime: runtime?.diagnosis, evidence: runtime?.evidence)
         current.diagnosis = diagnosis.line
         current.diagnosisEvidence = diagnosis.evidence
         current.threads = sample.threads.count
@@ -160,6 +221,24 @@ public struct IncidentLedger: Sendable {
             incident.capture = outcome.record
             if let threads = outcome.threads { incident.threads = threads }
             incident.notes += outcome.notes
+            Self.mainCoreListed(&incident)
+        }
+    }
+
+    /// A core of another process of the instance (a stuck worker), or why there is none: its `processes` entry
+    /// and a note.
+    mutating func applyProcessCore(pid: Int32, outcome: CoreOutcome) {
+        changeOpen { incident in
+            if let path = outcome.record.path, let index = incident.processes?.firstIndex(where: { $0.pid == pid }) {
+                incident.processes?[index].corePath = path
+            }
+            let comm = incident.processes?.first { $0.pid == pid }?.comm ?? "?"
+            if let path = outcome.record.path {
+                incident.notes.append(String(format: "core of pid %d (%@): %@ (%lld bytes, %.0f ms)", pid, comm, path, outcome.record.bytes,
+                                             outcome.record.durationMs))
+            } else {
+                incident.notes.append("no core of pid \(pid) (\(comm)): \(outcome.record.error ?? "not written")")
+            }
         }
     }
 
@@ -260,6 +339,29 @@ public struct IncidentLedger: Sendable {
         }
     }
 
+    /// A Go service's goroutines read from the core: they replace the pending evidence, their diagnosis replaces
+    /// an `unknown` one (a native proof stands), and the signature follows.
+    mutating func applyGoroutines(incidentID id: Int64, _ outcome: RuntimeStacksOutcome) -> Incident? {
+        change(id) { stored in
+            stored.runtimeEvidence = outcome.evidence
+            if let error = outcome.evidence.error { stored.notes.append("runtime stacks: \(error)") }
+            let current = HangDiagnosis(line: stored.diagnosis, evidence: stored.diagnosisEvidence ?? [])
+                ?? HangDiagnosis(kind: .unknown, sentence: stored.diagnosis)
+            let combined = RuntimeDiagnoser.combine(native: current, runtime: outcome.diagnosis, evidence: outcome.evidence)
+            stored.diagnosis = combined.line
+            stored.diagnosisEvidence = combined.evidence
+            stored.signature = stored.computedSignature()
+        }
+    }
+
+    /// The runtime's stacks could not be read after the close (no core, delve missing or failing to start): why.
+    mutating func runtimeStacksMissing(incidentID id: Int64, _ why: String) {
+        _ = change(id) { stored in
+            stored.runtimeEvidence?.error = why
+            stored.notes.append("runtime stacks: \(why)")
+        }
+    }
+
     /// A line in a stored incident this ledger holds (open or closing).
     mutating func note(incidentID id: Int64, _ line: String) { _ = change(id) { $0.notes.append(line) } }
 
@@ -269,6 +371,7 @@ public struct IncidentLedger: Sendable {
             stored.notes.append("core compressed with \(tool.rawValue): \(stored.capture?.bytes ?? 0) → \(bytes) bytes")
             stored.capture?.path = path
             stored.capture?.bytes = bytes
+            Self.mainCoreListed(&stored)
         }
     }
 
@@ -278,7 +381,14 @@ public struct IncidentLedger: Sendable {
         change(id) { stored in
             stored.notes.append(Self.removedNote(path: path, reason: reason))
             stored.capture?.path = nil
+            for i in stored.processes?.indices ?? [Int]().indices { stored.processes?[i].corePath = nil }
         } != nil
+    }
+
+    /// The main process's entry in `processes` shows the incident's core, wherever it is now.
+    static func mainCoreListed(_ incident: inout Incident) {
+        guard let index = incident.processes?.firstIndex(where: \.main) else { return }
+        incident.processes?[index].corePath = incident.capture?.path
     }
 
     static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }
@@ -321,10 +431,11 @@ public struct IncidentLedger: Sendable {
     }
 
     /// The machine's cause as the incident records it (the wall clock turns "ms since the last pong" into a time).
-    static func incidentCause(_ cause: FailureCause, detected: Date, heartbeat: String? = nil) -> IncidentCause {
+    static func incidentCause(_ cause: FailureCause, detected: Date, heartbeat: String? = nil, lastFailure: String? = nil) -> IncidentCause {
         switch cause {
         case let .missedHeartbeat(misses, since, error, _, _, _):
-            .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: error, heartbeat: heartbeat)
+            .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: lastFailure ?? error,
+                             heartbeat: heartbeat)
         case let .startTimeout(ms, _): .startTimeout(seconds: Double(ms) / 1000, heartbeat: heartbeat)
         case let .died(.exited(code)): .exited(code: code)
         case let .died(.signaled(sig, core)): .signaled(signal: sig, coreDumped: core)

@@ -259,7 +259,7 @@ public enum ProcParse {
         return (name, String(rest[0]), utime + stime)
     }
 
-    /// The parent pid (field 4) of a /proc/PID/stat line.
+    /// The parent pid (field 4) of /proc/PID/stat.
     public static func parentPID(_ text: String) -> Int32? {
         guard let close = text.lastIndex(of: ")") else { return nil }
         let rest = text[text.index(after: close)...].split(separator: " ", omittingEmptySubsequences: true)

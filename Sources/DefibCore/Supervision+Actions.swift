@@ -10,6 +10,7 @@ extension Supervision {
             log(.warning, "service pid \(pid) ended: \(machine.describe(status))")
             child = nil
             if pingOpen != nil { emit(.cancelPing); pingOpen = nil }
+            if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
             if locksQueryDeadline != nil { emit(.cancelLocksQuery); locksQueryDeadline = nil }
             // Processes the instance started and left behind were re-parented to us (the subreaper): they go,
             // so the next instance never runs beside a remnant of the last one. Not ours to kill: our own
@@ -17,6 +18,8 @@ extension Supervision {
             ask(.killLeftovers(of: pid, sparing: Set(helpers.keys).union(setup.childrenBeforeUs)), awaiting: .leftovers(oldPid: pid, status: status))
         case let .recordCore(outcome):
             recordCore(outcome)
+        case .captureNextProcess:
+            captureNextProcess()
         case let .finishCapture(jitterDraw):
             schedule(machine.captureFinished(at: now.mono, jitterDraw: jitterDraw))
         case .queryLocks:
@@ -25,6 +28,8 @@ extension Supervision {
             emit(.queryLocks)
         case let .evidenceAfterClose(id):
             evidenceAfterClose(incidentID: id)
+        case let .stacksAfterClose(id):
+            stacksAfterClose(incidentID: id)
         case let .compressOrTrim(id):
             compressOrTrim(incidentID: id)
         case let .retention(justWritten):
@@ -36,17 +41,20 @@ extension Supervision {
             scheduleFirst(ledger.pendingInserts.map { .retryInsert($0) })
         case let .retryInsert(incident):
             ask(.insertIncident(incident), awaiting: .storedLater(incident))
+        case let .announceCore(id):
+            announceCore(incidentID: id)
         }
     }
 
     /// An awaited answer: the step that asked for it goes on. False when `event` is not that answer.
     mutating func resume(_ waiting: Awaiting, with event: SupervisorEvent) -> Bool {
         switch (waiting, event) {
-        case let (.spawn, .spawned(pid, executable)):
+        case let (.spawn, .spawned(pid, executable, process)):
             awaiting = nil
             child = (pid, executable)
             lastChildPid = pid
             childStartedAt = now.wall
+            childProcess = process
             ledger.instanceStarted()
             log(.info, "started \(config.service.name): pid \(pid) (\(executable))")
             schedule(machine.spawned(pid: pid, at: now.mono))
@@ -56,19 +64,19 @@ extension Supervision {
             schedule(machine.spawnFailed(message: message, at: now.mono))
         case let (.baseline, .observed(observation)):
             awaiting = nil
-            ledger.setBaseline(observation.samples.last)
+            ledger.setBaseline(observation.samples.last, instance: observation.instanceSamples.last ?? [])
         case let (.softEvidence(pid, silenceMs), .observed(observation)):
             awaiting = nil
             softEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
         case let (.verdict(pid), .observed(observation)):
             awaiting = nil
-            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            let verdict = judge(pid: pid, observation: observation)
             log(.notice, "progress of pid \(pid): \(verdict.kind): \(verdict.reason)")
             emit(.metric(.verdict(verdict.kind)))
             schedule(machine.progressJudged(verdict, at: now.mono))
         case let (.verdictAtOpen(cause, pid, detected), .observed(observation)):
             awaiting = nil
-            let verdict = ledger.judge(pid: pid, samples: observation.samples)
+            let verdict = judge(pid: pid, observation: observation)
             emit(.metric(.verdict(verdict.kind)))
             openIncident(cause, detected: detected, verdict: verdict)
         case let (.stored, .incidentStored(result)):
@@ -77,13 +85,22 @@ extension Supervision {
         case let (.lockEvidence(pid), .observed(observation)):
             awaiting = nil
             lockEvidenceRead(pid: pid, observation: observation)
+        case let (.runtimeStacks(pid, observation, runtime, askedAt), .runtimeStacksRead(outcome)):
+            awaiting = nil
+            runtimeStacksRead(pid: pid, observation: observation, runtime: runtime, askedAt: askedAt, outcome: outcome)
         case let (.core, .coreWritten(outcome)):
             awaiting = nil
             var steps: [Step] = []
-            if let killedAt = outcome.killedAt { ledger.killed(at: killedAt) }
+            if let killedAt = outcome.killedAt { ledger.killed(at: killedAt, signal: outcome.signal) }
             // The kernel's dump kills by design and reaps the instance within the capture.
             if let status = outcome.exited, let pid = child?.pid { steps.append(.instanceEnded(pid: pid, status: status)) }
-            scheduleFirst(steps + [.recordCore(outcome), .finishCapture(jitterDraw: outcome.jitterDraw)])
+            scheduleFirst(steps + [.recordCore(outcome), .captureNextProcess, .finishCapture(jitterDraw: outcome.jitterDraw)])
+        case let (.processCore(pid), .coreWritten(outcome)):
+            awaiting = nil
+            ledger.applyProcessCore(pid: pid, outcome: outcome)
+            if let error = outcome.record.error { log(.error, "core of pid \(pid) failed: \(error)") }
+            else if let path = outcome.record.path { log(.info, "core of pid \(pid) written: \(path) (\(outcome.record.bytes) bytes)") }
+            scheduleFirst([.captureNextProcess])
         case let (.leftovers(oldPid, status), .leftoversKilled(killed)):
             awaiting = nil
             // Named one by one up to a few, then counted: an instance that leaves thousands behind costs a
@@ -108,6 +125,9 @@ extension Supervision {
         case let (.stacks(id, output, status), .stacksRead(text)):
             awaiting = nil
             stacksRead(incidentID: id, output: output, status: status, text: text)
+        case let (.goroutines(request, status, startedAt), .goroutinesRead(text)):
+            awaiting = nil
+            goroutinesRead(request, status: status, startedAt: startedAt, text: text)
         case let (.compressedSize(helper, status), .fileMeasured(bytes)):
             awaiting = nil
             compressionEnded(helper, status: status, bytes: bytes)
@@ -117,6 +137,12 @@ extension Supervision {
         case let (.storedLater(incident), .incidentStored(result)):
             awaiting = nil
             storedLater(incident, result)
+        case let (.identity(pid), .observed(observation)):
+            awaiting = nil
+            if pid == lastChildPid, let process = observation.process { childProcess = process }
+        case let (.announcement(id, note), .coreAnnounced(failure)):
+            awaiting = nil
+            coreAnnounced(incidentID: id, note: note, failure: failure)
         default:
             return false
         }
@@ -128,23 +154,54 @@ extension Supervision {
         case .spawn:
             ask(.spawn(spawnPlan), awaiting: .spawn)
         case let .sendPing(token):
-            pingOpen = (token, now.mono)
-            emit(.sendPing(token: token))
+            if let probe {
+                if var open = probeOpen {
+                    // A retry while starting: the attempt still running answers the new ping (cutting it short
+                    // would never let an attempt slower than the retry pause through).
+                    open.token = token
+                    probeOpen = open
+                } else {
+                    probeOpen = ProbeInFlight(attempt: token, token: token, sentAt: now.mono, deadline: now.mono + probe.timeoutMs)
+                    emit(.startProbe(token: token))
+                }
+            } else {
+                pingOpen = (token, now.mono)
+                emit(.sendPing(token: token))
+            }
+        case let .heartbeatAdopted(pid, source):
+            switch source {
+            case .ping: log(.info, "pid \(pid) answers pings on \(config.controlSocketPath): pings are its heartbeat from now on (heartbeat auto)")
+            case .notify, .both: log(.info, "pid \(pid) sends WATCHDOG=1: its keep-alives are its heartbeat from now on (heartbeat auto)")
+            }
+        case let .heartbeatUnheard(pid, afterMs):
+            let line = "pid \(pid) has neither listened on DEFIB_CONTROL_SOCKET nor sent WATCHDOG=1 within \(afterMs) ms of its start: "
+                + "it is supervised for its exit only, and a hang goes unnoticed. To watch it: --heartbeat http|tcp|exec with --probe TARGET "
+                + "(a request, a connection, a command), or --heartbeat ping|notify if it speaks them; --heartbeat none says exit-only on purpose"
+            if warnedUnheard { log(.info, "pid \(pid): no heartbeat heard within \(afterMs) ms; supervised for its exit only") } else { log(.warning, line) }
+            warnedUnheard = true
         case let .instanceReady(pid):
             log(.info, "service \(config.service.name) pid \(pid) is ready")
             updateManagerStatus(ready: true)
+            // Who it runs as, now that it answers: a wrapper it started through (env, a pyenv shim, setpriv) has
+            // exec'd the service by now, which it may not have at the spawn. A death later has only this.
+            var request = ObservationRequest(pid: pid, samples: .none)
+            request.processIdentity = true
+            ask(.observe(request), awaiting: .identity(pid: pid))
         case let .heartbeatMissed(misses, silenceMs, reason):
             // The reason may quote the child's reply: its log line is the child's to flood.
             logFromChild(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)", source: "heartbeat")
             emit(.metric(.heartbeatMissed))
             ledger.noteMiss(misses: misses, silenceMs: silenceMs, reason: reason)
         case let .sampleProgress(pid):
-            ask(.observe(ObservationRequest(pid: pid, samples: .one)), awaiting: .baseline)
+            var request = ObservationRequest(pid: pid, samples: .one)
+            request.instanceProcesses = true
+            ask(.observe(request), awaiting: .baseline)
         case let .collectSoftEvidence(pid, silenceMs):
             // Soft evidence, nothing done to the process: its threads, its progress, and its locks as the
             // flight recorder shows them (the recorder is read from a file; the process is not touched).
             var request = ObservationRequest(pid: pid, samples: .one)
             request.flightRecorder = flightRecorderPath
+            request.instanceProcesses = true
             ask(.observe(request), awaiting: .softEvidence(pid: pid, silenceMs: silenceMs))
         case let .judgeProgress(pid):
             ask(.observe(judgementRequest(pid: pid)), awaiting: .verdict(pid: pid))
@@ -172,14 +229,18 @@ extension Supervision {
                 openIncident(cause, detected: now.wall, verdict: nil)
             }
         case let .captureEvidence(pid):
-            // Lock state (flight recorder + words straight from memory), a diagnosis, then the core — in that
-            // order, each stored as soon as it is known, so a failure later never loses what came before.
+            // Lock state (flight recorder + words straight from memory), the pthread wait-for graph and the
+            // runtime (its own stacks next, when it has a tool), a diagnosis, then the core — in that order, each
+            // stored as soon as it is known, so a failure later never loses what came before.
             var request = ObservationRequest(pid: pid, samples: ledger.lastJudged?.after.pid == pid ? .none : .one)
             request.executable = true
             request.flightRecorder = flightRecorderPath
             request.recorderLockWords = true
             request.lockWordAddresses = ledger.knownLocks.map(\.address)
             request.threadIDs = true
+            request.processIdentity = true
+            request.waitForGraph = true
+            request.detectRuntime = config.capture.runtime.forced == nil
             ask(.observe(request), awaiting: .lockEvidence(pid: pid))
         case let .kill(pid):
             log(.warning, "killing pid \(pid) and its process group (SIGKILL)")
@@ -223,15 +284,31 @@ extension Supervision {
     /// millisecond a runnable thread that has not run yet looks starved.
     private func judgementRequest(pid: Int32) -> ObservationRequest {
         let minimum = ProgressJudge.minimumWindowMs
-        guard let baseline = ledger.baseline, baseline.pid == pid else { return ObservationRequest(pid: pid, samples: .pair(apartMs: minimum)) }
-        let ageMs = Int((now.mono.nanoseconds - baseline.atNs) / 1_000_000)
-        return ObservationRequest(pid: pid, samples: ageMs >= minimum ? .one : .pair(apartMs: minimum - max(0, ageMs)))
+        var request: ObservationRequest
+        if let baseline = ledger.baseline, baseline.pid == pid {
+            let ageMs = Int((now.mono.nanoseconds - baseline.atNs) / 1_000_000)
+            request = ObservationRequest(pid: pid, samples: ageMs >= minimum ? .one : .pair(apartMs: minimum - max(0, ageMs)))
+        } else {
+            request = ObservationRequest(pid: pid, samples: .pair(apartMs: minimum))
+        }
+        request.instanceProcesses = true
+        return request
+    }
+
+    /// The main process's progress and every other process's: the verdict on the instance as a whole.
+    private mutating func judge(pid: Int32, observation: Observation) -> ProgressVerdict {
+        let main = ledger.judge(pid: pid, samples: observation.samples)
+        let processes = ledger.judgeInstance(mainPID: pid, rounds: observation.instanceSamples)
+        guard processes.count > 1 else { return main }
+        log(.notice, "processes of the instance: \(ServiceProgressJudge.summary(processes))")
+        return ServiceProgressJudge.instanceVerdict(main: main, processes)
     }
 
     /// How many processes an instance left behind are named one by one.
     static let leftoversNamed = 20
 
-    /// What the incident calls the heartbeat that went silent, when it is not the control channel.
+    /// What the incident calls the heartbeat that went silent, when it is neither the control channel nor a
+    /// probe (which names itself).
     private func heartbeatName(for cause: FailureCause) -> String? {
         switch cause {
         case .missedHeartbeat:
@@ -241,7 +318,7 @@ extension Supervision {
             case .ping?, nil: nil
             }
         case .startTimeout:
-            config.heartbeat.source == .notify ? "sd_notify (READY=1)" : nil
+            config.heartbeat.mode == .notify ? "sd_notify (READY=1)" : nil
         case .died, .spawnFailed, .triggered:
             nil
         }
@@ -255,7 +332,7 @@ extension Supervision {
         env["DEFIB_SERVICE"] = config.service.name
         env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
         env["NOTIFY_SOCKET"] = setup.paths.notifySocket
-        if config.heartbeat.source.usesNotify {
+        if config.heartbeat.mode == .notify || config.heartbeat.mode == .both || config.heartbeat.mode == .auto {
             // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
             env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
         }
@@ -268,8 +345,15 @@ extension Supervision {
     // MARK: the incident's life
 
     private mutating func openIncident(_ cause: FailureCause, detected: Date, verdict: ProgressVerdict?) {
-        let incident = ledger.open(cause, at: detected, pid: machine.pid ?? child?.pid ?? lastChildPid ?? 0, binaryPath: child?.executable,
-                                   startedAt: childStartedAt, verdictAtOpen: verdict, heartbeat: heartbeatName(for: cause))
+        let pid = machine.pid ?? child?.pid ?? lastChildPid ?? 0
+        // Who the instance ran as, read at its spawn and once ready: all a death has (it is reaped by now); a
+        // hang's is read again with its evidence. A start that failed had no process.
+        var process = pid == lastChildPid ? childProcess : nil
+        if case .spawnFailed = cause { process = nil }
+        let incident = ledger.open(cause, at: detected, pid: pid, binaryPath: child?.executable,
+                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process,
+                                   heartbeat: probe?.name ?? heartbeatName(for: cause),
+                                   lastFailure: probe == nil ? nil : lastProbeFailure)
         ask(.insertIncident(incident), awaiting: .stored)
     }
 

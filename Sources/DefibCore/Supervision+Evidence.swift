@@ -11,38 +11,99 @@ extension Supervision {
         var line = "suspect after \(Int(silenceMs)) ms of silence: threads \(sample.stateSummary)"
         if let before = ledger.baseline { line += "; progress since the first miss: \(ProgressJudge.judge(before: before, after: sample).reason)" }
         if let locks = LockEvidence.suspectSummary(observation.flightRecorder, pid: pid) { line += "; locks: \(locks)" }
+        if let round = observation.instanceSamples.last, let processes = ledger.instanceSummary(mainPID: pid, round: round) {
+            line += "; \(processes)"
+        }
         log(.warning, line)
         ledger.notePending(line)
         emit(.metric(.suspect))
     }
 
-    /// The locks and threads of the hung process: the diagnosis is made and stored, then the core is written.
+    /// The locks, threads, wait-for graph and runtime of the hung process: a runtime with a tool is asked for
+    /// its stacks first (`runtimeStacksRead` goes on); otherwise the diagnosis is made and stored, then the core
+    /// is written.
     mutating func lockEvidenceRead(pid: Int32, observation: Observation) {
+        let runtime = DetectedRuntime.chosen(config.capture.runtime, detected: observation.runtime)
+        guard runtime.runtime == .native else {
+            var request = RuntimeStacksRequest(pid: pid, runtime: runtime.runtime, budgetMs: config.capture.effectiveRuntimeBudgetMs,
+                                               home: config.runDirectory)
+            if let usec = setup.managerWatchdogUsec {
+                // As for the core: the loop waits for the tool (bounded by its budget); a helper feeds the manager's
+                // watchdog until the budget plus a second, never longer.
+                request.managerKeepAlive = (Self.keepAlivePeriodNs(watchdogUsec: usec), now.mono.nanoseconds + Int64(request.budgetMs + 1000) * 1_000_000)
+            }
+            ask(.readRuntimeStacks(request), awaiting: .runtimeStacks(pid: pid, observation: observation, runtime: runtime, askedAt: now.mono))
+            return
+        }
+        diagnoseAndCapture(pid: pid, observation: observation, runtime: RuntimeFindings(observation: observation, runtime: runtime, stacks: nil),
+                           spentMs: 0)
+    }
+
+    /// The diagnosis from every piece of evidence read before the kill (stored), then the core within what is
+    /// left of the capture budget once the runtime's tool took `spentMs` of it.
+    mutating func diagnoseAndCapture(pid: Int32, observation: Observation, runtime: RuntimeFindings, spentMs: Int) {
         let sample = ledger.lastJudged.flatMap { $0.after.pid == pid ? $0.after : nil }
             ?? observation.samples.last ?? ProcessSample(pid: pid, atNs: now.mono.nanoseconds, threads: [])
         let evidence = LockEvidence(observation: observation, recorderPath: flightRecorderPath, knownLocks: ledger.knownLocks,
                                     blocked: Set(sample.threads.filter(\.inFutexWait).map(\.tid)))
-        if let diagnosis = ledger.applyEvidence(pid: pid, observation: observation, sample: sample, evidence: evidence) {
+        if !runtime.waitFor.isEmpty { log(.info, "wait-for graph: \(runtime.waitFor.count) thread(s) blocked on pthread mutexes") }
+        if let diagnosis = ledger.applyEvidence(pid: pid, observation: observation, sample: sample, evidence: evidence, runtime: runtime) {
             flushChanges()
             log(.warning, "diagnosis: \(diagnosis.line)")
         }
-        let budget = config.capture.budgetMs
+        let budget = max(1, config.capture.budgetMs - spentMs)
         // core.NAME.INCIDENT.PID, whatever the method (gcore appends the pid to the prefix itself).
         let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(ledger.open?.id.map(String.init) ?? "x")"
         var request = CoreRequest(pid: pid, method: config.capture.method, prefix: prefix, budgetMs: budget,
-                                  firstThread: evidence.interestingThread ?? sample.threads.first(where: \.inFutexWait)?.tid)
+                                  firstThread: evidence.interestingThread ?? runtime.waitFor.first?.waiterTid
+                                      ?? sample.threads.first(where: \.inFutexWait)?.tid)
         switch config.capture.method {
         case .none: break
         case .native: log(.info, "capturing a core of pid \(pid) (native, budget \(budget) ms)")
         case .gcore: log(.info, "capturing a core of pid \(pid) with gcore (budget \(budget) ms)")
         case .kernel: log(.info, "capturing a core of pid \(pid) with the kernel's dump (budget \(budget) ms)")
         }
-        if let usec = setup.managerWatchdogUsec {
-            // The loop is busy writing the core (bounded by the budget): a helper keeps the manager's watchdog fed
-            // until the budget plus a second, never longer.
-            request.managerKeepAlive = (Self.keepAlivePeriodNs(watchdogUsec: usec), now.mono.nanoseconds + Int64(budget + 1000) * 1_000_000)
+        captureStartedAt = now.mono
+        captureBudgetMs = budget
+        request.managerKeepAlive = managerKeepAliveDuringCapture
+        // The other processes of the instance that make no progress, most stuck first, after the main one.
+        let judged = ledger.open?.processes == nil ? [] : ledger.processJudgements ?? []
+        let others = ServiceProgressJudge.captureOrder(judged).filter { !$0.isMain && $0.pid != pid && $0.condition.isStuck }
+        processCaptureQueue = others.map(\.pid)
+        if !others.isEmpty {
+            log(.info, "\(others.count) other process(es) of the instance to capture after it: "
+                + others.map { "\($0.pid) (\($0.comm), \($0.condition.rawValue))" }.joined(separator: ", "))
         }
         ask(.writeCore(request), awaiting: .core)
+    }
+
+    /// While the loop is busy writing cores (bounded by the budget), a helper keeps the service manager's
+    /// watchdog fed until the budget plus a second from the capture's start, never longer.
+    private var managerKeepAliveDuringCapture: (periodNs: Int64, untilNs: Int64)? {
+        guard let usec = setup.managerWatchdogUsec, let start = captureStartedAt else { return nil }
+        return (Self.keepAlivePeriodNs(watchdogUsec: usec), start.nanoseconds + Int64(captureBudgetMs + 1000) * 1_000_000)
+    }
+
+    /// A core of the next stuck process of the instance, within what is left of the capture budget; the
+    /// incident says which were left out and why.
+    mutating func captureNextProcess() {
+        guard !processCaptureQueue.isEmpty else { return }
+        let method = config.capture.method
+        let spentMs = captureStartedAt.map { Int(now.mono.milliseconds(since: $0).rounded(.up)) } ?? 0
+        let leftMs = captureBudgetMs - spentMs
+        guard method == .native || method == .gcore, leftMs > 0 else {
+            let why = method == .kernel ? "the kernel method dumps only the main process (its dump kills what it writes)"
+                : method == .none ? "capture method none" : "the capture budget (\(captureBudgetMs) ms) is spent"
+            for pid in processCaptureQueue { ledger.note("no core of pid \(pid): \(why)") }
+            processCaptureQueue = []
+            return
+        }
+        let pid = processCaptureQueue.removeFirst()
+        let prefix = "\(config.coreDirectory)/core.\(config.service.name).\(ledger.open?.id.map(String.init) ?? "x")"
+        var request = CoreRequest(pid: pid, method: method, prefix: prefix, budgetMs: leftMs)
+        request.managerKeepAlive = managerKeepAliveDuringCapture
+        log(.info, "capturing a core of pid \(pid), another process of the instance (\(method.rawValue), \(leftMs) ms of the budget left)")
+        ask(.writeCore(request), awaiting: .processCore(pid: pid))
     }
 
     mutating func recordCore(_ outcome: CoreOutcome) {
@@ -60,9 +121,15 @@ extension Supervision {
 
     // MARK: after the restart
 
+    /// A Go service's goroutines from the core first (delve), then gdb's stacks.
+    mutating func evidenceAfterClose(incidentID id: Int64) {
+        if startGoroutines(incidentID: id) { return }
+        stacksAfterClose(incidentID: id)
+    }
+
     /// Stacks from the core (then signature, compression and retention when gdb is done), or straight to
     /// compression and retention when there is no core.
-    mutating func evidenceAfterClose(incidentID id: Int64) {
+    mutating func stacksAfterClose(incidentID id: Int64) {
         if config.capture.stacks, let closed = ledger.incident(id: id), let core = closed.capture?.path, let binary = closed.binaryPath {
             let output = core + ".stacks.txt"
             ask(.startStacks(binary: binary, core: core, output: output), awaiting: .helperStart(.stacks(incidentID: id, output: output)))
@@ -91,6 +158,8 @@ extension Supervision {
             log(.error, "could not start \(tool.rawValue) on \(input): \(problem)")
             ledger.note(incidentID: id, "could not start \(tool.rawValue) (\(problem)); the core stays uncompressed")
             scheduleFirst([.retention(justWritten: id)])
+        case let .goroutines(request, _):
+            goroutinesFailed(request, problem: problem)
         }
     }
 
@@ -104,6 +173,8 @@ extension Supervision {
             ask(.measureFile(path: output), awaiting: .compressedSize(helper, status: status))
         case .compression:
             compressionEnded(helper, status: status, bytes: nil)
+        case let .goroutines(request, startedAt):
+            ask(.readGoroutines(path: request.outputPath), awaiting: .goroutines(request, status: status, startedAt: startedAt))
         }
     }
 
@@ -142,6 +213,7 @@ extension Supervision {
             for deletion in CoreRetention.plan(cores: cores, space: space, policy: config.retention, protected: protected) {
                 let core = deletion.core
                 emit(.removeFile(path: core.path))
+                for other in core.otherPaths { emit(.removeFile(path: other)) }
                 if !ledger.coreRemoved(incidentID: core.incidentID, path: core.path, reason: deletion.reason) {
                     emit(.recordCoreRemoved(incidentID: core.incidentID, note: IncidentLedger.removedNote(path: core.path, reason: deletion.reason)))
                 }
@@ -149,7 +221,7 @@ extension Supervision {
             }
         }
         flushChanges()
-        if let justWritten { ledger.evidenceComplete(incidentID: justWritten) }
+        if let justWritten { scheduleFirst([.announceCore(incidentID: justWritten)]) }
     }
 
     // MARK: at shutdown
@@ -170,6 +242,10 @@ extension Supervision {
                 emit(.removeFile(path: output))
                 id = incidentID
                 note = "\(tool.rawValue) of the core stopped: defib stopped before it finished; the core stays uncompressed"
+            case let .goroutines(request, _):
+                for file in request.files { emit(.removeFile(path: file)) }
+                id = request.incidentID
+                note = "goroutines not read: defib stopped before delve finished (the core stays; `dlv core` reads it)"
             }
             log(.warning, "background job pid \(pid) killed at shutdown: \(note)")
             ledger.note(incidentID: id, note)

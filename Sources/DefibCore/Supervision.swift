@@ -25,12 +25,20 @@ public struct Supervision: Sendable {
         public var managerListening: Bool
         /// Processes that were already our children when supervision began: never a remnant to kill.
         public var childrenBeforeUs: Set<Int32>
+        /// defib's stderr is the journal's stream: where `[capture] announce_to_coredumpctl` unset means yes
+        /// (someone there runs coredumpctl).
+        public var underJournald: Bool
+        /// This host's name, for the cores' journal entries (COREDUMP_HOSTNAME).
+        public var hostname: String?
+        /// A fleet shipper works beside the loop: its backlog goes into STATUS=.
+        public var shipping: Bool
         /// Where the service's sockets and flight recorder are (by default those of a service running as defib's user).
         public var paths: ServicePaths
         public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = [],
-                    paths: ServicePaths? = nil) {
+                    underJournald: Bool = false, hostname: String? = nil, shipping: Bool = false, paths: ServicePaths? = nil) {
             self.config = config; self.managerWatchdogUsec = managerWatchdogUsec
             self.managerListening = managerListening; self.childrenBeforeUs = childrenBeforeUs
+            self.underJournald = underJournald; self.hostname = hostname; self.shipping = shipping
             self.paths = paths ?? ServicePaths(config)
         }
     }
@@ -41,6 +49,8 @@ public struct Supervision: Sendable {
         case stacks(incidentID: Int64, output: String)
         /// gzip/zstd replacing `input` with `output`.
         case compression(incidentID: Int64, input: String, output: String, tool: CoreCompression)
+        /// delve reading a Go service's goroutines from the core, since `startedAt`.
+        case goroutines(GoroutinesRequest, startedAt: MonoTime)
     }
 
     /// Work to do, in order: the machine's actions and the steps that follow an answer.
@@ -49,12 +59,19 @@ public struct Supervision: Sendable {
         /// The instance is gone: say so, drop its requests, kill what it left behind, then tell the machine.
         case instanceEnded(pid: Int32, status: ChildStatus)
         indirect case recordCore(CoreOutcome)
+        /// The next stuck process of the instance after the main one, while the capture budget lasts.
+        case captureNextProcess
         case finishCapture(jitterDraw: Double)
         case queryLocks
-        /// Stacks from the core of a closed incident, then compression, then retention.
+        /// Goroutines (a Go service's) and stacks from the core of a closed incident, then compression, then retention.
         case evidenceAfterClose(incidentID: Int64)
+        /// gdb's stacks from the core, then compression, then retention.
+        case stacksAfterClose(incidentID: Int64)
         case compressOrTrim(incidentID: Int64)
         case retention(justWritten: Int64?)
+        /// The core is final (stacks, compression, retention): coredumpctl hears of it, then the incident's
+        /// evidence is complete.
+        case announceCore(incidentID: Int64)
         case helperEnded(pid: Int32, status: ChildStatus)
         /// Offer the store what it refused (updates at once, then each insert in turn).
         case retryWrites
@@ -70,14 +87,19 @@ public struct Supervision: Sendable {
         case verdictAtOpen(FailureCause, pid: Int32, detected: Date)
         case stored
         case lockEvidence(pid: Int32)
+        indirect case runtimeStacks(pid: Int32, observation: Observation, runtime: DetectedRuntime, askedAt: MonoTime)
         case core
+        case processCore(pid: Int32)
         case leftovers(oldPid: Int32, status: ChildStatus)
         case helperStart(Helper)
         case stacks(incidentID: Int64, output: String, status: ChildStatus)
+        case goroutines(GoroutinesRequest, status: ChildStatus, startedAt: MonoTime)
         case compressedSize(Helper, status: ChildStatus)
         case inventory(justWritten: Int64?)
         /// The store's answer to an incident it had refused before.
         indirect case storedLater(Incident)
+        case announcement(incidentID: Int64, note: String)
+        case identity(pid: Int32)
     }
 
     public internal(set) var machine: SupervisorMachine
@@ -90,16 +112,36 @@ public struct Supervision: Sendable {
     /// The last instance's pid and start, kept after it is gone (a death's incident names them).
     var lastChildPid: Int32?
     var childStartedAt: Date?
+    /// Who the last instance ran as, read when it started and again once ready (a death's incident has nothing
+    /// later).
+    var childProcess: IncidentProcess?
     /// The ping whose request is open, and when it went out (for the round-trip metric).
     var pingOpen: (token: UInt64, sentAt: MonoTime)?
     /// A `locks` query is open until then.
     var locksQueryDeadline: MonoTime?
+    /// The instance whose locks were asked for (once per instance, at its first pong).
+    var locksAskedOf: Int32?
+    /// The probe that is the heartbeat (`http`, `tcp`, `exec`), nil for the protocols.
+    let probe: ProbeSpec?
+    /// The probe attempt running.
+    var probeOpen: ProbeInFlight?
+    /// What the last probe attempt of the current silence said (nil once a beat comes).
+    var lastProbeFailure: String?
+    /// `auto`'s warning about a service supervised for its exit only is given once.
+    var warnedUnheard = false
+    /// The other stuck processes of the instance still to capture, in order, and when the capture began.
+    var processCaptureQueue: [Int32] = []
+    var captureStartedAt: MonoTime?
+    /// The capture's budget from `captureStartedAt`: the configured one less what the runtime's tool took.
+    var captureBudgetMs = 0
     var helpers: [Int32: Helper] = [:]
     var nextManagerKeepAlive = MonoTime(nanoseconds: 0)
     var announcedReady = false
     var lastStatusSent: String?
     /// The last STATUS= the service sent over sd_notify.
     var serviceStatus: String?
+    /// The fleet shipper's backlog as last reported.
+    var shipping: ShippingReport?
     var lastIncidentLine: String?
     var lastPhase: SupervisorMachine.Phase?
     /// The machine is done; helpers get until `deadline` to finish, then the supervisor exits with `code`.
@@ -125,12 +167,23 @@ public struct Supervision: Sendable {
         self.setup = setup
         machine = SupervisorMachine(settings: .init(setup.config))
         ledger = IncidentLedger(service: setup.config.service.name)
+        probe = try? setup.config.heartbeat.probeSpec()
+    }
+
+    /// A probe attempt in flight: `attempt` is the token it was started with (its result carries it), `token`
+    /// the machine's ping it answers (a retry during start-up hands the running attempt the new token rather than
+    /// cutting it short), `deadline` when its time is up.
+    struct ProbeInFlight: Sendable, Equatable {
+        var attempt: UInt64
+        var token: UInt64
+        var sentAt: MonoTime
+        var deadline: MonoTime
     }
 
     /// When the runtime must come back with a `.tick` at the latest (it also wakes at most every second).
     public var nextWakeup: MonoTime? {
         if let exiting { return exiting.deadline }
-        var times = [machine.nextWakeup, locksQueryDeadline, ledger.hasUnwritten ? nextStoreRetry : nil].compactMap { $0 }
+        var times = [machine.nextWakeup, locksQueryDeadline, probeOpen?.deadline, ledger.hasUnwritten ? nextStoreRetry : nil].compactMap { $0 }
         if setup.managerWatchdogUsec != nil { times.append(nextManagerKeepAlive) }
         return times.min()
     }
@@ -158,12 +211,18 @@ public struct Supervision: Sendable {
     private mutating func react(to event: SupervisorEvent) {
         switch event {
         case .start:
+            // The shipper's backlog is known before the first status (READY=1 comes with one).
+            askShipping()
             schedule(machine.start(at: now.mono))
         case .tick:
             if let deadline = locksQueryDeadline, now.mono >= deadline {
                 locksQueryDeadline = nil
                 emit(.cancelLocksQuery)
                 log(.debug, "locks query timed out")
+            }
+            if let open = probeOpen, now.mono >= open.deadline {
+                // The attempt's time is up: its answer (what it was still waiting for) is its miss.
+                emit(.timeOutProbe(token: open.attempt))
             }
             schedule(machine.tick(at: now.mono))
             offerUnwrittenIfDue()
@@ -180,9 +239,12 @@ public struct Supervision: Sendable {
             pingOpen = nil
             if line == "pong \(token)" {
                 if let sent, sent.token == token { emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - sent.sentAt.nanoseconds))) }
-                let wasStarting = machine.phase == .starting
                 schedule(machine.pongReceived(token: token, at: now.mono))
-                if wasStarting && machine.phase == .running { agenda.append(.queryLocks) }
+                // The first pong of a ready instance (also one ready by READY=1 under `auto`): ask for its locks.
+                if let pid = child?.pid, locksAskedOf != pid, machine.phase == .running {
+                    locksAskedOf = pid
+                    agenda.append(.queryLocks)
+                }
             } else {
                 let shown = line.count > 120 ? String(line.prefix(120)) + "…" : line
                 schedule(machine.pingFailed(token: token, reason: "unexpected reply '\(shown)' to 'ping \(token)' (expected 'pong \(token)')", at: now.mono))
@@ -190,6 +252,8 @@ public struct Supervision: Sendable {
         case let .pingFailed(token, problem):
             pingOpen = nil
             schedule(machine.pingFailed(token: token, reason: problem, at: now.mono))
+        case let .probeResult(attempt, progress):
+            probeAnswered(attempt: attempt, progress: progress)
         case let .locksReply(line):
             locksQueryDeadline = nil
             if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { logFromChild(.warning, "unreadable 'locks' reply: \(line.prefix(200))", source: "control channel") }
@@ -200,8 +264,10 @@ public struct Supervision: Sendable {
             log(.error, "could not update incident: \(failure)")
         case let .incidentNotUpdated(incident, failure):
             updateRefused(incident, failure)
+        case let .shippingReported(report):
+            shipping = report
         case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
-             .fileMeasured, .coresScanned, .incidentStored:
+             .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")
         }
@@ -231,6 +297,27 @@ public struct Supervision: Sendable {
             agenda.append(.helperEnded(pid: pid, status: status))
         } else {
             logFromChild(.debug, "reaped orphan pid \(pid): \(machine.describe(status))", source: "orphan")
+        }
+    }
+
+    /// A probe attempt's verdict, for the machine a pong or a failed ping of the token it answers.
+    private mutating func probeAnswered(attempt: UInt64, progress: ProbeProgress) {
+        guard let open = probeOpen, open.attempt == attempt else {
+            log(.debug, "result of a probe attempt no longer awaited ignored: \(progress)")
+            return
+        }
+        switch progress {
+        case .pending:
+            return
+        case .beat:
+            probeOpen = nil
+            lastProbeFailure = nil
+            emit(.metric(.pingRoundTrip(nanoseconds: now.mono.nanoseconds - open.sentAt.nanoseconds)))
+            schedule(machine.pongReceived(token: open.token, at: now.mono))
+        case let .miss(failure):
+            probeOpen = nil
+            lastProbeFailure = failure.description
+            schedule(machine.pingFailed(token: open.token, reason: failure.description, at: now.mono))
         }
     }
 
@@ -308,6 +395,7 @@ public struct Supervision: Sendable {
 
     mutating func finish() {
         guard let exiting else { return }
+        if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
         for note in childLog.flushAll() { log(.warning, note) }
         for incident in ledger.unwritten {
             // Not lost: the whole record is in the log (journald or stderr) even though the store never took it.
@@ -334,11 +422,22 @@ public struct Supervision: Sendable {
             pingOpen = nil
         }
         for note in childLog.flush(at: now.mono) { log(.warning, note) }
+        if let open = probeOpen, machine.pingInFlight != open.token {
+            emit(.cancelProbe)
+            probeOpen = nil
+        }
         if machine.phase != lastPhase {
             lastPhase = machine.phase
             emit(.metric(.phase(machine.phase)))
         }
         updateManagerStatus()
+        askShipping()
+    }
+
+    /// The fleet shipper's backlog for the next STATUS=, when a shipper runs and a manager listens (a lock
+    /// and a copy: the loop never waits for the shipper). A status is at most one turn behind its backlog.
+    private mutating func askShipping() {
+        if setup.shipping && setup.managerListening { emit(.readShipping) }
     }
 
     /// The keep-alive period: 40 % of WATCHDOG_USEC, so that with the loop's own latency the gap between two
@@ -353,6 +452,7 @@ public struct Supervision: Sendable {
         status += "; \(machine.restarts) restart(s)"
         if let last = lastIncidentLine { status += "; last incident \(last)" }
         if let serviceStatus { status += "; service: \(serviceStatus.prefix(80))" }
+        if let shipping { status += "; \(shipping.statusClause)" }
         var message = ""
         if ready && !announcedReady {
             announcedReady = true

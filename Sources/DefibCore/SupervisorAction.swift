@@ -24,6 +24,12 @@ public enum SupervisorAction: Equatable, Sendable {
     case sendPing(token: UInt64)
     /// The instance answered its first ping.
     case instanceReady(pid: Int32)
+    /// `auto`: the service spoke `source` for the first time (a pong, a WATCHDOG=1); from now on that source
+    /// is its heartbeat, held to strictly.
+    case heartbeatAdopted(pid: Int32, source: HeartbeatSource)
+    /// `auto`: the instance neither answered a ping nor sent WATCHDOG=1 within its start window (`afterMs`):
+    /// it is supervised for its exit only (its pings go on, and the first pong or keep-alive changes that).
+    case heartbeatUnheard(pid: Int32, afterMs: Int)
     /// Stage "miss": a ping went unanswered. Count it, log it; nothing else happens to the process.
     case heartbeatMissed(misses: Int, silenceMs: Double, reason: String)
     /// Take a baseline /proc sample of `pid` (the first miss of a silence), so later judgements see progress.

@@ -32,9 +32,13 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// The answer to `locks`, or why there is none.
     case locksReply(String)
     case locksFailed(String)
+    /// The probe attempt started as `token` decided: a beat, or a miss and why.
+    case probeResult(token: UInt64, ProbeProgress)
 
     // Answers to effects.
-    case spawned(pid: Int32, executable: String)
+    /// `process` is who the instance runs as, read from /proc once it has exec'd (nil when it could not be
+    /// read): a death's incident has nothing later to go by, its process is reaped before the incident opens.
+    indirect case spawned(pid: Int32, executable: String, process: IncidentProcess? = nil)
     case spawnFailed(String)
     indirect case observed(Observation)
     indirect case coreWritten(CoreOutcome)
@@ -44,6 +48,10 @@ public enum SupervisorEvent: Sendable, Equatable {
     case helperFailed(String)
     /// The stacks gdb wrote, reduced to threads and frames.
     case stacksRead(String)
+    /// What the runtime's tool read before the kill.
+    indirect case runtimeStacksRead(RuntimeStacksOutcome)
+    /// What delve printed about a core's goroutines.
+    case goroutinesRead(String)
     /// The size of a file, nil when it is not there.
     case fileMeasured(Int64?)
     indirect case coresScanned(CoreInventory)
@@ -54,6 +62,10 @@ public enum SupervisorEvent: Sendable, Equatable {
     /// The store refused this version of an incident it holds; when the failure may pass (a full disk),
     /// the version is written again later.
     indirect case incidentNotUpdated(Incident, EffectFailure)
+    /// The journal took the core's announcement (nil), or why it did not.
+    case coreAnnounced(EffectFailure?)
+    /// The fleet shipper's backlog, nil when none runs.
+    case shippingReported(ShippingReport?)
 }
 
 /// Why an effect failed (the store refused a write, a helper could not start, a word could not be read),
@@ -114,6 +126,15 @@ public struct ObservationRequest: Sendable, Equatable {
     public var lockWordAddresses: [UInt64] = []
     /// /proc/PID/task.
     public var threadIDs = false
+    /// Who the process runs as (uid, gid, comm, command line, cgroup): what coredumpctl lists a core by.
+    public var processIdentity = false
+    /// The pthread mutex wait-for graph: which thread sleeps on which mutex, and its owner (from /proc and memory).
+    public var waitForGraph = false
+    /// Which runtime the process runs (its mappings and executable).
+    public var detectRuntime = false
+    /// Every process of the instance (the main one and its descendants), sampled as `samples` says into
+    /// `Observation.instanceSamples`: a master's silence may be a worker's hang.
+    public var instanceProcesses = false
     public init(pid: Int32, samples: Samples) { self.pid = pid; self.samples = samples }
 }
 
@@ -129,6 +150,15 @@ public struct Observation: Sendable, Equatable {
     /// Address → the word, or why it could not be read.
     public var lockWords: [UInt64: Result<UInt64, EffectFailure>] = [:]
     public var threadIDs: [Int32] = []
+    /// nil when not asked for, or when the process is gone.
+    public var process: IncidentProcess?
+    /// The wait-for graph, when asked for: what the diagnosis proves a lock cycle from.
+    public var waitFor: WaitForReading?
+    /// The runtime, when asked for: which tool reads its own stacks.
+    public var runtime: DetectedRuntime?
+    /// With `instanceProcesses`: one round per sample, oldest first, each a sample of every process of the
+    /// instance (the main one first).
+    public var instanceSamples: [[ProcessSample]] = []
     public init(pid: Int32) { self.pid = pid }
 }
 
@@ -165,6 +195,9 @@ public struct CoreOutcome: Sendable, Equatable {
     /// The kernel method kills the process by design: when its signal went out, and the death it reaped.
     public var killedAt: Date?
     public var exited: ChildStatus?
+    /// The signal that ended the process when the writer sent one (the kernel method's core-dumping signal,
+    /// SIGSYS unless the process blocks it): what coredumpctl shows as the core's signal.
+    public var signal: Int32?
     /// A number in [0, 1) for the kill jitter (the runtime draws it; the decision stays pure).
     public var jitterDraw: Double = 0
     public init(record: CaptureRecord, threads: Int? = nil) { self.record = record; self.threads = threads }

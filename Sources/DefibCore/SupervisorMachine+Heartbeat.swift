@@ -6,22 +6,30 @@ extension SupervisorMachine {
             guard instance.ping?.token == token else { return [] }
             answered(&instance, at: now)
             // With sd_notify only, READY=1 (not a pong) makes the instance ready.
-            guard settings.source.usesPing else {
+            guard settings.triesPing else {
                 state = .starting(instance, deadline: deadline)
                 return []
             }
-            return becomeReady(instance, at: now)
+            return adoptPing(pid: instance.pid) + becomeReady(instance, at: now)
         case var .watching(watch):
             guard watch.instance.ping?.token == token else { return [] }
+            let adopted = adoptPing(pid: watch.instance.pid)
             answered(&watch.instance, at: now)
             let before = watch.silence.since
             watch.silence.pingSilentSince = nil
             let actions = sourceAnswered(&watch, silenceBefore: before, at: now)
             state = .watching(watch)
-            return actions
+            return adopted + actions
         default:
             return []
         }
+    }
+
+    /// `auto`: the first pong of the service; from now on pings are its heartbeat.
+    private mutating func adoptPing(pid: Int32) -> [SupervisorAction] {
+        guard settings.mode == .auto, !heardPing else { return [] }
+        heardPing = true
+        return [.heartbeatAdopted(pid: pid, source: .ping)]
     }
 
     /// The ping got no valid answer: refused, closed, a wrong reply. `reason` names the problem.
@@ -36,6 +44,13 @@ extension SupervisorMachine {
             return []
         case var .watching(watch):
             guard watch.instance.ping?.token == token, !watch.silence.awaitingVerdict else { return [] }
+            guard expectsPing else {
+                // `auto` before the first pong: nothing listens yet, which is no miss; try again an interval later.
+                watch.instance.ping = nil
+                watch.instance.nextPingAt = now + settings.intervalMs
+                state = .watching(watch)
+                return []
+            }
             // A miss, and a new ping after the retry pause.
             watch.instance.ping = nil
             watch.instance.nextPingAt = now + settings.startRetryMs
@@ -81,9 +96,15 @@ extension SupervisorMachine {
         for field in fields {
             switch field {
             case .ready:
-                if case let .starting(instance, _) = state, settings.source == .notify { actions += becomeReady(instance, at: now) }
+                if case let .starting(instance, _) = state, settings.readyOnNotify { actions += becomeReady(instance, at: now) }
             case .watchdog:
-                guard case var .watching(watch) = state, settings.source.usesNotify, !watch.silence.awaitingVerdict else { continue }
+                guard settings.hearsKeepAlive else { continue }
+                if settings.mode == .auto, !heardKeepAlive, let pid {
+                    // `auto`: the first keep-alive; from now on they are due (once the instance is ready).
+                    heardKeepAlive = true
+                    actions.append(.heartbeatAdopted(pid: pid, source: .notify))
+                }
+                guard case var .watching(watch) = state, !watch.silence.awaitingVerdict else { continue }
                 let before = watch.silence.since
                 watch.instance.lastPongAt = now
                 watch.instance.lastKeepAliveAt = now
@@ -111,7 +132,7 @@ extension SupervisorMachine {
                     state = .starting(instance, deadline: deadline)
                 case var .watching(watch):
                     watch.instance.keepAliveIntervalMs = intervalMs
-                    if settings.source.usesNotify, watch.silence.notifySilentSince == nil { watch.instance.keepAliveDue = now + intervalMs }
+                    if expectsKeepAlive, watch.silence.notifySilentSince == nil { watch.instance.keepAliveDue = now + intervalMs }
                     state = .watching(watch)
                 default:
                     break
@@ -164,15 +185,27 @@ extension SupervisorMachine {
     mutating func tickWatched(_ watch: inout Watch, at now: MonoTime) -> [SupervisorAction] {
         if watch.silence.awaitingVerdict { return [] }
         var actions: [SupervisorAction] = []
+        if let due = watch.instance.unheardCheckAt, now >= due {
+            // `auto`, ready by READY=1: the start window is over; has the service spoken either protocol?
+            watch.instance.unheardCheckAt = nil
+            if !heardPing && !heardKeepAlive {
+                actions.append(.heartbeatUnheard(pid: watch.instance.pid, afterMs: Int(now.milliseconds(since: watch.instance.startedAt))))
+            }
+        }
         if let stop = watch.stopAnnounced {
             guard now >= stop.until else { return [] }
             // Announced STOPPING=1 and still here: heartbeats are expected again, from now.
             watch.stopAnnounced = nil
             watch.silence = Silence()
             watch.instance.ping = nil
-            if settings.source.usesPing { watch.instance.nextPingAt = now }
-            if settings.source.usesNotify { watch.instance.keepAliveDue = now + watch.instance.keepAliveIntervalMs }
+            if settings.triesPing { watch.instance.nextPingAt = now }
+            if expectsKeepAlive { watch.instance.keepAliveDue = now + watch.instance.keepAliveIntervalMs }
             actions.append(.serviceNotified("still running \(Int(now.milliseconds(since: stop.since))) ms after STOPPING=1: heartbeats are expected again"))
+        }
+        if let ping = watch.instance.ping, now >= ping.deadline, !expectsPing {
+            // `auto` before the first pong: a ping nobody answers is dropped, no miss; another goes an interval later.
+            watch.instance.ping = nil
+            watch.instance.nextPingAt = now + settings.intervalMs
         }
         if let ping = watch.instance.ping, now >= ping.deadline {
             // Keep waiting on the same ping: a late pong still proves progress, and a struggling
@@ -200,11 +233,13 @@ extension SupervisorMachine {
         instance.nextPingAt = now + settings.intervalMs
     }
 
-    private mutating func becomeReady(_ starting: Instance, at now: MonoTime) -> [SupervisorAction] {
+    mutating func becomeReady(_ starting: Instance, at now: MonoTime) -> [SupervisorAction] {
         var instance = starting
         instance.readyAt = now
         instance.ping = nil
-        if settings.source.usesNotify { instance.keepAliveDue = now + instance.keepAliveIntervalMs }
+        if expectsKeepAlive { instance.keepAliveDue = now + instance.keepAliveIntervalMs }
+        // Ready by READY=1 or at the end of the start window (`auto`, `none`): pings `auto` tries go on.
+        if settings.triesPing && instance.nextPingAt == nil { instance.nextPingAt = now }
         state = .watching(Watch(instance: instance))
         var actions: [SupervisorAction] = [.instanceReady(pid: instance.pid)]
         if incidentOpen {

@@ -4,6 +4,10 @@ extension SupervisorMachine {
     public struct Settings: Sendable, Equatable {
         /// Where heartbeats come from: pings on the control channel, sd_notify keep-alives, or both.
         public var source: HeartbeatSource
+        /// The configured mode: a protocol source (as `source`), a probe (run by the supervision as a ping:
+        /// its beat is a pong, its miss a failed ping), `auto` (each protocol held to once the service speaks
+        /// it) or `none` (exit only).
+        public var mode: HeartbeatMode
         /// Between a pong and the next ping; with sd_notify, the keep-alive period the child is asked
         /// for (it is told WATCHDOG_USEC = twice this, and sends at half of that, as sd_watchdog_enabled(3) advises).
         public var intervalMs: Int
@@ -31,11 +35,12 @@ extension SupervisorMachine {
         public var backoff: Backoff
         public var intensity: RestartIntensity
 
-        public init(source: HeartbeatSource = .ping, intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
+        public init(source: HeartbeatSource = .ping, mode: HeartbeatMode? = nil, intervalMs: Int, deadlineMs: Int, missesBeforeHang: Int = 1, missMs: Int? = nil, suspectMs: Int? = nil,
                     extensionStepMs: Int? = nil, maxExtensionMs: Int? = nil, killJitterMs: Int = 0,
                     startTimeoutMs: Int, startRetryMs: Int = 25, killRetryMs: Int = 5000, stopTimeoutMs: Int,
                     backoff: Backoff, intensity: RestartIntensity) {
             self.source = source
+            self.mode = mode ?? HeartbeatMode(source)
             self.intervalMs = intervalMs; self.deadlineMs = deadlineMs; self.missesBeforeHang = missesBeforeHang
             let stages = EscalationDefaults.stages(deadlineMs: deadlineMs, missesBeforeHang: missesBeforeHang)
             self.missMs = missMs ?? stages.missMs
@@ -48,17 +53,36 @@ extension SupervisorMachine {
         }
 
         public init(_ c: SupervisorConfig) {
-            self.init(source: c.heartbeat.source, intervalMs: c.heartbeat.intervalMs, deadlineMs: c.heartbeat.deadlineMs,
+            // A refused probe is retried at the heartbeat's interval (not every 25 ms like a ping to a socket not
+            // yet made): an exec probe is a process, an http probe a request the service logs.
+            self.init(source: c.heartbeat.source, mode: c.heartbeat.mode, intervalMs: c.heartbeat.intervalMs, deadlineMs: c.heartbeat.deadlineMs,
                       missesBeforeHang: c.heartbeat.misses, missMs: c.escalation.missMs, suspectMs: c.escalation.suspectMs,
                       extensionStepMs: c.escalation.extensionStepMs, maxExtensionMs: c.escalation.maxExtensionMs,
                       killJitterMs: c.escalation.killJitterMs,
-                      startTimeoutMs: c.heartbeat.startTimeoutMs, startRetryMs: min(25, c.heartbeat.intervalMs),
+                      startTimeoutMs: c.heartbeat.startTimeoutMs, startRetryMs: c.heartbeat.mode.probeKind == nil ? min(25, c.heartbeat.intervalMs) : c.heartbeat.intervalMs,
                       stopTimeoutMs: c.restart.stopTimeoutMs,
                       backoff: Backoff(initialMs: c.restart.backoffInitialMs, maxMs: c.restart.backoffMaxMs,
                                        multiplier: c.restart.backoffMultiplier, resetAfterMs: c.restart.backoffResetMs),
                       intensity: RestartIntensity(maxRestarts: c.restart.intensityMax, windowMs: c.restart.intensityWindowMs))
         }
     }
+}
+
+extension SupervisorMachine.Settings {
+    /// Pings go out (the control channel's, or a probe's attempts): every mode but `notify` and `none`.
+    var triesPing: Bool {
+        switch mode {
+        case .ping, .both, .http, .tcp, .exec, .auto: true
+        case .notify, .none: false
+        }
+    }
+
+    /// WATCHDOG=1 is listened to: `notify`, `both`, and `auto` (which learns it from the first one).
+    var hearsKeepAlive: Bool { mode == .notify || mode == .both || mode == .auto }
+
+    /// READY=1 makes a starting instance ready: `notify`, and `auto`/`none`, where it is the only word on
+    /// readiness a program that pings nothing can give (`both` waits for the first pong).
+    var readyOnNotify: Bool { mode == .notify || mode == .auto || mode == .none }
 }
 
 /// Where heartbeats come from.

@@ -46,6 +46,9 @@ public struct SupervisorMachine: Sendable {
         var keepAliveIntervalMs: Int
         /// The last WATCHDOG=1 (`lastPongAt` is the last sign of life from either source).
         var lastKeepAliveAt: MonoTime?
+        /// `auto`: when to say that nothing has been heard from the service, if nothing has (the end of the
+        /// start window, even for an instance ready by READY=1).
+        var unheardCheckAt: MonoTime?
     }
 
     /// The current silence of a watched instance: from the first unanswered ping (or late keep-alive) until
@@ -133,6 +136,11 @@ public struct SupervisorMachine: Sendable {
     /// Which heartbeat was silent when the last hang was declared: `.ping` (the control channel), `.notify`
     /// (WATCHDOG=1 keep-alives) or `.both`; what the incident's cause names.
     public internal(set) var lastSilence: HeartbeatSource?
+    /// `auto`: the service has answered a ping / sent WATCHDOG=1 (any instance). From then on that source is
+    /// held to as strictly as if it had been configured, for every instance (a replacement that never answers
+    /// is a start timeout, as with `--heartbeat ping`).
+    public internal(set) var heardPing = false
+    public internal(set) var heardKeepAlive = false
 
     public init(settings: Settings) {
         self.settings = settings
@@ -198,7 +206,8 @@ public struct SupervisorMachine: Sendable {
             if w.silence.awaitingVerdict { return nil }
             if let stop = w.stopAnnounced { return stop.until }
             let i = w.instance
-            var times = [i.ping?.deadline ?? i.nextPingAt, w.silence.nextNotifyMissAt ?? i.keepAliveDue.map { $0 + settings.missMs }].compactMap { $0 }
+            var times = [i.ping?.deadline ?? i.nextPingAt, w.silence.nextNotifyMissAt ?? i.keepAliveDue.map { $0 + settings.missMs },
+                         i.unheardCheckAt].compactMap { $0 }
             if let since = w.silence.since {
                 if !w.suspect { times.append(since + settings.suspectMs) }
                 // Until enough pings are missed the hang deadline cannot fire; the next miss wakes us.
@@ -232,8 +241,9 @@ public struct SupervisorMachine: Sendable {
             state = .shuttingDown(pid: newPid, deadline: now + settings.stopTimeoutMs)
             return actions + [.terminate(pid: newPid)]
         }
-        var instance = Instance(pid: newPid, startedAt: now, nextPingAt: settings.source.usesPing ? now : nil,
+        var instance = Instance(pid: newPid, startedAt: now, nextPingAt: settings.triesPing ? now : nil,
                                 keepAliveIntervalMs: settings.intervalMs)
+        if settings.mode == .auto { instance.unheardCheckAt = now + settings.startTimeoutMs }
         actions += pingIfDue(&instance, at: now)
         state = .starting(instance, deadline: now + settings.startTimeoutMs)
         return actions
@@ -256,6 +266,14 @@ public struct SupervisorMachine: Sendable {
         case .starting(var instance, let deadline):
             if now >= deadline {
                 let ms = Int(now.milliseconds(since: instance.startedAt))
+                if !holdsToStartTimeout {
+                    // Neither protocol heard (`auto`) or none asked for (`none`): the instance is supervised for its
+                    // exit only; its start is over.
+                    var instance = instance
+                    let unheard: [SupervisorAction] = settings.mode == .auto ? [.heartbeatUnheard(pid: instance.pid, afterMs: ms)] : []
+                    instance.unheardCheckAt = nil
+                    return unheard + becomeReady(instance, at: now)
+                }
                 return failInstance(.startTimeout(ms: ms, lastError: instance.lastPingError), instance: instance, stopAnnounced: nil, at: now)
             }
             if let ping = instance.ping, now >= ping.deadline {
@@ -421,7 +439,7 @@ public struct SupervisorMachine: Sendable {
 
     /// Sends the next ping when one is due and none is in flight.
     mutating func pingIfDue(_ instance: inout Instance, at now: MonoTime) -> [SupervisorAction] {
-        guard settings.source.usesPing, instance.ping == nil, let due = instance.nextPingAt, now >= due else { return [] }
+        guard settings.triesPing, instance.ping == nil, let due = instance.nextPingAt, now >= due else { return [] }
         lastPingToken &+= 1
         instance.ping = PingInFlight(token: lastPingToken, sentAt: now, deadline: now + settings.missMs)
         instance.nextPingAt = nil
@@ -431,8 +449,37 @@ public struct SupervisorMachine: Sendable {
     /// The same for a watched instance, whose silence starts with the first ping that goes unanswered.
     mutating func pingIfDue(_ watch: inout Watch, at now: MonoTime) -> [SupervisorAction] {
         let actions = pingIfDue(&watch.instance, at: now)
-        if !actions.isEmpty && watch.silence.pingSilentSince == nil { watch.silence.pingSilentSince = now }
+        // A ping `auto` sends to learn whether the service listens is no heartbeat yet: no silence starts with it.
+        if !actions.isEmpty && watch.silence.pingSilentSince == nil && expectsPing { watch.silence.pingSilentSince = now }
         return actions
+    }
+
+    /// A ping that goes unanswered (or fails) is a miss: the mode pings strictly, or `auto` has heard one.
+    var expectsPing: Bool {
+        switch settings.mode {
+        case .ping, .both, .http, .tcp, .exec: true
+        case .auto: heardPing
+        case .notify, .none: false
+        }
+    }
+
+    /// WATCHDOG=1 keep-alives are due once ready: `notify`, `both`, or `auto` once one was heard.
+    var expectsKeepAlive: Bool {
+        switch settings.mode {
+        case .notify, .both: true
+        case .auto: heardKeepAlive
+        case .ping, .http, .tcp, .exec, .none: false
+        }
+    }
+
+    /// Whether an instance not ready within the start timeout is a failure. `none` never is; `auto` only once a
+    /// protocol has been heard (before that the instance is supervised for its exit only).
+    var holdsToStartTimeout: Bool {
+        switch settings.mode {
+        case .none: false
+        case .auto: heardPing || heardKeepAlive
+        case .ping, .notify, .both, .http, .tcp, .exec: true
+        }
     }
 
     func describe(_ status: ChildStatus) -> String {

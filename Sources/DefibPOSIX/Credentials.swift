@@ -5,7 +5,9 @@ import Glibc
 /// `[service] user`, `group`, `supplementary_groups`. Resolving once means a restart never depends on the
 /// password database (NSS, LDAP) answering at the moment a hung service must be replaced.
 public struct ProcessCredentials: Sendable, Equatable {
+    /// The uid set as real, effective and saved uid (setresuid).
     public var uid: uid_t
+    /// The gid set as real, effective and saved gid (setresgid).
     public var gid: gid_t
     /// Exactly the supplementary groups the child gets (setgroups).
     public var groups: [gid_t]
@@ -137,6 +139,7 @@ struct PasswordEntry {
 public struct IdentityError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The config key concerned (`service.user`, `service.group`, `service.supplementary_groups[1]`).
     public var key: String
+    /// What is wrong with it.
     public var message: String
     public init(key: String, _ message: String) { self.key = key; self.message = message }
     public var description: String { "\(key): \(message)" }

@@ -8,13 +8,20 @@ extension SystemEffects {
         let pid = request.pid
         var observation = Observation(pid: pid)
         if request.executable { observation.executable = ProcessMemory.executable(pid: pid) }
+        // The instance's processes are listed once: one that appears between two rounds is not judged on one sample.
+        let processes = request.instanceProcesses ? ServiceProcesses.list(mainPID: pid) : []
         switch request.samples {
-        case .none: break
-        case .one: observation.samples = [ProcSampler.sample(pid: pid)]
+        case .none:
+            if request.instanceProcesses { observation.instanceSamples = [ServiceProcesses.sample(processes)] }
+        case .one:
+            observation.samples = [ProcSampler.sample(pid: pid)]
+            if request.instanceProcesses { observation.instanceSamples = [ServiceProcesses.sample(processes)] }
         case let .pair(apartMs):
             let before = ProcSampler.sample(pid: pid)
+            let roundBefore = request.instanceProcesses ? ServiceProcesses.sample(processes) : []
             usleep(UInt32(apartMs) * 1000)
             observation.samples = [before, ProcSampler.sample(pid: pid)]
+            if request.instanceProcesses { observation.instanceSamples = [roundBefore, ServiceProcesses.sample(processes)] }
         }
         var addresses = request.lockWordAddresses
         if let path = request.flightRecorder {
@@ -32,6 +39,15 @@ extension SystemEffects {
             }
         }
         if request.threadIDs { observation.threadIDs = threadIDs(pid: pid) }
+        if request.processIdentity { observation.process = ProcessIdentity.read(pid: pid) }
+        if request.waitForGraph {
+            let graph = WaitForReader.readStable(pid: pid)
+            observation.waitFor = WaitForReading(edges: graph.edges, notes: graph.notes)
+        }
+        if request.detectRuntime {
+            let (runtime, reason) = RuntimeDetector.detect(pid: pid)
+            observation.runtime = DetectedRuntime(runtime: runtime, reason: reason)
+        }
         return observation
     }
 
@@ -82,6 +98,7 @@ extension SystemEffects {
             var outcome = CoreOutcome(record: result.record)
             outcome.notes = result.notes + ["core destination: \(result.destination)"]
             outcome.killedAt = killedAt
+            outcome.signal = started.signal
             outcome.exited = status
             return outcome
         }
@@ -116,6 +133,8 @@ extension SystemEffects {
     public func stopHelper(pid: Int32) {
         guard let helper = helpers.removeValue(forKey: pid) else { return }
         try? helper.signal(SIGKILL)
+        // A helper that runs another (`timeout` over delve) leaves it in its process group.
+        helper.signalGroup(SIGKILL)
         _ = waitForChild(helper, timeoutMs: 2000)
         helper.closePidfd()
     }
@@ -134,7 +153,7 @@ extension SystemEffects {
         let space = FileSystemSpace(totalBytes: Int64(fs.f_blocks) * Int64(fs.f_frsize), freeBytes: Int64(fs.f_bfree) * Int64(fs.f_frsize))
         let cores = stored.map { core in
             var measured = core
-            measured.bytes = allocatedSize(core.path) ?? 0
+            measured.bytes = ([core.path] + core.otherPaths).reduce(Int64(0)) { $0 + (allocatedSize($1) ?? 0) }
             return measured
         }
         return CoreInventory(cores: cores, space: space)

@@ -23,6 +23,12 @@ public final class SystemEffects: SupervisorEffects {
     public let managerWatchdogUsec: UInt64?
     /// A service manager listens (NOTIFY_SOCKET is set).
     public let managerListening: Bool
+    /// Our stderr is the journal's stream (systemd started us with StandardError=journal).
+    public let underJournald: Bool
+    /// This host's name, for the cores' journal entries.
+    public let hostname: String?
+    /// The fleet shipper working beside the loop, when one runs.
+    let shipping: (any ShippingReporter)?
     /// What setting up did not manage but the supervision survives (for the log).
     public private(set) var warnings: [String] = []
 
@@ -37,6 +43,9 @@ public final class SystemEffects: SupervisorEffects {
     var leafFailureLogged = false
     /// Where a problem found while supervising goes (the supervisor's log), when it does not stop anything.
     public var onWarning: (@Sendable (String) -> Void)?
+    /// The probe that is the heartbeat (resolved once, at start-up), and its attempt in flight.
+    let probe: ResolvedProbe?
+    var probeAttempt: (token: UInt64, attempt: any ProbeAttempt)?
 
     /// Blocks the signals the supervisor handles and returns their queue. Call it first thing, before any
     /// library starts a thread: a thread that does not block SIGTERM would take its default action.
@@ -49,15 +58,20 @@ public final class SystemEffects: SupervisorEffects {
     /// socket kept elsewhere (or in the instance directory) and the NOTIFY_SOCKET. Without `directories`
     /// (tests, tools), they are opened here for a service running as defib's user.
     public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
-                passedSockets: [(name: String, fd: Int32)] = [], directories: ServiceDirectories? = nil, cgroup: ServiceCgroup? = nil) throws {
+                passedSockets: [(name: String, fd: Int32)] = [], probe: ResolvedProbe? = nil,
+                shipping: (any ShippingReporter)? = nil, directories: ServiceDirectories? = nil, cgroup: ServiceCgroup? = nil) throws {
         self.config = config
+        self.probe = probe
         self.store = store
+        self.shipping = shipping
         self.signals = signals
         self.passedSockets = passedSockets
         self.cgroup = cgroup
         childrenBeforeUs = Set(childProcesses(of: getpid()))
         managerWatchdogUsec = SystemdNotifier.watchdogUsec()
         managerListening = SystemdNotifier.isEnabled
+        underJournald = Journald.stderrIsJournal
+        hostname = CoredumpJournal.hostname()
         try becomeChildSubreaper()
         let directories = try directories ?? ServiceDirectories.open(config, credentials: nil)
         self.directories = directories
@@ -85,9 +99,10 @@ public final class SystemEffects: SupervisorEffects {
         notifyServer = try NotifyServer(path: directories.paths.notifySocket, mode: 0o666)
         // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
         // that is restarting has none for a moment, and a line meant for it must not go to another one).
-        let pidFile = runDirectory + "/supervisor.pid"
-        if (try? "\(getpid())\n".write(toFile: pidFile, atomically: true, encoding: .utf8)) == nil {
-            warnings.append("could not write \(pidFile): defib ctl will fall back to probing sockets")
+        // The file also records our PID namespace, so `defib ctl` on the host finds a defib that is a container's
+        // PID 1 (SupervisorPidFile). Written without following a link planted in the run directory.
+        do { try SupervisorPidFile.write(runDirectory: runDirectory) } catch {
+            warnings.append("could not write \(runDirectory)/\(SupervisorPidFile.fileName): \(error); defib ctl will fall back to probing sockets")
         }
     }
 
@@ -104,6 +119,7 @@ public final class SystemEffects: SupervisorEffects {
         var fds = [pollfd(fd: signals.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: notifyServer.fd, events: Int16(POLLIN), revents: 0)]
         if let ping { fds.append(pollfd(fd: ping.request.fd, events: Int16(POLLIN), revents: 0)) }
         if let locksQuery { fds.append(pollfd(fd: locksQuery.fd, events: Int16(POLLIN), revents: 0)) }
+        if let (_, attempt) = probeAttempt { fds.append(pollfd(fd: attempt.fd, events: attempt.pollEvents, revents: 0)) }
         var timeoutMs: Int32 = 1000
         if let deadline {
             // Rounded up, so the loop sleeps until the deadline rather than spinning through its last millisecond.
@@ -137,13 +153,22 @@ public final class SystemEffects: SupervisorEffects {
             case let .failed(problem): cancelLocksQuery(); events.append(.locksFailed(problem))
             }
         }
+        if let (token, attempt) = probeAttempt {
+            let progress = attempt.readAvailable()
+            if progress != .pending {
+                probeAttempt = nil
+                events.append(.probeResult(token: token, progress))
+            }
+        }
         return events
     }
 
     /// Every child that has ended: the instance, helpers, and orphans re-parented to us. Their pidfds close
     /// here, before anyone could signal a recycled pid.
     private func reap(into events: inout [SupervisorEvent]) {
-        for reaped in reapAll() {
+        // A running exec probe reaps its own command through its pidfd (it kills the command's group first,
+        // which is safe only while the leader is unreaped).
+        for reaped in reapAll(sparing: Set([probeAttempt?.attempt.sparedPID].compactMap { $0 })) {
             if let child, child.pid == reaped.pid {
                 child.closePidfd()
                 instanceEnded(reaped.pid)
@@ -187,22 +212,26 @@ public final class SystemEffects: SupervisorEffects {
             child = started
             leaf?.closeProcsFD()
             childCgroup = leaf
-            return .spawned(pid: started.pid, executable: started.executable)
+            // It has exec'd (spawnProcess returns after that) and is not reaped before we are: its pid is its own.
+            return .spawned(pid: started.pid, executable: started.executable, process: ProcessIdentity.read(pid: started.pid))
         } catch {
             leaf?.remove()
             return .spawnFailed("\(error)")
         }
     }
 
-    /// A signal to the instance (its pidfd) and everything in it: its cgroup leaf (`cgroup.kill` for
-    /// SIGKILL, each member otherwise) and its process group.
+    /// A signal to the instance (its pidfd) and everything in it: its cgroup leaf (`cgroup.kill` for SIGKILL,
+    /// each member otherwise), its process group and — SIGKILL — every descendant that left the group (listed
+    /// before the main process dies, while they are still its descendants; what matters without a cgroup).
     public func signal(pid: Int32, signal: Int32) {
         guard let child, child.pid == pid else { return }
+        let strays = signal == SIGKILL ? ServiceProcesses.openDescendants(of: pid) : []
         try? child.signal(signal)
         child.signalGroup(signal)
         if let leaf = childCgroup {
             if signal == SIGKILL { leaf.killNow() } else { leaf.signalMembers(signal) }
         }
+        for stray in strays { stray.kill(signal) }
     }
 
     /// What the ended instance `pid` left: everything still in its cgroup leaf (killed with `cgroup.kill`, the
@@ -221,7 +250,9 @@ public final class SystemEffects: SupervisorEffects {
             leaf.remove()
         }
         let named = Set(killed.map(\.pid))
-        for leftover in childProcesses(of: getpid()) where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil {
+        let probePID = probeAttempt?.attempt.sparedPID
+        for leftover in childProcesses(of: getpid())
+        where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil && leftover != probePID {
             let name = processName(leftover)
             if killProcess(leftover), !named.contains(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
         }
@@ -280,6 +311,32 @@ public final class SystemEffects: SupervisorEffects {
         locksQuery = nil
     }
 
+    // MARK: probes
+
+    public func startProbe(token: UInt64) -> ProbeFailure? {
+        cancelProbe()
+        guard let probe else { return .couldNotStart("no probe is configured") }
+        switch probe.start() {
+        case let .success(attempt):
+            probeAttempt = (token, attempt)
+            return nil
+        case let .failure(failure):
+            return failure
+        }
+    }
+
+    public func timeOutProbe(token: UInt64) -> ProbeFailure? {
+        guard let (running, attempt) = probeAttempt, running == token else { return nil }
+        probeAttempt = nil
+        // An exec probe's group is killed; a leader not dead yet is left to the reaper (it is no longer spared).
+        return attempt.timedOut()
+    }
+
+    public func cancelProbe() {
+        probeAttempt?.attempt.cancel()
+        probeAttempt = nil
+    }
+
     // MARK: the store and the service manager
 
     public func insert(_ incident: Incident) -> Result<Int64, EffectFailure> {
@@ -300,4 +357,7 @@ public final class SystemEffects: SupervisorEffects {
     }
 
     public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
+
+    public func announceCore(_ fields: [JournalField]) -> EffectFailure? { CoredumpJournal.send(fields).map { EffectFailure($0) } }
+    public func shippingReport() -> ShippingReport? { shipping?.shippingReport }
 }

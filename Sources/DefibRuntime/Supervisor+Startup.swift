@@ -26,12 +26,10 @@ final class SupervisorStartup {
     }
 
     /// Runs every check and clean-up; throws `SupervisorSetupError` (`defib run` exits 64 with it) for what cannot work.
-    static func prepare(_ cfg: SupervisorConfig, logger: Logger) throws -> SupervisorStartup {
+    /// `credentials`: the service's identity, resolved by the caller (nil: defib's own).
+    static func prepare(_ cfg: SupervisorConfig, credentials: ProcessCredentials?, logger: Logger) throws -> SupervisorStartup {
         let name = cfg.service.name
         do {
-            // The service's identity is resolved once: a restart never waits for the user database.
-            let credentials: ProcessCredentials?
-            do { credentials = try ProcessCredentials.resolve(cfg.service) } catch { throw SupervisorSetupError("\(error)") }
             let directories = try ServiceDirectories.open(cfg, credentials: credentials)
             let run = directories.run
             let lock: SupervisorLock

@@ -75,6 +75,12 @@ public final class Supervisor {
             return effects.queryLocks().map { .locksFailed($0) }
         case .cancelLocksQuery:
             effects.cancelLocksQuery()
+        case let .startProbe(token):
+            return effects.startProbe(token: token).map { .probeResult(token: token, .miss($0)) }
+        case let .timeOutProbe(token):
+            return effects.timeOutProbe(token: token).map { .probeResult(token: token, .miss($0)) }
+        case .cancelProbe:
+            effects.cancelProbe()
         case let .observe(request):
             return .observed(effects.observe(request))
         case let .writeCore(request):
@@ -85,6 +91,12 @@ public final class Supervisor {
             return Self.helper(effects.startCompression(argv: argv))
         case let .readStacks(path):
             return .stacksRead(effects.readStacks(path: path))
+        case let .readRuntimeStacks(request):
+            return .runtimeStacksRead(effects.readRuntimeStacks(request))
+        case let .startGoroutines(request):
+            return Self.helper(effects.startGoroutines(request))
+        case let .readGoroutines(path):
+            return .goroutinesRead(effects.readGoroutines(path: path))
         case let .stopHelper(pid):
             effects.stopHelper(pid: pid)
         case let .measureFile(path):
@@ -106,6 +118,10 @@ public final class Supervisor {
             metrics.record(event)
         case let .notifyManager(state):
             effects.notifyManager(state)
+        case let .announceCore(fields):
+            return .coreAnnounced(effects.announceCore(fields))
+        case .readShipping:
+            return .shippingReported(effects.shippingReport())
         case let .exit(code):
             exitCode = code
         }

@@ -6,7 +6,8 @@ extension IncidentStore: IncidentPersistence {
     /// the file system's to say.
     public func storedCores() throws -> [StoredCore] {
         try incidentsWithCores().map {
-            StoredCore(incidentID: $0.id, path: $0.corePath, bytes: 0, service: $0.service, signature: $0.signature, detectedUnixMs: $0.detectedUnixMs)
+            StoredCore(incidentID: $0.id, path: $0.corePath, bytes: 0, service: $0.service, signature: $0.signature, detectedUnixMs: $0.detectedUnixMs,
+                       otherPaths: $0.otherCorePaths)
         }
     }
 
@@ -16,6 +17,7 @@ extension IncidentStore: IncidentPersistence {
         try modify(id: id) { incident in
             incident.notes.append(note)
             incident.capture?.path = nil
+            for i in incident.processes?.indices ?? [Int]().indices { incident.processes?[i].corePath = nil }
         }
     }
 }

@@ -16,6 +16,8 @@ public final class IncidentStore: Sendable {
     public let path: String
     let reader: any DatabaseReader
     private let writer: (any DatabaseWriter)?
+    /// Fleet outbox rows the shipper has seen committed, deleted with the next incident write.
+    let outboxAcknowledgements = OutboxAcknowledgements()
 
     /// The file name inside the state directory.
     public static let fileName = "incidents.sqlite"
@@ -95,13 +97,15 @@ public final class IncidentStore: Sendable {
     @discardableResult
     public func insert(_ incident: Incident) throws -> Int64 {
         let row = try StoredRow(incident, path: path)
-        return try write("insert incident") { db in
-            try db.execute(sql: """
-                INSERT INTO incident (service, pid, cause_kind, detected_at, outcome, signature, core_path, core_bytes, body)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: row.arguments)
-            return db.lastInsertedRowID
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
+        let id = try write("insert incident") { db in
+            try db.execute(sql: StoredRow.insertSQL, arguments: row.arguments)
+            let id = db.lastInsertedRowID
+            try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning)
+            return id
         }
+        outboxAcknowledgements.remove(pruning)
+        return id
     }
 
     /// Replaces the stored incident with the same `id`.
@@ -110,17 +114,30 @@ public final class IncidentStore: Sendable {
             throw StoreError(.write, path: path, "update: the incident has no id (insert it first)")
         }
         let row = try StoredRow(incident, path: path)
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
         let changed = try write("update incident \(id)") { db in
             try db.execute(sql: Self.updateSQL, arguments: row.arguments + [id])
-            return db.changesCount
+            let changed = db.changesCount
+            if changed > 0 { try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning) }
+            return changed
         }
+        outboxAcknowledgements.remove(pruning)
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
     }
 
+    /// Incidents whose evidence came from `runtime` (the `runtime` column), newest first.
+    public func list(runtime: ServiceRuntime, limit: Int? = nil) throws -> [Incident] {
+        try fetch("list incidents of runtime \(runtime.rawValue)",
+                  sql: "SELECT \(Self.columns) FROM incident WHERE runtime = ? ORDER BY detected_at DESC, id DESC" + (limit.map { " LIMIT \($0)" } ?? ""),
+                  arguments: [runtime.rawValue])
+    }
+
     /// Changes the stored incident `id` in one write transaction (read, change, write back), for an incident
-    /// whose writer no longer holds it. Throws `.notFound` when there is none.
+    /// whose writer no longer holds it. Throws `.notFound` when there is none. Like every incident write, it
+    /// records the change in the fleet outbox in the same transaction.
     public func modify(id: Int64, _ change: @escaping @Sendable (inout Incident) -> Void) throws {
         let path = self.path
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
         try write("modify incident \(id)") { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]) else {
                 throw StoreError(.notFound, path: path, "no incident \(id)")
@@ -131,7 +148,9 @@ public final class IncidentStore: Sendable {
             change(&incident)
             let stored = try StoredRow(incident, path: path)
             try db.execute(sql: Self.updateSQL, arguments: stored.arguments + [id])
+            try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning)
         }
+        outboxAcknowledgements.remove(pruning)
     }
 
     /// Removes one incident (retention). Returns false when there was none with that id.
@@ -153,14 +172,24 @@ public final class IncidentStore: Sendable {
         public var signature: String?
         public var detectedUnixMs: Int64
         public var corePath: String
+        /// The cores of the instance's other processes (from the body's `processes`).
+        public var otherCorePaths: [String] = []
     }
 
     /// Every incident whose core is recorded, oldest first.
     public func incidentsWithCores() throws -> [CoreRow] {
         do {
             return try reader.read { db in
-                try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path FROM incident WHERE core_path IS NOT NULL ORDER BY detected_at, id")
-                    .map { CoreRow(id: $0["id"], service: $0["service"], signature: $0["signature"], detectedUnixMs: $0["detected_at"], corePath: $0["core_path"]) }
+                // The other processes' cores sit in the body's `processes` (a multi-process instance's stuck workers).
+                let others = "(SELECT group_concat(json_extract(p.value, '$.corePath'), char(10)) FROM json_each(incident.body, '$.processes') AS p "
+                    + "WHERE json_extract(p.value, '$.main') = 0 AND json_extract(p.value, '$.corePath') IS NOT NULL)"
+                return try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path, \(others) AS other_cores FROM incident "
+                                         + "WHERE core_path IS NOT NULL ORDER BY detected_at, id")
+                    .map { row in
+                        let other: String? = row["other_cores"]
+                        return CoreRow(id: row["id"], service: row["service"], signature: row["signature"], detectedUnixMs: row["detected_at"],
+                                       corePath: row["core_path"], otherCorePaths: other?.split(separator: "\n").map(String.init) ?? [])
+                    }
             }
         } catch {
             throw StoreError(.read, path: path, "list cores: \(sqliteMessage(error))")
@@ -272,8 +301,13 @@ public final class IncidentStore: Sendable {
 }
 
 /// One incident flattened to the table's columns.
-private struct StoredRow {
+struct StoredRow {
     var arguments: StatementArguments
+
+    static let insertSQL = """
+        INSERT INTO incident (service, pid, cause_kind, detected_at, outcome, signature, core_path, core_bytes, body)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """
 
     init(_ incident: Incident, path: String) throws {
         let body: String

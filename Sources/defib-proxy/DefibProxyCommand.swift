@@ -15,7 +15,8 @@ struct DefibProxyCommand: ParsableCommand {
         Control channel (line protocol): ping [token], locks, stats, fault KIND, help.
         Faults: \(FaultKind.names).
         Signals: SIGTERM/SIGINT shut down gracefully; SIGHUP reloads the routes (an untimed catalog write).
-        """)
+        """,
+        version: DefibVersion.string)
 
     @Option(help: "Address to listen on, HOST:PORT (default: sockets passed via LISTEN_FDS).")
     var listen: String?

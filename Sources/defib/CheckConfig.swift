@@ -9,7 +9,7 @@ struct CheckConfigCommand: ParsableCommand {
         abstract: "Check a TOML config file and print the effective settings, or every problem found.",
         discussion: "Exit status: 0 when the file is usable, 1 when it is not (each problem is printed as FILE:LINE: KEY: MESSAGE).")
 
-    @Argument(help: "The config file (see units/example.toml).")
+    @Argument(help: "The config file (see units/example.toml).", completion: .file(extensions: ["toml"]))
     var file: String
 
     func run() throws {
@@ -21,7 +21,7 @@ struct CheckConfigCommand: ParsableCommand {
             throw ExitCode(1)
         }
         let config = parsed.withDerivedDefaults()
-        let issues = config.validationIssues().map { issue -> ConfigIssue in
+        let issues = (config.validationIssues() + Self.resolutionIssues(config)).map { issue -> ConfigIssue in
             var i = issue
             i.file = file
             return i
@@ -50,10 +50,9 @@ struct CheckConfigCommand: ParsableCommand {
             rows.append(["  env", c.service.environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")])
         }
         rows.append(["  working dir", c.service.workingDirectory ?? "(defib's)"])
+        if let identity = identitySummary(c) { rows.append(["  runs as", identity]) }
         let stages = SupervisorMachine.Settings(c)
-        let source = h.source == .ping ? "ping every \(h.intervalMs) ms" : h.source == .notify
-            ? "sd_notify WATCHDOG=1 every \(h.intervalMs) ms" : "ping and sd_notify WATCHDOG=1, every \(h.intervalMs) ms"
-        rows.append(["heartbeat", "\(source); first answer within \(h.startTimeoutMs) ms"])
+        rows.append(["heartbeat", "\(heartbeatSummary(h)); first answer within \(h.startTimeoutMs) ms"])
         rows.append(["  stages", "miss after \(stages.missMs) ms, suspect at \(stages.suspectMs) ms of silence, hang at \(h.deadlineMs) ms"
             + (h.misses > 1 ? " and \(h.misses) misses" : "")])
         rows.append(["  starved", stages.maxExtensionMs == 0 ? "never extended"
@@ -62,7 +61,11 @@ struct CheckConfigCommand: ParsableCommand {
         rows.append(["  control", c.controlSocketPath])
         rows.append(["capture", cap.method == .none ? "none (no core)"
             : "\(cap.method.rawValue), budget \(cap.budgetMs) ms, into \(c.coreDirectory), stacks \(cap.stacks ? "on" : "off")"
-              + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")])
+              + (cap.compress == .none ? "" : ", then \(cap.compress.rawValue)")
+              + (cap.method == .none ? "" : cap.announceToCoredumpctl.map { $0 ? ", announced to coredumpctl" : ", not announced to coredumpctl" }
+                 ?? ", announced to coredumpctl under journald")])
+        rows.append(["  runtime", (cap.runtime == .auto ? "detected (Go, Python, Java or native)" : cap.runtime.rawValue)
+            + ", its tool within \(cap.effectiveRuntimeBudgetMs) ms of the capture budget"])
         let ret = c.retention
         rows.append(["retention", "\(ret.maxPerService) cores per service; at most \(ret.maxUseBytes.map { "\($0 >> 20) MiB" } ?? "10 % of the disk"), "
             + "keeping \(ret.keepFreeBytes.map { "\($0 >> 20) MiB" } ?? "15 % of the disk") free"])
@@ -71,6 +74,11 @@ struct CheckConfigCommand: ParsableCommand {
         rows.append(["  stop", "SIGTERM, then SIGKILL after \(r.stopTimeoutMs) ms"])
         for socket in c.sockets { rows.append(["socket", "\(socket.name) = \(socket.host):\(socket.port), passed as LISTEN_FDS"]) }
         if let listen = c.metricsListen { rows.append(["metrics", "http://\(listen)/metrics"]) }
+        if let fleet = c.fleet {
+            let url = (try? FleetDatabaseURL.parse(fleet.url)).map(\.description) ?? fleet.url
+            rows.append(["fleet", "\(url) as \(fleet.host ?? "the hostname"); password from \(fleet.passwordFile ?? "PGPASSWORD")"
+                         + "; fleet event at \(fleet.alertHosts) hosts within \(fleet.alertWindowSeconds) s"])
+        }
         rows.append(["incidents", c.databasePath])
         return Format.table(rows, indent: "  ")
     }

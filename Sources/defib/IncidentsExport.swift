@@ -9,11 +9,11 @@ import Glibc
 struct IncidentsExportCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Write an incident's JSON, stacks and core to a directory, or to a .tar.gz.",
+        abstract: "Write an incident's JSON, stacks and core to a directory, or to a .tar.gz (the newest matching one).",
         discussion: "PATH ending in .tar.gz or .tgz makes a tarball (with a top directory incident-ID/); anything else a new directory.")
 
-    @Argument(help: "The incident number, or 'last' for the newest.")
-    var id: String
+    @Argument(help: "MATCHES (the newest incident they select): an incident id or pid, `last` (the default), a path, a process name, or FIELD=VALUE.", completion: .custom(StateCompletion.incidentIDs))
+    var matches: [String] = []
 
     @OptionGroup var location: StoreLocationOptions
 
@@ -21,7 +21,9 @@ struct IncidentsExportCommand: ParsableCommand {
     var output: String
 
     func validate() throws {
-        _ = try IncidentSelector.parse(id)
+        if output == "-" {
+            throw ValidationError("export writes a directory or a .tar.gz, not stdout: give a path (for the core alone on stdout: defib incidents dump --output -)")
+        }
         if output.isEmpty { throw ValidationError("--output must not be empty") }
     }
 
@@ -29,7 +31,7 @@ struct IncidentsExportCommand: ParsableCommand {
 
     func run() throws {
         let store = try location.openStore()
-        let incident = try IncidentSelector.parse(id).resolve(in: store)
+        let incident = try selectOne(matches, in: store)
         let number = incident.id.map(String.init) ?? "x"
         var st = stat()
         if lstat(output, &st) == 0 { throw CLIError("\(output) already exists; give a new path") }

@@ -3,32 +3,55 @@ import DefibCore
 import DefibStore
 import Foundation
 import FlightRecorder
+import Glibc
 
-/// `defib incidents info ID|last`: everything recorded about one incident, diagnosis first.
+/// `defib incidents info [MATCHES…]`: everything recorded about incidents, diagnosis first; with no MATCHES
+/// (or `last`) the newest, as coredumpctl's `info`.
 struct IncidentsInfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "info",
-        abstract: "Show one incident: diagnosis, cause, timeline, capture, locks, notes, stacks.")
+        abstract: "Show incidents in full: diagnosis, cause, process, timeline, capture, locks, notes, stacks.",
+        discussion: """
+            With no MATCHES, or `last`, the newest incident; with an incident id, that one (as one JSON object with --json); with other MATCHES every incident they select (a JSON array).
 
-    @Argument(help: "The incident number, or 'last' for the newest.")
-    var id: String
+            Examples:
+              defib incidents info --state-dir D
+              defib incidents info 7 --state-dir D --json
+              defib incidents info --state-dir D COMM=defib-proxy --since today
+            """)
+
+    @Argument(help: "MATCHES: an incident id or pid, `last`, a path (EXE), a process name (COMM), or FIELD=VALUE.", completion: .custom(StateCompletion.incidentIDs))
+    var matches: [String] = []
 
     @OptionGroup var location: StoreLocationOptions
-
-    @Flag(name: .long, help: "Print the incident as a JSON object (with stacks).")
-    var json = false
+    @OptionGroup var output: OutputOptions
+    @OptionGroup var range: RangeOptions
 
     @Flag(name: .long, help: "Show Swift symbols in stacks as gdb printed them (mangled), not demangled.")
     var mangled = false
 
-    func validate() throws { _ = try IncidentSelector.parse(id) }
-
     func run() throws {
         let store = try location.openStore()
-        let incident = try IncidentSelector.parse(id).resolve(in: store)
-        var shown = incident
-        if !json && !mangled, let stacks = shown.stacks { shown.stacks = Self.demangled(stacks) }
-        print(json ? IncidentJSON.string(incident, includeStacks: true) : Self.render(shown))
+        var selection = try range.query(matches, in: store)
+        let one = matches.isEmpty || selection.single || range.newestOnly
+        if matches.isEmpty { selection.query.limit = 1; selection.query.oldestFirst = false }
+        let incidents = try storeCall { try store.incidents(matching: selection.query) }
+        if incidents.isEmpty {
+            if one || matches.count == 1 { throw noMatch(selection, store: store) }
+            try exitNoIncidents()
+        }
+        let pager = output.noPager ? nil : Pager.start()
+        defer { pager?.finish() }
+        if let mode = output.jsonMode {
+            print(one ? IncidentJSON.string(incidents[0], includeStacks: true, pretty: mode == .pretty)
+                      : JSONValue.array(incidents.map { IncidentJSON.object($0, includeStacks: true) }).rendered(pretty: mode == .pretty))
+            return
+        }
+        print(incidents.map { incident in
+            var shown = incident
+            if !mangled, let stacks = shown.stacks { shown.stacks = Self.demangled(stacks) }
+            return Self.render(shown, zone: output.timeZone)
+        }.joined(separator: "\n\n"))
     }
 
     /// Swift symbols in gdb's frames ("$s10DefibProxy15ThreadConditionC4wait…") made readable with the
@@ -56,7 +79,7 @@ struct IncidentsInfoCommand: ParsableCommand {
     }
 
     /// The human view, written for someone seeing defib for the first time.
-    static func render(_ i: Incident) -> String {
+    static func render(_ i: Incident, zone: TimeZone = TimeZone(identifier: "UTC")!) -> String {
         var out: [String] = []
         let id = i.id.map(String.init) ?? "?"
         out.append("Incident \(id) · \(i.service) · pid \(i.pid) · \(i.outcome.rawValue)")
@@ -78,21 +101,28 @@ struct IncidentsInfoCommand: ParsableCommand {
         }
         if let newPid = i.newPid { summary.append(["New pid", String(newPid)]) }
         summary.append(["Binary", i.binaryPath ?? "-"])
+        if let p = i.process {
+            summary.append(["Process", "pid \(i.pid) (\(p.comm)), uid \(p.uid)\(userName(p.uid)), gid \(p.gid)\(groupName(p.gid))"])
+            if !p.argv.isEmpty { summary.append(["Command line", p.commandLine]) }
+            if let unit = p.unit { summary.append(["Unit", unit]) }
+        }
+        if let signal = i.endingSignal { summary.append(["Signal", "\(signal) (\(signalName(signal)))"]) }
+        if let signature = i.signature { summary.append(["Signature", signature]) }
         out.append(Format.table(summary))
 
         out.append("")
-        out.append("Timeline (UTC; offsets from detection)")
+        out.append("Timeline (\(Format.zoneName(zone, at: i.detectedAt)); offsets from detection)")
         let events: [(String, Date?)] = [("started", i.startedAt), ("detected", i.detectedAt), ("killed", i.killedAt),
                                          ("restarted", i.restartedAt), ("ready", i.readyAt)]
         out.append(Format.table(events.map { name, date in
             guard let date else { return [name, "-", ""] }
-            return [name, Format.time(date), Format.duration(ms: date.timeIntervalSince(i.detectedAt) * 1000, signed: true)]
+            return [name, Format.time(date, zone: zone), Format.duration(ms: date.timeIntervalSince(i.detectedAt) * 1000, signed: true)]
         }, indent: "  "))
 
         out.append("")
         out.append("Capture")
         if let c = i.capture {
-            var rows = [["method", c.method]]
+            var rows = [["method", c.method], ["state", Format.coreState(i)]]
             if let path = c.path {
                 let gone = FileManager.default.fileExists(atPath: path) ? "" : "  (file gone)"
                 rows.append(["core", "\(path)  (\(Format.bytes(c.bytes)))\(gone)"])
@@ -132,6 +162,7 @@ struct IncidentsInfoCommand: ParsableCommand {
             out.append(contentsOf: i.notes.map { "  - \($0)" })
         }
 
+        out += IncidentsRuntimeSection.lines(i)
         out.append("")
         out.append("Stacks")
         if let stacks = i.stacks, !stacks.isEmpty {
@@ -143,4 +174,16 @@ struct IncidentsInfoCommand: ParsableCommand {
         }
         return out.joined(separator: "\n")
     }
+}
+
+/// " (root)" for a uid with a name in the user database, "" otherwise.
+func userName(_ uid: UInt32) -> String {
+    guard let entry = getpwuid(uid), let name = entry.pointee.pw_name else { return "" }
+    return " (\(String(cString: name)))"
+}
+
+/// " (root)" for a gid with a name in the group database, "" otherwise.
+func groupName(_ gid: UInt32) -> String {
+    guard let entry = getgrgid(gid), let name = entry.pointee.gr_name else { return "" }
+    return " (\(String(cString: name)))"
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DefibCore
+import DefibFleet
 import DefibRuntime
 import Foundation
 import Logging
@@ -10,10 +11,10 @@ struct RunCommand: ParsableCommand {
         commandName: "run",
         abstract: "Start PROGRAM and supervise it (flags override the config file).")
 
-    @Option(name: .long, help: "State directory: incidents.sqlite, cores/, run/.")
+    @Option(name: .long, help: "State directory: incidents.sqlite, cores/, run/.", completion: .directory)
     var stateDir: String?
 
-    @Option(name: .long, help: "TOML config file (see units/example.toml).")
+    @Option(name: .long, help: "TOML config file (see units/example.toml).", completion: .file(extensions: ["toml"]))
     var config: String?
 
     @Option(name: .long, help: "Service name used in incidents and paths (default: program's base name).")
@@ -28,8 +29,11 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, parsing: .unconditional, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
-    @Option(name: .long, help: "Where heartbeats come from: ping, notify (sd_notify WATCHDOG=1) or both.")
-    var heartbeat: HeartbeatSource?
+    @Option(name: .long, help: "Where heartbeats come from: auto (the default: what the program speaks, else its exit only), ping, notify (sd_notify WATCHDOG=1), both, http, tcp, exec (a probe, with --probe) or none (its exit only).")
+    var heartbeat: HeartbeatMode?
+
+    @Option(name: .long, help: ArgumentHelp("The probe for --heartbeat http (a URL), tcp (HOST:PORT) or exec (a command).", valueName: "TARGET"))
+    var probe: String?
 
     @Option(name: .long, help: "Run the service as this user (name or uid).")
     var user: String?
@@ -51,6 +55,9 @@ struct RunCommand: ParsableCommand {
 
     @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on this loopback address.", valueName: "HOST:PORT"))
     var metrics: String?
+
+    @OptionGroup(title: "Fleet")
+    var fleet: FleetRunOptions
 
     @Flag(name: .long, help: "Log debug details.")
     var verbose = false
@@ -77,7 +84,8 @@ struct RunCommand: ParsableCommand {
         if let deadline { cfg.heartbeat.deadlineMs = deadline }
         if let misses { cfg.heartbeat.misses = misses }
         if let capture { cfg.capture.method = capture }
-        if let heartbeat { cfg.heartbeat.source = heartbeat }
+        if let heartbeat { cfg.heartbeat.mode = heartbeat }
+        if let probe { cfg.heartbeat.probe = probe }
         if let user { cfg.service.user = user }
         if let group { cfg.service.group = group }
         if let metrics { cfg.metricsListen = metrics }
@@ -91,6 +99,7 @@ struct RunCommand: ParsableCommand {
         }
         if let captureBudget { cfg.capture.budgetMs = captureBudget }
         if let controlSocket { cfg.heartbeat.controlSocket = controlSocket }
+        try fleet.apply(to: &cfg)
         if cfg.stateDirectory.isEmpty { throw ValidationError("missing --state-dir (or state_dir in the config file)") }
         // Paths the service is told about (DEFIB_CONTROL_SOCKET, NOTIFY_SOCKET) or that a link points at must not
         // depend on the working directory: relative ones are taken from defib's and made absolute here.
@@ -118,7 +127,16 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        let (supervisor, endpoint) = try withSetupErrorsAsValidation { try Supervisor.make(config: cfg, signals: signals, logger: logger) }
+        // Shipping is independent of supervision (it reads the store's outbox): started while the supervisor is
+        // set up, so a password file that cannot be used is refused before any child starts.
+        var shipper: FleetShipper?
+        defer { stopFleetShipper(shipper) }
+        let (supervisor, endpoint) = try withSetupErrorsAsValidation {
+            try Supervisor.make(config: cfg, signals: signals, logger: logger) { store in
+                shipper = try startFleetShipper(cfg, store: store, logger: logger)
+                return shipper
+            }
+        }
         defer { endpoint?.close() }
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()
@@ -132,3 +150,4 @@ struct RunCommand: ParsableCommand {
 
 extension CaptureMethod: ExpressibleByArgument {}
 extension HeartbeatSource: ExpressibleByArgument {}
+extension HeartbeatMode: ExpressibleByArgument {}

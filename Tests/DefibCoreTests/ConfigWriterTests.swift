@@ -12,10 +12,33 @@ import Testing
         config.metricsListen = "[::1]:9464"
         let text = config.tomlText
         #expect(try SupervisorConfig.parse(text, path: "written.toml") == config, "\(text)")
+        // An optional switch: unset stays unset (decided at run time), set is written and read back.
+        #expect(!text.contains("announce_to_coredumpctl"))
+        for announce in [false, true] {
+            config.capture.announceToCoredumpctl = announce
+            #expect(config.tomlText.contains("announce_to_coredumpctl = \(announce)\n"))
+            #expect(try SupervisorConfig.parse(config.tomlText, path: "written.toml") == config)
+        }
+    }
+
+    @Test func theFleetTableReadsBackToTheSameValue() throws {
+        var config = try SupervisorConfig.parse(ConfigTests.full, path: "full.toml")
+        var fleet = FleetSettings(url: "postgresql://defib@db.example:5432/fleet?sslmode=require")
+        fleet.host = "web-7"
+        fleet.passwordFile = "/etc/defib/fleet.password"
+        fleet.alertHosts = 5
+        fleet.alertWindowSeconds = 900
+        config.fleet = fleet
+        let text = config.tomlText
+        #expect(text.contains("\n[fleet]\nurl = \"postgresql://defib@db.example:5432/fleet?sslmode=require\"\n"), "\(text)")
+        #expect(try SupervisorConfig.parse(text, path: "written.toml") == config, "\(text)")
+        config.fleet = FleetSettings(url: "postgresql://defib@127.0.0.1/fleet")
+        #expect(try SupervisorConfig.parse(config.tomlText, path: "defaults.toml") == config)
     }
 
     @Test func aPolicyWithoutServiceOrStateLeavesThemToTheFlags() throws {
         var policy = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
+        policy.heartbeat.mode = .ping
         policy.heartbeat.intervalMs = 100
         policy.capture.method = .gcore
         policy.restart.intensityMax = 1000

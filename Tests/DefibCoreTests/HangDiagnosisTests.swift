@@ -107,7 +107,7 @@ import FlightRecorder
 
     @Test func diagnosisKindsAreTheContractsPrefixes() {
         #expect(DiagnosisKind.allCases.map(\.rawValue) == ["corrupted-lock-word", "leaked-read-lock", "self-deadlock", "slow-holder",
-                                                           "dead-loop", "stopped", "exited", "signaled", "unknown"])
+                                                           "dead-loop", "stopped", "exited", "signaled", "unknown", "lock-cycle"])
     }
 
     @Test func signaturesGroupRepeatsAndIgnoreAddresses() {

@@ -26,6 +26,18 @@ final class FakeEffects: SupervisorEffects {
         case spins(afterMs: Int64)
     }
 
+    /// How another process of an instance (a worker) looks in /proc.
+    enum WorkerBehaviour {
+        /// Asleep waiting for events (epoll): an idle worker.
+        case idle
+        /// SIGSTOPped.
+        case stopped
+        /// Asleep in futex waits, no CPU: deadlocked.
+        case stuck
+        /// Runnable, waiting for a CPU.
+        case starved
+    }
+
     struct Instance {
         let pid: Int32
         let startedMs: Int64
@@ -51,6 +63,17 @@ final class FakeEffects: SupervisorEffects {
     private var nextPid: Int32 = 100
     private var nextHelperPid: Int32 = 9000
 
+    /// The other processes of every instance (pids `instance × 10 + 1`, `+ 2` …), as they look in /proc.
+    var workers: [WorkerBehaviour] = []
+    /// The main process's threads wait for events (an idle master) rather than in futex waits.
+    var mainWaitsForEvents = false
+
+    // Probes: an answering instance beats after `probeLatencyMs`; a hung one says nothing (the supervision times
+    // the attempt out) or, with `hungProbeAnswer`, answers that at once (an HTTP 503).
+    var probeLatencyMs: Int64 = 1
+    var hungProbeAnswer: ProbeFailure?
+    private var probeRunning: UInt64?
+
     // Evidence.
     var recorder: FlightRecord?
     var lockWords: [UInt64: UInt64] = [:]
@@ -64,6 +87,33 @@ final class FakeEffects: SupervisorEffects {
     var helperNeverEnds = false
     private(set) var helpers: Set<Int32> = []
     var files: [String: Int64] = [:]
+    /// Who an instance runs as when it starts (a wrapper, not exec'd into the service yet), and when it is read
+    /// again (once ready, before a core); nil: unreadable. By pid where a test needs instances to differ.
+    var identityAtStart: IncidentProcess? = IncidentProcess(uid: 0, gid: 0, comm: "setpriv", argv: ["setpriv", "--reuid=998", "/usr/bin/fake-service"],
+                                                           cgroup: "/system.slice/svc.service")
+    var identityAtStartByPid: [Int32: IncidentProcess] = [:]
+    var identityLaterByPid: [Int32: IncidentProcess] = [:]
+    /// What the reading with a hang's evidence finds when it differs from the one at ready.
+    var identityBeforeCore: IncidentProcess?
+    var identityLater: IncidentProcess? = IncidentProcess(uid: 998, gid: 998, comm: "fake-service", argv: ["/usr/bin/fake-service", "--serve"],
+                                                         cgroup: "/system.slice/svc.service")
+    /// The journal: nil takes every entry, else the reason it refuses them; what it took.
+    var journalRefuses: String?
+    private(set) var journal: [[JournalField]] = []
+
+    // Runtime evidence: the wait-for graph and runtime the observation finds, what the runtime's tool answers
+    // (and how long it takes), and what delve prints over a core.
+    var waitFor: [WaitForEdge] = []
+    var waitForNotes: [String] = []
+    var runtime = DetectedRuntime(runtime: .native, reason: "no Go build info, libpython or libjvm")
+    var runtimeStacks: RuntimeStacksOutcome?
+    var runtimeToolMs: Int64 = 0
+    var goroutinesText = ""
+    var goroutinesFailure: String?
+    private(set) var observeRequests: [ObservationRequest] = []
+    private(set) var coreRequests: [CoreRequest] = []
+    private(set) var runtimeRequests: [RuntimeStacksRequest] = []
+    private(set) var goroutinesRequests: [GoroutinesRequest] = []
 
     // The store.
     private(set) var stored: [Int64: Incident] = [:]
@@ -76,6 +126,9 @@ final class FakeEffects: SupervisorEffects {
     /// Cores of incidents from earlier runs (not in this supervisor's memory).
     var olderCores: [StoredCore] = []
     var space: FileSystemSpace? = FileSystemSpace(totalBytes: 100 << 30, freeBytes: 50 << 30)
+
+    // The fleet shipper beside the loop: its report from each moment on (none: no shipper).
+    var shippingReports: [(fromMs: Int64, report: ShippingReport)] = []
 
     // What happened.
     private(set) var calls: [String] = []
@@ -145,7 +198,7 @@ final class FakeEffects: SupervisorEffects {
         current = pid
         if case let .exits(afterMs, status) = behaviour { exit(pid, at: nowMs + afterMs, status) }
         calls.append("spawn \(pid)")
-        return .spawned(pid: pid, executable: "/usr/bin/fake-service")
+        return .spawned(pid: pid, executable: "/usr/bin/fake-service", process: identityAtStartByPid[pid] ?? identityAtStart)
     }
 
     func signal(pid: Int32, signal: Int32) {
@@ -184,6 +237,35 @@ final class FakeEffects: SupervisorEffects {
 
     func cancelLocksQuery() { calls.append("cancelLocksQuery") }
 
+    func startProbe(token: UInt64) -> ProbeFailure? {
+        calls.append("probe \(token)")
+        guard let pid = current, let instance = instances[pid], instance.alive else { return .refused }
+        if case .neverListens = instance.behaviour { return .refused }
+        probeRunning = token
+        if answers(instance) {
+            schedule(at: nowMs + probeLatencyMs, .probeResult(token: token, .beat))
+        } else if let hungProbeAnswer {
+            schedule(at: nowMs + probeLatencyMs, .probeResult(token: token, .miss(hungProbeAnswer)))
+        } else if case let .pauses(fromMs, forMs) = instance.behaviour, nowMs < instance.startedMs + fromMs + forMs {
+            schedule(at: instance.startedMs + fromMs + forMs, .probeResult(token: token, .beat))
+        }
+        return nil
+    }
+
+    func timeOutProbe(token: UInt64) -> ProbeFailure? {
+        calls.append("probeTimedOut \(token)")
+        guard probeRunning == token else { return nil }
+        probeRunning = nil
+        events.removeAll { if case .probeResult(token, _) = $0.event { true } else { false } }
+        return .timedOut(afterMs: 250, stage: "waiting for the status line")
+    }
+
+    func cancelProbe() {
+        calls.append("cancelProbe")
+        if let running = probeRunning { events.removeAll { if case .probeResult(running, _) = $0.event { true } else { false } } }
+        probeRunning = nil
+    }
+
     func observe(_ request: ObservationRequest) -> Observation {
         var what: String
         switch request.samples {
@@ -192,7 +274,9 @@ final class FakeEffects: SupervisorEffects {
         case .pair: what = "pair"
         }
         if request.executable { what += " capture" } else if request.flightRecorder != nil { what += " recorder" }
+        else if request.processIdentity { what += " identity" }
         calls.append("observe \(request.pid) \(what)")
+        observeRequests.append(request)
         var observation = Observation(pid: request.pid)
         switch request.samples {
         case .none: break
@@ -217,12 +301,30 @@ final class FakeEffects: SupervisorEffects {
                 ?? .failure(EffectFailure("process_vm_readv(\(request.pid), \(LockWord.hex(address))): Bad address"))
         }
         if request.threadIDs { observation.threadIDs = [request.pid, request.pid + 1, request.pid + 2] }
+        if request.processIdentity, instances[request.pid]?.alive == true {
+            observation.process = (request.executable ? identityBeforeCore : nil) ?? identityLaterByPid[request.pid] ?? identityLater
+        }
+        if request.waitForGraph { observation.waitFor = WaitForReading(edges: waitFor, notes: waitForNotes) }
+        if request.detectRuntime { observation.runtime = runtime }
+        if request.instanceProcesses {
+            // The main process's samples are the instance's first entries; the workers are sampled beside them.
+            let pids = [request.pid] + workers.indices.map { request.pid * 10 + Int32($0) + 1 }
+            observation.instanceSamples = observation.samples.map { main in
+                [main] + pids.dropFirst().map { worker($0, main: request.pid, atNs: main.atNs) }
+            }
+            if observation.instanceSamples.isEmpty {
+                let main = sample(request.pid)
+                observation.instanceSamples = [[main] + pids.dropFirst().map { worker($0, main: request.pid, atNs: main.atNs) }]
+            }
+        }
         return observation
     }
 
     func writeCore(_ request: CoreRequest) -> CoreOutcome {
         calls.append("writeCore \(request.pid) \(request.method.rawValue)" + (request.firstThread.map { " first=\($0)" } ?? "")
                      + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
+        coreRequests.append(request)
+        if request.method == .none { return CoreOutcome(record: CaptureRecord(method: "none", path: nil, bytes: 0, durationMs: 0, error: nil)) }
         nowMs += coreDurationMs
         if let coreFailure {
             return CoreOutcome(record: CaptureRecord(method: request.method.rawValue, path: nil, bytes: 0, durationMs: Double(coreDurationMs), error: coreFailure))
@@ -235,6 +337,7 @@ final class FakeEffects: SupervisorEffects {
                                                             durationMs: Double(coreDurationMs), error: nil))
             outcome.notes = ["killed with SIGSYS so the kernel dumps its core (the kernel method kills by design)"]
             outcome.killedAt = wallBase.addingTimeInterval(Double(nowMs - coreDurationMs) / 1000)
+            outcome.signal = SIGSYS
             outcome.exited = .signaled(signal: SIGSYS, coreDumped: true)
             return outcome
         }
@@ -272,6 +375,27 @@ final class FakeEffects: SupervisorEffects {
         return stacksText
     }
 
+    func readRuntimeStacks(_ request: RuntimeStacksRequest) -> RuntimeStacksOutcome {
+        calls.append("runtimeStacks \(request.pid) \(request.runtime.rawValue)" + (request.managerKeepAlive == nil ? "" : " keeping the manager's watchdog fed"))
+        runtimeRequests.append(request)
+        nowMs += runtimeToolMs
+        return runtimeStacks ?? RuntimeStacksOutcome(evidence: RuntimeEvidence(runtime: request.runtime))
+    }
+
+    func startGoroutines(_ request: GoroutinesRequest) -> Result<Int32, EffectFailure> {
+        calls.append("startGoroutines \(request.core)")
+        goroutinesRequests.append(request)
+        if let goroutinesFailure { return .failure(EffectFailure(goroutinesFailure)) }
+        files[request.scriptPath] = 1
+        files[request.initPath] = 1
+        return startHelper(output: request.outputPath, bytes: Int64(goroutinesText.utf8.count))
+    }
+
+    func readGoroutines(path: String) -> String {
+        calls.append("readGoroutines")
+        return files[path] == nil ? "" : goroutinesText
+    }
+
     func stopHelper(pid: Int32) {
         calls.append("stopHelper \(pid)")
         helpers.remove(pid)
@@ -288,8 +412,10 @@ final class FakeEffects: SupervisorEffects {
         calls.append("scanCores")
         let ours = stored.values.compactMap { incident -> StoredCore? in
             guard let id = incident.id, let path = incident.capture?.path else { return nil }
-            return StoredCore(incidentID: id, path: path, bytes: files[path] ?? 0, service: incident.service, signature: incident.signature,
-                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000))
+            let others = (incident.processes ?? []).filter { !$0.main }.compactMap(\.corePath)
+            return StoredCore(incidentID: id, path: path, bytes: ([path] + others).reduce(Int64(0)) { $0 + (files[$1] ?? 0) },
+                              service: incident.service, signature: incident.signature,
+                              detectedUnixMs: Int64(incident.detectedAt.timeIntervalSince1970 * 1000), otherPaths: others)
         }
         return CoreInventory(cores: (olderCores + ours).sorted { $0.incidentID < $1.incidentID }, space: space)
     }
@@ -328,7 +454,27 @@ final class FakeEffects: SupervisorEffects {
         return nil
     }
 
-    func notifyManager(_ state: String) { managerMessages.append(state) }
+    func notifyManager(_ state: String) {
+        managerMessages.append(state)
+        if state.contains("STATUS=") { calls.append("notify " + state.replacingOccurrences(of: "\n", with: " ")) }
+    }
+
+    func shippingReport() -> ShippingReport? {
+        guard let report = shippingReports.last(where: { $0.fromMs <= nowMs })?.report else { return nil }
+        calls.append("readShipping \(report.statusClause)")
+        return report
+    }
+
+    func announceCore(_ fields: [JournalField]) -> EffectFailure? {
+        let id = fields.first { $0.name == "INCIDENT_ID" }?.value ?? "?"
+        if let journalRefuses {
+            calls.append("announceCore \(id) refused")
+            return EffectFailure(journalRefuses)
+        }
+        calls.append("announceCore \(id)")
+        journal.append(fields)
+        return nil
+    }
 
     // MARK: the services' insides
 
@@ -346,6 +492,29 @@ final class FakeEffects: SupervisorEffects {
         case .neverListens: false
         }
     }
+
+    /// A worker of the instance `main` in /proc at `atNs`.
+    private func worker(_ pid: Int32, main: Int32, atNs: Int64) -> ProcessSample {
+        guard instances[main]?.alive == true else { return ProcessSample(pid: pid, atNs: atNs, threads: []) }
+        let age = UInt64(max(0, atNs / 1_000_000 - (instances[main]?.startedMs ?? 0))) * 1_000_000
+        let thread: ThreadSample
+        switch workers[Int(pid - main * 10 - 1)] {
+        case .idle:
+            thread = ThreadSample(tid: pid, name: "worker", state: "S", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0,
+                                  syscall: Self.eventWait, syscallArg0: "0x5")
+        case .stopped:
+            thread = ThreadSample(tid: pid, name: "worker", state: "T", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0)
+        case .stuck:
+            thread = ThreadSample(tid: pid, name: "worker", state: "S", cpuTicks: 0, onCpuNs: 2_000_000, runDelayNs: 0,
+                                  syscall: Syscalls.futex, syscallArg0: "0x7f0000002000")
+        case .starved:
+            thread = ThreadSample(tid: pid, name: "worker", state: "R", cpuTicks: 0, onCpuNs: age / 10, runDelayNs: age * 6 / 10)
+        }
+        return ProcessSample(pid: pid, atNs: atNs, threads: [thread], cpuCount: 2)
+    }
+
+    /// A call an idle server's threads sleep in (epoll_wait on x86-64).
+    static let eventWait = Syscalls.eventWaits.first { $0.value.hasPrefix("epoll") }!.key
 
     /// /proc as it would look: asleep in futex waits with no CPU (stuck), runnable and waiting for a CPU
     /// (starved), or idle and answering.
@@ -368,7 +537,7 @@ final class FakeEffects: SupervisorEffects {
         case .healthy, .exits, .hangs, .neverListens, .pauses:
             threads = (0..<3).map { i in
                 ThreadSample(tid: pid + Int32(i), name: "worker-\(i)", state: "S", cpuTicks: 0, onCpuNs: 5_000_000, runDelayNs: 0,
-                             syscall: Syscalls.futex, syscallArg0: "0x7f0000001000")
+                             syscall: mainWaitsForEvents ? Self.eventWait : Syscalls.futex, syscallArg0: "0x7f0000001000")
             }
         }
         return ProcessSample(pid: pid, atNs: at, threads: threads, cpuCount: 2)

@@ -14,14 +14,15 @@ import Testing
         let run = Run(fake)
         #expect(run.code == 0)
         #expect(fake.actions == [
-            "spawn 100", "locks",
+            // Ready: who it runs as, then its locks.
+            "spawn 100", "observe 100 none identity", "locks",
             // miss 1: a baseline; suspect: soft evidence (the flight recorder too); the deadline: a verdict.
             "observe 100 one", "observe 100 one recorder", "observe 100 one",
             // Recorded before anything is done to the process, then the evidence (stored), the core (stored), the kill.
             "insert 1", "observe 100 none capture", "update 1", "writeCore 100 native first=100", "update 1",
             "signal 100 SIGKILL", "update 1", "killLeftovers 100",
             // The replacement: restarted (stored), ready: closed (stored); then the stacks, off the critical path.
-            "spawn 101", "update 1", "update 1", "startStacks /state/cores/core.svc.1.100", "locks",
+            "spawn 101", "update 1", "observe 101 none identity", "update 1", "startStacks /state/cores/core.svc.1.100", "locks",
             "readStacks", "remove /state/cores/core.svc.1.100.stacks.txt", "update 1", "scanCores",
             "signal 101 SIGTERM", "killLeftovers 101",
         ])
@@ -147,18 +148,19 @@ import Testing
         let fake = FakeEffects()
         fake.spawnFailures = ["execute /usr/bin/fake-service: No such file or directory"]
         let run = Run(fake, stopAtMs: 1000)
-        #expect(Array(fake.actions.prefix(6)) == ["spawn failed", "insert 1", "spawn 100", "update 1", "update 1", "scanCores"])
+        #expect(Array(fake.actions.prefix(7)) == ["spawn failed", "insert 1", "spawn 100", "update 1", "observe 100 none identity", "update 1", "scanCores"])
         let incident = try #require(run.incidents.first)
         #expect(incident.cause == .spawnFailed(message: "execute /usr/bin/fake-service: No such file or directory"))
         #expect(incident.diagnosis == "exited: the program could not be started: execute /usr/bin/fake-service: No such file or directory")
         #expect(incident.signature != nil && incident.outcome == .recovered && incident.newPid == 100)
+        #expect(incident.process == nil, "a start that failed had no process")
         #expect(run.logs.contains("error could not start svc: execute /usr/bin/fake-service: No such file or directory"))
     }
 
     @Test func anInstanceThatNeverAnswersIsJudgedAtTheStartTimeoutAndCaptured() throws {
         let fake = FakeEffects()
         fake.behaviours = [.neverListens, .healthy]
-        let run = Run(fake, stopAtMs: 4000)
+        let run = Run(fake, config: testConfig { $0.heartbeat.mode = .ping }, stopAtMs: 4000)
         expectInOrder(fake.actions, ["spawn 100", "observe 100 pair", "insert 1", "observe 100 none capture", "writeCore 100 native first=100",
                                      "signal 100 SIGKILL", "spawn 101"])
         let incident = try #require(run.incidents.first)
@@ -207,7 +209,8 @@ import Testing
         fake.behaviours = [.exits(afterMs: 200, .signaled(signal: SIGSEGV, coreDumped: true)), .healthy]
         fake.leftovers = [KilledProcess(pid: 555, name: "sleep"), KilledProcess(pid: 1, name: "init")]
         let run = Run(fake, stopAtMs: 1000)
-        #expect(Array(fake.actions.prefix(8)) == ["spawn 100", "locks", "killLeftovers 100", "insert 1", "spawn 101", "update 1", "update 1", "scanCores"])
+        #expect(Array(fake.actions.prefix(10)) == ["spawn 100", "observe 100 none identity", "locks", "killLeftovers 100", "insert 1", "spawn 101",
+                                                   "update 1", "observe 101 none identity", "update 1", "scanCores"])
         let incident = try #require(run.incidents.first)
         #expect(incident.cause == .signaled(signal: SIGSEGV, coreDumped: true))
         #expect(incident.diagnosis == "signaled: the service was killed by SIGSEGV; the kernel dumped a core")

@@ -62,9 +62,12 @@ func fullyPopulated() -> Incident {
              try String.fetchAll(db, sql: "SELECT identifier FROM grdb_migrations"))
         }
         #expect(mode == "wal")
-        #expect(columns == ["id", "service", "pid", "cause_kind", "detected_at", "outcome", "signature", "core_path",
-                            "core_bytes", "body"])
-        #expect(migrations == ["v1"])
+        // v1's columns, then those computed from the body for matches (v2-process-columns).
+        #expect(Array(columns.prefix(10)) == ["id", "service", "pid", "cause_kind", "detected_at", "outcome", "signature", "core_path",
+                                              "core_bytes", "body"])
+        #expect(Array(columns.dropFirst(10)) == ["comm", "exe", "uid", "gid", "diagnosis_kind", "runtime"])
+        // The incident table's v1 and its derived columns, then the fleet outbox's own migration.
+        #expect(migrations == ["v1", "v2-process-columns", "runtime-evidence", "fleet-outbox-v1"], "\(migrations)")
 
         // Opening again (a restarted supervisor) neither fails nor re-runs migrations.
         let again = try IncidentStore.open(stateDirectory: dir.path)
@@ -329,5 +332,33 @@ func fullyPopulated() -> Incident {
         let readOnly = try IncidentStore.openReadOnly(stateDirectory: dir.path)
         let refused = try #require(throws: StoreError.self) { try readOnly.insert(fullyPopulated()) }
         #expect(refused.kind == .readOnly)
+    }
+}
+
+/// A multi-process instance's incident holds the cores of its other processes in `processes`: retention sees
+/// them with the incident's own core, and forgets them all when it deletes them.
+@Suite struct StoredCoresOfOtherProcessesTests {
+    @Test func theOtherProcessesCoresComeWithTheIncidentsCoreAndGoWithIt() throws {
+        let dir = TempDirectory()
+        let store = try IncidentStore.open(stateDirectory: dir.path)
+        var incident = Incident(service: "nginx", pid: 100, detectedAt: at(base), cause: .triggered(reason: "x"))
+        incident.capture = CaptureRecord(method: "native", path: "/c/core.nginx.1.100", bytes: 10, durationMs: 1, error: nil)
+        incident.processes = [
+            ServiceProcessRecord(pid: 100, comm: "nginx", state: "S", corePath: "/c/core.nginx.1.100", diagnosis: "idle", evidence: "e", main: true),
+            ServiceProcessRecord(pid: 101, comm: "nginx", state: "T", corePath: "/c/core.nginx.1.101", diagnosis: "stopped", evidence: "e", main: false),
+            ServiceProcessRecord(pid: 102, comm: "nginx", state: "S", corePath: nil, diagnosis: "idle", evidence: "e", main: false),
+            ServiceProcessRecord(pid: 103, comm: "nginx", state: "T", corePath: "/c/core.nginx.1.103", diagnosis: "stopped", evidence: "e", main: false),
+        ]
+        let id = try store.insert(incident)
+        var single = Incident(service: "redis", pid: 7, detectedAt: at(base + 1), cause: .triggered(reason: "y"))
+        single.capture = CaptureRecord(method: "native", path: "/c/core.redis.2.7", bytes: 10, durationMs: 1, error: nil)
+        _ = try store.insert(single)
+        let cores = try store.storedCores()
+        #expect(cores.map(\.path) == ["/c/core.nginx.1.100", "/c/core.redis.2.7"])
+        #expect(cores.map(\.otherPaths) == [["/c/core.nginx.1.101", "/c/core.nginx.1.103"], []])
+        try store.recordCoreRemoved(id: id, note: "removed by retention")
+        let after = try #require(try store.incident(id: id))
+        #expect(after.capture?.path == nil && after.processes?.allSatisfy { $0.corePath == nil } == true)
+        #expect(try store.storedCores().map(\.path) == ["/c/core.redis.2.7"])
     }
 }

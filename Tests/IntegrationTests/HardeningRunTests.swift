@@ -152,7 +152,7 @@ struct HardeningRunTests {
         #expect(asRoot.code == 0)
         let asNobody = try runCommand(OtherUser.asNobody([Binaries.defib, "incidents", "--state-dir", state]))
         #expect(asNobody.code == 1, "\(asNobody.stdout)\(asNobody.stderr)")
-        #expect(asNobody.stderr.contains("cannot read \(state): permission denied"), "\(asNobody.stderr)")
+        #expect(asNobody.stderr.contains("permission denied: cannot read \(state)"), "\(asNobody.stderr)")
         #expect(!asNobody.stdout.contains("No incidents"))
         let info = try runCommand(OtherUser.asNobody([Binaries.defib, "incidents", "info", "last", "--state-dir", state]))
         #expect(info.code == 1 && info.stderr.contains("permission denied"), "\(info.stderr)")

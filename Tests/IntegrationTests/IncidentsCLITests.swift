@@ -11,7 +11,8 @@ struct IncidentsCLITests {
     static let t0: Int64 = 1_795_000_000_000   // 2026-11-18T11:06:40Z
     static func at(_ ms: Int64) -> Date { Date(timeIntervalSince1970: Double(t0 + ms) / 1000) }
 
-    func defib(_ args: [String]) throws -> CommandResult { try runCommand([Binaries.defib] + args) }
+    /// In UTC: the expected times below are UTC, and tables show local time.
+    func defib(_ args: [String]) throws -> CommandResult { try runCommand([Binaries.defib] + args, env: ["TZ": "UTC"]) }
 
     /// Three incidents: an old exit of `cache`, a recovered hang of `proxy` with a (fake) core and a corrupted
     /// lock word, and the newest, still open, of `proxy`.

@@ -75,7 +75,7 @@ struct CommandResult {
 }
 
 /// Runs a command (no shell) and returns its exit code and output.
-func runCommand(_ argv: [String], env: [String: String] = [:], timeoutMs: Int = 60_000) throws -> CommandResult {
+func runCommand(_ argv: [String], env: [String: String] = [:], workingDirectory: String? = nil, timeoutMs: Int = 60_000) throws -> CommandResult {
     let dir = Scratch("cmd")
     defer { dir.remove() }
     var environment = currentEnvironment()
@@ -84,6 +84,7 @@ func runCommand(_ argv: [String], env: [String: String] = [:], timeoutMs: Int = 
     let err = open("\(dir.path)/err", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
     var request = SpawnRequest(argv: argv, environment: environment)
     request.parentDeathSignal = 0
+    request.workingDirectory = workingDirectory
     request.stdoutFD = out; request.stderrFD = err; request.stdinFromDevNull = true
     let child = try spawnProcess(request)
     close(out); close(err)

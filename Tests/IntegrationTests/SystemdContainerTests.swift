@@ -2,8 +2,8 @@ import Foundation
 import Testing
 
 /// defib under a real systemd booted in an isolated container (scripts/systemd-container-test.sh):
-/// READY/STATUS, a proxy hang handled by defib, SIGSTOP and a wedged loop handled by systemd's watchdog,
-/// exactly one proxy afterwards. Skipped, with the reason, where namespaces or systemd-nspawn are missing.
+/// READY/STATUS, a proxy hang handled by defib and its core in coredumpctl (list, info, gdb), SIGSTOP and a
+/// wedged loop handled by systemd's watchdog, exactly one proxy afterwards. Skipped, with the reason, where namespaces or systemd-nspawn are missing.
 @Suite(.serialized, .timeLimit(.minutes(3)))
 struct SystemdContainerTests {
     static var script: String { (#filePath as NSString).deletingLastPathComponent + "/../../scripts/systemd-container-test.sh" }
@@ -40,6 +40,8 @@ struct SystemdContainerTests {
         for check in ["systemd-analyze verify prints nothing", "READY=1 seen", "STATUS= shown", "the proxy serves on the socket defib bound and passed",
                       "hang handled by defib", "a native core was taken", "the new proxy serves on the same passed socket", "journald has the incident",
                       "journald's closed entry carries DIAGNOSIS, SIGNATURE and CORE_PATH",
+                      "coredumpctl list defib-proxy shows defib's core", "coredumpctl info shows defib's diagnosis in its message",
+                      "coredumpctl gdb opens the core (decompressed by coredumpctl) with every thread",
                       "SIGSTOP: watchdog fired and restarted defib", "exactly one defib (1) and one proxy (1) after the watchdog restart",
                       "wedged loop: killed by the watchdog with a core", "the core file is in defib's working directory",
                       "exactly one defib (1) and one proxy (1) after the wedge"] {

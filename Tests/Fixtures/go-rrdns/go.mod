@@ -1,0 +1,3 @@
+module rrdns
+
+go 1.19
