@@ -126,6 +126,9 @@ public enum IncidentOutcome: String, Sendable, Codable {
     case gaveUp = "gave-up"   // restart intensity exceeded; the supervisor stopped
     case shutdown        // the supervisor was asked to stop before recovery finished
     case replacementFailed = "replacement-failed"   // the new instance hung before it was ready: the next incident holds its evidence
+    /// The supervisor died (SIGKILL, a crash, the machine) while the incident was open; the next supervisor of
+    /// the service closed it at its start with whatever evidence had been saved.
+    case supervisorDied = "supervisor-died"
 }
 
 /// What a hang was declared on: the evidence proved a deadlock at a miss (`ProofRule`), or the silence

@@ -260,6 +260,5 @@ extension Supervision {
             ledger.note(incidentID: id, note)
         }
         helpers.removeAll()
-        finish()
     }
 }

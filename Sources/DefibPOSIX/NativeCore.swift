@@ -106,10 +106,18 @@ public enum NativeCoreWriter {
         do { processStat = try ProcStat.read("/proc/\(pid)/stat") } catch {
             return failed("process \(pid) not found (\(error))")
         }
-        // Open before stopping, so a bad path never stops the process.
-        let fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }
-        fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
+        // Open before stopping, so a bad path never stops the process. The core is written under a temporary
+        // name and renamed into place once complete: a file under the final name is always a whole core, and
+        // one left by a supervisor that died mid-write is recognisable (`partialSuffix`). O_EXCL: a file
+        // someone else put there is never written into.
+        let partial = Self.partialPath(path)
+        var fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        if fd < 0 && errno == EEXIST {
+            unlink(partial)   // a dead writer's leftover of this very core
+            fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        }
+        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }   // named by the core's own path: the operator's
+        fchmod(fd, 0o600)   // O_CREAT's mode went through the umask
 
         let stopStarted = monotonicNanoseconds()
         var process: StoppedProcess
@@ -117,14 +125,14 @@ public enum NativeCoreWriter {
             process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
         } catch {
             close(fd)
-            unlink(path)
+            unlink(partial)
             if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
             return failed("\(error)")
         }
         let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
         func giveUp(_ message: String) -> Freeze {
             close(fd)
-            unlink(path)
+            unlink(partial)
             process.detachAll()
             return failed(message, stopMs: stopMs, exited: process.leaderExited)
         }
@@ -151,7 +159,7 @@ public enum NativeCoreWriter {
     /// with `detach` — the process let go (call it from the thread that froze it), then the headers. Without
     /// `detach` the process stays frozen (the caller kills it: it must never run again) and any thread may call it.
     public static func write(_ frozen: FrozenProcess, detach: Bool, writerThreads: Int? = nil) -> NativeCoreResult {
-        let pid = frozen.pid, path = frozen.path, options = frozen.options, fd = frozen.fd, stopMs = frozen.stopMs
+        let pid = frozen.pid, path = frozen.path, partial = Self.partialPath(frozen.path), options = frozen.options, fd = frozen.fd, stopMs = frozen.stopMs
         let snapshot = frozen.snapshot, plan = frozen.plan
         var process = frozen.process
         var notes = frozen.notes
@@ -179,10 +187,10 @@ public enum NativeCoreWriter {
         var error: String? = nil
         switch copier.failure {
         case .diskFull(let e)?:
-            unlink(path)
+            unlink(partial)
             return failed("disk full while writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
         case .writeFailed(let e)?:
-            unlink(path)
+            unlink(partial)
             return failed("writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
         case .processGone?:
             truncated = true
@@ -223,7 +231,7 @@ public enum NativeCoreWriter {
         }
         /// A write that did not land: the partial core is removed and the error says whether the disk was full.
         func writeFailed(_ e: SystemError) -> NativeCoreResult {
-            unlink(path)
+            unlink(partial)
             let full = e.errno == ENOSPC || e.errno == EDQUOT
             return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
                           stopMs: stopMs, exited: process.leaderExited)
@@ -243,6 +251,11 @@ public enum NativeCoreWriter {
         if close(fd) != 0 {
             let e = SystemError("close(\(path))")
             return writeFailed(e)
+        }
+        if rename(partial, path) != 0 {
+            let e = SystemError("rename(\(partial), \(path))")
+            unlink(partial)
+            return failed("\(e)", stopMs: stopMs, exited: process.leaderExited)
         }
         if process.leaderExited { notes.append("the main thread exited during the capture") }
         if process.redelivered > 0 {
@@ -279,6 +292,14 @@ public final class FrozenProcess: @unchecked Sendable {
         self.pid = pid; self.path = path; self.options = options; self.started = started; self.fd = fd; self.process = process
         self.snapshot = snapshot; self.plan = plan; self.notes = notes; self.stopMs = stopMs
     }
+}
+
+extension NativeCoreWriter {
+    /// Appended to a core's name while it is being written: `core.web.12.4123.partial`.
+    public static let partialSuffix = ".partial"
+
+    /// Where the core for `path` is written until it is complete.
+    public static func partialPath(_ path: String) -> String { path + partialSuffix }
 }
 
 /// One stopped thread's registers and signal state.

@@ -160,3 +160,13 @@ private func frozenCoreWriterMain(_ context: UnsafeMutableRawPointer?) -> Unsafe
     job.run()
     return nil
 }
+
+extension SystemEffects {
+    /// The frozen instance was reaped: whatever is left in its cgroup leaf goes with it (bounded), and the leaf.
+    func frozenEnded() {
+        guard let leaf = frozenCgroup else { return }
+        frozenCgroup = nil
+        if !leaf.members().isEmpty || ServiceCgroup.populated(leaf.path) { leaf.kill(waitMs: 1000) }
+        leaf.remove()
+    }
+}
