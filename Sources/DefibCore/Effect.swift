@@ -45,8 +45,8 @@ public enum Effect: Sendable, Equatable {
     /// detached), or in the background (no answer now: `wait` reports `frozenCoreWritten` when it is done; the
     /// process stays frozen until it is killed).
     case writeFrozenCore(background: Bool)
-    /// The replacement is ready: the background writer, which yields the CPU to it until then (nice 19), goes on at
-    /// the supervisor's own priority.
+    /// The replacement is ready: the background writer, which left the machine to it until then (waiting, at most
+    /// half the capture budget, at nice 19), writes the core at the supervisor's own priority.
     case hurryFrozenCore
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
@@ -181,8 +181,8 @@ public protocol SupervisorEffects: AnyObject {
     /// Writes the frozen process's core: now (its outcome), or in a writer thread (nil; `wait` reports
     /// `frozenCoreWritten` later).
     func writeFrozenCore(background: Bool) -> CoreOutcome?
-    /// The background writer back at the supervisor's priority (it starts at the lowest, leaving the CPU to the
-    /// replacement's start).
+    /// The replacement is ready: the background writer starts (it waits for this, at most half the capture budget,
+    /// so that the replacement's start has the machine) at the supervisor's priority.
     func hurryFrozenCore()
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>

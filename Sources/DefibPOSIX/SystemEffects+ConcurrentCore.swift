@@ -1,5 +1,6 @@
 import CDefibShims
 import DefibCore
+import DefibSystem
 import Foundation
 import Glibc
 import Synchronization
@@ -109,12 +110,22 @@ final class FrozenCoreJob: @unchecked Sendable {
     private let writerTid = Atomic<Int32>(0)
     private let hurried = Atomic<Bool>(false)
 
+    /// Set when the replacement is ready (`hurry`).
+    private let replacementReady = ThreadEvent()
+    /// How long the writer waited for the replacement before it began, ms.
+    private let waitedMs = Atomic<Int>(0)
+
     fileprivate func run() {
-        // Yield the CPU to the replacement while it starts (nice 19 for this thread alone); `hurry` undoes it.
+        // Leave the machine to the replacement while it starts: wait until it is ready (`hurry`), at most half the
+        // capture budget (the frozen process can do nothing meanwhile, and is killed at the budget and a second
+        // whatever happens), and run at nice 19 (this thread alone) until then.
         let tid = Int32(defib_gettid())
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), id_t(tid), 19)
         writerTid.store(tid, ordering: .releasing)
         if hurried.load(ordering: .acquiring) { hurry() }
+        let waitStarted = monotonicNanoseconds()
+        _ = replacementReady.wait(timeoutNs: Int64(max(1, request.budgetMs / 2)) * 1_000_000)
+        waitedMs.store(Int((monotonicNanoseconds() - waitStarted) / 1_000_000), ordering: .relaxed)
         let result = NativeCoreWriter.write(process, detach: false, writerThreads: 1)
         finish(outcome(result))
     }
@@ -123,6 +134,7 @@ final class FrozenCoreJob: @unchecked Sendable {
     /// stays at 19, within the capture budget all the same).
     func hurry() {
         hurried.store(true, ordering: .releasing)
+        replacementReady.set()
         let tid = writerTid.load(ordering: .acquiring)
         guard tid != 0 else { return }
         errno = 0
@@ -138,9 +150,15 @@ final class FrozenCoreJob: @unchecked Sendable {
             outcome.notes.append(String(format: "native core: %d threads stopped in %.1f ms, %lld bytes allocated of %lld", result.threads,
                                         result.stopMs, result.allocatedBytes, result.record.bytes))
         }
+        if let waited = backgroundWaitMs {
+            outcome.notes.append("the core was written once the replacement was ready (the writer waited \(waited) ms after the freeze)")
+        }
         outcome.jitterDraw = Double.random(in: 0..<1)
         return outcome
     }
+
+    /// How long the background writer waited for the replacement (nil for a core written at once).
+    private var backgroundWaitMs: Int? { writerTid.load(ordering: .acquiring) == 0 ? nil : waitedMs.load(ordering: .relaxed) }
 
     private func finish(_ outcome: CoreOutcome) {
         result.withLock { $0 = outcome }

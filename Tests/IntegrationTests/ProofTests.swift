@@ -147,5 +147,11 @@ struct ProofTests {
         #expect(incident["capture_order"] as? String == "restart-while-writing")
         #expect(incident["capture_error"] is NSNull, "\(incident["capture_error"] ?? "")")
         #expect((incident["core_bytes"] as? Int ?? 0) > 512 << 20, "the whole heap is in the core")
+        // The core was written once the replacement was ready, not while it started.
+        let timeline = try #require(incident["timeline"] as? [String: Any])
+        let ready = try #require((timeline["ready"] as? String).flatMap { formatter.date(from: $0) })
+        let done = try #require((timeline["capture_done"] as? String).flatMap { formatter.date(from: $0) })
+        #expect(ready <= done, "ready \(ready), core done \(done)")
+        #expect((incident["notes"] as? [String] ?? []).contains { $0.hasPrefix("the core was written once the replacement was ready") })
     }
 }
