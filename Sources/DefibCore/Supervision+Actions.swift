@@ -393,20 +393,26 @@ extension Supervision {
     private mutating func closeIncident(_ outcome: IncidentOutcome) {
         guard let closed = ledger.close(outcome, at: now.wall) else { return }
         flushChanges()
-        let id = closed.id.map(String.init) ?? "?"
-        let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
-        log(.warning, "incident \(id) closed: \(outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
+        if let storedID = closed.id, let frozen = frozenCapture, frozen.incidentID == storedID {
+            // Its core is still being written from the frozen instance: the closing entry (which names the core) and
+            // the stacks and the rest follow it.
+            frozenCapture?.closedBeforeCore = true
+            return
+        }
+        logClosed(closed)
         if let storedID = closed.id {
-            if let frozen = frozenCapture, frozen.incidentID == storedID {
-                // Its core is still being written from the frozen instance: the stacks and the rest follow it.
-                frozenCapture?.closedBeforeCore = true
-                return
-            }
             scheduleFirst([.evidenceAfterClose(incidentID: storedID)])
         } else {
             // Its final version, in full, while the store does not have it (its evidence follows once it does).
             log(.error, "incident not stored (closed): \(IncidentJSON.string(closed, includeStacks: true, pretty: false))")
         }
+    }
+
+    /// "incident N closed: …", with the incident's journal fields (its core among them).
+    mutating func logClosed(_ closed: Incident) {
+        let id = closed.id.map(String.init) ?? "?"
+        let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
+        log(.warning, "incident \(id) closed: \(closed.outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
     }
 
     // MARK: what the store refused

@@ -57,6 +57,7 @@ extension Supervision {
         frozenCapture = nil
         if frozen.closedBeforeCore, let id = frozen.incidentID {
             flushChanges()
+            if let closed = ledger.incident(id: id) { logClosed(closed) }
             scheduleFirst([.evidenceAfterClose(incidentID: id)])
         }
     }

@@ -40,6 +40,13 @@ import Testing
         expectInOrder(fake.actions, ["signal 100 SIGKILL", "startStacks /state/cores/core.svc.1.100"])
         #expect(incident.stacks == fake.stacksText)
         #expect(run.logs.contains("killing the frozen instance pid 100 (SIGKILL), its core written"))
+        // The closing entry waits for the core, so that it names it (CORE_PATH in the journal).
+        let closing = try #require(run.logs.lines.first { $0.contains("incident 1 closed: recovered") })
+        #expect(closing.contains("core_path=/state/cores/core.svc.1.100"), "\(closing)")
+        let lines = run.logs.lines
+        let kill = try #require(lines.firstIndex { $0.contains("killing the frozen instance pid 100") })
+        let closed = try #require(lines.firstIndex { $0.contains("incident 1 closed: recovered") })
+        #expect(kill < closed)
     }
 
     @Test func theLoopServesTheReplacementWhileTheCoreIsWritten() throws {
