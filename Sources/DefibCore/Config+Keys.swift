@@ -18,6 +18,7 @@ struct ConfigField {
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
         case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
+        case stallEvidence(WritableKeyPath<SupervisorConfig, StallEvidenceMode>)
     }
 
     let key: String
@@ -50,7 +51,10 @@ struct ConfigField {
             ("escalation", [.init("miss_ms", .optionalInt(\.escalation.missMs)), .init("suspect_ms", .optionalInt(\.escalation.suspectMs)),
                             .init("extension_step_ms", .optionalInt(\.escalation.extensionStepMs)),
                             .init("max_extension_ms", .optionalInt(\.escalation.maxExtensionMs)),
-                            .init("kill_jitter_ms", .int(\.escalation.killJitterMs))]),
+                            .init("kill_jitter_ms", .int(\.escalation.killJitterMs)),
+                            .init("stall_evidence", .stallEvidence(\.escalation.stallEvidence)),
+                            .init("stall_evidence_budget_ms", .int(\.escalation.stallEvidenceBudgetMs)),
+                            .init("stall_incidents_per_hour", .int(\.escalation.stallIncidentsPerHour))]),
             ("retention", [.init("max_use_mb", .mebibytes(\.retention.maxUseBytes)), .init("keep_free_mb", .mebibytes(\.retention.keepFreeBytes)),
                            .init("max_per_service", .int(\.retention.maxPerService))]),
         ]
@@ -70,6 +74,7 @@ struct ConfigField {
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
         case let .runtime(path): tomlString(config[keyPath: path].rawValue)
+        case let .stallEvidence(path): tomlString(config[keyPath: path].rawValue)
         }
     }
 }

@@ -168,6 +168,12 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var maxExtensionMs: Int?
         /// A random delay up to this long before the kill (0 = off), so a fleet does not bounce in lockstep.
         public var killJitterMs: Int = 0
+        /// What to take at the suspect stage while the service is still stalled (stacks by default).
+        public var stallEvidence: StallEvidenceMode = .stacks
+        /// The longest the service may be frozen for it; a full core that would take longer becomes stacks only.
+        public var stallEvidenceBudgetMs: Int = 20
+        /// Stall incidents stored in full per service and hour; past it they are counted, not stored.
+        public var stallIncidentsPerHour: Int = 60
         public init() {}
     }
     /// `[restart]`

@@ -38,6 +38,9 @@ public enum Effect: Sendable, Equatable {
     indirect case observe(ObservationRequest)
     /// Write a core; answered by `coreWritten`.
     indirect case writeCore(CoreRequest)
+    /// A stalled service's stacks (or core) at the suspect stage, frozen for at most the request's budget;
+    /// answered by `stallEvidenceTaken`.
+    indirect case takeStallEvidence(StallEvidenceRequest)
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
     /// A compressor in the background; answered by `helperStarted` or `helperFailed`.
@@ -128,6 +131,10 @@ public enum MetricEvent: Sendable, Equatable {
     case verdict(String)
     /// The machine's phase changed.
     case phase(SupervisorMachine.Phase)
+    /// A stall ended by itself after `silenceMs` (stored in full or only counted).
+    case stall(silenceMs: Double)
+    /// The freeze a stall's evidence cost the service.
+    case stallEvidencePause(ms: Double)
 }
 
 /// Every OS interaction the supervisor's loop needs: implemented for real by `DefibPOSIX.SystemEffects`
@@ -164,6 +171,9 @@ public protocol SupervisorEffects: AnyObject {
     func observe(_ request: ObservationRequest) -> Observation
     /// Writes a core within its budget (the kernel method reaps the process).
     func writeCore(_ request: CoreRequest) -> CoreOutcome
+    /// Freezes the stalled process within the request's budget for its stacks (or a full core); never throws
+    /// (what failed is in the record's `error`).
+    func takeStallEvidence(_ request: StallEvidenceRequest) -> StallCapture
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>

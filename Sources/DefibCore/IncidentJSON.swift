@@ -156,6 +156,7 @@ public enum IncidentJSON {
         members += processMembers(incident)
         members += runtimeMembers(incident)
         members += processListMembers(incident)
+        members += stallMembers(incident, includeStacks: includeStacks)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }

@@ -27,6 +27,11 @@ public struct IncidentLedger: Sendable {
     public private(set) var processJudgements: [ProcessJudgement]?
     /// The locks the healthy service reported (`locks` on the control channel).
     public private(set) var knownLocks: [KnownLock] = []
+    /// The current stall's evidence from the suspect stage: it becomes a stall incident if the heartbeat comes
+    /// back, or joins the incident opened for the same silence (see IncidentLedger+Stall.swift).
+    public internal(set) var suspectEvidence: StallEvidence?
+    /// How many stall incidents are stored in full per hour (`stall_incidents_per_hour`).
+    public internal(set) var stallLimit = StallRateLimit(perHour: 60)
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
     private var changed: [Int64] = []
 
@@ -54,6 +59,7 @@ public struct IncidentLedger: Sendable {
     /// The silence ended (a late heartbeat) or no longer counts (STOPPING=1): what was gathered for it goes.
     mutating func forgetSilence() {
         pendingNotes.removeAll()
+        suspectEvidence = nil
         baseline = nil
         instanceBaseline = []
         processJudgements = nil
@@ -131,6 +137,7 @@ public struct IncidentLedger: Sendable {
         }
         new.notes += pendingNotes
         pendingNotes.removeAll()
+        joinSuspectEvidence(&new)
         var judgedNow = false
         if case .missedHeartbeat = cause { judgedNow = true }
         if case .startTimeout = cause { judgedNow = verdictAtOpen != nil }
@@ -314,6 +321,11 @@ public struct IncidentLedger: Sendable {
 
     static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }
 
+    /// An incident stored apart from the machine's open one (a stall's), kept while its evidence lands.
+    mutating func keepClosed(_ incident: Incident) {
+        if let id = incident.id { closing[id] = incident }
+    }
+
     /// Everything about the closed incident `id` has landed.
     mutating func evidenceComplete(incidentID id: Int64) { closing.removeValue(forKey: id) }
 
@@ -334,13 +346,13 @@ public struct IncidentLedger: Sendable {
         replaceOpen(current)
     }
 
-    private mutating func replaceOpen(_ incident: Incident) {
+    mutating func replaceOpen(_ incident: Incident) {
         if incident != open, let id = incident.id, !changed.contains(id) { changed.append(id) }
         open = incident
     }
 
     @discardableResult
-    private mutating func change(_ id: Int64, _ body: (inout Incident) -> Void) -> Incident? {
+    mutating func change(_ id: Int64, _ body: (inout Incident) -> Void) -> Incident? {
         if open?.id == id { changeOpen(body); return open }
         guard var stored = closing[id] else { return nil }
         body(&stored)

@@ -63,6 +63,7 @@ extension Supervision {
         case let (.softEvidence(pid, silenceMs), .observed(observation)):
             awaiting = nil
             softEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
+            takeStallEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
         case let (.verdict(pid), .observed(observation)):
             awaiting = nil
             let verdict = judge(pid: pid, observation: observation)
@@ -129,7 +130,7 @@ extension Supervision {
             awaiting = nil
             coreAnnounced(incidentID: id, note: note, failure: failure)
         default:
-            return false
+            return resumeStall(waiting, with: event)
         }
         return true
     }
@@ -196,6 +197,7 @@ extension Supervision {
             emit(.metric(.deadlineExtended))
         case let .silenceCancelled(reason):
             log(.info, "the current silence no longer counts: \(reason)")
+            dropSuspectEvidence()
             ledger.forgetSilence()
         case let .serviceNotified(text):
             log(.info, "service says: \(text)")
@@ -204,7 +206,7 @@ extension Supervision {
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
             if wasSuspect { log(.warning, "\(line); no kill") } else { log(.info, line) }
             emit(.metric(.recovery))
-            ledger.forgetSilence()
+            if wasSuspect { stallEnded(silenceMs: silenceMs, misses: misses) } else { ledger.forgetSilence() }
         case let .openIncident(cause):
             if case .startTimeout = cause, let pid = machine.pid {
                 // Never ready is a hang too: judge whether it is stuck, stopped or busy before recording it.

@@ -46,6 +46,9 @@ public struct Supervision: Sendable {
         case compression(incidentID: Int64, input: String, output: String, tool: CoreCompression)
         /// delve reading a Go service's goroutines from the core, since `startedAt`.
         case goroutines(GoroutinesRequest, startedAt: MonoTime)
+        /// gdb reading the stacks of a stall capture (`sequence`) into `output`; the capture is removed after unless
+        /// it is a full core kept as such.
+        case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool)
     }
 
     /// Work to do, in order: the machine's actions and the steps that follow an answer.
@@ -90,6 +93,10 @@ public struct Supervision: Sendable {
         case inventory(justWritten: Int64?)
         case announcement(incidentID: Int64, note: String)
         case identity(pid: Int32)
+        /// Stalls (Supervision+Stall.swift).
+        case stallEvidence(StallEvidence)
+        indirect case stallStored(Incident)
+        case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool, status: ChildStatus)
     }
 
     public internal(set) var machine: SupervisorMachine
@@ -135,6 +142,10 @@ public struct Supervision: Sendable {
     /// The machine is done; helpers get until `deadline` to finish, then the supervisor exits with `code`.
     var exiting: (code: Int32, deadline: MonoTime)?
     public internal(set) var finished = false
+    /// Stall captures taken so far (each one's number in its file name and evidence).
+    var stallSequence = 0
+    /// The suspect stage's /proc sample and what it says about progress since the first miss: a stall's diagnosis.
+    var suspectSample: (sample: ProcessSample, verdict: ProgressVerdict?)?
 
     var agenda: [Step] = []
     var awaiting: Awaiting?
@@ -145,6 +156,7 @@ public struct Supervision: Sendable {
         self.setup = setup
         machine = SupervisorMachine(settings: .init(setup.config))
         ledger = IncidentLedger(service: setup.config.service.name)
+        ledger.stallLimit = StallRateLimit(perHour: setup.config.escalation.stallIncidentsPerHour)
         probe = try? setup.config.heartbeat.probeSpec()
     }
 
@@ -237,7 +249,7 @@ public struct Supervision: Sendable {
             log(.debug, "locks query failed: \(problem)")
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
-        case .spawned, .spawnFailed, .observed, .coreWritten, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
+        case .spawned, .spawnFailed, .observed, .coreWritten, .stallEvidenceTaken, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
              .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")

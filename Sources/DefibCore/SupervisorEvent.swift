@@ -42,6 +42,7 @@ public enum SupervisorEvent: Sendable, Equatable {
     case spawnFailed(String)
     indirect case observed(Observation)
     indirect case coreWritten(CoreOutcome)
+    indirect case stallEvidenceTaken(StallCapture)
     case leftoversKilled([KilledProcess])
     /// A helper job (gdb for stacks, a compressor) started, or could not.
     case helperStarted(pid: Int32)

@@ -15,6 +15,9 @@ public struct NativeCoreOptions: Sendable, Equatable {
     /// How long to wait for every thread to stop (threads in uninterruptible sleep never do). Not part of the budget:
     /// registers of every thread are worth more than memory.
     public var stopTimeoutMs: Int = 500
+    /// A stacks-only core (a stall's evidence): per thread, this many bytes of its stack from the stack pointer up,
+    /// plus the small mappings gdb needs to unwind and to find the libraries; no heap. nil = the full core.
+    public var stacksOnly: Int? = nil
 
     /// Options with a budget and the defaults for everything else.
     public init(budgetMs: Int, writerThreads: Int = 2, firstThread: Int32? = nil, chunkBytes: Int = 512 << 10,
@@ -51,6 +54,8 @@ public struct NativeCoreResult: Sendable, Equatable {
     public var notes: [String]
     /// True when the process's main thread died during the capture. Its exit status was left for the parent to reap.
     public var processExited: Bool
+    /// Milliseconds from the first PTRACE_SEIZE until every thread was detached again: the pause the service saw.
+    public var frozenMs: Double = 0
 }
 
 /// Writes an ELF core of a live process from the outside, the way the kernel would (see
@@ -111,7 +116,8 @@ public enum NativeCoreWriter {
         // Everything below reads a stopped process; a failure to read a /proc file means it died.
         let snapshot: ProcessSnapshot
         do {
-            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat)
+            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat,
+                                                stacksOnly: options.stacksOnly)
         } catch {
             unlink(path)
             process.detachAll(); attached = false
@@ -132,6 +138,7 @@ public enum NativeCoreWriter {
 
         // Memory is copied: let the process go before the headers are written.
         process.detachAll(); attached = false
+        let frozenMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
 
         var layout = plan.layout
         var truncated = false
@@ -211,7 +218,7 @@ public enum NativeCoreWriter {
         return NativeCoreResult(
             record: CaptureRecord(method: "native", path: path, bytes: Int64(st.st_size), durationMs: elapsedMs(), error: error),
             threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
-            stopMs: stopMs, notes: notes, processExited: process.leaderExited)
+            stopMs: stopMs, notes: notes, processExited: process.leaderExited, frozenMs: frozenMs)
     }
 }
 
@@ -239,13 +246,13 @@ struct ProcessSnapshot {
     var commandLine: [UInt8]
     var notes: [String]
 
-    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat) throws -> ProcessSnapshot {
+    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat, stacksOnly: Int? = nil) throws -> ProcessSnapshot {
         var notes: [String] = []
         let smapsText = try readProcText("/proc/\(pid)/smaps")
-        let mappings = try SmapsParser.parse(smapsText)
+        var mappings = try SmapsParser.parse(smapsText)
         let filter = (try? readProcText("/proc/\(pid)/coredump_filter"))
             .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
-        let extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
+        var extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
         var elfHeaderAt: Set<UInt64> = []
         for (m, e) in zip(mappings, extents) where e == .firstPageIfELF {
             var magic: UInt32 = 0
@@ -282,6 +289,11 @@ struct ProcessSnapshot {
                                           fpRegisters: fn == 512 ? fp : nil,
                                           xstate: xn > 0 ? Array(xs.prefix(xn)) : nil,
                                           status: tStatus, stat: tStat))
+        }
+        if let stackBytes = stacksOnly {
+            (mappings, extents) = StacksOnlyScope.narrow(mappings: mappings, extents: extents,
+                                                         stackPointers: threads.map { StacksOnlyScope.stackPointer($0.registers) },
+                                                         stackBytes: stackBytes)
         }
         return ProcessSnapshot(pid: pid, stat: stat, status: status, threads: threads, mappings: mappings, extents: extents,
                                elfHeaderAt: elfHeaderAt, auxv: auxv, commandLine: cmdline, notes: notes)

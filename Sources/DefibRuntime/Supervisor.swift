@@ -82,6 +82,8 @@ public final class Supervisor {
             return .observed(effects.observe(request))
         case let .writeCore(request):
             return .coreWritten(effects.writeCore(request))
+        case let .takeStallEvidence(request):
+            return .stallEvidenceTaken(effects.takeStallEvidence(request))
         case let .startStacks(binary, core, output):
             return Self.helper(effects.startStacks(binary: binary, core: core, output: output))
         case let .startCompression(argv):
