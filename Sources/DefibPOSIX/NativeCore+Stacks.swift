@@ -1,3 +1,4 @@
+import Glibc
 import DefibCore
 
 /// Which memory a stacks-only core keeps: what gdb needs to unwind every thread and to find the libraries, and
@@ -55,5 +56,44 @@ enum StacksOnlyScope {
             outExtents.append(kept)
         }
         return (outMappings, outExtents)
+    }
+}
+
+/// What a stacks-only capture reads about a process before stopping it, so the stop lasts only as long as the
+/// registers and the stacks take: its mappings, its status, and each thread's status and times (a thread that
+/// appears after this reading is stopped and unwound all the same, with empty masks and times).
+struct PreStopReading {
+    var mappings: [SmapsEntry]?
+    var filter: UInt32?
+    var status: ProcStatus?
+    var auxv: [UInt8]?
+    var commandLine: [UInt8]?
+    var threadStatus: [Int32: ProcStatus] = [:]
+    var threadStat: [Int32: ProcStat] = [:]
+
+    static func read(pid: Int32) -> PreStopReading {
+        var r = PreStopReading()
+        r.mappings = (try? readProcText("/proc/\(pid)/smaps")).flatMap { try? SmapsParser.parse($0) }
+        r.filter = (try? readProcText("/proc/\(pid)/coredump_filter")).flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) }
+        r.status = (try? readProcText("/proc/\(pid)/status")).map(ProcStatus.parse)
+        r.auxv = try? readProcFile("/proc/\(pid)/auxv")
+        r.commandLine = try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)
+        for tid in threadIDs(pid: pid) {
+            if let status = (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) { r.threadStatus[tid] = status }
+            if let stat = try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat") { r.threadStat[tid] = stat }
+        }
+        return r
+    }
+
+    /// /proc/PID/task's entries.
+    static func threadIDs(pid: Int32) -> [Int32] {
+        guard let dir = opendir("/proc/\(pid)/task") else { return [] }
+        defer { closedir(dir) }
+        var tids: [Int32] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if let tid = Int32(name) { tids.append(tid) }
+        }
+        return tids
     }
 }

@@ -77,7 +77,7 @@ public enum NativeCoreWriter {
         if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
         if pid <= 0 { return failed("invalid pid \(pid)") }
         if path.isEmpty { return failed("invalid core path: empty") }
-        let deadline = started + Int64(options.budgetMs) * 1_000_000
+        var deadline = started + Int64(options.budgetMs) * 1_000_000
 
         // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
         let processStat: ProcStat
@@ -90,8 +90,12 @@ public enum NativeCoreWriter {
         var closed = false
         defer { if !closed { close(fd) } }
         fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
+        // A stacks-only core is a stall's evidence: the service may be running, so everything that can be read
+        // before the stop is (its mappings, its threads' /proc files), and the budget is the freeze itself.
+        let preread = options.stacksOnly == nil ? nil : PreStopReading.read(pid: pid)
 
         let stopStarted = monotonicNanoseconds()
+        if options.stacksOnly != nil { deadline = stopStarted + Int64(options.budgetMs) * 1_000_000 }
         var process: StoppedProcess
         do {
             process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
@@ -117,7 +121,7 @@ public enum NativeCoreWriter {
         let snapshot: ProcessSnapshot
         do {
             snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat,
-                                                stacksOnly: options.stacksOnly)
+                                                stacksOnly: options.stacksOnly, preread: preread)
         } catch {
             unlink(path)
             process.detachAll(); attached = false
@@ -246,11 +250,11 @@ struct ProcessSnapshot {
     var commandLine: [UInt8]
     var notes: [String]
 
-    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat, stacksOnly: Int? = nil) throws -> ProcessSnapshot {
+    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat, stacksOnly: Int? = nil,
+                     preread: PreStopReading? = nil) throws -> ProcessSnapshot {
         var notes: [String] = []
-        let smapsText = try readProcText("/proc/\(pid)/smaps")
-        var mappings = try SmapsParser.parse(smapsText)
-        let filter = (try? readProcText("/proc/\(pid)/coredump_filter"))
+        var mappings = try preread?.mappings ?? SmapsParser.parse(try readProcText("/proc/\(pid)/smaps"))
+        let filter = preread?.filter ?? (try? readProcText("/proc/\(pid)/coredump_filter"))
             .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
         var extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
         var elfHeaderAt: Set<UInt64> = []
@@ -259,9 +263,9 @@ struct ProcessSnapshot {
             let n = withUnsafeMutableBytes(of: &magic) { defib_read_memory(pid, m.start, $0.baseAddress, 4) }
             if n == 4 && magic == 0x464c_457f { elfHeaderAt.insert(m.start) }
         }
-        let status = ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
-        let auxv = (try? readProcFile("/proc/\(pid)/auxv")) ?? []
-        let cmdline = (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
+        let status = try preread?.status ?? ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
+        let auxv = preread?.auxv ?? (try? readProcFile("/proc/\(pid)/auxv")) ?? []
+        let cmdline = preread?.commandLine ?? (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
 
         // gdb's current thread is the first NT_PRSTATUS: the requested one, else the leader.
         var order = tids
@@ -283,8 +287,8 @@ struct ProcessSnapshot {
             let fn = fp.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_PRFPREG), $0.baseAddress, $0.count) }
             var xs = [UInt8](repeating: 0, count: 32 << 10)
             let xn = xs.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_X86_XSTATE), $0.baseAddress, $0.count) }
-            let tStatus = (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
-            let tStat = try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat")
+            let tStatus = preread?.threadStatus[tid] ?? (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
+            let tStat = preread?.threadStat[tid] ?? (try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat"))
             threads.append(ThreadSnapshot(tid: tid, registers: regs,
                                           fpRegisters: fn == 512 ? fp : nil,
                                           xstate: xn > 0 ? Array(xs.prefix(xn)) : nil,
