@@ -29,6 +29,8 @@ extension IncidentLedger {
         incident.process = process
         incident.silenceMs = silenceMs
         incident.progress = progress
+        incident.threadStates = stallSample?.stateSummary
+        incident.threads = stallSample.flatMap { $0.threads.isEmpty ? nil : $0.threads.count }
         incident.notes = pendingNotes
         incident.notes.append("heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed); nothing was done to the process")
         let unstored = stallLimit.takeNotStored()
@@ -38,8 +40,8 @@ extension IncidentLedger {
         if let evidence = suspectEvidence {
             suspectEvidence = nil
             incident.stallEvidence = evidence
-            incident.threadStates = evidence.threadStates
-            incident.threads = evidence.threads
+            incident.threadStates = evidence.threadStates ?? incident.threadStates
+            incident.threads = evidence.threads ?? incident.threads
             incident.stacks = evidence.stacks
             if let core = evidence.corePath {
                 incident.capture = CaptureRecord(method: "native", path: core, bytes: evidence.coreBytes ?? 0, durationMs: evidence.pauseMs, error: nil)

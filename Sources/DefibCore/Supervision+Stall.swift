@@ -11,11 +11,13 @@ extension Supervision {
         suspectSample = (sample, ledger.baseline.flatMap { $0.pid == pid ? ProgressJudge.judge(before: $0, after: sample) : nil })
         stallSequence += 1
         let mode = config.escalation.stallEvidence
+        // `none`: the soft evidence (the suspect note, the sample a stall incident is diagnosed from) is all there is.
+        guard mode != .none else { return }
         var evidence = StallEvidence(sequence: stallSequence, takenAt: now.wall, silenceMs: silenceMs, mode: mode)
         evidence.threadStates = sample.stateSummary
         evidence.threads = sample.threads.isEmpty ? nil : sample.threads.count
-        guard mode != .none, child?.pid == pid else {
-            if mode != .none { evidence.error = "not captured: pid \(pid) is no longer the instance" }
+        guard child?.pid == pid else {
+            evidence.error = "not captured: pid \(pid) is no longer the instance"
             ledger.setSuspectEvidence(evidence)
             return
         }

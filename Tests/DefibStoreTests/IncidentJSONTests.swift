@@ -16,6 +16,8 @@ import Testing
                                + ["wait_for", "runtime", "runtime_tool", "runtime_error", "runtime_stacks"]
                                // a multi-process instance's processes
                                + ["processes"]
+                               // a stall's suspect-stage evidence
+                               + ["stall_evidence"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
