@@ -105,3 +105,23 @@ struct StallRunTests {
         #expect(defib.stop() == .exited(code: 0))
     }
 }
+
+/// `defib chaos --quick --scenarios stall`: the proxy stopped for 3/4 of the deadline, then its write lock held as
+/// long; two stall incidents with stacks, no kill, the pause in the report.
+@Suite(.timeLimit(.minutes(3)))
+struct StallChaosTests {
+    @Test func theStallScenarioRecordsTwoStallsWithStacksAndKillsNothing() throws {
+        let dir = Scratch("chaos-stall"); defer { dir.remove() }
+        let report = "\(dir.path)/report"
+        let r = try runCommand([Binaries.defib, "chaos", "--quick", "--scenarios", "stall", "--report", report], timeoutMs: 170_000)
+        #expect(r.code == 0, "exit \(r.code): \(r.stdout)\n\(r.stderr)")
+        let data = try #require(FileManager.default.contents(atPath: "\(report)/report.json"), "no report.json: \(r.stderr)")
+        let runs = try #require(try JSONSerialization.jsonObject(with: Data(data)) as? [[String: Any]])
+        let run = try #require(runs.first)
+        #expect(runs.count == 1 && run["scenario"] as? String == "stall")
+        #expect(run["stalls"] as? Int == 2 && run["kills"] as? Int == 0 && run["stacks_ok"] as? Bool == true, "\(run)")
+        #expect((run["stall_pause_ms"] as? Double ?? 0) > 0, "\(run)")
+        let md = try String(contentsOfFile: "\(report)/report.md", encoding: .utf8)
+        #expect(md.contains("| pause the evidence cost the service"), "\(md)")
+    }
+}
