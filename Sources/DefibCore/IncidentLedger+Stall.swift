@@ -16,8 +16,8 @@ extension IncidentLedger {
     }
 
     /// The silence ended by itself: a `stall` incident from what the suspect stage gathered (the pending notes,
-    /// the evidence), not stored yet. Nil when the rate limit only counts it; `notStoredBefore` says how many
-    /// were only counted before this one. The caller forgets the silence afterwards.
+    /// the evidence), not stored yet. Nil when the rate limit only counts it (the next one stored notes how many
+    /// were only counted). The caller forgets the silence afterwards.
     mutating func stallIncident(silenceMs: Double, misses: Int, pid: Int32, binaryPath: String?, startedAt: Date?,
                                 process: IncidentProcess?, heartbeat: String?, stallSample: ProcessSample?, progress: ProgressVerdict?, at now: Instant) -> Incident? {
         guard stallLimit.admit(at: now.mono) else { return nil }
@@ -57,6 +57,12 @@ extension IncidentLedger {
         return incident
     }
 
+    /// The stacks of an incident's stall capture landed: if its own evidence was complete already, it is done.
+    mutating func stallStacksLanded(incidentID id: Int64) {
+        guard stallStacksPending.remove(id) != nil else { return }
+        evidenceComplete(incidentID: id)
+    }
+
     /// gdb's stacks of the stall capture `sequence`: into the pending evidence, or the incident that holds it (a
     /// stall's stacks are its `stacks` too; a hang keeps its own core's). The incident's id when one changed;
     /// false when nobody holds the capture any more (its silence was cancelled).
@@ -94,5 +100,13 @@ extension IncidentLedger {
             }
         }
         return (true, id)
+    }
+}
+
+extension Incident {
+    /// A capture of the stall it began as is still being read (its stacks and any error are not in yet).
+    var awaitsStallStacks: Bool {
+        guard let e = stallEvidence, e.mode != .none, cause.kind != "stall" else { return false }
+        return e.stacks == nil && e.error == nil
     }
 }

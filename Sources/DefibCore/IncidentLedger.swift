@@ -30,6 +30,8 @@ public struct IncidentLedger: Sendable {
     /// The current stall's evidence from the suspect stage: it becomes a stall incident if the heartbeat comes
     /// back, or joins the incident opened for the same silence (see IncidentLedger+Stall.swift).
     public internal(set) var suspectEvidence: StallEvidence?
+    /// Closed incidents whose own evidence is complete and that wait only for their stall capture's stacks.
+    var stallStacksPending: Set<Int64> = []
     /// How many stall incidents are stored in full per hour (`stall_incidents_per_hour`).
     public internal(set) var stallLimit = StallRateLimit(perHour: 60)
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
@@ -326,8 +328,15 @@ public struct IncidentLedger: Sendable {
         if let id = incident.id { closing[id] = incident }
     }
 
-    /// Everything about the closed incident `id` has landed.
-    mutating func evidenceComplete(incidentID id: Int64) { closing.removeValue(forKey: id) }
+    /// Everything about the closed incident `id` has landed — unless gdb still reads the stall capture that
+    /// joined it (then it stays until those stacks land: `stallStacksLanded`).
+    mutating func evidenceComplete(incidentID id: Int64) {
+        if let held = closing[id], held.awaitsStallStacks {
+            stallStacksPending.insert(id)
+            return
+        }
+        closing.removeValue(forKey: id)
+    }
 
     /// The incident with this id, open or closing.
     public func incident(id: Int64) -> Incident? { open?.id == id ? open : closing[id] }

@@ -68,6 +68,8 @@ extension Supervision {
         guard let core = capture.record.path else { return }
         guard let binary = child?.executable else {
             if !keepCore { emit(.removeFile(path: core)) }
+            evidence.error = "stacks not read: the instance's executable is unknown"
+            ledger.setSuspectEvidence(evidence)
             return
         }
         let output = core + ".stacks.txt"
@@ -133,7 +135,9 @@ extension Supervision {
         flushChanges()
         log(.info, "stacks of stall capture \(sequence) read (\(text.split(separator: "\n").count) lines)"
             + (landed.incidentID.map { ", incident \($0)" } ?? ""))
-        if let id = landed.incidentID, ledger.incident(id: id)?.cause.kind == "stall" { stallEvidenceLanded(incidentID: id) }
+        if let id = landed.incidentID {
+            if ledger.incident(id: id)?.cause.kind == "stall" { stallEvidenceLanded(incidentID: id) } else { ledger.stallStacksLanded(incidentID: id) }
+        }
     }
 
     mutating func stallStacksFailed(sequence: Int, core: String, keepCore: Bool, problem: String) {
@@ -141,7 +145,9 @@ extension Supervision {
         if !keepCore { emit(.removeFile(path: core)) }
         let landed = ledger.applyStallStacks(sequence: sequence, text: "", problem: "stacks not read: could not run gdb (\(problem))")
         flushChanges()
-        if let id = landed.incidentID, ledger.incident(id: id)?.cause.kind == "stall" { stallEvidenceLanded(incidentID: id) }
+        if let id = landed.incidentID {
+            if ledger.incident(id: id)?.cause.kind == "stall" { stallEvidenceLanded(incidentID: id) } else { ledger.stallStacksLanded(incidentID: id) }
+        }
     }
 
     /// gdb still reading a stall capture at shutdown: stopped, its files removed (a kept core stays).
@@ -149,7 +155,9 @@ extension Supervision {
         emit(.removeFile(path: output))
         if !keepCore { emit(.removeFile(path: core)) }
         log(.warning, "gdb reading stall capture \(sequence) stopped at shutdown")
-        _ = ledger.applyStallStacks(sequence: sequence, text: "", problem: "stacks not read: defib stopped before gdb finished")
+        if let id = ledger.applyStallStacks(sequence: sequence, text: "", problem: "stacks not read: defib stopped before gdb finished").incidentID {
+            ledger.stallStacksLanded(incidentID: id)
+        }
     }
 
     /// The silence no longer counts (STOPPING=1) or its stall is only counted: the capture goes, unless gdb still

@@ -70,6 +70,34 @@ import Testing
         #expect(ledger.takeChanges().map(\.id) == [4])
     }
 
+    @Test func aHangWhoseOwnEvidenceIsDoneWaitsForItsStallStacks() {
+        var ledger = IncidentLedger(service: "svc")
+        ledger.setSuspectEvidence(Self.evidence(3))
+        let hang = FailureCause.missedHeartbeat(misses: 4, msSinceLastPong: 1000, lastError: nil, silenceMs: 1000, extendedMs: 0, verdict: .stuck("x"))
+        _ = ledger.open(hang, at: Self.t0, pid: 100, binaryPath: nil, startedAt: nil)
+        ledger.stored(id: 9)
+        _ = ledger.close(.recovered, at: Self.t0.addingTimeInterval(1))
+        _ = ledger.takeChanges()
+        ledger.evidenceComplete(incidentID: 9)
+        #expect(ledger.incident(id: 9) != nil, "gdb still reads the stall capture: kept")
+        let landed = ledger.applyStallStacks(sequence: 3, text: "Thread 1 (LWP 100):\n#0  late\n", problem: nil)
+        #expect(landed.held && landed.incidentID == 9)
+        #expect(ledger.takeChanges().first?.stallEvidence?.stacks == "Thread 1 (LWP 100):\n#0  late\n")
+        ledger.stallStacksLanded(incidentID: 9)
+        #expect(ledger.incident(id: 9) == nil, "now complete")
+
+        // An incident with no stall capture, or one whose capture failed, completes at once.
+        var other = IncidentLedger(service: "svc")
+        var failed = Self.evidence(4)
+        failed.error = "ptrace(PTRACE_SEIZE, 100): Operation not permitted"
+        other.setSuspectEvidence(failed)
+        _ = other.open(hang, at: Self.t0, pid: 100, binaryPath: nil, startedAt: nil)
+        other.stored(id: 10)
+        _ = other.close(.recovered, at: Self.t0)
+        other.evidenceComplete(incidentID: 10)
+        #expect(other.incident(id: 10) == nil)
+    }
+
     @Test func stacksLandInThePendingEvidenceOrTheStallIncidentOrNowhere() throws {
         var ledger = IncidentLedger(service: "svc")
         ledger.setSuspectEvidence(Self.evidence(7))

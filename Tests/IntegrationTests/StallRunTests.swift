@@ -82,6 +82,50 @@ struct StallRunTests {
         #expect(defib.stop() == .exited(code: 0))
     }
 
+    /// A stall that does not end is a hang: its suspect-stage stacks join the hang's incident (the first moment),
+    /// beside the hang's own core and stacks; the metrics count stalls only when they end by themselves.
+    @Test func aStallThatBecomesAHangGivesTheHangItsFirstMomentAndTheMetricsCountStalls() throws {
+        let dir = Scratch("stall-hang")
+        defer { dir.remove() }
+        let state = dir.path + "/state"
+        let port = freePort(), metrics = freePort()
+        let defib = try supervise(dir, ["--interval", "100", "--deadline", "1000", "--metrics", "127.0.0.1:\(metrics)"],
+                                  [Binaries.proxy, "--listen", "127.0.0.1:\(port)", "--route", "app=127.0.0.1:\(freePort())"])
+        defer { defib.stop() }
+        try #require(waitUntil(timeoutMs: 30_000) { defib.log.contains("is ready") }, "never ready: \(defib.log)")
+        let pid = try #require(childProcesses(of: defib.pid).first { processName($0) == "defib-proxy" })
+        stall(pid, ms: 800)
+        _ = try stallIncident(state, defib)
+        var text = ""
+        #expect(waitUntil(timeoutMs: 10_000) {
+            text = httpGet(port: metrics, path: "/metrics", host: "localhost")?.body ?? ""
+            return text.contains("defib_stalls_total{service=\"defib-proxy\"} 1")
+        }, "\(text)")
+        #expect(text.contains("defib_stall_duration_seconds_bucket") && text.contains("defib_stall_evidence_pause_seconds_bucket"), "\(text)")
+
+        // Now for good: a hang, with the stall's first moment.
+        let again = try #require(childProcesses(of: defib.pid).first { processName($0) == "defib-proxy" })
+        #expect(killProcess(again, signal: SIGSTOP))
+        var hang: [String: Any] = [:]
+        let landed = try waitUntil(timeoutMs: 60_000) {
+            guard let newest = try incidentsJSON(stateDir: state).first, newest["cause"] as? String == "missed-heartbeat",
+                  newest["outcome"] as? String == "recovered", let id = newest["id"] as? Int else { return false }
+            let info = try runCommand([Binaries.defib, "incidents", "info", String(id), "--state-dir", state, "--json"])
+            hang = (try? JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any]) ?? [:]
+            let first = hang["stall_evidence"] as? [String: Any]
+            return (hang["stacks"] as? String)?.isEmpty == false && (first?["stacks"] as? String)?.isEmpty == false
+        }
+        #expect(landed, "no hang with both moments' stacks: \(hang) \(defib.log)")
+        let first = hang["stall_evidence"] as? [String: Any] ?? [:]
+        #expect(first["mode"] as? String == "stacks" && (first["pause_ms"] as? Double ?? 0) > 0, "\(first)")
+        #expect((hang["notes"] as? [String] ?? []).contains { $0.hasPrefix("the stall's evidence from the suspect stage joins this incident") })
+        #expect(hang["core_path"] is String && hang["new_pid"] is Int, "\(hang)")
+        #expect(try incidentsJSON(stateDir: state).count == 2, "one stall, one hang")
+        text = httpGet(port: metrics, path: "/metrics", host: "localhost")?.body ?? ""
+        #expect(text.contains("defib_stalls_total{service=\"defib-proxy\"} 1"), "a hang is no stall: \(text)")
+        #expect(defib.stop() == .exited(code: 0))
+    }
+
     @Test func pythonsHTTPServerStoppedBehindAnHTTPProbeIsAStallNotARestart() throws {
         let server = try HTTPServerProgram()
         let dir = Scratch("stall-httpserver")
