@@ -17,6 +17,8 @@ let package = Package(
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.6"),
     ],
     targets: [
         // What every part making system calls shares: the error naming the call and errno, the EINTR loop,
@@ -42,6 +44,17 @@ let package = Package(
         .target(name: "DefibStore", dependencies: [
             "DefibCore",
             .product(name: "GRDB", package: "GRDB.swift"),
+        ]),
+        // Shipping the store's outbox to PostgreSQL and the fleet's views over it. Kept apart so only
+        // `defib` (and its bench) pay for PostgresNIO, and never on the supervision loop.
+        .target(name: "DefibFleet", dependencies: [
+            "DefibCore", "DefibStore",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
         ]),
         // The names of the faults the reference proxy injects, shared with the chaos harness.
         .target(name: "DefibFaults"),
@@ -71,7 +84,7 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
         .executableTarget(name: "defib", dependencies: [
-            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "FlightRecorder",
+            "DefibRuntime", "DefibCore", "DefibPOSIX", "DefibStore", "DefibChaos", "DefibFleet", "FlightRecorder",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ], plugins: ["DefibVersion"]),
@@ -85,7 +98,7 @@ let package = Package(
         .plugin(name: "DefibVersion", capability: .buildTool()),
         // `make bench`: core capture (native, gcore, the kernel's dump) and the supervisor's own cost.
         .executableTarget(name: "defib-bench", dependencies: [
-            "DefibCore", "DefibPOSIX", "DefibChaos",
+            "DefibCore", "DefibPOSIX", "DefibChaos", "DefibFleet", "DefibStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
@@ -100,6 +113,7 @@ let package = Package(
         ]),
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore", "DefibFaults"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibFleetTests", dependencies: ["DefibFleet", "DefibStore", "DefibCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibFleet"]),
     ]
 )

@@ -14,6 +14,9 @@
 #             vs a full native core, small and large (defib-bench stall; about a minute)
 #   runtime   the runtime tools' cost and the pause they impose: py-spy --nonblocking vs ptrace, jcmd vs jstack,
 #             dlv on the core after the restart vs dlv attach before the kill (scripts/bench-runtime.py; ~2 minutes)
+#   fleet     the fleet database at scale: 1000 simulated hosts ship 1 000 000 incidents through the real shipper into a
+#             throwaway PostgreSQL; ingest rate, `fleet signatures --since 1h`, `fleet incidents --signature S`
+#             (defib-bench fleet; about 10 minutes and 5 GB of scratch; BENCH_OUT=bench/fleet keeps bench/REPORT.md)
 #
 # Adding a part (e.g. `peers`, defib vs monit/supervisord): define a function part_NAME below. It runs with
 # $BIN (the release binaries) and $OUT (the report directory) set and must write $OUT/NAME.json holding at least
@@ -26,7 +29,8 @@
 #
 # Environment: BENCH_SCRATCH (default .build-bench), BENCH_OUT (default bench), BENCH_COMMAND (the command quoted
 # in the report; default this script's command line), BENCH_ARGS_core / BENCH_ARGS_overhead / BENCH_ARGS_peers (extra
-# flags, e.g. BENCH_ARGS_overhead="--duration 10", BENCH_ARGS_peers="--peers defib-native,monit --reps 3").
+# flags, e.g. BENCH_ARGS_overhead="--duration 10", BENCH_ARGS_peers="--peers defib-native,monit --reps 3",
+# BENCH_ARGS_fleet="--hosts 100 --incidents 100000").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/opt/swift/usr/bin"
@@ -95,6 +99,14 @@ needs_runtime="defib"
 
 part_runtime() {
     BIN="$BIN" OUT="$OUT" python3 scripts/bench-runtime.py
+}
+
+needs_fleet="defib"
+
+part_fleet() {
+    # A throwaway PostgreSQL of its own (initdb in the work directory, loopback); 1000 hosts, 1 000 000 incidents.
+    # shellcheck disable=SC2086
+    "$BENCH" fleet --out "$OUT" --defib "$BIN/defib" ${BENCH_ARGS_fleet:-}
 }
 
 failed=()

@@ -10,6 +10,8 @@
 #   real programs the probe and multi-process tests run as they are, each on loopback with a free port
 #   and a temp directory (their packaged services are never started): redis-server and redis-tools,
 #   nginx (master + workers), systemd-timesyncd (a daemon that drops privileges and speaks sd_notify).
+#   fleet (also make test): postgresql (the fleet tests initdb a throwaway cluster of their own; the Debian
+#     cluster service is never started), iproute2 (the test hosts' network namespaces), openssl (TLS certificate).
 #   bench (make bench): additionally wrk, monit and supervisor, the peers we compare against.
 #   lint (make deb-lint): additionally lintian, Debian's package checker (a hundred Perl packages: not
 #     part of make test).
@@ -21,6 +23,7 @@ pkgs=(libsqlite3-dev libsystemd-dev gdb systemd-container stress-ng curl python3
       dpkg-dev binutils man-db groff-base zsh fish
       gcc libc6-dev golang-go delve openjdk-17-jdk-headless)
 pkgs+=(redis-server redis-tools nginx systemd-timesyncd)
+pkgs+=(postgresql iproute2 openssl)
 [ "$group" = bench ] && pkgs+=(wrk monit supervisor)
 [ "$group" = lint ] && pkgs+=(lintian)
 

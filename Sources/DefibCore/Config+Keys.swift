@@ -118,6 +118,13 @@ extension SupervisorConfig {
             }.joined(separator: "\n") + "\n"
         }
         if let listen = metricsListen { out += "\n[metrics]\nlisten = \(tomlString(listen))\n" }
+        if let fleet {
+            var lines = ["url = \(tomlString(fleet.url))"]
+            if let host = fleet.host { lines.append("host = \(tomlString(host))") }
+            if let file = fleet.passwordFile { lines.append("password_file = \(tomlString(file))") }
+            lines += ["fleet_alert_hosts = \(fleet.alertHosts)", "fleet_alert_window = \(fleet.alertWindowSeconds)"]
+            out += "\n[fleet]\n" + lines.joined(separator: "\n") + "\n"
+        }
         return out
     }
 }

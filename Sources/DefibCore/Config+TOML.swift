@@ -233,6 +233,7 @@ extension SupervisorConfig {
             bad("sockets.\(socket.name)", "'\(socket.host)' is not an IP address (give 0.0.0.0, 127.0.0.1, ::, localhost …)")
         }
         issues += heartbeat.probeIssues() + service.identityIssues()
+        if let fleet { issues += fleet.validationIssues() }
         return issues
     }
 }
@@ -250,7 +251,7 @@ private struct TOMLConfigReader {
     mutating func read(_ root: TOMLTable) -> SupervisorConfig {
         var c = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
         unknownKeys(root, prefix: "", known: ["state_dir", "service", "heartbeat", "capture", "restart", "escalation",
-                                              "retention", "sockets", "metrics"])
+                                              "retention", "sockets", "metrics", "fleet"])
         if let v = string(root, "state_dir", prefix: "") { c.stateDirectory = v }
 
         if let t = table(root, "service") {
@@ -283,7 +284,33 @@ private struct TOMLConfigReader {
             unknownKeys(t, prefix: "metrics.", known: ["listen"])
             if let v = string(t, "listen", prefix: "metrics.") { c.metricsListen = v }
         }
+        if let t = table(root, "fleet") { c.fleet = readFleet(t) }
         return c
+    }
+
+    /// `[fleet]`: `url` is required once the table is there (an empty table ships nowhere, which is a mistake).
+    mutating func readFleet(_ t: TOMLTable) -> FleetSettings {
+        let p = "fleet."
+        unknownKeys(t, prefix: p, known: ["url", "host", "password_file", "fleet_alert_hosts", "fleet_alert_window", "password"])
+        if t["password"] != nil {
+            add(.invalid, key: p + "password", "a password does not belong in the config: use fleet.password_file (a 0600 file) or PGPASSWORD")
+        }
+        var f = FleetSettings(url: string(t, "url", prefix: p) ?? "")
+        if t["url"] == nil { add(.invalid, key: p + "url", "required in [fleet]: postgresql://USER@HOST:PORT/DB") }
+        f.host = string(t, "host", prefix: p)
+        f.passwordFile = string(t, "password_file", prefix: p)
+        if let v = int(t, "fleet_alert_hosts", prefix: p) { f.alertHosts = v }
+        if let value = t["fleet_alert_window"] {
+            present.insert(p + "fleet_alert_window")
+            if let n = value.int {
+                f.alertWindowSeconds = n
+            } else if let s = value.string, let n = FleetSettings.parseWindowSeconds(s) {
+                f.alertWindowSeconds = n
+            } else {
+                add(.invalid, key: p + "fleet_alert_window", "expected seconds or a duration such as \"10m\", got \(describe(value))")
+            }
+        }
+        return f
     }
 
     /// One setting of `field`'s section into `c`; a value of the wrong type is an issue and leaves the default.

@@ -202,6 +202,8 @@ public struct SupervisorConfig: Sendable, Equatable {
     public var sockets: [SocketSpec] = []
     /// `[metrics] listen`: where Prometheus metrics are served ("127.0.0.1:9464"); nil = off.
     public var metricsListen: String?
+    /// `[fleet]`: ship incidents to a fleet database (nil: do not ship).
+    public var fleet: FleetSettings?
     /// `state_dir`: incidents.sqlite, cores/, run/.
     public var stateDirectory: String
 

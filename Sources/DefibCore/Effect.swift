@@ -80,6 +80,8 @@ public enum Effect: Sendable, Equatable {
     case metric(MetricEvent)
     /// sd_notify to the service manager that started defib ("READY=1", "STATUS=…", "WATCHDOG=1").
     case notifyManager(String)
+    /// Ask the fleet shipper how far behind it is (for STATUS=); answered by `shippingReported`.
+    case readShipping
     /// The supervision is over: exit with this code.
     case exit(code: Int32)
 }
@@ -204,6 +206,8 @@ public protocol SupervisorEffects: AnyObject {
     func notifyManager(_ state: String)
     /// Sends one entry to the journal; nil when it took it, else why not (no journal here, refused).
     func announceCore(_ fields: [JournalField]) -> EffectFailure?
+    /// How far the fleet shipper is behind; nil when none runs. Never blocks.
+    func shippingReport() -> ShippingReport?
 }
 
 /// One field of a journal entry: its name in the journal's upper-case form, and its value.

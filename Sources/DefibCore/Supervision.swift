@@ -30,11 +30,13 @@ public struct Supervision: Sendable {
         public var underJournald: Bool
         /// This host's name, for the cores' journal entries (COREDUMP_HOSTNAME).
         public var hostname: String?
+        /// A fleet shipper works beside the loop: its backlog goes into STATUS=.
+        public var shipping: Bool
         public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = [],
-                    underJournald: Bool = false, hostname: String? = nil) {
+                    underJournald: Bool = false, hostname: String? = nil, shipping: Bool = false) {
             self.config = config; self.managerWatchdogUsec = managerWatchdogUsec
             self.managerListening = managerListening; self.childrenBeforeUs = childrenBeforeUs
-            self.underJournald = underJournald; self.hostname = hostname
+            self.underJournald = underJournald; self.hostname = hostname; self.shipping = shipping
         }
     }
 
@@ -137,6 +139,8 @@ public struct Supervision: Sendable {
     var lastStatusSent: String?
     /// The last STATUS= the service sent over sd_notify.
     var serviceStatus: String?
+    /// The fleet shipper's backlog as last reported.
+    var shipping: ShippingReport?
     var lastIncidentLine: String?
     var lastPhase: SupervisorMachine.Phase?
     /// The machine is done; helpers get until `deadline` to finish, then the supervisor exits with `code`.
@@ -201,6 +205,8 @@ public struct Supervision: Sendable {
     private mutating func react(to event: SupervisorEvent) {
         switch event {
         case .start:
+            // The shipper's backlog is known before the first status (READY=1 comes with one).
+            askShipping()
             schedule(machine.start(at: now.mono))
         case .tick:
             if let deadline = locksQueryDeadline, now.mono >= deadline {
@@ -249,6 +255,8 @@ public struct Supervision: Sendable {
             log(.debug, "locks query failed: \(problem)")
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
+        case let .shippingReported(report):
+            shipping = report
         case .spawned, .spawnFailed, .observed, .coreWritten, .stallEvidenceTaken, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
              .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
@@ -375,6 +383,13 @@ public struct Supervision: Sendable {
             emit(.metric(.phase(machine.phase)))
         }
         updateManagerStatus()
+        askShipping()
+    }
+
+    /// The fleet shipper's backlog for the next STATUS=, when a shipper runs and a manager listens (a lock
+    /// and a copy: the loop never waits for the shipper). A status is at most one turn behind its backlog.
+    private mutating func askShipping() {
+        if setup.shipping && setup.managerListening { emit(.readShipping) }
     }
 
     /// The keep-alive period: 40 % of WATCHDOG_USEC, so that with the loop's own latency the gap between two
@@ -389,6 +404,7 @@ public struct Supervision: Sendable {
         status += "; \(machine.restarts) restart(s)"
         if let last = lastIncidentLine { status += "; last incident \(last)" }
         if let serviceStatus { status += "; service: \(serviceStatus.prefix(80))" }
+        if let shipping { status += "; \(shipping.statusClause)" }
         var message = ""
         if ready && !announcedReady {
             announcedReady = true

@@ -62,6 +62,8 @@ public enum SupervisorEvent: Sendable, Equatable {
     case storeFailed(EffectFailure)
     /// The journal took the core's announcement (nil), or why it did not.
     case coreAnnounced(EffectFailure?)
+    /// The fleet shipper's backlog, nil when none runs.
+    case shippingReported(ShippingReport?)
 }
 
 /// Why an effect failed (the store refused a write, a helper could not start, a word could not be read),

@@ -23,6 +23,8 @@ public final class SystemEffects: SupervisorEffects {
     public let underJournald: Bool
     /// This host's name, for the cores' journal entries.
     public let hostname: String?
+    /// The fleet shipper working beside the loop, when one runs.
+    let shipping: (any ShippingReporter)?
     /// What setting up did not manage but the supervision survives (for the log).
     public private(set) var warnings: [String] = []
 
@@ -44,10 +46,12 @@ public final class SystemEffects: SupervisorEffects {
     /// Becomes our descendants' subreaper and makes the state directory, the core directory and the run
     /// directory (0700, made by us), the link to a control socket kept elsewhere, and the NOTIFY_SOCKET.
     public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
-                passedSockets: [(name: String, fd: Int32)] = [], probe: ResolvedProbe? = nil) throws {
+                passedSockets: [(name: String, fd: Int32)] = [], probe: ResolvedProbe? = nil,
+                shipping: (any ShippingReporter)? = nil) throws {
         self.config = config
         self.probe = probe
         self.store = store
+        self.shipping = shipping
         self.signals = signals
         self.passedSockets = passedSockets
         childrenBeforeUs = Set(childProcesses(of: getpid()))
@@ -260,4 +264,5 @@ public final class SystemEffects: SupervisorEffects {
     public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
 
     public func announceCore(_ fields: [JournalField]) -> EffectFailure? { CoredumpJournal.send(fields).map(EffectFailure.init) }
+    public func shippingReport() -> ShippingReport? { shipping?.shippingReport }
 }

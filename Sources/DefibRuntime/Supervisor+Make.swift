@@ -17,7 +17,12 @@ extension Supervisor {
     /// The supervisor `defib run` runs for `config`, on this system: the incident store, the sockets passed to
     /// every instance (a port already taken is a configuration error, before any child starts), the metrics
     /// endpoint, the run directory and the NOTIFY_SOCKET. `run()` then supervises until the end.
-    public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger) throws -> (Supervisor, MetricsEndpoint?) {
+    /// `startShipping` is given the store, once it is open and the metrics backend is up, to start work beside
+    /// the loop on that same store (the fleet shipper, which must share the store the loop writes); what it
+    /// throws ends the setup before any child starts, and the reporter it returns is asked for its backlog for
+    /// STATUS=.
+    public static func make(config: SupervisorConfig, signals: SignalQueue, logger: Logger,
+                            startShipping: (IncidentStore) throws -> (any ShippingReporter)? = { _ in nil }) throws -> (Supervisor, MetricsEndpoint?) {
         // The probe's host is resolved (its program found) once, here: an attempt never blocks on a resolver.
         var probe: ResolvedProbe?
         do {
@@ -53,11 +58,15 @@ extension Supervisor {
             logger.info("Prometheus metrics on http://\(listen)/metrics")
         }
         do {
-            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed, probe: probe)
+            // After the metrics endpoint: the shipper's own metrics must find its backend in place.
+            let shipping = try startShipping(store)
+            let effects = try SystemEffects(config: config, store: store, signals: signals, passedSockets: passed, probe: probe,
+                                            shipping: shipping)
             for warning in effects.warnings { logger.warning("\(warning)") }
             let setup = Supervision.Setup(config: config, managerWatchdogUsec: effects.managerWatchdogUsec,
                                           managerListening: effects.managerListening, childrenBeforeUs: effects.childrenBeforeUs,
-                                          underJournald: effects.underJournald, hostname: effects.hostname)
+                                          underJournald: effects.underJournald, hostname: effects.hostname,
+                                          shipping: shipping != nil)
             return (Supervisor(setup, effects: effects, logger: logger), endpoint)
         } catch {
             endpoint?.close()

@@ -119,6 +119,8 @@ public final class Supervisor {
             effects.notifyManager(state)
         case let .announceCore(fields):
             return .coreAnnounced(effects.announceCore(fields))
+        case .readShipping:
+            return .shippingReported(effects.shippingReport())
         case let .exit(code):
             exitCode = code
         }

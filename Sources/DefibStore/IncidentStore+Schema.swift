@@ -67,6 +67,7 @@ enum IncidentSchema {
                 CREATE INDEX incident_by_runtime ON incident (runtime) WHERE runtime IS NOT NULL;
                 """)
         }
+        FleetOutboxSchema.register(&migrator)
         return migrator
     }
 }

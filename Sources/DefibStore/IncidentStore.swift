@@ -16,6 +16,8 @@ public final class IncidentStore: Sendable {
     public let path: String
     let reader: any DatabaseReader
     private let writer: (any DatabaseWriter)?
+    /// Fleet outbox rows the shipper has seen committed, deleted with the next incident write.
+    let outboxAcknowledgements = OutboxAcknowledgements()
 
     /// The file name inside the state directory.
     public static let fileName = "incidents.sqlite"
@@ -95,13 +97,15 @@ public final class IncidentStore: Sendable {
     @discardableResult
     public func insert(_ incident: Incident) throws -> Int64 {
         let row = try StoredRow(incident, path: path)
-        return try write("insert incident") { db in
-            try db.execute(sql: """
-                INSERT INTO incident (service, pid, cause_kind, detected_at, outcome, signature, core_path, core_bytes, body)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, arguments: row.arguments)
-            return db.lastInsertedRowID
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
+        let id = try write("insert incident") { db in
+            try db.execute(sql: StoredRow.insertSQL, arguments: row.arguments)
+            let id = db.lastInsertedRowID
+            try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning)
+            return id
         }
+        outboxAcknowledgements.remove(pruning)
+        return id
     }
 
     /// Replaces the stored incident with the same `id`.
@@ -110,10 +114,14 @@ public final class IncidentStore: Sendable {
             throw StoreError(.write, path: path, "update: the incident has no id (insert it first)")
         }
         let row = try StoredRow(incident, path: path)
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
         let changed = try write("update incident \(id)") { db in
             try db.execute(sql: Self.updateSQL, arguments: row.arguments + [id])
-            return db.changesCount
+            let changed = db.changesCount
+            if changed > 0 { try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning) }
+            return changed
         }
+        outboxAcknowledgements.remove(pruning)
         if changed == 0 { throw StoreError(.notFound, path: path, "no incident \(id)") }
     }
 
@@ -125,9 +133,11 @@ public final class IncidentStore: Sendable {
     }
 
     /// Changes the stored incident `id` in one write transaction (read, change, write back), for an incident
-    /// whose writer no longer holds it. Throws `.notFound` when there is none.
+    /// whose writer no longer holds it. Throws `.notFound` when there is none. Like every incident write, it
+    /// records the change in the fleet outbox in the same transaction.
     public func modify(id: Int64, _ change: @escaping @Sendable (inout Incident) -> Void) throws {
         let path = self.path
+        let pruning = outboxAcknowledgements.peek(OutboxAcknowledgements.perIncidentWrite)
         try write("modify incident \(id)") { db in
             guard let row = try Row.fetchOne(db, sql: "SELECT \(Self.columns) FROM incident WHERE id = ?", arguments: [id]) else {
                 throw StoreError(.notFound, path: path, "no incident \(id)")
@@ -138,7 +148,9 @@ public final class IncidentStore: Sendable {
             change(&incident)
             let stored = try StoredRow(incident, path: path)
             try db.execute(sql: Self.updateSQL, arguments: stored.arguments + [id])
+            try FleetOutboxSchema.recordChange(db, incidentID: id, pruning: pruning)
         }
+        outboxAcknowledgements.remove(pruning)
     }
 
     /// Removes one incident (retention). Returns false when there was none with that id.
@@ -259,7 +271,7 @@ public final class IncidentStore: Sendable {
         }
     }
 
-    private func write<T>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) throws -> T {
+    func write<T>(_ what: String, _ body: @escaping @Sendable (Database) throws -> T) throws -> T {
         guard let writer else { throw StoreError(.readOnly, path: path, "\(what): the store was opened read-only") }
         do {
             return try writer.write(body)
@@ -283,8 +295,13 @@ public final class IncidentStore: Sendable {
 }
 
 /// One incident flattened to the table's columns.
-private struct StoredRow {
+struct StoredRow {
     var arguments: StatementArguments
+
+    static let insertSQL = """
+        INSERT INTO incident (service, pid, cause_kind, detected_at, outcome, signature, core_path, core_bytes, body)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        """
 
     init(_ incident: Incident, path: String) throws {
         let body: String

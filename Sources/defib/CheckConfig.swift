@@ -74,6 +74,11 @@ struct CheckConfigCommand: ParsableCommand {
         rows.append(["  stop", "SIGTERM, then SIGKILL after \(r.stopTimeoutMs) ms"])
         for socket in c.sockets { rows.append(["socket", "\(socket.name) = \(socket.host):\(socket.port), passed as LISTEN_FDS"]) }
         if let listen = c.metricsListen { rows.append(["metrics", "http://\(listen)/metrics"]) }
+        if let fleet = c.fleet {
+            let url = (try? FleetDatabaseURL.parse(fleet.url)).map(\.description) ?? fleet.url
+            rows.append(["fleet", "\(url) as \(fleet.host ?? "the hostname"); password from \(fleet.passwordFile ?? "PGPASSWORD")"
+                         + "; fleet event at \(fleet.alertHosts) hosts within \(fleet.alertWindowSeconds) s"])
+        }
         rows.append(["incidents", c.databasePath])
         return Format.table(rows, indent: "  ")
     }

@@ -7,7 +7,8 @@ struct Defib: ParsableCommand {
         commandName: "defib",
         abstract: "Supervise a service through its control channel; on a hang capture a core, restart it, record an incident.",
         version: DefibVersion.string,
-        subcommands: [RunCommand.self, CtlCommand.self, IncidentsCommand.self, CheckConfigCommand.self, ChaosCommand.self])
+        subcommands: [RunCommand.self, CtlCommand.self, IncidentsCommand.self, CheckConfigCommand.self, ChaosCommand.self,
+                      FleetCommand.self])
 
     /// `defib incidents` accepts coredumpctl's `--json MODE` beside defib's older bare `--json`.
     static func main() {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import DefibCore
+import DefibFleet
 import DefibRuntime
 import Foundation
 import Logging
@@ -55,6 +56,9 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Serve Prometheus metrics on this loopback address.", valueName: "HOST:PORT"))
     var metrics: String?
 
+    @OptionGroup(title: "Fleet")
+    var fleet: FleetRunOptions
+
     @Flag(name: .long, help: "Log debug details.")
     var verbose = false
 
@@ -95,6 +99,7 @@ struct RunCommand: ParsableCommand {
         }
         if let captureBudget { cfg.capture.budgetMs = captureBudget }
         if let controlSocket { cfg.heartbeat.controlSocket = controlSocket }
+        try fleet.apply(to: &cfg)
         if cfg.stateDirectory.isEmpty { throw ValidationError("missing --state-dir (or state_dir in the config file)") }
         // Paths the service is told about (DEFIB_CONTROL_SOCKET, NOTIFY_SOCKET) or that a link points at must not
         // depend on the working directory: relative ones are taken from defib's and made absolute here.
@@ -123,7 +128,16 @@ struct RunCommand: ParsableCommand {
         let cfg = try makeConfig()
         DefibLogging.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "defib")
-        let (supervisor, endpoint) = try withSetupErrorsAsValidation { try Supervisor.make(config: cfg, signals: signals, logger: logger) }
+        // Shipping is independent of supervision (it reads the store's outbox): started while the supervisor is
+        // set up, so a password file that cannot be used is refused before any child starts.
+        var shipper: FleetShipper?
+        defer { stopFleetShipper(shipper) }
+        let (supervisor, endpoint) = try withSetupErrorsAsValidation {
+            try Supervisor.make(config: cfg, signals: signals, logger: logger) { store in
+                shipper = try startFleetShipper(cfg, store: store, logger: logger)
+                return shipper
+            }
+        }
         defer { endpoint?.close() }
         logger.info("supervising \(cfg.service.name): \(cfg.service.argv.joined(separator: " ")); heartbeat every \(cfg.heartbeat.intervalMs) ms, deadline \(cfg.heartbeat.deadlineMs) ms, capture \(cfg.capture.method.rawValue)")
         let code = supervisor.run()

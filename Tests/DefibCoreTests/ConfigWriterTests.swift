@@ -21,6 +21,21 @@ import Testing
         }
     }
 
+    @Test func theFleetTableReadsBackToTheSameValue() throws {
+        var config = try SupervisorConfig.parse(ConfigTests.full, path: "full.toml")
+        var fleet = FleetSettings(url: "postgresql://defib@db.example:5432/fleet?sslmode=require")
+        fleet.host = "web-7"
+        fleet.passwordFile = "/etc/defib/fleet.password"
+        fleet.alertHosts = 5
+        fleet.alertWindowSeconds = 900
+        config.fleet = fleet
+        let text = config.tomlText
+        #expect(text.contains("\n[fleet]\nurl = \"postgresql://defib@db.example:5432/fleet?sslmode=require\"\n"), "\(text)")
+        #expect(try SupervisorConfig.parse(text, path: "written.toml") == config, "\(text)")
+        config.fleet = FleetSettings(url: "postgresql://defib@127.0.0.1/fleet")
+        #expect(try SupervisorConfig.parse(config.tomlText, path: "defaults.toml") == config)
+    }
+
     @Test func aPolicyWithoutServiceOrStateLeavesThemToTheFlags() throws {
         var policy = SupervisorConfig(service: .init(name: "", argv: []), stateDirectory: "")
         policy.heartbeat.mode = .ping

@@ -120,6 +120,9 @@ final class FakeEffects: SupervisorEffects {
     var olderCores: [StoredCore] = []
     var space: FileSystemSpace? = FileSystemSpace(totalBytes: 100 << 30, freeBytes: 50 << 30)
 
+    // The fleet shipper beside the loop: its report from each moment on (none: no shipper).
+    var shippingReports: [(fromMs: Int64, report: ShippingReport)] = []
+
     // What happened.
     private(set) var calls: [String] = []
     private(set) var managerMessages: [String] = []
@@ -452,7 +455,16 @@ final class FakeEffects: SupervisorEffects {
         return nil
     }
 
-    func notifyManager(_ state: String) { managerMessages.append(state) }
+    func notifyManager(_ state: String) {
+        managerMessages.append(state)
+        if state.contains("STATUS=") { calls.append("notify " + state.replacingOccurrences(of: "\n", with: " ")) }
+    }
+
+    func shippingReport() -> ShippingReport? {
+        guard let report = shippingReports.last(where: { $0.fromMs <= nowMs })?.report else { return nil }
+        calls.append("readShipping \(report.statusClause)")
+        return report
+    }
 
     func announceCore(_ fields: [JournalField]) -> EffectFailure? {
         let id = fields.first { $0.name == "INCIDENT_ID" }?.value ?? "?"

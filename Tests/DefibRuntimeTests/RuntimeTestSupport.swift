@@ -56,12 +56,13 @@ struct Run {
     var incidents: [Incident] { fake.stored.keys.sorted().map { fake.stored[$0]! } }
 
     init(_ fake: FakeEffects, config: SupervisorConfig = testConfig(), stopAtMs: Int64? = 3000, managerWatchdogUsec: UInt64? = nil,
-         managerListening: Bool = false, underJournald: Bool = false) {
+         managerListening: Bool = false, underJournald: Bool = false, shipping: Bool = false) {
         let logs = LogRecorder()
         let logger = Logger(label: "test") { _ in RecordingLogHandler(recorder: logs) }
         if let stopAtMs { fake.schedule(at: stopAtMs, .signal(SIGTERM)) }
         let setup = Supervision.Setup(config: config, managerWatchdogUsec: managerWatchdogUsec, managerListening: managerListening,
-                                      childrenBeforeUs: [1], underJournald: underJournald, hostname: "testhost")
+                                      childrenBeforeUs: [1], underJournald: underJournald, hostname: "testhost",
+                                      shipping: shipping)
         let supervisor = Supervisor(setup, effects: fake, logger: logger)
         self.code = supervisor.run()
         self.logs = logs

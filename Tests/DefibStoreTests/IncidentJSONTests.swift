@@ -133,6 +133,27 @@ import Testing
         #expect(value["m"] == .object([]))
         #expect(value["missing"] == nil)
     }
+
+    /// Strings are copied between escapes as UTF-8 runs: whatever surrounds an escape (a combining mark after
+    /// a quote makes one character of both, CR LF is one character, emoji, DEL, every control) reads back
+    /// exactly, and no control character is left raw.
+    @Test func everyStringReadsBackExactly() throws {
+        var samples = ["", "plain", "\"\u{301}x", "\\\u{301}", "a\r\nb", "\u{1F600}\"\u{1F600}", "\u{7F}\u{0}\u{1F}é", "tab\tend\\"]
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [Unicode.Scalar] = ["a", "\"", "\\", "\n", "\r", "\t", "\u{0}", "\u{8}", "\u{1B}", "\u{7F}", "\u{301}", "é", "ß",
+                                          "\u{1F600}", "\u{200D}", " ", "/", "\u{FEFF}"]
+        for _ in 0..<500 {
+            var s = String.UnicodeScalarView()
+            for _ in 0..<Int.random(in: 0...40, using: &rng) { s.append(alphabet.randomElement(using: &rng)!) }
+            samples.append(String(s))
+        }
+        for s in samples {
+            let text = JSONValue.string(s).rendered(pretty: false)
+            #expect(!text.unicodeScalars.contains { $0.value < 0x20 || $0.value == 0x7F }, "\(text.debugDescription)")
+            #expect(try JSONDecoder().decode(String.self, from: Data(text.utf8)) == s, "\(s.debugDescription) → \(text)")
+        }
+        #expect(JSONValue.string("\u{1}\u{1F}\u{7F}").rendered() == #""\u0001\u001f\u007f""#)
+    }
 }
 
 extension IncidentJSONTests {

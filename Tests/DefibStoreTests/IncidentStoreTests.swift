@@ -66,7 +66,8 @@ func fullyPopulated() -> Incident {
         #expect(Array(columns.prefix(10)) == ["id", "service", "pid", "cause_kind", "detected_at", "outcome", "signature", "core_path",
                                               "core_bytes", "body"])
         #expect(Array(columns.dropFirst(10)) == ["comm", "exe", "uid", "gid", "diagnosis_kind", "runtime"])
-        #expect(migrations == ["v1", "v2-process-columns", "runtime-evidence"], "\(migrations)")
+        // The incident table's v1 and its derived columns, then the fleet outbox's own migration.
+        #expect(migrations == ["v1", "v2-process-columns", "runtime-evidence", "fleet-outbox-v1"], "\(migrations)")
 
         // Opening again (a restarted supervisor) neither fails nor re-runs migrations.
         let again = try IncidentStore.open(stateDirectory: dir.path)
