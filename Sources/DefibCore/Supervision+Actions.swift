@@ -195,10 +195,12 @@ extension Supervision {
             log(.warning, line)
             ledger.notePending(line)
             emit(.metric(.deadlineExtended))
+            silenceExtended = true
         case let .silenceCancelled(reason):
             log(.info, "the current silence no longer counts: \(reason)")
             dropSuspectEvidence()
             ledger.forgetSilence()
+            silenceExtended = false
         case let .serviceNotified(text):
             log(.info, "service says: \(text)")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
@@ -207,6 +209,7 @@ extension Supervision {
             if wasSuspect { log(.warning, "\(line); no kill") } else { log(.info, line) }
             emit(.metric(.recovery))
             if wasSuspect { stallEnded(silenceMs: silenceMs, misses: misses) } else { ledger.forgetSilence() }
+            silenceExtended = false
         case let .openIncident(cause):
             if case .startTimeout = cause, let pid = machine.pid {
                 // Never ready is a hang too: judge whether it is stuck, stopped or busy before recording it.

@@ -21,6 +21,12 @@ extension Supervision {
             ledger.setSuspectEvidence(evidence)
             return
         }
+        if case .starved? = suspectSample?.verdict {
+            // Runnable threads that get no CPU cannot be stopped in time either: the capture would only hold the loop.
+            evidence.error = "not captured: the process is starved of CPU (runnable, not running), its threads would not stop in time"
+            ledger.setSuspectEvidence(evidence)
+            return
+        }
         let path = "\(config.coreDirectory)/stall.\(config.service.name).\(stallSequence).\(pid)"
         let request = StallEvidenceRequest(pid: pid, mode: mode, budgetMs: config.escalation.stallEvidenceBudgetMs, path: path,
                                            firstThread: sample.threads.first(where: \.inFutexWait)?.tid)
@@ -33,6 +39,12 @@ extension Supervision {
         case let (.stallEvidence(evidence), .stallEvidenceTaken(capture)):
             awaiting = nil
             stallEvidenceTaken(evidence, capture: capture)
+        case let (.stallBaseline(pid, sequence, core, keepCore), .observed(observation)):
+            awaiting = nil
+            if let sample = observation.samples.last, sample.pid == pid {
+                ledger.setBaseline(sample, instance: observation.instanceSamples.last ?? [])
+            }
+            startStallStacks(sequence: sequence, core: core, keepCore: keepCore)
         case let (.stallStored(incident), .incidentStored(result)):
             awaiting = nil
             stallStored(incident, result: result)
@@ -65,20 +77,47 @@ extension Supervision {
         emit(.metric(.stallEvidencePause(ms: capture.pauseMs)))
         log(.notice, evidence.summary)
         ledger.setSuspectEvidence(evidence)
-        guard let core = capture.record.path else { return }
+        guard capture.pauseMs > 0, let pid = child?.pid else {
+            startStallStacks(sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore)
+            return
+        }
+        // The capture's own stop and resume cost the threads a little CPU and a wake-up: that is defib's doing, not
+        // the service's progress, and must not hide a stuck process (or a lock cycle's proof) at the deadline.
+        ledger.notePending("progress at the deadline is judged from after the stall capture (its ptrace stop is not the service's progress)")
+        var request = ObservationRequest(pid: pid, samples: .one)
+        request.instanceProcesses = true
+        ask(.observe(request), awaiting: .stallBaseline(pid: pid, sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore))
+    }
+
+    /// gdb over the stall capture in the background (its stacks land in whatever holds the evidence by then).
+    private mutating func startStallStacks(sequence: Int, core: String?, keepCore: Bool) {
+        guard let core else { return }
         guard let binary = child?.executable else {
             if !keepCore { emit(.removeFile(path: core)) }
-            evidence.error = "stacks not read: the instance's executable is unknown"
-            ledger.setSuspectEvidence(evidence)
+            if var evidence = ledger.suspectEvidence, evidence.sequence == sequence {
+                evidence.error = "stacks not read: the instance's executable is unknown"
+                ledger.setSuspectEvidence(evidence)
+            }
             return
         }
         let output = core + ".stacks.txt"
         ask(.startStacks(binary: binary, core: core, output: output),
-            awaiting: .helperStart(.stallStacks(sequence: evidence.sequence, core: core, output: output, keepCore: keepCore)))
+            awaiting: .helperStart(.stallStacks(sequence: sequence, core: core, output: output, keepCore: keepCore)))
     }
 
-    /// The heartbeat came back after the suspect stage: a stall incident (or a count past the hourly limit).
+    /// The heartbeat came back after the suspect stage: a stall incident (or a count past the hourly limit) — unless
+    /// the service was starved (runnable threads getting no CPU at the suspect stage, or its deadline extended for
+    /// it): then the machine, not the service, paused it, and the judge and the extensions said so already.
     mutating func stallEnded(silenceMs: Double, misses: Int) {
+        var starved = silenceExtended
+        if case .starved? = suspectSample?.verdict { starved = true }
+        if starved {
+            log(.info, "heartbeat back after \(Int(silenceMs)) ms of silence; the service was starved of CPU: starvation, not a stall")
+            suspectSample = nil
+            dropSuspectEvidence()
+            ledger.forgetSilence()
+            return
+        }
         emit(.metric(.stall(silenceMs: silenceMs)))
         let pid = child?.pid ?? lastChildPid ?? 0
         let suspect = suspectSample

@@ -97,6 +97,8 @@ public struct Supervision: Sendable {
         case identity(pid: Int32)
         /// Stalls (Supervision+Stall.swift).
         case stallEvidence(StallEvidence)
+        /// The progress baseline again, after the capture's own ptrace stop; then gdb over `core` (when there is one).
+        case stallBaseline(pid: Int32, sequence: Int, core: String?, keepCore: Bool)
         indirect case stallStored(Incident)
         case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool, status: ChildStatus)
     }
@@ -150,6 +152,8 @@ public struct Supervision: Sendable {
     var stallSequence = 0
     /// The suspect stage's /proc sample and what it says about progress since the first miss: a stall's diagnosis.
     var suspectSample: (sample: ProcessSample, verdict: ProgressVerdict?)?
+    /// The current silence's deadline was extended (starved, not stuck): if it ends, that was starvation, not a stall.
+    var silenceExtended = false
 
     var agenda: [Step] = []
     var awaiting: Awaiting?

@@ -110,6 +110,10 @@ public enum NativeCoreWriter {
         if process.stopped.isEmpty {
             unlink(path)
             process.detachAll(); attached = false
+            if !process.unstopped.isEmpty {
+                return failed("no thread of process \(pid) stopped within \(options.stopTimeoutMs) ms (\(process.unstopped.count) running: "
+                              + "throttled, starved of CPU, or in uninterruptible sleep)", stopMs: stopMs)
+            }
             return failed("process \(pid) exited before any thread could be stopped", stopMs: stopMs, exited: process.leaderExited)
         }
         if !process.unstopped.isEmpty {

@@ -42,13 +42,43 @@ public enum StallEvidenceCapture {
         // The stop is bounded on its own (a thread in D state never stops); keep it close to the budget.
         options.stopTimeoutMs = max(5, min(request.budgetMs * 2, 100))
         if mode == .stacks { options.stacksOnly = stackBytesPerThread }
-        let result = NativeCoreWriter.capture(pid: request.pid, path: request.path, options: options)
+        let chosen = options
+        let result = onTracerThread { NativeCoreWriter.capture(pid: request.pid, path: request.path, options: chosen) }
         notes += result.notes
         if result.truncated { notes.append("the copy was cut at the \(request.budgetMs) ms budget; the deepest frames may be missing") }
         var record = result.record
         record.method = "native"
         return StallCapture(mode: mode, record: record, pauseMs: result.frozenMs > 0 ? result.frozenMs : result.stopMs,
                             threads: result.threads, notes: notes)
+    }
+
+    /// Runs `body` (every ptrace call of a capture) on a thread of its own that ends with it. The process keeps
+    /// running after a stall's capture, so no thread may stay traced: one that did not stop in time (throttled,
+    /// in uninterruptible sleep) cannot be detached, but the kernel unlinks every tracee of a tracer thread that
+    /// exits, and drops the interrupt still pending — the thread runs on, never stopped later by a tracer
+    /// that has moved on.
+    static func onTracerThread(_ body: @escaping @Sendable () -> NativeCoreResult) -> NativeCoreResult {
+        final class Box: @unchecked Sendable {
+            let body: @Sendable () -> NativeCoreResult
+            var result: NativeCoreResult?
+            init(_ body: @escaping @Sendable () -> NativeCoreResult) { self.body = body }
+        }
+        let box = Box(body)
+        var thread = pthread_t()
+        let context = Unmanaged.passRetained(box).toOpaque()
+        let rc = pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.result = box.body()
+            return nil
+        }, context)
+        guard rc == 0 else {
+            Unmanaged<Box>.fromOpaque(context).release()
+            return NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: 0,
+                                                          error: "\(SystemError("pthread_create(stall capture)", errno: rc))"),
+                                    threads: 0, allocatedBytes: 0, truncated: false, stopMs: 0, notes: [], processExited: false)
+        }
+        pthread_join(thread, nil)
+        return box.result!
     }
 
     /// What a full core would copy: the resident bytes of every mapping the kernel's rule keeps whole.

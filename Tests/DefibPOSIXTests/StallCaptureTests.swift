@@ -52,8 +52,9 @@ struct StallCaptureTests {
         #expect(capture.record.path == path || capture.record.error != nil)
 
         // With room for it, the full core is written.
-        let roomy = StallEvidenceCapture.capture(StallEvidenceRequest(pid: fixture.pid, mode: .core, budgetMs: 5000, path: fixture.dir + "/full"))
-        #expect(roomy.mode == .core && roomy.record.error == nil, "\(roomy)")
+        // (A generous budget: the machine is shared; the bound is the freeze, not a target.)
+        let roomy = StallEvidenceCapture.capture(StallEvidenceRequest(pid: fixture.pid, mode: .core, budgetMs: 60_000, path: fixture.dir + "/full"))
+        #expect(roomy.mode == .core && roomy.record.error == nil, "\(roomy.record.error ?? "") \(roomy.notes)")
         #expect(roomy.record.bytes > 64 << 20)
     }
 

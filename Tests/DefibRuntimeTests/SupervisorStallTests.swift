@@ -100,6 +100,16 @@ import Testing
         #expect(incident.threadStates == "3 S (3 in futex)", "\(incident.threadStates ?? "nil")")
     }
 
+    /// A starved service (runnable, no CPU) that answers late is starvation, not a stall: no capture (its threads
+    /// would not stop in time), no stall incident; the judge and the extensions say what happened.
+    @Test func aStarvedServiceThatAnswersLateIsNoStall() throws {
+        let fake = FakeEffects()
+        fake.behaviours = [.starves(afterMs: 300)]
+        let run = Run(fake, config: Self.stallConfig { $0.restart.intensityMax = 10 }, stopAtMs: 3000)
+        #expect(!fake.actions.contains { $0.hasPrefix("takeStallEvidence") }, "\(fake.actions)")
+        #expect(run.incidents.allSatisfy { $0.cause.kind != "stall" }, "\(run.incidents.map(\.cause))")
+    }
+
     @Test func aCaptureThatFailsIsSaidAndTheStallStillRecorded() throws {
         let fake = FakeEffects()
         fake.behaviours = [.pauses(fromMs: 300, forMs: 400)]
