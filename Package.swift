@@ -101,11 +101,15 @@ let package = Package(
             "DefibCore", "DefibPOSIX", "DefibChaos", "DefibFleet", "DefibStore",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
-        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims"]),
-        .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore"]),
+        // Hardening fixtures shared by the tests: real tmpfs mounts (disk full), a second user, scratch directories.
+        .target(name: "DefibTestKit", path: "Tests/DefibTestKit"),
+        // A stand-in supervisor for the tests that SIGKILL one: it puts a program in a service cgroup and waits.
+        .executableTarget(name: "defib-test-helper", dependencies: ["DefibPOSIX", "DefibCore"], path: "Tests/DefibTestHelper"),
+        .testTarget(name: "ParkingLockTests", dependencies: ["ParkingLock", "FlightRecorder", "CDefibShims", "DefibTestKit"]),
+        .testTarget(name: "DefibPOSIXTests", dependencies: ["DefibPOSIX", "DefibCore", "DefibTestKit"]),
         .testTarget(name: "DefibProxyTests", dependencies: ["DefibProxy", "DefibSystem", "ParkingLock", "FlightRecorder"]),
         .testTarget(name: "DefibCoreTests", dependencies: ["DefibCore", "FlightRecorder"]),
-        .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore"]),
+        .testTarget(name: "DefibStoreTests", dependencies: ["DefibStore", "DefibCore", "DefibTestKit"]),
         // The supervisor's loop driven through fake effects and a manual clock.
         .testTarget(name: "DefibRuntimeTests", dependencies: [
             "DefibRuntime", "DefibCore", "FlightRecorder",
@@ -114,6 +118,6 @@ let package = Package(
         .testTarget(name: "DefibChaosTests", dependencies: ["DefibChaos", "DefibCore", "DefibFaults"]),
         .testTarget(name: "DefibBenchTests", dependencies: ["defib-bench", "DefibPOSIX"]),
         .testTarget(name: "DefibFleetTests", dependencies: ["DefibFleet", "DefibStore", "DefibCore"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibFleet"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["DefibPOSIX", "DefibStore", "DefibCore", "DefibTestKit", "DefibFleet"]),
     ]
 )

@@ -10,11 +10,13 @@
 #
 # What it shows:
 #   0. systemd-analyze verify prints nothing for defib.service and defib@proxy.service (binaries installed);
-#   1. systemd sees READY=1 (start returns once the proxy answers) and defib's STATUS= text;
-#   2. a hang injected into the proxy is handled by defib: an incident, a restart of the proxy,
-#      and systemd does not restart defib (NRestarts stays 0); its zstd-compressed core is announced the
-#      way systemd-coredump announces cores: `coredumpctl list defib-proxy` shows it, `coredumpctl info`
-#      shows defib's diagnosis, and `coredumpctl gdb` opens it with every thread;
+#   1. systemd sees READY=1 (start returns once the proxy answers) and defib's STATUS= text; with Delegate=yes
+#      the proxy runs in an instance cgroup below the unit's, defib in a `supervisor` leaf beside it; a second
+#      instance runs its proxy as nobody (user = "nobody"), pinged in its instance directory;
+#   2. a hang injected into the proxy is handled by defib: an incident, a restart of the proxy in a new
+#      instance cgroup, and systemd does not restart defib (NRestarts stays 0); its zstd-compressed core is
+#      announced the way systemd-coredump announces cores: `coredumpctl list defib-proxy` shows it,
+#      `coredumpctl info` shows defib's diagnosis, and `coredumpctl gdb` opens it with every thread;
 #   3. SIGSTOP on defib: systemd's watchdog restarts defib, and afterwards exactly one proxy runs;
 #   4. a wedged event loop in defib (SIGSTOP freezes it for real): the watchdog's SIGABRT (systemd follows
 #      it with SIGCONT) kills it with a core (ExecMainCode=dumped, signal 6, a core file), then one defib
@@ -133,6 +135,37 @@ check "STATUS= shown: '$StatusText'" '[[ "$StatusText" == proxy:\ running\ pid* 
 healthz() { ct curl -s -m 5 -o /dev/null -w '%{http_code}' http://127.0.0.1:18080/healthz 2>/dev/null; }
 check "the proxy serves on the socket defib bound and passed (LISTEN_FDS): /healthz $(healthz)" '[ "$(healthz)" = 200 ]'
 
+# 1b. Delegate=yes: defib runs its service in a cgroup of its own below the unit's, itself in a leaf beside it.
+cgroup_of() { ct cat /proc/"$1"/cgroup 2>/dev/null | sed -n 's/^0:://p'; }
+PROXY=$(ct ps -eo pid=,comm= | awk '$2 == "defib-proxy" { print $1; exit }')
+pcg=$(cgroup_of "$PROXY"); dcg=$(cgroup_of "$FIRST")
+check "the proxy runs in its instance's cgroup: '$pcg'" '[[ "$pcg" == */defib@proxy.service/defib-proxy-*/instance-1 ]]'
+check "defib moved itself into a leaf of the delegated cgroup: '$dcg'" '[[ "$dcg" == */defib@proxy.service/supervisor ]]'
+nocg=$(ct journalctl -u $U --no-pager -o cat 2>/dev/null | grep -c "no cgroup for the service")
+check "no 'no cgroup for the service' warning in the unit's journal ($nocg)" '[ "$nocg" = 0 ]'
+
+# 1c. A service with a user of its own under the unit's hardening: defib@nobody runs a proxy as nobody, which
+#     answers pings from its instance directory.
+ct sh -c 'cat > /etc/defib/nobody.toml' <<'EOF'
+state_dir = "/var/lib/defib/nobody"
+[service]
+name = "nobody"
+user = "nobody"
+argv = ["/usr/local/bin/defib-proxy", "--route", "app.test=127.0.0.1:18081"]
+[heartbeat]
+interval_ms = 100
+deadline_ms = 1000
+[sockets]
+http = "127.0.0.1:18090"
+EOF
+ct systemctl start defib@nobody; rc=$?
+nuser=$(ct ps -o user= -C defib-proxy | sort | tr '\n' ' ')
+npong=$(ct defib ctl --state-dir /var/lib/defib/nobody --name nobody ping 3 2>&1)
+check "defib@nobody: started (rc=$rc), its proxy runs as nobody (users: $nuser), answers '$npong'" \
+      '[ $rc = 0 ] && [[ "$nuser" == *nobody* ]] && [ "$npong" = "pong 3" ]'
+[ $rc = 0 ] || ct journalctl -u defib@nobody --no-pager -o cat | tail -15 | sed "s/^/    /"
+ct systemctl stop defib@nobody
+
 # 2. A hang in the proxy is defib's business, not systemd's.
 ct defib ctl --state-dir $STATE fault timeout-race >/dev/null
 recovered=
@@ -148,6 +181,10 @@ check "the incident names the corrupted lock word: $words" '[[ "$words" == *0xff
 core=$(ct defib incidents --state-dir $STATE --json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["capture_method"], i["core_path"], i["capture_error"])')
 check "a native core was taken under the unit's hardening: $core" '[[ "$core" == "native /var/lib/defib/proxy/cores/"*" None" ]]'
 check "one proxy after the restart ($(proxies))" '[ "$(proxies)" = 1 ]'
+PROXY2=$(ct ps -eo pid=,comm= | awk '$2 == "defib-proxy" { print $1; exit }')
+pcg2=$(cgroup_of "$PROXY2")
+check "the new proxy has a new instance cgroup: '$pcg2'; the old one is gone" \
+      '[[ "$pcg2" == */defib@proxy.service/defib-proxy-*/instance-2 ]] && ! ct test -d "/sys/fs/cgroup${pcg}"'
 check "the new proxy serves on the same passed socket: /healthz $(healthz)" '[ "$(healthz)" = 200 ]'
 entry=$(ct journalctl -o json --no-pager MESSAGE_ID=5d3b0e6f4a2c4e1f9b7a8c6d2e4f1a03 2>/dev/null | tail -1)
 check "journald has the incident as a structured entry (MESSAGE_ID, INCIDENT_ID, SERVICE, PID)" \

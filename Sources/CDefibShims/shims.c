@@ -46,6 +46,8 @@ int defib_spawn(const defib_spawn_attr *a, pid_t *pid_out, int *err_out, const c
     }
     if (pid == 0) {
         int errpipe = pipefd[1];
+        // Into the service's cgroup before anything else: all it will ever start is born there.
+        if (a->cgroup_procs_fd >= 0 && write(a->cgroup_procs_fd, "0", 1) != 1) child_fail(errpipe, errno, "write(cgroup.procs)");
         int top = 3 + (a->nfds > 0 ? a->nfds : 0);
         // Keep the error pipe out of the range the passed descriptors go to.
         if (errpipe < top + 64) {

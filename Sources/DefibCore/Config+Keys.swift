@@ -17,6 +17,7 @@ struct ConfigField {
         case mode(WritableKeyPath<SupervisorConfig, HeartbeatMode>)
         case method(WritableKeyPath<SupervisorConfig, CaptureMethod>)
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
+        case notifyAccess(WritableKeyPath<SupervisorConfig, NotifyAccess>)
         case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
         case stallEvidence(WritableKeyPath<SupervisorConfig, StallEvidenceMode>)
     }
@@ -37,7 +38,8 @@ struct ConfigField {
                            .init("probe_expect_status", .optionalInt(\.heartbeat.probeExpectStatus)),
                            .init("probe_expect_body", .optionalString(\.heartbeat.probeExpectBody)),
                            .init("probe_send", .optionalString(\.heartbeat.probeSend)),
-                           .init("probe_expect", .optionalString(\.heartbeat.probeExpect))]),
+                           .init("probe_expect", .optionalString(\.heartbeat.probeExpect)),
+                           .init("notify_access", .notifyAccess(\.heartbeat.notifyAccess))]),
             ("capture", [.init("method", .method(\.capture.method)), .init("budget_ms", .int(\.capture.budgetMs)),
                          .init("directory", .optionalString(\.capture.directory)), .init("stacks", .bool(\.capture.stacks)),
                          .init("compress", .compression(\.capture.compress)),
@@ -73,6 +75,7 @@ struct ConfigField {
         case let .mode(path): tomlString(config[keyPath: path].rawValue)
         case let .method(path): tomlString(config[keyPath: path].rawValue)
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
+        case let .notifyAccess(path): tomlString(config[keyPath: path].rawValue)
         case let .runtime(path): tomlString(config[keyPath: path].rawValue)
         case let .stallEvidence(path): tomlString(config[keyPath: path].rawValue)
         }

@@ -68,21 +68,40 @@ extension SupervisorConfig {
     /// Longest Unix socket path (`sun_path` holds 108 bytes including the terminating NUL).
     public static let maximumSocketPathBytes = 107
 
-    /// Reads and parses a TOML config file (see `parse`).
+    /// Longest config file read: anything larger is not a configuration (and /dev/zero must not be read forever).
+    public static let maximumConfigBytes = 1 << 20
+
+    /// Reads and parses a TOML config file (see `parse`). The file is read like `cat` would read it, so
+    /// `/dev/null` (an empty configuration) and `<(…)` work; what cannot be read is named with the reason.
     public static func load(path: String) throws -> SupervisorConfig {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
-            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: no such file", file: path)])
+        func unreadable(_ why: String) -> ConfigError {
+            ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: \(why)", file: path)])
         }
-        guard !isDirectory.boolValue else {
-            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: is a directory", file: path)])
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)
+        guard fd >= 0 else {
+            let e = errno
+            switch e {
+            case ENOENT: throw unreadable("no such file")
+            case EACCES: throw unreadable("permission denied")
+            default: throw unreadable(String(cString: strerror(e)))
+            }
         }
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: permission denied or I/O error", file: path)])
+        defer { Glibc.close(fd) }
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR { throw unreadable("is a directory") }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw unreadable(errno == EISDIR ? "is a directory" : String(cString: strerror(errno)))
+            }
+            if n == 0 { break }
+            bytes += chunk[0..<n]
+            if bytes.count > maximumConfigBytes { throw unreadable("larger than \(maximumConfigBytes >> 20) MiB: not a configuration file") }
         }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw ConfigError([ConfigIssue(.unreadable, key: nil, "cannot read: not UTF-8 text", file: path)])
-        }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw unreadable("not UTF-8 text") }
         return try parse(text, path: path)
     }
 
@@ -99,6 +118,13 @@ extension SupervisorConfig {
                                            line: error.source.begin.line, column: error.source.begin.column)])
         }
         var reader = TOMLConfigReader(path: path, locations: KeyLocations(text))
+        // toml++ accepts \u0000 in a string and TOMLKit then cuts the string there: a path or an argument
+        // would silently be something else. Found in the source, since the parsed value no longer shows it.
+        for line in NulEscapes.lines(in: text) {
+            let key = reader.locations.key(atLine: line)
+            reader.issues.append(ConfigIssue(.invalid, key: key, "a string holds a NUL character (\\u0000): no path, argument or environment value can contain one",
+                                             file: path, line: line))
+        }
         let config = reader.read(table)
         // Range checks only for what the file itself sets; what it leaves out is judged after flags are merged.
         // A key whose value was already rejected kept its default, which says nothing about the file.
@@ -323,13 +349,15 @@ private struct TOMLConfigReader {
         case let .bool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .optionalBool(path): if let v = bool(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .optionalString(path): if let v = string(t, key, prefix: prefix) { c[keyPath: path] = v }
-        case let .mebibytes(path): if let v = int(t, key, prefix: prefix) { c[keyPath: path] = Int64(v) << 20 }
+        case let .mebibytes(path): if let v = megabytes(t, key, prefix: prefix) { c[keyPath: path] = v }
         case let .mode(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "heartbeat source", default: c[keyPath: path]) }
         case let .method(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "capture method", default: c[keyPath: path]) }
         case let .compression(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "compression", default: c[keyPath: path]) }
+        case let .notifyAccess(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "notify access", default: c[keyPath: path]) }
         case let .runtime(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "runtime", default: c[keyPath: path]) }
         case let .stallEvidence(path):
@@ -361,6 +389,18 @@ private struct TOMLConfigReader {
 
     mutating func int(_ t: TOMLTable, _ key: String, prefix: String) -> Int? {
         scalar(t, key, prefix: prefix, expected: "an integer") { $0.int }
+    }
+
+    /// A size in MiB, as bytes. A value whose bytes do not fit in 64 bits is named as too large (shifting it
+    /// would wrap it round to a negative number and a wrong message).
+    mutating func megabytes(_ t: TOMLTable, _ key: String, prefix: String) -> Int64? {
+        guard let v = int(t, key, prefix: prefix) else { return nil }
+        let limit = Int64.max >> 20
+        if Int64(v) > limit {
+            add(.invalid, key: prefix + key, "too large: at most \(limit) MB (8 EiB), got \(v)")
+            return nil
+        }
+        return Int64(v) << 20
     }
 
     mutating func number(_ t: TOMLTable, _ key: String, prefix: String) -> Double? {
@@ -456,5 +496,50 @@ private struct TOMLConfigReader {
         case .time: return "a time"
         case .dateTime: return "a date-time"
         }
+    }
+}
+
+/// Finds `\u0000` and `\U00000000` escapes inside TOML basic strings (single- and multi-line), skipping
+/// literal strings and comments, and raw NUL bytes anywhere.
+enum NulEscapes {
+    /// 1-based lines holding one, each once, in order.
+    static func lines(in text: String) -> [Int] {
+        let b = Array(text.utf8)
+        var found: [Int] = []
+        func note(_ line: Int) { if found.last != line { found.append(line) } }
+        var line = 1
+        var i = 0
+        enum Mode { case code, comment, basic, literal, multiBasic, multiLiteral }
+        var mode = Mode.code
+        func at(_ k: Int, _ s: String) -> Bool { let u = Array(s.utf8); return k + u.count <= b.count && Array(b[k..<k + u.count]) == u }
+        while i < b.count {
+            let c = b[i]
+            if c == 0 { note(line) }
+            if c == 10 {
+                line += 1
+                if mode == .comment || mode == .basic || mode == .literal { mode = .code }
+                i += 1; continue
+            }
+            switch mode {
+            case .code:
+                if c == UInt8(ascii: "#") { mode = .comment }
+                else if at(i, "\"\"\"") { mode = .multiBasic; i += 3; continue }
+                else if at(i, "'''") { mode = .multiLiteral; i += 3; continue }
+                else if c == UInt8(ascii: "\"") { mode = .basic }
+                else if c == UInt8(ascii: "'") { mode = .literal }
+            case .comment: break
+            case .literal: if c == UInt8(ascii: "'") { mode = .code }
+            case .multiLiteral: if at(i, "'''") { mode = .code; i += 3; continue }
+            case .basic, .multiBasic:
+                if c == UInt8(ascii: "\\") {
+                    if at(i + 1, "u0000") || at(i + 1, "U00000000") { note(line) }
+                    i += 2; continue   // the escaped character never ends the string
+                }
+                if mode == .basic && c == UInt8(ascii: "\"") { mode = .code }
+                if mode == .multiBasic && at(i, "\"\"\"") { mode = .code; i += 3; continue }
+            }
+            i += 1
+        }
+        return found
     }
 }

@@ -63,6 +63,12 @@ struct KeyLocations {
         if lines[key] == nil { lines[key] = line }
     }
 
+    /// The key set on `line`, or the last key set before it (the value of a multi-line array or string
+    /// started there); nil before the first key.
+    func key(atLine line: Int) -> String? {
+        lines.filter { $0.value <= line }.max { ($0.value, $1.key) < ($1.value, $0.key) }?.key
+    }
+
     /// The line setting `key`, or the line of the nearest enclosing key or table that is in the text.
     func line(of key: String) -> Int? {
         // Array element keys like `service.argv[1]` live on their array's line.

@@ -11,6 +11,13 @@ public enum CaptureMethod: String, Sendable, Codable, CaseIterable {
     case none
 }
 
+/// Which processes of the service may send sd_notify datagrams (systemd's NotifyAccess=): only its main
+/// process, or any process of the instance — its cgroup, or its process tree when it has no cgroup. A daemon
+/// whose worker (or whose re-exec'd self) speaks sd_notify needs `all`.
+public enum NotifyAccess: String, Sendable, Codable, CaseIterable {
+    case main, all
+}
+
 /// Compression of a core after the restart (never before it).
 public enum CoreCompression: String, Sendable, Codable, CaseIterable {
     case none, gzip, zstd
@@ -129,6 +136,8 @@ public struct SupervisorConfig: Sendable, Equatable {
         public var startTimeoutMs: Int = 15000
         /// Control socket path; nil = `<state_dir>/run/<service>/control.sock`.
         public var controlSocket: String?
+        /// Who may send sd_notify datagrams (`notify_access`): the main process, or any process of the instance.
+        public var notifyAccess: NotifyAccess = .main
         public init() {}
     }
     /// `[capture]`
@@ -220,9 +229,18 @@ public struct SupervisorConfig: Sendable, Equatable {
     /// its control socket (or, when `heartbeat.control_socket` puts that elsewhere, a symlink to it that
     /// `defib ctl --state-dir` follows).
     public var runDirectory: String { "\(stateDirectory)/run/\(service.name)" }
-    /// The NOTIFY_SOCKET served to the child: in the run directory, or — with `heartbeat.control_socket` set,
-    /// typically to keep socket paths short — beside the control socket, as `<control_socket>.notify`.
-    public var notifySocketPath: String { heartbeat.controlSocket.map { $0 + ".notify" } ?? "\(runDirectory)/notify.sock" }
+    /// `<state_dir>/notify` (0711): the NOTIFY_SOCKETs, one per service, writable by any local user like
+    /// systemd's own (senders are told apart by their pid, not by file modes), so a daemon that drops its
+    /// privileges by itself can still send sd_notify. Nothing else lives there.
+    public var notifyDirectory: String { "\(stateDirectory)/notify" }
+    /// The NOTIFY_SOCKET served to the child: `<state_dir>/notify/<service>.sock`, or — with
+    /// `heartbeat.control_socket` set, typically to keep socket paths short — beside the control socket, as
+    /// `<control_socket>.notify`.
+    public var notifySocketPath: String { heartbeat.controlSocket.map { $0 + ".notify" } ?? "\(notifyDirectory)/\(service.name).sock" }
+    /// `<run directory>/instance`: made anew at every start for a service that runs as another user (0770,
+    /// group = the service's), holding what the service itself creates — its control socket, its flight
+    /// recorder — so it can create them without being given a directory defib relies on.
+    public var instanceDirectory: String { "\(runDirectory)/instance" }
     public var coreDirectory: String { capture.directory ?? "\(stateDirectory)/cores" }
     public var databasePath: String { "\(stateDirectory)/incidents.sqlite" }
 }

@@ -255,6 +255,17 @@ public enum Diagnoser {
                                      sentence: "CPU time keeps advancing with no lock waits, \(Double(Int(share * 100)) / 100) CPUs' worth while also waiting for a CPU: \(reason)",
                                      evidence: running)
             }
+            // Starved, but not silent for want of CPU: threads that never slept through the silence (always
+            // on a CPU or queued for one) while the process got hundreds of milliseconds of CPU, and still no
+            // answer. Under heavy contention a spinning loop gets only its fair share of a core, far below
+            // the share above; what gives it away is that it never blocks. (The kill decision was made from
+            // the verdict alone; this only names what was killed.)
+            if case let .starved(reason)? = input.progress, let spin = Self.spinning(input) {
+                let names = spin.threads.prefix(8).map(\.name).joined(separator: ", ")
+                return HangDiagnosis(kind: .deadLoop,
+                                     sentence: "\(spin.threads.count) thread(s) never slept in \(Self.ms(spin.windowMs)) ms of silence (always running or queued for a CPU) and the process got \(Self.ms(spin.cpuMs)) ms of CPU without answering: not silent for want of CPU; it also waited for one: \(reason)",
+                                     evidence: ["threads that never slept: " + names] + running)
+            }
         }
         if case let .starved(reason)? = input.progress {
             return HangDiagnosis(kind: .unknown, sentence: "no lock explains the silence and the process was starved for CPU or I/O: \(reason)")
@@ -300,6 +311,21 @@ public enum Diagnoser {
               after.cpuNs >= before.cpuNs else { return nil }
         return Double(after.cpuNs - before.cpuNs) / Double(after.atNs - before.atNs)
     }
+
+    /// The threads that spun through the judged window and the CPU the process got in it, when some
+    /// thread never slept and that CPU is at least `spinningMinimumCPUMs`; nil otherwise (or without a
+    /// baseline, or without schedstat).
+    static func spinning(_ input: DiagnosisInput) -> (threads: [ThreadSample], cpuMs: Double, windowMs: Double)? {
+        guard let before = input.baseline, let after = input.sample, before.pid == after.pid, after.atNs > before.atNs,
+              after.cpuNs >= before.cpuNs else { return nil }
+        let t = ProgressThresholds()
+        let cpuMs = Double(after.cpuNs - before.cpuNs) / 1e6
+        let threads = ProgressJudge.alwaysRunnable(before: before, after: after, thresholds: t)
+        guard !threads.isEmpty, cpuMs >= t.spinningMinimumCPUMs else { return nil }
+        return (threads, cpuMs, Double(after.atNs - before.atNs) / 1e6)
+    }
+
+    static func ms(_ v: Double) -> String { String((v * 10).rounded() / 10) }
 
     /// Where a read-holding thread is, per the /proc sample and the lock's events.
     struct HolderPlace {

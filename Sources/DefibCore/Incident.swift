@@ -133,6 +133,9 @@ public enum IncidentOutcome: String, Sendable, Codable {
     case shutdown        // the supervisor was asked to stop before recovery finished
     case replacementFailed = "replacement-failed"   // the new instance hung before it was ready: the next incident holds its evidence
     case selfRecovered = "self-recovered"   // a stall: the heartbeat came back by itself, nothing was done to the process
+    /// The supervisor died (SIGKILL, a crash, the machine) while the incident was open; the next supervisor of
+    /// the service closed it at its start with whatever evidence had been saved.
+    case supervisorDied = "supervisor-died"
 }
 
 /// A record of one time the supervised service stopped making progress or died.

@@ -36,6 +36,13 @@ public struct IncidentLedger: Sendable {
     public internal(set) var stallLimit = StallRateLimit(perHour: 60)
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
     private var changed: [Int64] = []
+    /// The open incident was refused by the store (a full disk) and has no id yet: it is offered again.
+    public private(set) var openUnsaved = false
+    /// Closed incidents the store has refused so far (no id yet), oldest first, each in its final version.
+    public private(set) var unsavedClosed: [Incident] = []
+    /// Stored incidents whose last update the store refused, by id: the version to write again (a later
+    /// change of the same incident replaces it).
+    public private(set) var refusedUpdates: [Int64: Incident] = [:]
 
     /// How many miss lines an incident keeps (the count is in its cause either way).
     public static let missNotesKept = 8
@@ -111,7 +118,8 @@ public struct IncidentLedger: Sendable {
     // MARK: the incident's life
 
     /// A new incident for `cause`, with what is known now (not stored yet: `stored(id:)` follows).
-    /// `heartbeat` names the probe that was the heartbeat (nil for the control channel and sd_notify), and
+    /// `heartbeat` names the heartbeat that went silent when it is not the control channel (a probe, the
+    /// sd_notify keep-alives), and
     /// `lastFailure` is what its last attempt said, more precise than the machine's "no reply within".
     mutating func open(_ cause: FailureCause, at detected: Date, pid: Int32, binaryPath: String?, startedAt: Date?,
                        verdictAtOpen: ProgressVerdict? = nil, process: IncidentProcess? = nil,
@@ -163,6 +171,7 @@ public struct IncidentLedger: Sendable {
         instanceBaseline = []
         new.lockState = knownLocks.map { $0.state(word: $0.word ?? "unknown", source: "control") }
         open = new
+        openUnsaved = false
         return new
     }
 
@@ -249,8 +258,78 @@ public struct IncidentLedger: Sendable {
         if outcome == .recovered { current.readyAt = date }
         replaceOpen(current)
         open = nil
-        if let id = current.id { closing[id] = current }
+        if let id = current.id {
+            closing[id] = current
+        } else if openUnsaved {
+            // Never stored yet: kept in its final version until the store takes it.
+            unsavedClosed.append(current)
+            openUnsaved = false
+        }
         return current
+    }
+
+    // MARK: what the store refused
+
+    /// The store refused the open incident for now (`retryLater`): it is offered again (`pendingInserts`).
+    mutating func insertRefused() { if open?.id == nil { openUnsaved = true } }
+
+    /// The store refused this version of a stored incident for now: it is written again unless a later
+    /// version goes out first.
+    mutating func updateRefused(_ incident: Incident) {
+        guard let id = incident.id else { return }
+        refusedUpdates[id] = self.incident(id: id) ?? incident
+    }
+
+    /// Incidents the store has refused and that are waiting for an id, oldest first: the closed ones, then
+    /// the open one.
+    public var pendingInserts: [Incident] { unsavedClosed + (openUnsaved ? open.map { [$0] } ?? [] : []) }
+
+    /// Whether anything the store refused still waits.
+    public var hasUnwritten: Bool { openUnsaved || !unsavedClosed.isEmpty || !refusedUpdates.isEmpty }
+
+    /// Everything still unwritten, in its latest version (for the log at exit).
+    public var unwritten: [Incident] { pendingInserts + refusedUpdates.keys.sorted().compactMap { refusedUpdates[$0] } }
+
+    /// The refused updates to write again now, each in its latest version; forgotten here until refused again.
+    mutating func takeRefusedUpdates() -> [Incident] {
+        defer { refusedUpdates.removeAll() }
+        return refusedUpdates.keys.sorted().compactMap { incident(id: $0) ?? refusedUpdates[$0] }
+    }
+
+    /// The store took `incident` (a pending insert) under `id`. Returns the incident as now held, and whether
+    /// it was already closed (its evidence after the close can now go ahead).
+    mutating func storedLater(_ incident: Incident, id: Int64) -> (incident: Incident, closed: Bool)? {
+        if openUnsaved, var current = open, Self.same(current, incident) {
+            openUnsaved = false
+            current.id = id
+            open = current
+            // Changed since the copy that was written (the store got an older version): write the latest.
+            if current != withID(incident, id), !changed.contains(id) { changed.append(id) }
+            return (current, false)
+        }
+        guard let index = unsavedClosed.firstIndex(where: { Self.same($0, incident) }) else { return nil }
+        var closed = unsavedClosed.remove(at: index)
+        closed.id = id
+        closing[id] = closed
+        if closed != withID(incident, id), !changed.contains(id) { changed.append(id) }
+        return (closed, true)
+    }
+
+    /// The store will never take `incident` (not worth retrying): it is given up, and returned for the log.
+    mutating func giveUpInsert(_ incident: Incident) {
+        if openUnsaved, let current = open, Self.same(current, incident) { openUnsaved = false }
+        unsavedClosed.removeAll { Self.same($0, incident) }
+    }
+
+    /// One incident whatever its version: the same instance, detected at the same moment.
+    private static func same(_ a: Incident, _ b: Incident) -> Bool {
+        a.service == b.service && a.pid == b.pid && a.detectedAt == b.detectedAt
+    }
+
+    private func withID(_ incident: Incident, _ id: Int64) -> Incident {
+        var copy = incident
+        copy.id = id
+        return copy
     }
 
     // MARK: after the close
@@ -341,9 +420,11 @@ public struct IncidentLedger: Sendable {
     /// The incident with this id, open or closing.
     public func incident(id: Int64) -> Incident? { open?.id == id ? open : closing[id] }
 
-    /// The stored incidents changed since the last call, each once, to be written.
+    /// The stored incidents changed since the last call, each once, to be written (a refused version of the
+    /// same incident is superseded by it).
     mutating func takeChanges() -> [Incident] {
         defer { changed.removeAll() }
+        for id in changed { refusedUpdates.removeValue(forKey: id) }
         return changed.compactMap { incident(id: $0) }
     }
 

@@ -136,11 +136,22 @@ public struct ProgressThresholds: Sendable, Equatable {
     /// Share of all the machine's CPUs the process keeps busy by itself at or above which it is not
     /// starved but the cause of the contention (a dead loop on every core queues for a CPU too).
     public var saturationShare: Double = 0.75
+    /// Share of a window a thread must have been runnable (on a CPU or queued for one, per schedstat) to
+    /// count as never having slept in it: a spinning thread, where a healthy one blocks between bits of work.
+    public var spinningRunnableShare: Double = 0.9
+    /// CPU the process must have received in the window before its silence is no longer put down to
+    /// starvation: answering a ping takes microseconds, so hundreds of milliseconds spent elsewhere mean
+    /// the answering path is not progressing.
+    public var spinningMinimumCPUMs: Double = 100
     public init() {}
 }
 
 /// Judges progress from two samples. Pure.
 public enum ProgressJudge {
+    /// The shortest window a verdict is drawn over: below it, scheduling granularity alone (a runnable thread
+    /// that simply has not been picked yet, a tick not yet accounted) reads as starvation.
+    public static let minimumWindowMs = 100
+
     public static func judge(before: ProcessSample, after: ProcessSample, thresholds t: ProgressThresholds = .init()) -> ProgressVerdict {
         if after.threads.isEmpty { return .gone }
         let wallNs = max(1, after.atNs - before.atNs)
@@ -201,6 +212,22 @@ public enum ProgressJudge {
             return .busy("\(cpuText) without waiting for a CPU; threads: \(states)")
         }
         return .unclear("\(cpuText); threads: \(states)")
+    }
+
+    /// Threads that were runnable — running, or queued for a CPU — for nearly all of the window between the
+    /// two samples and are still runnable: they never blocked, which is how a spinning thread looks under
+    /// contention (a healthy thread sleeps between pieces of work, however starved). Needs schedstat in both
+    /// samples; threads without it are left out.
+    public static func alwaysRunnable(before: ProcessSample, after: ProcessSample, thresholds t: ProgressThresholds = .init()) -> [ThreadSample] {
+        let wallNs = after.atNs - before.atNs
+        guard wallNs > 0 else { return [] }
+        let beforeByTid = Dictionary(before.threads.map { ($0.tid, $0) }, uniquingKeysWith: { a, _ in a })
+        return after.threads.filter { thread in
+            guard thread.state == "R", let b = beforeByTid[thread.tid],
+                  let cpuNow = thread.onCpuNs, let cpuThen = b.onCpuNs, let delayNow = thread.runDelayNs, let delayThen = b.runDelayNs,
+                  cpuNow >= cpuThen, delayNow >= delayThen else { return false }
+            return Double((cpuNow - cpuThen) + (delayNow - delayThen)) >= t.spinningRunnableShare * Double(wallNs)
+        }
     }
 
     private static func fmt(_ v: Double) -> String {

@@ -36,6 +36,11 @@ extension Supervision {
             ask(.scanCores(directory: config.coreDirectory), awaiting: .inventory(justWritten: justWritten))
         case let .helperEnded(pid, status):
             helperEnded(pid: pid, status: status)
+        case .retryWrites:
+            for incident in ledger.takeRefusedUpdates() { emit(.updateIncident(incident)) }
+            scheduleFirst(ledger.pendingInserts.map { .retryInsert($0) })
+        case let .retryInsert(incident):
+            ask(.insertIncident(incident), awaiting: .storedLater(incident))
         case let .announceCore(id):
             announceCore(incidentID: id)
         }
@@ -99,8 +104,15 @@ extension Supervision {
             scheduleFirst([.captureNextProcess])
         case let (.leftovers(oldPid, status), .leftoversKilled(killed)):
             awaiting = nil
-            for process in killed {
+            // Named one by one up to a few, then counted: an instance that leaves thousands behind costs a
+            // bounded incident and log.
+            for process in killed.prefix(Self.leftoversNamed) {
                 let line = "killed pid \(process.pid) (\(process.name)), left behind by the instance pid \(oldPid)"
+                logFromChild(.warning, line, source: "leftover")
+                ledger.noteOrKeep(line)
+            }
+            if killed.count > Self.leftoversNamed {
+                let line = "killed \(killed.count - Self.leftoversNamed) more process(es) left behind by the instance pid \(oldPid) (\(killed.count) in all)"
                 log(.warning, line)
                 ledger.noteOrKeep(line)
             }
@@ -123,6 +135,9 @@ extension Supervision {
         case let (.inventory(justWritten), .coresScanned(inventory)):
             awaiting = nil
             applyRetention(inventory, justWritten: justWritten)
+        case let (.storedLater(incident), .incidentStored(result)):
+            awaiting = nil
+            storedLater(incident, result)
         case let (.identity(pid), .observed(observation)):
             awaiting = nil
             if pid == lastChildPid, let process = observation.process { childProcess = process }
@@ -174,7 +189,8 @@ extension Supervision {
             request.processIdentity = true
             ask(.observe(request), awaiting: .identity(pid: pid))
         case let .heartbeatMissed(misses, silenceMs, reason):
-            log(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)")
+            // The reason may quote the child's reply: its log line is the child's to flood.
+            logFromChild(.notice, "heartbeat missed (\(misses) in a row, silent \(Int(silenceMs)) ms): \(reason)", source: "heartbeat")
             emit(.metric(.heartbeatMissed))
             ledger.noteMiss(misses: misses, silenceMs: silenceMs, reason: reason)
         case let .sampleProgress(pid):
@@ -202,7 +218,7 @@ extension Supervision {
             ledger.forgetSilence()
             silenceExtended = false
         case let .serviceNotified(text):
-            log(.info, "service says: \(text)")
+            logFromChild(.info, "service says: \(text)", source: "sd_notify")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
         case let .heartbeatRecovered(silenceMs, misses, wasSuspect):
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
@@ -264,12 +280,22 @@ extension Supervision {
     /// TimeoutStopSec= (15 s) once the service itself has stopped (stop_timeout_ms, 5 s by default).
     public static let helpersShutdownWaitMs = 8_000
 
-    /// The instance's run directory holds its flight recorder.
-    var flightRecorderPath: String { config.runDirectory + "/flight-recorder" }
+    /// The instance's flight recorder (in the run directory, or the instance directory of another user's service).
+    var flightRecorderPath: String { setup.paths.flightRecorder }
 
-    /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart.
+    /// Progress since the first miss; with no baseline of this pid, two samples 100 ms apart. Never over a
+    /// window shorter than `ProgressJudge.minimumWindowMs`: a baseline taken just before (a loop that fell
+    /// behind handles a miss and the deadline in one turn) is topped up with a second sample, since over a
+    /// millisecond a runnable thread that has not run yet looks starved.
     private func judgementRequest(pid: Int32) -> ObservationRequest {
-        var request = ObservationRequest(pid: pid, samples: ledger.baseline?.pid == pid ? .one : .pair(apartMs: 100))
+        let minimum = ProgressJudge.minimumWindowMs
+        var request: ObservationRequest
+        if let baseline = ledger.baseline, baseline.pid == pid {
+            let ageMs = Int((now.mono.nanoseconds - baseline.atNs) / 1_000_000)
+            request = ObservationRequest(pid: pid, samples: ageMs >= minimum ? .one : .pair(apartMs: minimum - max(0, ageMs)))
+        } else {
+            request = ObservationRequest(pid: pid, samples: .pair(apartMs: minimum))
+        }
         request.instanceProcesses = true
         return request
     }
@@ -283,14 +309,34 @@ extension Supervision {
         return ServiceProgressJudge.instanceVerdict(main: main, processes)
     }
 
+    /// How many processes an instance left behind are named one by one.
+    static let leftoversNamed = 20
+
+    /// What the incident calls the heartbeat that went silent, when it is neither the control channel nor a
+    /// probe (which names itself).
+    private func heartbeatName(for cause: FailureCause) -> String? {
+        switch cause {
+        case .missedHeartbeat:
+            switch machine.lastSilence {
+            case .notify?: "sd_notify keep-alive (WATCHDOG=1)"
+            case .both?: "control channel and sd_notify keep-alive (WATCHDOG=1)"
+            case .ping?, nil: nil
+            }
+        case .startTimeout:
+            config.heartbeat.mode == .notify ? "sd_notify (READY=1)" : nil
+        case .died, .spawnFailed, .triggered:
+            nil
+        }
+    }
+
     /// The instance's program and environment: the config's variables, then the supervisor's own (its control
     /// socket, our NOTIFY_SOCKET, WATCHDOG_USEC when keep-alives are expected), which win.
     var spawnPlan: SpawnPlan {
         var env = config.service.environment
-        env["DEFIB_CONTROL_SOCKET"] = config.controlSocketPath
+        env["DEFIB_CONTROL_SOCKET"] = setup.paths.controlSocket
         env["DEFIB_SERVICE"] = config.service.name
         env["DEFIB_FLIGHT_RECORDER"] = flightRecorderPath
-        env["NOTIFY_SOCKET"] = config.notifySocketPath
+        env["NOTIFY_SOCKET"] = setup.paths.notifySocket
         if config.heartbeat.mode == .notify || config.heartbeat.mode == .both || config.heartbeat.mode == .auto {
             // The child sends WATCHDOG=1 at half this period, i.e. every heartbeat interval.
             env["WATCHDOG_USEC"] = String(UInt64(config.heartbeat.intervalMs) * 2000)
@@ -298,7 +344,7 @@ extension Supervision {
         // The Swift runtime swallows the first SIGABRT/SIGQUIT to print a backtrace; a supervised Swift
         // service should die (and dump) on them like any other program.
         return SpawnPlan(argv: config.service.argv, workingDirectory: config.service.workingDirectory, environment: env,
-                         environmentDefaults: ["SWIFT_BACKTRACE": "enable=no"], removeFirst: config.controlSocketPath)
+                         environmentDefaults: ["SWIFT_BACKTRACE": "enable=no"], removeFirst: setup.paths.controlSocket)
     }
 
     // MARK: the incident's life
@@ -310,7 +356,8 @@ extension Supervision {
         var process = pid == lastChildPid ? childProcess : nil
         if case .spawnFailed = cause { process = nil }
         let incident = ledger.open(cause, at: detected, pid: pid, binaryPath: child?.executable,
-                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process, heartbeat: probe?.name,
+                                   startedAt: childStartedAt, verdictAtOpen: verdict, process: process,
+                                   heartbeat: probe?.name ?? heartbeatName(for: cause),
                                    lastFailure: probe == nil ? nil : lastProbeFailure)
         ask(.insertIncident(incident), awaiting: .stored)
     }
@@ -318,7 +365,11 @@ extension Supervision {
     private mutating func incidentStored(_ result: Result<Int64, EffectFailure>) {
         switch result {
         case let .success(id): ledger.stored(id: id)
-        case let .failure(failure): log(.error, "could not record incident: \(failure)")
+        case let .failure(failure):
+            if failure.retryLater { ledger.insertRefused() }
+            log(.error, "could not record incident: \(failure)" + (failure.retryLater ? "; kept in memory and written when the store takes it" : ""))
+            // Meanwhile the incident exists in the log, in full.
+            if let incident = ledger.open { log(.error, "incident not stored: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))") }
         }
         guard let incident = ledger.open else { return }
         emit(.metric(.incident(cause: incident.cause.kind)))
@@ -333,6 +384,54 @@ extension Supervision {
         let id = closed.id.map(String.init) ?? "?"
         let took = closed.readyAt.map { String(format: " in %.0f ms", $0.timeIntervalSince(closed.detectedAt) * 1000) } ?? ""
         log(.warning, "incident \(id) closed: \(outcome.rawValue)\(took)", fields: closed.journalFields(messageID: DefibMessageID.incidentClosed))
-        if let storedID = closed.id { scheduleFirst([.evidenceAfterClose(incidentID: storedID)]) }
+        if let storedID = closed.id {
+            scheduleFirst([.evidenceAfterClose(incidentID: storedID)])
+        } else {
+            // Its final version, in full, while the store does not have it (its evidence follows once it does).
+            log(.error, "incident not stored (closed): \(IncidentJSON.string(closed, includeStacks: true, pretty: false))")
+        }
+    }
+
+    // MARK: what the store refused
+
+    /// Every `storeRetryMs` while the store has refused something, it is offered again.
+    static let storeRetryMs = 1000
+
+    mutating func offerUnwrittenIfDue() {
+        guard ledger.hasUnwritten else { refusalsLogged.removeAll(); return }
+        guard let due = nextStoreRetry else { nextStoreRetry = now.mono + Self.storeRetryMs; return }
+        guard now.mono >= due else { return }
+        nextStoreRetry = now.mono + Self.storeRetryMs
+        agenda.append(.retryWrites)
+    }
+
+    mutating func updateRefused(_ incident: Incident, _ failure: EffectFailure) {
+        let id = incident.id.map(String.init) ?? "?"
+        if failure.retryLater {
+            ledger.updateRefused(incident)
+            if refusalsLogged.insert(incident.id ?? -1).inserted {
+                log(.error, "could not update incident \(id): \(failure); kept in memory and written when the store takes it")
+                log(.error, "incident \(id) as known now: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
+            } else {
+                log(.debug, "incident \(id) still not updated: \(failure)")
+            }
+        } else {
+            log(.error, "could not update incident: \(failure)")
+        }
+    }
+
+    private mutating func storedLater(_ incident: Incident, _ result: Result<Int64, EffectFailure>) {
+        switch result {
+        case let .success(id):
+            guard let (stored, closed) = ledger.storedLater(incident, id: id) else { return }
+            log(.notice, "incident \(id) stored now (the store had refused it): \(stored.cause.summary)",
+                fields: stored.journalFields(messageID: DefibMessageID.incidentOpened))
+            if closed { scheduleFirst([.evidenceAfterClose(incidentID: id)]) }
+        case let .failure(failure) where failure.retryLater:
+            log(.debug, "incident of pid \(incident.pid) still not stored: \(failure)")
+        case let .failure(failure):
+            ledger.giveUpInsert(incident)
+            log(.error, "incident of pid \(incident.pid) cannot be stored (\(failure)); as last known: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
+        }
     }
 }

@@ -258,6 +258,5 @@ extension Supervision {
             ledger.note(incidentID: id, note)
         }
         helpers.removeAll()
-        finish()
     }
 }

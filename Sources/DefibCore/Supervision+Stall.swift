@@ -141,7 +141,8 @@ extension Supervision {
         switch result {
         case let .success(id): stored.id = id
         case let .failure(failure):
-            log(.error, "could not record the stall incident: \(failure)")
+            // Not retried like a hang's (the service is fine and the next stall says the same): the log has it in full.
+            log(.error, "could not record the stall incident: \(failure); as known: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
             return
         }
         ledger.keepClosed(stored)

@@ -32,11 +32,14 @@ public struct Supervision: Sendable {
         public var hostname: String?
         /// A fleet shipper works beside the loop: its backlog goes into STATUS=.
         public var shipping: Bool
+        /// Where the service's sockets and flight recorder are (by default those of a service running as defib's user).
+        public var paths: ServicePaths
         public init(config: SupervisorConfig, managerWatchdogUsec: UInt64? = nil, managerListening: Bool = false, childrenBeforeUs: Set<Int32> = [],
-                    underJournald: Bool = false, hostname: String? = nil, shipping: Bool = false) {
+                    underJournald: Bool = false, hostname: String? = nil, shipping: Bool = false, paths: ServicePaths? = nil) {
             self.config = config; self.managerWatchdogUsec = managerWatchdogUsec
             self.managerListening = managerListening; self.childrenBeforeUs = childrenBeforeUs
             self.underJournald = underJournald; self.hostname = hostname; self.shipping = shipping
+            self.paths = paths ?? ServicePaths(config)
         }
     }
 
@@ -73,6 +76,9 @@ public struct Supervision: Sendable {
         /// evidence is complete.
         case announceCore(incidentID: Int64)
         case helperEnded(pid: Int32, status: ChildStatus)
+        /// Offer the store what it refused (updates at once, then each insert in turn).
+        case retryWrites
+        indirect case retryInsert(Incident)
     }
 
     /// The answer the agenda waits for.
@@ -93,6 +99,8 @@ public struct Supervision: Sendable {
         case goroutines(GoroutinesRequest, status: ChildStatus, startedAt: MonoTime)
         case compressedSize(Helper, status: ChildStatus)
         case inventory(justWritten: Int64?)
+        /// The store's answer to an incident it had refused before.
+        indirect case storedLater(Incident)
         case announcement(incidentID: Int64, note: String)
         case identity(pid: Int32)
         /// Stalls (Supervision+Stall.swift).
@@ -155,6 +163,16 @@ public struct Supervision: Sendable {
     /// The current silence's deadline was extended (starved, not stuck): if it ends, that was starvation, not a stall.
     var silenceExtended = false
 
+    /// When what the store refused is offered again (every `storeRetryMs` while anything waits), and whether
+    /// the last offer before exit was made.
+    var nextStoreRetry: MonoTime?
+    var finalWritesOffered = false
+    /// Incidents whose refused update was logged in full (once per spell of refusals).
+    var refusalsLogged: Set<Int64> = []
+    /// Log lines a child can cause (its sd_notify datagrams, its replies, what it leaves behind) go through
+    /// this: a flood of them costs a bounded log.
+    var childLog = LogRateLimiter()
+
     var agenda: [Step] = []
     var awaiting: Awaiting?
     var now = Instant(mono: MonoTime(nanoseconds: 0), wall: Date(timeIntervalSince1970: 0))
@@ -181,7 +199,7 @@ public struct Supervision: Sendable {
     /// When the runtime must come back with a `.tick` at the latest (it also wakes at most every second).
     public var nextWakeup: MonoTime? {
         if let exiting { return exiting.deadline }
-        var times = [machine.nextWakeup, locksQueryDeadline, probeOpen?.deadline].compactMap { $0 }
+        var times = [machine.nextWakeup, locksQueryDeadline, probeOpen?.deadline, ledger.hasUnwritten ? nextStoreRetry : nil].compactMap { $0 }
         if setup.managerWatchdogUsec != nil { times.append(nextManagerKeepAlive) }
         return times.min()
     }
@@ -199,7 +217,7 @@ public struct Supervision: Sendable {
             react(to: event)
         }
         drain()
-        if exiting != nil, awaiting == nil, agenda.isEmpty, helpers.isEmpty { finish() }
+        if exiting != nil, awaiting == nil, agenda.isEmpty, helpers.isEmpty { finishAfterLastOffer() }
         housekeeping(after: event)
         return output
     }
@@ -223,6 +241,7 @@ public struct Supervision: Sendable {
                 emit(.timeOutProbe(token: open.attempt))
             }
             schedule(machine.tick(at: now.mono))
+            offerUnwrittenIfDue()
         case let .signal(sig):
             log(.info, "received \(signalName(sig)); stopping the service and exiting")
             if setup.managerListening { emit(.notifyManager("STOPPING=1\nSTATUS=stopping (\(signalName(sig)))")) }
@@ -253,12 +272,14 @@ public struct Supervision: Sendable {
             probeAnswered(attempt: attempt, progress: progress)
         case let .locksReply(line):
             locksQueryDeadline = nil
-            if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { log(.warning, "unreadable 'locks' reply: \(line.prefix(200))") }
+            if let locks = KnownLock.parse(line) { ledger.learnLocks(locks) } else { logFromChild(.warning, "unreadable 'locks' reply: \(line.prefix(200))", source: "control channel") }
         case let .locksFailed(problem):
             locksQueryDeadline = nil
             log(.debug, "locks query failed: \(problem)")
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
+        case let .incidentNotUpdated(incident, failure):
+            updateRefused(incident, failure)
         case let .shippingReported(report):
             shipping = report
         case .spawned, .spawnFailed, .observed, .coreWritten, .stallEvidenceTaken, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
@@ -278,6 +299,8 @@ public struct Supervision: Sendable {
             stopHelpersAtShutdown()
         case let .storeFailed(failure):
             log(.error, "could not update incident: \(failure)")
+        case let .incidentNotUpdated(incident, failure):
+            updateRefused(incident, failure)
         default:
             break
         }
@@ -289,7 +312,7 @@ public struct Supervision: Sendable {
         } else if helpers[pid] != nil {
             agenda.append(.helperEnded(pid: pid, status: status))
         } else {
-            log(.debug, "reaped orphan pid \(pid): \(machine.describe(status))")
+            logFromChild(.debug, "reaped orphan pid \(pid): \(machine.describe(status))", source: "orphan")
         }
     }
 
@@ -314,17 +337,37 @@ public struct Supervision: Sendable {
         }
     }
 
-    /// Every pending sd_notify datagram; only the child's own pid is heard (NotifyAccess=main).
+    /// Every pending sd_notify datagram. Heard: the child's own pid (`notify_access = "main"`, systemd's
+    /// NotifyAccess=main), or any process of the instance (`"all"`: its cgroup or its process tree, as the
+    /// runtime found it). The socket is open to every local user; the sender's pid is what counts.
     private mutating func notified(_ message: NotifyMessage) {
-        guard let child, message.pid == child.pid else {
+        let heard = child.map { message.pid == $0.pid || (config.heartbeat.notifyAccess == .all && message.senderInInstance) } ?? false
+        guard let child, heard else {
             emit(.metric(.notifyRejected))
-            log(.warning, "ignored sd_notify message from pid \(message.pid) (only the service's main pid \(child.map { String($0.pid) } ?? "-") is heard): \(message.text.prefix(120))")
+            let who = config.heartbeat.notifyAccess == .all ? "only processes of the service's instance (main pid \(child.map { String($0.pid) } ?? "-")) are heard"
+                : "only the service's main pid \(child.map { String($0.pid) } ?? "-") is heard"
+            logFromChild(.warning, "ignored sd_notify message from pid \(message.pid) (\(who)): \(message.text.prefix(120))", source: "rejected sd_notify")
             return
         }
         let parsed = NotifyProtocol.parse(message.text)
-        for problem in parsed.problems { log(.warning, "sd_notify from pid \(message.pid): \(problem)") }
-        if message.truncated { log(.warning, "sd_notify from pid \(message.pid): datagram longer than 4 KiB, truncated") }
+        for problem in parsed.problems { logFromChild(.warning, "sd_notify from pid \(message.pid): \(problem)", source: "sd_notify") }
+        if message.truncated { logFromChild(.warning, "sd_notify from pid \(message.pid): datagram longer than 4 KiB, truncated", source: "sd_notify") }
+        if message.pid != child.pid, !parsed.fields.isEmpty {
+            logFromChild(.debug, "sd_notify from pid \(message.pid) of the instance (main pid \(child.pid)): heard (notify_access = all)", source: "sd_notify")
+        }
         schedule(machine.notifyReceived(parsed.fields, at: now.mono))
+    }
+
+    /// A line the child causes, through the rate limiter: within the burst it is logged (cut when very
+    /// long); past it, counted and reported in one "N … suppressed" line when the window ends.
+    mutating func logFromChild(_ level: LogEntry.Level, _ message: String, source: String) {
+        switch childLog.admit(source, at: now.mono) {
+        case let .log(suppressedNote):
+            if let suppressedNote { log(.warning, suppressedNote) }
+            log(level, childLog.clip(message))
+        case .drop:
+            break
+        }
     }
 
     // MARK: the agenda
@@ -355,9 +398,25 @@ public struct Supervision: Sendable {
         for incident in ledger.takeChanges() { emit(.updateIncident(incident)) }
     }
 
+    /// At the end, what the store refused is offered one last time; then the supervision is over.
+    private mutating func finishAfterLastOffer() {
+        if ledger.hasUnwritten && !finalWritesOffered {
+            finalWritesOffered = true
+            agenda.append(.retryWrites)
+            drain()
+            guard awaiting == nil, agenda.isEmpty else { return }
+        }
+        finish()
+    }
+
     mutating func finish() {
         guard let exiting else { return }
         if probeOpen != nil { emit(.cancelProbe); probeOpen = nil }
+        for note in childLog.flushAll() { log(.warning, note) }
+        for incident in ledger.unwritten {
+            // Not lost: the whole record is in the log (journald or stderr) even though the store never took it.
+            log(.error, "incident of pid \(incident.pid) detected at \(RFC3339.string(incident.detectedAt)) could not be stored before exit; as last known: \(IncidentJSON.string(incident, includeStacks: true, pretty: false))")
+        }
         flushChanges()
         emit(.exit(code: exiting.code))
         finished = true
@@ -378,6 +437,7 @@ public struct Supervision: Sendable {
             emit(.cancelPing)
             pingOpen = nil
         }
+        for note in childLog.flush(at: now.mono) { log(.warning, note) }
         if let open = probeOpen, machine.pingInFlight != open.token {
             emit(.cancelProbe)
             probeOpen = nil

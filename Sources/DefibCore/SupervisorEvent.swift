@@ -60,6 +60,9 @@ public enum SupervisorEvent: Sendable, Equatable {
     case incidentStored(Result<Int64, EffectFailure>)
     /// A write to the store failed (the supervision goes on; the log says so).
     case storeFailed(EffectFailure)
+    /// The store refused this version of an incident it holds; when the failure may pass (a full disk),
+    /// the version is written again later.
+    indirect case incidentNotUpdated(Incident, EffectFailure)
     /// The journal took the core's announcement (nil), or why it did not.
     case coreAnnounced(EffectFailure?)
     /// The fleet shipper's backlog, nil when none runs.
@@ -70,7 +73,16 @@ public enum SupervisorEvent: Sendable, Equatable {
 /// as the error described it.
 public struct EffectFailure: Error, Sendable, Equatable, CustomStringConvertible {
     public var description: String
-    public init(_ description: String) { self.description = description }
+    /// The same call may well succeed later (a full disk, an I/O error, a busy database): what the store
+    /// refused is kept and offered again rather than lost.
+    public var retryLater: Bool
+    public init(_ description: String, retryLater: Bool = false) { self.description = description; self.retryLater = retryLater }
+}
+
+/// An error that says whether the same call may succeed later (the store's errors do): how an effect's
+/// failure learns `retryLater` without knowing the store's types.
+public protocol RetryableError: Error {
+    var retryLater: Bool { get }
 }
 
 /// One sd_notify datagram.
@@ -81,7 +93,12 @@ public struct NotifyMessage: Sendable, Equatable {
     public var text: String
     /// Longer than the 4 KiB we read: cut.
     public var truncated: Bool
-    public init(pid: Int32, text: String, truncated: Bool = false) { self.pid = pid; self.text = text; self.truncated = truncated }
+    /// The sender is a process of the instance other than its main one (in the instance's cgroup, or below
+    /// its main process): heard with `notify_access = "all"`. Looked up only for senders that are not the main pid.
+    public var senderInInstance: Bool
+    public init(pid: Int32, text: String, truncated: Bool = false, senderInInstance: Bool = false) {
+        self.pid = pid; self.text = text; self.truncated = truncated; self.senderInInstance = senderInInstance
+    }
 }
 
 /// A process the last instance left behind, killed.

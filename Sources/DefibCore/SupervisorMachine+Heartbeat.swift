@@ -76,7 +76,11 @@ extension SupervisorMachine {
             state = .watching(watch)
             return actions
         }
-        let sinceLast = watch.instance.lastPongAt.map { now.milliseconds(since: $0) }
+        // Named after the source that went silent: with both, a keep-alive missing while pings are answered is
+        // no silence of the control channel, and its "last heard" is the last WATCHDOG=1, not the last pong.
+        lastSilence = watch.silence.silentSources
+        let lastHeard = lastSilence == .notify ? watch.instance.lastKeepAliveAt ?? watch.instance.lastPongAt : watch.instance.lastPongAt
+        let sinceLast = lastHeard.map { now.milliseconds(since: $0) }
         let cause = FailureCause.missedHeartbeat(misses: watch.silence.misses, msSinceLastPong: sinceLast, lastError: watch.instance.lastPingError,
                                                  silenceMs: silence, extendedMs: watch.silence.extendedMs, verdict: verdict)
         return failInstance(cause, instance: watch.instance, stopAnnounced: watch.stopAnnounced, at: now)
@@ -103,6 +107,7 @@ extension SupervisorMachine {
                 guard case var .watching(watch) = state, !watch.silence.awaitingVerdict else { continue }
                 let before = watch.silence.since
                 watch.instance.lastPongAt = now
+                watch.instance.lastKeepAliveAt = now
                 watch.instance.keepAliveDue = now + watch.instance.keepAliveIntervalMs
                 watch.silence.notifySilentSince = nil
                 watch.silence.nextNotifyMissAt = nil

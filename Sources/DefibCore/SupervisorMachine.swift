@@ -44,6 +44,8 @@ public struct SupervisorMachine: Sendable {
         /// sd_notify: when the next WATCHDOG=1 is due, and the period (WATCHDOG_USEC= from the child changes it).
         var keepAliveDue: MonoTime?
         var keepAliveIntervalMs: Int
+        /// The last WATCHDOG=1 (`lastPongAt` is the last sign of life from either source).
+        var lastKeepAliveAt: MonoTime?
         /// `auto`: when to say that nothing has been heard from the service, if nothing has (the end of the
         /// start window, even for an instance ready by READY=1).
         var unheardCheckAt: MonoTime?
@@ -60,6 +62,15 @@ public struct SupervisorMachine: Sendable {
         var nextNotifyMissAt: MonoTime?
         /// `.judgeProgress` was asked for; nothing else happens until `progressJudged`.
         var awaitingVerdict = false
+        /// Which sources are silent now: the control channel, the keep-alives, or both; nil while all answer.
+        var silentSources: HeartbeatSource? {
+            switch (pingSilentSince, notifySilentSince) {
+            case (.some, .some): .both
+            case (.some, nil): .ping
+            case (nil, .some): .notify
+            case (nil, nil): nil
+            }
+        }
         /// The heartbeat is silent since the earliest silence of any source.
         var since: MonoTime? {
             switch (pingSilentSince, notifySilentSince) {
@@ -122,6 +133,9 @@ public struct SupervisorMachine: Sendable {
     private var shutdownRequested = false
     /// Tokens keep growing across instances, so a late pong of an old instance never counts.
     private var lastPingToken: UInt64 = 0
+    /// Which heartbeat was silent when the last hang was declared: `.ping` (the control channel), `.notify`
+    /// (WATCHDOG=1 keep-alives) or `.both`; what the incident's cause names.
+    public internal(set) var lastSilence: HeartbeatSource?
     /// `auto`: the service has answered a ping / sent WATCHDOG=1 (any instance). From then on that source is
     /// held to as strictly as if it had been configured, for every instance (a replacement that never answers
     /// is a start timeout, as with `--heartbeat ping`).

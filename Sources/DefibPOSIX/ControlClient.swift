@@ -1,3 +1,4 @@
+import CDefibShims
 import Glibc
 
 /// One request on a service's control channel (a Unix stream socket, one line out, one line back),
@@ -11,8 +12,19 @@ public final class ControlRequest {
 
     public let fd: Int32
     public let line: String
+    /// The longest reply accepted: past it (without a newline) the reply is "unexpected" at once.
+    public let maxReplyBytes: Int
     private var buffer: [UInt8] = []
     private var closed = false
+    /// Bytes received so far, and bytes ever searched for the newline (each byte once: tests check it).
+    private(set) var bytesReceived = 0
+    private(set) var bytesScanned = 0
+
+    /// What a heartbeat reply may take: `pong TOKEN` is a few dozen bytes, so a few KiB is generous, and a
+    /// peer streaming megabytes without a newline is named at once instead of being read to the end.
+    public static let defaultMaxReplyBytes = 4096
+    /// For one-shot requests whose replies are documents (`defib ctl locks`, `stats`, `help`).
+    public static let largeReplyBytes = 1 << 20
 
     /// Whether something listens on the socket at `path` (it connects, or its backlog is full), without
     /// sending anything. A socket file left by a process that is gone refuses.
@@ -24,13 +36,17 @@ public final class ControlRequest {
     }
 
     /// Connects and sends `line`. Connection errors are reported as a failed request, named for an operator.
-    public static func start(path: String, line: String) -> Result<ControlRequest, ControlError> {
+    /// A reply longer than `maxReplyBytes` fails as soon as that many bytes came without a newline.
+    /// With `noFollow`, `path` must be the socket itself, not a link to one: the supervisor connects as root
+    /// into a directory another user's service can write, which must not be able to point it at another socket.
+    public static func start(path: String, line: String, maxReplyBytes: Int = defaultMaxReplyBytes,
+                             noFollow: Bool = false) -> Result<ControlRequest, ControlError> {
         let fd: Int32
-        switch connected(path: path) {
+        switch noFollow ? connectedWithoutFollowing(path: path) : connected(path: path) {
         case let .success(f): fd = f
         case let .failure(e): return .failure(e)
         }
-        let request = ControlRequest(fd: fd, line: line)
+        let request = ControlRequest(fd: fd, line: line, maxReplyBytes: max(16, maxReplyBytes))
         let out = Array((line + "\n").utf8)
         let written = out.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         if written != out.count {
@@ -39,6 +55,27 @@ public final class ControlRequest {
             return .failure(ControlError(path: path, problem: problem))
         }
         return .success(request)
+    }
+
+    /// `connected(path:)` to the socket file itself: its last component is opened with O_PATH|O_NOFOLLOW and
+    /// must be a socket, and the connection goes through /proc/self/fd/N, that very inode — a link put there,
+    /// or swapped in between the check and the connect, is never followed.
+    static func connectedWithoutFollowing(path: String) -> Result<Int32, ControlError> {
+        let pathFD = Glibc.open(path, defib_o_path() | O_NOFOLLOW | O_CLOEXEC)
+        guard pathFD >= 0 else {
+            let e = errno
+            return .failure(ControlError(path: path, problem: e == ENOENT ? "no control socket (nothing listening yet)" : SystemError("open", errno: e).description))
+        }
+        defer { Glibc.close(pathFD) }
+        var st = stat()
+        guard fstat(pathFD, &st) == 0, (st.st_mode & S_IFMT) == S_IFSOCK else {
+            return .failure(ControlError(path: path, problem: (st.st_mode & S_IFMT) == S_IFLNK
+                ? "is a symbolic link, not the service's socket: not followed" : "is not a socket"))
+        }
+        switch connected(path: "/proc/self/fd/\(pathFD)") {
+        case let .success(fd): return .success(fd)
+        case let .failure(e): return .failure(ControlError(path: path, problem: e.problem))
+        }
     }
 
     /// A non-blocking stream socket connected to `path`.
@@ -73,21 +110,31 @@ public final class ControlRequest {
         return .success(fd)
     }
 
-    private init(fd: Int32, line: String) { self.fd = fd; self.line = line }
+    private init(fd: Int32, line: String, maxReplyBytes: Int) { self.fd = fd; self.line = line; self.maxReplyBytes = maxReplyBytes }
     deinit { close() }
 
-    /// Reads what is available. Call when `fd` polls readable.
+    /// Reads what is available. Call when `fd` polls readable. Linear and bounded: each byte received is
+    /// searched for the newline once, and no call reads more than `maxReplyBytes` + one chunk, so a peer
+    /// that floods the socket costs one short call, never the loop's time.
     public func readAvailable() -> Progress {
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
-            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            // Never ask for more than can still be accepted (plus one byte, to see that the limit is passed).
+            let room = min(chunk.count, maxReplyBytes + 1 - buffer.count)
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, room, 0) }
             if n > 0 {
-                buffer += chunk[0..<n]
-                if let nl = buffer.firstIndex(of: 10) {
-                    let reply = String(decoding: buffer[..<nl], as: UTF8.self)
+                bytesReceived += n
+                bytesScanned += n
+                if let nl = chunk[0..<n].firstIndex(of: 10) {
+                    buffer += chunk[0..<nl]
+                    let reply = String(decoding: buffer, as: UTF8.self)
                     return .reply(reply.hasSuffix("\r") ? String(reply.dropLast()) : reply)
                 }
-                if buffer.count > 1 << 20 { return .failed("reply longer than 1 MiB without a newline") }
+                buffer += chunk[0..<n]
+                if buffer.count > maxReplyBytes {
+                    let shown = String(decoding: buffer.prefix(60), as: UTF8.self).map { $0.isASCII && !$0.isNewline ? $0 : "?" }
+                    return .failed("unexpected reply: more than \(maxReplyBytes) bytes without a newline ('\(String(shown))…')")
+                }
                 continue
             }
             if n == 0 {
@@ -104,8 +151,8 @@ public final class ControlRequest {
     }
 
     /// Blocking convenience for one-shot requests (`defib ctl`): waits at most `timeoutMs`.
-    public static func roundTrip(path: String, line: String, timeoutMs: Int) -> Result<String, ControlError> {
-        switch start(path: path, line: line) {
+    public static func roundTrip(path: String, line: String, timeoutMs: Int, maxReplyBytes: Int = largeReplyBytes) -> Result<String, ControlError> {
+        switch start(path: path, line: line, maxReplyBytes: maxReplyBytes) {
         case let .failure(e): return .failure(e)
         case let .success(request):
             defer { request.close() }

@@ -71,8 +71,25 @@ public enum GcoreCapture {
             return CaptureRecord(method: "gcore", path: nil, bytes: 0, durationMs: elapsed(),
                                  error: "gcore failed (\(status)): \(detail.isEmpty ? "no output" : detail)")
         }
+        // gcore exits 0 with a truncated core when the disk fills: check the file, not the status.
+        if let problem = CoreFileCheck.deleteIfUnusable(path: path) {
+            return CaptureRecord(method: "gcore", path: nil, bytes: 0, durationMs: elapsed(),
+                                 error: "gcore exited 0 but \(problem); deleted (\(bytes) bytes)\(Self.diskNote(prefix))")
+        }
         chmod(path, 0o600)
         return CaptureRecord(method: "gcore", path: path, bytes: bytes, durationMs: elapsed(), error: nil)
+    }
+}
+
+extension GcoreCapture {
+    /// "; the file system is full (N KiB left)" when the core's directory has next to no space left (less
+    /// than a MiB: gcore stops at the first chunk that does not fit), the usual reason for a cut core.
+    static func diskNote(_ prefix: String) -> String {
+        var fs = statvfs()
+        let dir = prefix.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
+        guard statvfs(dir.isEmpty ? "/" : dir, &fs) == 0 else { return "" }
+        let free = Int64(fs.f_bavail) * Int64(fs.f_frsize)
+        return free < 1 << 20 ? "; the file system is full (\(free >> 10) KiB left)" : ""
     }
 }
 

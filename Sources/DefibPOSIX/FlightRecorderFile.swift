@@ -1,3 +1,4 @@
+import Glibc
 import FlightRecorder
 
 /// Reads a service's flight recorder file — without the service's help, while it hangs.
@@ -5,15 +6,18 @@ public enum FlightRecorderFile {
     /// The decoded record. A slot caught mid-write is read again (a few times); if it stays torn it is
     /// left out and listed in `tornSlots`, never trusted.
     public static func read(path: String) throws -> FlightRecord {
-        guard let first = readFileBytes(path, maxBytes: 64 << 20) else {
-            throw FlightRecordFileError(path: path, problem: "cannot open: \(SystemError("open").message)")
+        // The service makes this file, in a directory it may write: never follow a link, never block on a FIFO.
+        let first: [UInt8]
+        switch readRegularFile(path, maxBytes: 64 << 20) {
+        case let .success(bytes): first = bytes
+        case let .failure(problem): throw FlightRecordFileError(path: path, problem: problem.description)
         }
         var bytes = first
         for attempt in 0..<4 {
             do {
                 return try FlightRecord.decode(bytes, torn: attempt < 3 ? .reject : .skip)
             } catch where error.kind == .torn && attempt < 3 {
-                bytes = readFileBytes(path, maxBytes: 64 << 20) ?? bytes
+                bytes = (try? readRegularFile(path, maxBytes: 64 << 20).get()) ?? bytes
             } catch {
                 throw FlightRecordFileError(path: path, problem: "\(error)")
             }
@@ -27,4 +31,30 @@ public struct FlightRecordFileError: Error, CustomStringConvertible, Sendable {
     public var path: String
     public var problem: String
     public var description: String { "flight recorder \(path): \(problem)" }
+}
+
+/// The bytes of a regular file someone else may have made: opened without following a link and without
+/// blocking (a FIFO put in its place), and refused unless it is a regular file. The failure names why.
+func readRegularFile(_ path: String, maxBytes: Int) -> Result<[UInt8], FileReadProblem> {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY)
+    guard fd >= 0 else {
+        return .failure(FileReadProblem(errno == ELOOP ? "is a symbolic link: not followed" : "cannot open: \(SystemError("open").message)"))
+    }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return .failure(FileReadProblem("is not a regular file")) }
+    var data: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65536)
+    while data.count < maxBytes {
+        let n = retryingEINTR { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, maxBytes - data.count)) } }
+        if n <= 0 { break }
+        data += chunk[0..<n]
+    }
+    return .success(data)
+}
+
+/// Why a file could not be read, in words.
+struct FileReadProblem: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
 }

@@ -217,6 +217,11 @@ public enum KernelCoreCapture {
             }
             for path in candidates {
                 guard let now = FileIdentity(path: path), now != request.filesBefore[path] else { continue }
+                // The kernel writes what fits: a full file system leaves a truncated core. This one is new and
+                // was dumped on our signal, for this incident: junk is removed rather than counted as a core.
+                if let problem = CoreFileCheck.deleteIfUnusable(path: path) {
+                    return result(path: nil, bytes: 0, error: "the kernel dumped a core, but \(problem); deleted (\(now.size) bytes)")
+                }
                 return result(path: path, bytes: now.size, error: nil)
             }
             return result(path: nil, bytes: 0, error: "the kernel reported a core dump but no new file is at \(request.destination)")

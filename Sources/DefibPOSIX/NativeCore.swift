@@ -84,12 +84,20 @@ public enum NativeCoreWriter {
         do { processStat = try ProcStat.read("/proc/\(pid)/stat") } catch {
             return failed("process \(pid) not found (\(error))")
         }
-        // Open before stopping, so a bad path never stops the process.
-        let fd = retryingEINTR { open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }
+        // Open before stopping, so a bad path never stops the process. The core is written under a temporary
+        // name and renamed into place once complete: a file under the final name is always a whole core, and
+        // one left by a supervisor that died mid-write is recognisable (`partialSuffix`). O_EXCL: a file
+        // someone else put there is never written into.
+        let partial = Self.partialPath(path)
+        var fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        if fd < 0 && errno == EEXIST {
+            unlink(partial)   // a dead writer's leftover of this very core
+            fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        }
+        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }   // named by the core's own path: the operator's
         var closed = false
         defer { if !closed { close(fd) } }
-        fchmod(fd, 0o600)   // an existing file keeps its mode through O_TRUNC
+        fchmod(fd, 0o600)   // O_CREAT's mode went through the umask
         // A stacks-only core is a stall's evidence: the service may be running, so everything that can be read
         // before the stop is (its mappings, its threads' /proc files), and the budget is the freeze itself.
         let preread = options.stacksOnly == nil ? nil : PreStopReading.read(pid: pid)
@@ -100,7 +108,7 @@ public enum NativeCoreWriter {
         do {
             process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
         } catch {
-            unlink(path)
+            unlink(partial)
             if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
             return failed("\(error)")
         }
@@ -108,7 +116,7 @@ public enum NativeCoreWriter {
         var attached = true
         defer { if attached { process.detachAll() } }
         if process.stopped.isEmpty {
-            unlink(path)
+            unlink(partial)
             process.detachAll(); attached = false
             if !process.unstopped.isEmpty {
                 return failed("no thread of process \(pid) stopped within \(options.stopTimeoutMs) ms (\(process.unstopped.count) running: "
@@ -127,13 +135,13 @@ public enum NativeCoreWriter {
             snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat,
                                                 stacksOnly: options.stacksOnly, preread: preread)
         } catch {
-            unlink(path)
+            unlink(partial)
             process.detachAll(); attached = false
             return failed("reading process \(pid) after stopping it: \(error)", stopMs: stopMs, exited: process.leaderExited)
         }
         notes += snapshot.notes
         if snapshot.threads.isEmpty {
-            unlink(path)
+            unlink(partial)
             process.detachAll(); attached = false
             return failed("every thread of process \(pid) vanished while its registers were read", stopMs: stopMs,
                           exited: process.leaderExited)
@@ -153,10 +161,10 @@ public enum NativeCoreWriter {
         var error: String? = nil
         switch copier.failure {
         case .diskFull(let e)?:
-            unlink(path)
+            unlink(partial)
             return failed("disk full while writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
         case .writeFailed(let e)?:
-            unlink(path)
+            unlink(partial)
             return failed("writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
         case .processGone?:
             truncated = true
@@ -197,7 +205,7 @@ public enum NativeCoreWriter {
         }
         /// A write that did not land: the partial core is removed and the error says whether the disk was full.
         func writeFailed(_ e: SystemError) -> NativeCoreResult {
-            unlink(path)
+            unlink(partial)
             let full = e.errno == ENOSPC || e.errno == EDQUOT
             return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
                           stopMs: stopMs, exited: process.leaderExited)
@@ -218,6 +226,11 @@ public enum NativeCoreWriter {
             let e = SystemError("close(\(path))")
             return writeFailed(e)
         }
+        if rename(partial, path) != 0 {
+            let e = SystemError("rename(\(partial), \(path))")
+            unlink(partial)
+            return failed("\(e)", stopMs: stopMs, exited: process.leaderExited)
+        }
         if process.leaderExited { notes.append("the main thread exited during the capture") }
         if process.redelivered > 0 {
             notes.append("re-delivered \(process.redelivered) signal(s) that arrived as the threads stopped")
@@ -228,6 +241,14 @@ public enum NativeCoreWriter {
             threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
             stopMs: stopMs, notes: notes, processExited: process.leaderExited, frozenMs: frozenMs)
     }
+}
+
+extension NativeCoreWriter {
+    /// Appended to a core's name while it is being written: `core.web.12.4123.partial`.
+    public static let partialSuffix = ".partial"
+
+    /// Where the core for `path` is written until it is complete.
+    public static func partialPath(_ path: String) -> String { path + partialSuffix }
 }
 
 /// One stopped thread's registers and signal state.

@@ -20,6 +20,9 @@ public struct SpawnRequest: Sendable {
     /// The child's uid, gid and supplementary groups, set after fork and before exec (then the parent-death
     /// signal, which a credential change clears); nil keeps defib's.
     public var credentials: ProcessCredentials?
+    /// A cgroup.procs opened for writing (`InstanceCgroup.procsFD`): the child moves itself there before
+    /// exec. -1: it stays in defib's cgroup.
+    public var cgroupProcsFD: Int32 = -1
 
     public init(argv: [String], environment: [String: String], workingDirectory: String? = nil) {
         self.argv = argv; self.environment = environment; self.workingDirectory = workingDirectory
@@ -148,7 +151,7 @@ public func spawnProcess(_ request: SpawnRequest) throws -> ChildProcess {
                         listen_pid_slot: listenSlot, stdout_fd: request.stdoutFD, stderr_fd: request.stderrFD,
                         stdin_devnull: request.stdinFromDevNull ? 1 : 0,
                         set_ids: ids == nil ? 0 : 1, uid: ids?.uid ?? 0, gid: ids?.gid ?? 0,
-                        groups: groupBuf.baseAddress, ngroups: Int32(groups.count))
+                        groups: groupBuf.baseAddress, ngroups: Int32(groups.count), cgroup_procs_fd: request.cgroupProcsFD)
                     return defib_spawn(&attr, &pid, &err, &stage)
                 }
             }

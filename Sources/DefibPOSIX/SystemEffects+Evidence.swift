@@ -91,7 +91,7 @@ extension SystemEffects {
                 status = waitForChild(instance, timeoutMs: request.budgetMs)
                 if status != nil {
                     instance.closePidfd()
-                    child = nil
+                    instanceEnded(instance.pid)
                 }
             }
             let result = KernelCoreCapture.finish(started, status: status)

@@ -13,6 +13,10 @@ public final class SystemEffects: SupervisorEffects {
     let passedSockets: [(name: String, fd: Int32)]
     /// The NOTIFY_SOCKET served to the instance.
     let notifyServer: NotifyServer
+    /// The checked directories and where the service's files go.
+    let directories: ServiceDirectories
+    /// The service's cgroup: each instance gets a leaf of it (nil: process groups and the subreaper only).
+    let cgroup: ServiceCgroup?
     /// Processes that were already our children when supervision began.
     public let childrenBeforeUs: Set<Int32>
     /// The service manager's watchdog period for us (WATCHDOG_USEC), when it watches us.
@@ -29,9 +33,16 @@ public final class SystemEffects: SupervisorEffects {
     public private(set) var warnings: [String] = []
 
     var child: ChildProcess?
+    /// The live instance's cgroup leaf, and the leaves of instances that ended, until their leftovers are killed.
+    var childCgroup: InstanceCgroup?
+    var endedCgroups: [Int32: InstanceCgroup] = [:]
     var helpers: [Int32: ChildProcess] = [:]
     var ping: (token: UInt64, request: ControlRequest)?
     var locksQuery: ControlRequest?
+    /// A cgroup leaf could not be made for an instance: said once.
+    var leafFailureLogged = false
+    /// Where a problem found while supervising goes (the supervisor's log), when it does not stop anything.
+    public var onWarning: (@Sendable (String) -> Void)?
     /// The probe that is the heartbeat (resolved once, at start-up), and its attempt in flight.
     let probe: ResolvedProbe?
     var probeAttempt: (token: UInt64, attempt: any ProbeAttempt)?
@@ -43,37 +54,49 @@ public final class SystemEffects: SupervisorEffects {
         return try SignalQueue(signals: [SIGCHLD, SIGTERM, SIGINT, SIGHUP])
     }
 
-    /// Becomes our descendants' subreaper and makes the state directory, the core directory and the run
-    /// directory (0700, made by us), the link to a control socket kept elsewhere, and the NOTIFY_SOCKET.
+    /// Becomes our descendants' subreaper and, in the checked `directories`, makes the link to a control
+    /// socket kept elsewhere (or in the instance directory) and the NOTIFY_SOCKET. Without `directories`
+    /// (tests, tools), they are opened here for a service running as defib's user.
     public init(config: SupervisorConfig, store: any IncidentPersistence, signals: SignalQueue,
                 passedSockets: [(name: String, fd: Int32)] = [], probe: ResolvedProbe? = nil,
-                shipping: (any ShippingReporter)? = nil) throws {
+                shipping: (any ShippingReporter)? = nil, directories: ServiceDirectories? = nil, cgroup: ServiceCgroup? = nil) throws {
         self.config = config
         self.probe = probe
         self.store = store
         self.shipping = shipping
         self.signals = signals
         self.passedSockets = passedSockets
+        self.cgroup = cgroup
         childrenBeforeUs = Set(childProcesses(of: getpid()))
         managerWatchdogUsec = SystemdNotifier.watchdogUsec()
         managerListening = SystemdNotifier.isEnabled
         underJournald = Journald.stderrIsJournal
         hostname = CoredumpJournal.hostname()
         try becomeChildSubreaper()
-        let runDirectory = config.runDirectory
-        for dir in [config.stateDirectory, config.coreDirectory, config.stateDirectory + "/run", runDirectory] {
-            try makeDirectory(dir, mode: 0o700)
+        let directories = try directories ?? ServiceDirectories.open(config, credentials: nil)
+        self.directories = directories
+        warnings += directories.warnings
+        let run = directories.run
+        let runDirectory = run.path
+        let controlSocket = directories.paths.controlSocket
+        if controlSocket != runDirectory + "/control.sock" {
+            // A control socket elsewhere (or in the instance directory): `defib ctl` finds it through a link
+            // in the run directory. A directory elsewhere is made (0700) only if missing — never chmod'ed, it
+            // may be shared (/run, /tmp).
+            let target: String
+            if let instance = directories.paths.instanceDirectory, controlSocket.hasPrefix(instance + "/") {
+                target = "instance/" + controlSocket.dropFirst(instance.count + 1)
+            } else {
+                let dir = Self.parentDirectory(controlSocket)
+                if access(dir, F_OK) != 0 { try makeDirectory(dir, mode: 0o700) }
+                target = controlSocket
+            }
+            unlinkat(run.fd, "control.sock", 0)
+            if symlinkat(target, run.fd, "control.sock") != 0 { throw SystemError("symlink(\(target), \(runDirectory)/control.sock)") }
         }
-        if config.controlSocketPath != runDirectory + "/control.sock" {
-            // A control socket elsewhere: its directory is made (0700) only if missing — never chmod'ed, it
-            // may be shared (/run, /tmp) — and the run directory gets a symlink to it for `defib ctl`.
-            let dir = Self.parentDirectory(config.controlSocketPath)
-            if access(dir, F_OK) != 0 { try makeDirectory(dir, mode: 0o700) }
-            let link = runDirectory + "/control.sock"
-            unlink(link)
-            if symlink(config.controlSocketPath, link) != 0 { throw SystemError("symlink(\(config.controlSocketPath), \(link))") }
-        }
-        notifyServer = try NotifyServer(path: config.notifySocketPath)
+        // Writable by any local user, like systemd's: a daemon that drops its privileges by itself still
+        // reaches it, and what it says counts only when the sender's pid is the service's.
+        notifyServer = try NotifyServer(path: directories.paths.notifySocket, mode: 0o666)
         // Who supervises this service: `defib ctl` picks among live supervisors, not among sockets (a service
         // that is restarting has none for a moment, and a line meant for it must not go to another one).
         // The file also records our PID namespace, so `defib ctl` on the host finds a defib that is a container's
@@ -110,7 +133,11 @@ public final class SystemEffects: SupervisorEffects {
         }
         reap(into: &events)  // a SIGCHLD can be merged with one already drained
         for message in notifyServer.receiveAll() {
-            events.append(.notify(NotifyMessage(pid: message.pid, text: message.text, truncated: message.truncated)))
+            var notify = NotifyMessage(pid: message.pid, text: message.text, truncated: message.truncated)
+            if config.heartbeat.notifyAccess == .all, let child, message.pid != child.pid {
+                notify.senderInInstance = isInInstance(message.pid, mainPID: child.pid)
+            }
+            events.append(.notify(notify))
         }
         if let (token, request) = ping {
             switch request.readAvailable() {
@@ -144,7 +171,7 @@ public final class SystemEffects: SupervisorEffects {
         for reaped in reapAll(sparing: Set([probeAttempt?.attempt.sparedPID].compactMap { $0 })) {
             if let child, child.pid == reaped.pid {
                 child.closePidfd()
-                self.child = nil
+                instanceEnded(reaped.pid)
             } else if let helper = helpers.removeValue(forKey: reaped.pid) {
                 helper.closePidfd()
             }
@@ -154,50 +181,113 @@ public final class SystemEffects: SupervisorEffects {
 
     // MARK: the service
 
+    /// Starts an instance: as the service's user when it has one (its instance directory made anew first),
+    /// in a cgroup leaf of its own when the service has a cgroup (joined by the child before exec, so all it
+    /// ever starts is in it).
     public func spawn(_ plan: SpawnPlan) -> SupervisorEvent {
+        do { try directories.prepareInstance() } catch { return .spawnFailed("\(error)") }
         if let stale = plan.removeFirst { unlink(stale) }
         var env = helperEnvironment()
+        let credentials = directories.credentials
+        // USER, LOGNAME, HOME and SHELL of the service's user, as systemd's User= gives them; the config's wins.
+        for (key, value) in credentials?.environment ?? [:] { env[key] = value }
         for (key, value) in plan.environmentDefaults where env[key] == nil { env[key] = value }
         for (key, value) in plan.environment { env[key] = value }
         var request = SpawnRequest(argv: plan.argv, environment: env, workingDirectory: plan.workingDirectory)
         request.passFDs = passedSockets.map(\.fd)
         request.passFDNames = passedSockets.map(\.name)
+        request.credentials = credentials
+        var leaf: InstanceCgroup?
+        if let cgroup {
+            do {
+                leaf = try cgroup.newInstance()
+                request.cgroupProcsFD = leaf?.procsFD ?? -1
+            } catch {
+                if !leafFailureLogged { onWarning?("instance cgroup: \(error); instances run in the service's process group only") }
+                leafFailureLogged = true
+            }
+        }
         do {
             let started = try spawnProcess(request)
             child = started
+            leaf?.closeProcsFD()
+            childCgroup = leaf
             // It has exec'd (spawnProcess returns after that) and is not reaped before we are: its pid is its own.
             return .spawned(pid: started.pid, executable: started.executable, process: ProcessIdentity.read(pid: started.pid))
         } catch {
+            leaf?.remove()
             return .spawnFailed("\(error)")
         }
     }
 
-    /// The signal goes to the instance, its process group and — SIGKILL — every descendant that left the group
-    /// (listed before the main process dies, while they are still its descendants): a whole instance goes.
+    /// A signal to the instance (its pidfd) and everything in it: its cgroup leaf (`cgroup.kill` for SIGKILL,
+    /// each member otherwise), its process group and — SIGKILL — every descendant that left the group (listed
+    /// before the main process dies, while they are still its descendants; what matters without a cgroup).
     public func signal(pid: Int32, signal: Int32) {
         guard let child, child.pid == pid else { return }
         let strays = signal == SIGKILL ? ServiceProcesses.openDescendants(of: pid) : []
         try? child.signal(signal)
         child.signalGroup(signal)
+        if let leaf = childCgroup {
+            if signal == SIGKILL { leaf.killNow() } else { leaf.signalMembers(signal) }
+        }
         for stray in strays { stray.kill(signal) }
     }
 
+    /// What the ended instance `pid` left: everything still in its cgroup leaf (killed with `cgroup.kill`, the
+    /// leaf then removed) and our children that are not `sparing`'s (re-parented to us, the subreaper).
     public func killLeftovers(of pid: Int32, sparing: Set<Int32>) -> [KilledProcess] {
         var killed: [KilledProcess] = []
+        if let leaf = endedCgroups.removeValue(forKey: pid) {
+            let members = leaf.members().filter { !sparing.contains($0) && $0 != child?.pid && helpers[$0] == nil }
+            let names = members.map { KilledProcess(pid: $0, name: processName($0)) }
+            if !members.isEmpty || ServiceCgroup.populated(leaf.path) {
+                // Bounded: SIGKILL'ed processes go at once; one in uninterruptible sleep keeps its leaf, which the
+                // service cgroup's removal at exit takes care of.
+                leaf.kill(waitMs: 1000)
+            }
+            killed += names
+            leaf.remove()
+        }
+        let named = Set(killed.map(\.pid))
         let probePID = probeAttempt?.attempt.sparedPID
         for leftover in childProcesses(of: getpid())
         where !sparing.contains(leftover) && leftover != child?.pid && helpers[leftover] == nil && leftover != probePID {
             let name = processName(leftover)
-            if killProcess(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
+            if killProcess(leftover), !named.contains(leftover) { killed.append(KilledProcess(pid: leftover, name: name)) }
         }
         return killed
+    }
+
+    /// The instance `pid` was reaped: its leaf waits for `killLeftovers`.
+    func instanceEnded(_ pid: Int32) {
+        child = nil
+        if let leaf = childCgroup { endedCgroups[pid] = leaf }
+        childCgroup = nil
+    }
+
+    /// Whether `pid` belongs to the instance whose main process is `mainPID`: in its cgroup leaf, or below it
+    /// in the process tree (a worker, a re-exec'd self).
+    func isInInstance(_ pid: Int32, mainPID: Int32) -> Bool {
+        if let leaf = childCgroup, let own = readTextFile("/proc/\(pid)/cgroup"),
+           let line = own.split(separator: "\n").first(where: { $0.hasPrefix("0::") }) {
+            let path = String(line.dropFirst(3))
+            if path == leaf.cgroupPath || path.hasPrefix(leaf.cgroupPath + "/") { return true }
+        }
+        var current = pid
+        for _ in 0..<64 {
+            guard let text = readTextFile("/proc/\(current)/stat"), let parent = ProcParse.parentPID(text), parent > 1 else { return false }
+            if parent == mainPID { return true }
+            current = parent
+        }
+        return false
     }
 
     // MARK: the control channel
 
     public func sendPing(token: UInt64) -> String? {
         cancelPing()
-        switch ControlRequest.start(path: config.controlSocketPath, line: "ping \(token)") {
+        switch ControlRequest.start(path: directories.paths.controlSocket, line: "ping \(token)", noFollow: directories.paths.instanceDirectory != nil) {
         case let .success(request): ping = (token, request); return nil
         case let .failure(error): return error.problem
         }
@@ -210,7 +300,7 @@ public final class SystemEffects: SupervisorEffects {
 
     public func queryLocks() -> String? {
         cancelLocksQuery()
-        switch ControlRequest.start(path: config.controlSocketPath, line: "locks") {
+        switch ControlRequest.start(path: directories.paths.controlSocket, line: "locks", noFollow: directories.paths.instanceDirectory != nil) {
         case let .success(request): locksQuery = request; return nil
         case let .failure(error): return "\(error)"
         }
@@ -250,11 +340,16 @@ public final class SystemEffects: SupervisorEffects {
     // MARK: the store and the service manager
 
     public func insert(_ incident: Incident) -> Result<Int64, EffectFailure> {
-        do { return .success(try store.insert(incident)) } catch { return .failure(EffectFailure("\(error)")) }
+        do { return .success(try store.insert(incident)) } catch { return .failure(Self.failure(error)) }
     }
 
     public func update(_ incident: Incident) -> EffectFailure? {
-        do { try store.update(incident); return nil } catch { return EffectFailure("\(error)") }
+        do { try store.update(incident); return nil } catch { return Self.failure(error) }
+    }
+
+    /// The store's error, saying whether the write may succeed later (a full disk, an I/O error, a busy database).
+    static func failure(_ error: any Error) -> EffectFailure {
+        EffectFailure("\(error)", retryLater: (error as? any RetryableError)?.retryLater ?? false)
     }
 
     public func recordCoreRemoved(incidentID: Int64, note: String) -> EffectFailure? {
@@ -263,6 +358,6 @@ public final class SystemEffects: SupervisorEffects {
 
     public func notifyManager(_ state: String) { SystemdNotifier.notify(state) }
 
-    public func announceCore(_ fields: [JournalField]) -> EffectFailure? { CoredumpJournal.send(fields).map(EffectFailure.init) }
+    public func announceCore(_ fields: [JournalField]) -> EffectFailure? { CoredumpJournal.send(fields).map { EffectFailure($0) } }
     public func shippingReport() -> ShippingReport? { shipping?.shippingReport }
 }

@@ -3,12 +3,9 @@ import Glibc
 
 // SystemError, retryingEINTR and the clocks come from DefibSystem, shared with the proxy and the lock.
 
-/// Creates `path` and its parents with `mode` (only the last component gets `mode` enforced).
+/// Creates `path` and its missing parents, the last one with `mode`, or checks the existing one — through
+/// `SafeDirectory`: never following a link to it, never changing the mode or owner of a directory defib did
+/// not create, and refusing one that is not defib's own or that others may write (`UnsafeDirectoryError`).
 public func makeDirectory(_ path: String, mode: mode_t) throws {
-    var built = path.hasPrefix("/") ? "" : "."
-    for part in path.split(separator: "/") {
-        built += "/" + part
-        if mkdir(built, 0o755) != 0 && errno != EEXIST { throw SystemError("mkdir(\(built))") }
-    }
-    if chmod(path, mode) != 0 { throw SystemError("chmod(\(path))") }
+    _ = try SafeDirectory.open(path, mode: mode, create: true, role: "directory")
 }

@@ -81,10 +81,12 @@ public final class NotifyServer {
     public let path: String
     public let fd: Int32
 
-    public init(path: String) throws {
+    /// Binds `path` with `mode`: 0600 keeps it to defib's user; the supervisor serves its child 0666, as systemd
+    /// does, and tells senders apart by their pid (SO_PASSCRED).
+    public init(path: String, mode: mode_t = 0o600) throws {
         let fd = defib_notify_socket_bind(path)
         if fd < 0 { throw SystemError("bind(AF_UNIX SOCK_DGRAM \(path))") }
-        if chmod(path, 0o600) != 0 { let e = SystemError("chmod(\(path))"); close(fd); throw e }
+        if chmod(path, mode) != 0 { let e = SystemError("chmod(\(path))"); close(fd); throw e }
         self.path = path
         self.fd = fd
     }

@@ -22,6 +22,8 @@ public final class Supervisor {
     let logger: Logger
     let metrics: SupervisorMetrics
     private var exitCode: Int32?
+    /// What `defib run` settled before the loop and holds until it ends (the lock, the service's cgroup).
+    var startup: SupervisorStartup?
 
     public init(_ setup: Supervision.Setup, effects: any SupervisorEffects, logger: Logger) {
         self.supervision = Supervision(setup)
@@ -37,6 +39,7 @@ public final class Supervisor {
             for event in effects.wait(until: supervision.nextWakeup) where exitCode == nil { handle(event) }
             if exitCode == nil { handle(.tick) }
         }
+        startup?.finish()
         return exitCode ?? 1
     }
 
@@ -107,7 +110,7 @@ public final class Supervisor {
         case let .insertIncident(incident):
             return .incidentStored(effects.insert(incident))
         case let .updateIncident(incident):
-            return effects.update(incident).map { .storeFailed($0) }
+            return effects.update(incident).map { .incidentNotUpdated(incident, $0) }
         case let .recordCoreRemoved(id, note):
             return effects.recordCoreRemoved(incidentID: id, note: note).map { .storeFailed($0) }
         case let .log(entry):

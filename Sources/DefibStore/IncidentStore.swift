@@ -44,12 +44,12 @@ public final class IncidentStore: Sendable {
         do {
             pool = try DatabasePool(path: path, configuration: config)   // DatabasePool switches the file to WAL
         } catch {
-            throw StoreError(.open, path: path, "cannot open: \(sqliteMessage(error))")
+            throw StoreError(.open, path: path, "cannot open: \(sqliteMessage(error))", sqliteCode: sqliteCode(error))
         }
         do {
             try IncidentSchema.migrator.migrate(pool)
         } catch {
-            throw StoreError(.migration, path: path, "schema migration failed: \(sqliteMessage(error))")
+            throw StoreError(.migration, path: path, "schema migration failed: \(sqliteMessage(error))", sqliteCode: sqliteCode(error))
         }
         return IncidentStore(path: path, reader: pool, writer: pool)
     }
@@ -257,7 +257,7 @@ public final class IncidentStore: Sendable {
         do {
             rows = try reader.read { try Row.fetchAll($0, sql: sql, arguments: arguments) }
         } catch {
-            throw StoreError(.read, path: path, "\(what): \(sqliteMessage(error))")
+            throw StoreError(.read, path: path, "\(what): \(sqliteMessage(error))", sqliteCode: sqliteCode(error))
         }
         return try rows.map { row in
             let columns = IncidentCodec.Columns(id: row["id"], service: row["service"], pid: row["pid"],
@@ -276,18 +276,27 @@ public final class IncidentStore: Sendable {
         do {
             return try writer.write(body)
         } catch {
-            throw StoreError(.write, path: path, "\(what): \(sqliteMessage(error))")
+            throw StoreError(.write, path: path, "\(what): \(sqliteMessage(error))", sqliteCode: sqliteCode(error))
         }
     }
 
     /// Creates the database file 0600 before SQLite does (SQLite would honour the umask, typically 0644) and
-    /// tightens an existing one; the -wal and -shm files inherit the database file's mode.
+    /// tightens an existing one of ours; the -wal and -shm files inherit the database file's mode. A link
+    /// there is never followed and a file of another user is refused, not chmod'ed.
     private static func ensurePrivateFile(_ path: String) throws {
-        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        let fd = Glibc.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY, 0o600)
         guard fd >= 0 else {
-            throw StoreError(.open, path: path, "cannot create: \(String(cString: strerror(errno)))")
+            let e = errno
+            throw StoreError(.open, path: path, e == ELOOP ? "is a symbolic link; defib does not follow one to its database"
+                                                           : "cannot create: \(String(cString: strerror(e)))",
+                             sqliteCode: e == ENOSPC || e == EDQUOT ? 13 : nil)
         }
         defer { close(fd) }
+        var st = stat()
+        if fstat(fd, &st) == 0, st.st_uid != geteuid() || (st.st_mode & S_IFMT) != S_IFREG {
+            throw StoreError(.open, path: path, (st.st_mode & S_IFMT) != S_IFREG ? "is not a regular file"
+                                                 : "is owned by uid \(st.st_uid), not by defib; defib does not use a database someone else made")
+        }
         if fchmod(fd, 0o600) != 0 {
             throw StoreError(.open, path: path, "cannot make it private (chmod 0600): \(String(cString: strerror(errno)))")
         }
@@ -312,6 +321,11 @@ struct StoredRow {
         arguments = [incident.service, Int64(incident.pid), incident.cause.kind, incident.detectedAt.storedMilliseconds,
                      incident.outcome.rawValue, incident.signature, core, incident.capture?.bytes ?? 0, body]
     }
+}
+
+/// SQLite's primary result code behind `error`, when it came from SQLite.
+func sqliteCode(_ error: any Error) -> Int32? {
+    (error as? DatabaseError).map { $0.resultCode.primaryResultCode.rawValue }
 }
 
 /// GRDB's messages carry the SQL and the code; the message alone reads better after our own context.

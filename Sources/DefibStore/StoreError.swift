@@ -1,3 +1,5 @@
+import DefibCore
+
 /// Something the incident store could not do. The description names the database file and the problem,
 /// e.g. `/var/lib/defib/incidents.sqlite: no incident 42`.
 public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -30,11 +32,32 @@ public struct StoreError: Error, Sendable, Equatable, CustomStringConvertible {
     /// The problem, in words (includes SQLite's own message when there is one).
     public var message: String
 
+    /// SQLite's primary result code, when SQLite said what failed (13 SQLITE_FULL, 11 SQLITE_CORRUPT, …).
+    public var sqliteCode: Int32?
+
     /// Makes an error about `path`.
-    public init(_ kind: Kind, path: String, _ message: String) {
-        self.kind = kind; self.path = path; self.message = message
+    public init(_ kind: Kind, path: String, _ message: String, sqliteCode: Int32? = nil) {
+        self.kind = kind; self.path = path; self.message = message; self.sqliteCode = sqliteCode
+    }
+
+    /// The write may well succeed later: the disk is full (SQLITE_FULL), an I/O error (SQLITE_IOERR, which
+    /// is also how ENOSPC on the WAL shows), another process holds a lock (SQLITE_BUSY/LOCKED), or the file
+    /// cannot be opened right now (SQLITE_CANTOPEN). The supervision keeps the incident and writes it again
+    /// (`IncidentLedger`'s unwritten incidents) rather than losing it.
+    public var retryLater: Bool {
+        guard let code = sqliteCode else { return false }
+        return [5, 6, 10, 13, 14].contains(code)
+    }
+
+    /// The database file itself is damaged or is not a database (SQLITE_CORRUPT, SQLITE_NOTADB): it will not
+    /// get better, it must be moved aside (see `IncidentStore.openRecovering`).
+    public var isDamaged: Bool {
+        guard let code = sqliteCode else { return false }
+        return code == 11 || code == 26
     }
 
     /// `PATH: MESSAGE`.
     public var description: String { "\(path): \(message)" }
 }
+
+extension StoreError: RetryableError {}

@@ -15,7 +15,7 @@ public struct FlightRecorderWriterError: Error, Equatable, CustomStringConvertib
 
     /// The class of failure.
     public var kind: Kind
-    /// The failing call ("open", "fchmod", "ftruncate", "mmap", "rename") or the argument's name.
+    /// The failing call ("open", "fchmod", "posix_fallocate", "mmap", "rename") or the argument's name.
     public var call: String
     /// The file involved.
     public var path: String
@@ -99,7 +99,13 @@ public final class FlightRecorderWriter: @unchecked Sendable {
         defer { if !renamed { unlink(temporary) } }
         // O_CREAT's mode goes through the umask and does not apply to a file that already existed.
         guard fchmod(fd, 0o600) == 0 else { throw fail("fchmod", temporary) }
-        guard ftruncate(fd, off_t(size)) == 0 else { throw fail("ftruncate", temporary) }
+        // Blocks allocated for real, not a sparse file: a page of a sparse mapping that the file system has no
+        // room for faults with SIGBUS when first written — in the service, under a lock. A full disk is an
+        // error here instead, and the service runs without a recorder.
+        let allocated = posix_fallocate(fd, 0, off_t(size))
+        guard allocated == 0 else {
+            throw FlightRecorderWriterError(kind: .system, call: "posix_fallocate", path: temporary, errno: allocated)
+        }
         guard let mapped = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), mapped != MAP_FAILED else {
             throw fail("mmap", temporary)
         }

@@ -100,6 +100,7 @@ struct IncidentsInfoCommand: ParsableCommand {
         case .shutdown: summary.append(["Outcome", "shutdown: the supervisor was stopped before recovery finished"])
         case .replacementFailed: summary.append(["Outcome", "replacement failed: the new instance hung before it was ready; the next incident has its evidence"])
         case .selfRecovered: summary.append(["Outcome", "self-recovered: the heartbeat came back by itself; nothing was done to the process (same pid, no restart)"])
+        case .supervisorDied: summary.append(["Outcome", "supervisor died: defib was killed while handling it; the next defib closed it at start"])
         }
         if let newPid = i.newPid { summary.append(["New pid", String(newPid)]) }
         summary.append(["Binary", i.binaryPath ?? "-"])

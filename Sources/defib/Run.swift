@@ -20,13 +20,13 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Service name used in incidents and paths (default: program's base name).")
     var name: String?
 
-    @Option(name: .long, help: "Heartbeat interval in milliseconds.")
+    @Option(name: .long, parsing: .unconditional, help: "Heartbeat interval in milliseconds.")
     var interval: Int?
 
-    @Option(name: .long, help: "Silence (ms) that makes a hang, unless the process is starved rather than stuck.")
+    @Option(name: .long, parsing: .unconditional, help: "Silence (ms) that makes a hang, unless the process is starved rather than stuck.")
     var deadline: Int?
 
-    @Option(name: .long, help: "Missed pings a hang needs at least.")
+    @Option(name: .long, parsing: .unconditional, help: "Missed pings a hang needs at least.")
     var misses: Int?
 
     @Option(name: .long, help: "Where heartbeats come from: auto (the default: what the program speaks, else its exit only), ping, notify (sd_notify WATCHDOG=1), both, http, tcp, exec (a probe, with --probe) or none (its exit only).")
@@ -35,7 +35,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("The probe for --heartbeat http (a URL), tcp (HOST:PORT) or exec (a command).", valueName: "TARGET"))
     var probe: String?
 
-    @Option(name: .long, help: "Run the service as this user (name or uid; resolved, but refused by this version).")
+    @Option(name: .long, help: "Run the service as this user (name or uid).")
     var user: String?
 
     @Option(name: .long, help: "Run the service with this group (name or gid; default: the user's).")
@@ -44,7 +44,7 @@ struct RunCommand: ParsableCommand {
     @Option(name: .long, help: "Core capture method: native, kernel, gcore or none.")
     var capture: CaptureMethod?
 
-    @Option(name: .long, help: "Core capture time budget in milliseconds.")
+    @Option(name: .long, parsing: .unconditional, help: "Core capture time budget in milliseconds.")
     var captureBudget: Int?
 
     @Option(name: .long, help: "Control socket path (default: STATE_DIR/run/NAME/control.sock).")
@@ -110,7 +110,6 @@ struct RunCommand: ParsableCommand {
         if let dir = cfg.capture.directory, !dir.isEmpty { cfg.capture.directory = absolute(dir) }
         if cfg.service.argv.isEmpty { throw ValidationError("nothing to run: give the program after --, or service.argv in the config file") }
         do { try cfg.validate() } catch { throw ValidationError("\(error)") }
-        try Self.checkAnyServiceSettings(cfg)
         return cfg
     }
 

@@ -156,7 +156,9 @@ import Testing
         #expect(run.logs.contains("pid 100 sends WATCHDOG=1: its keep-alives are its heartbeat from now on (heartbeat auto)"))
         let incident = try #require(run.incidents.first)
         guard case let .missedHeartbeat(_, _, lastError, heartbeat) = incident.cause else { Issue.record("\(incident.cause)"); return }
-        #expect(lastError?.hasPrefix("no WATCHDOG=1 for ") == true && heartbeat == nil)
+        // Named as what went silent (the keep-alives), not as a control channel.
+        #expect(lastError?.hasPrefix("no WATCHDOG=1 for ") == true && heartbeat == "sd_notify keep-alive (WATCHDOG=1)", "\(incident.cause)")
+        #expect(incident.cause.summary.hasPrefix("sd_notify keep-alive (WATCHDOG=1) failing: "), "\(incident.cause.summary)")
         #expect(incident.pid == 100 && incident.capture?.path == "/state/cores/core.svc.1.100")
         #expect(!run.logs.contains("has neither listened"))
     }

@@ -21,6 +21,9 @@ final class FakeEffects: SupervisorEffects {
         case neverListens
         /// Stops answering at `fromMs` for `forMs`, then answers again (late: the pings it owes come back).
         case pauses(fromMs: Int64, forMs: Int64)
+        /// Answers pings until `afterMs`, then spins: three threads always runnable, their CPU time accounted
+        /// in 4 ms scheduler ticks (over a millisecond a thread can show no CPU although it never stops).
+        case spins(afterMs: Int64)
     }
 
     /// How another process of an instance (a worker) looks in /proc.
@@ -116,6 +119,10 @@ final class FakeEffects: SupervisorEffects {
     private(set) var stored: [Int64: Incident] = [:]
     var nextIncidentID: Int64 = 1
     var storeFails = false
+    /// The store refuses every write as a full disk would (retryable) during this time.
+    var storeFull: Range<Int64>?
+    /// The loop is held up once (as a flood or a slow call would hold it): at `atMs`, time jumps by `forMs`.
+    var stall: (atMs: Int64, forMs: Int64)?
     /// Cores of incidents from earlier runs (not in this supervisor's memory).
     var olderCores: [StoredCore] = []
     var space: FileSystemSpace? = FileSystemSpace(totalBytes: 100 << 30, freeBytes: 50 << 30)
@@ -146,6 +153,10 @@ final class FakeEffects: SupervisorEffects {
     func wait(until deadline: MonoTime?) -> [SupervisorEvent] {
         let limit = min(deadline.map { $0.nanoseconds / 1_000_000 + ($0.nanoseconds % 1_000_000 == 0 ? 0 : 1) } ?? nowMs + 1000, nowMs + 1000)
         let before = nowMs
+        if let stall, nowMs >= stall.atMs {
+            nowMs += stall.forMs
+            self.stall = nil
+        }
         if let first = events.min(by: { ($0.at, $0.seq) < ($1.at, $1.seq) }), first.at <= max(limit, nowMs) {
             nowMs = max(nowMs, first.at)
         } else {
@@ -430,6 +441,10 @@ final class FakeEffects: SupervisorEffects {
     }
 
     func insert(_ incident: Incident) -> Result<Int64, EffectFailure> {
+        if let full = storeFull, full.contains(nowMs) {
+            calls.append("insert refused")
+            return .failure(EffectFailure("store: database or disk is full", retryLater: true))
+        }
         if storeFails {
             calls.append("insert failed")
             return .failure(EffectFailure("store \(incident.service): disk I/O error"))
@@ -444,6 +459,10 @@ final class FakeEffects: SupervisorEffects {
     }
 
     func update(_ incident: Incident) -> EffectFailure? {
+        if let full = storeFull, full.contains(nowMs) {
+            calls.append("update refused")
+            return EffectFailure("store: database or disk is full", retryLater: true)
+        }
         guard let id = incident.id, stored[id] != nil else { return EffectFailure("no incident \(incident.id ?? -1)") }
         calls.append("update \(id)")
         stored[id] = incident
@@ -488,7 +507,7 @@ final class FakeEffects: SupervisorEffects {
     private func answers(_ instance: Instance) -> Bool {
         switch instance.behaviour {
         case .healthy, .exits: true
-        case let .hangs(afterMs), let .starves(afterMs): nowMs < instance.startedMs + afterMs
+        case let .hangs(afterMs), let .starves(afterMs), let .spins(afterMs): nowMs < instance.startedMs + afterMs
         case let .pauses(fromMs, forMs): nowMs < instance.startedMs + fromMs || nowMs >= instance.startedMs + fromMs + forMs
         case .neverListens: false
         }
@@ -528,6 +547,12 @@ final class FakeEffects: SupervisorEffects {
         case .starves:
             threads = (0..<3).map { i in
                 ThreadSample(tid: pid + Int32(i), name: "worker-\(i)", state: "R", cpuTicks: 0, onCpuNs: age / 10, runDelayNs: age * 6 / 10)
+            }
+        case let .spins(afterMs):
+            let spinningNs = UInt64(max(0, nowMs - instance.startedMs - afterMs)) * 1_000_000
+            let tick: UInt64 = 4_000_000
+            threads = (0..<3).map { i in
+                ThreadSample(tid: pid + Int32(i), name: "spinner-\(i)", state: "R", cpuTicks: 0, onCpuNs: spinningNs / tick * tick, runDelayNs: 0)
             }
         case .healthy, .exits, .hangs, .neverListens, .pauses:
             threads = (0..<3).map { i in

@@ -95,7 +95,8 @@ struct EvidenceTests {
         let dir = Scratch("diskfull"); defer { dir.remove() }
         let cores = "\(dir.path)/tiny"
         try FileManager.default.createDirectory(atPath: cores, withIntermediateDirectories: true)
-        try #require(try runCommand(["mount", "-t", "tmpfs", "-o", "size=256k", "defib-test", cores]).code == 0)
+        // mode=0700: a tmpfs is 1777 by default, and defib refuses a core directory others may write in.
+        try #require(try runCommand(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "defib-test", cores]).code == 0)
         defer { _ = try? runCommand(["umount", "-l", cores]) }
         let cfg = try Self.config(dir, hangAfter: 5, extra: "[capture]\nmethod = \"native\"\ndirectory = \"\(cores)\"\n")
         let defib = try Background([Binaries.defib, "run", "--config", cfg], log: "\(dir.path)/defib.log")

@@ -41,9 +41,15 @@ struct SupervisorEdgeTests {
         #expect(detail.contains("unexpected reply 'hello there'"), "\(detail)")
     }
 
+    /// A program defib cannot see is wrong before it starts (exit 64: HardeningRunTests); one that exists and is
+    /// executable but whose exec fails (here a script whose interpreter is missing) can only fail at each start.
     @Test func aProgramThatCannotStartIsReportedAndTheSupervisorGivesUp() throws {
         let dir = Scratch("nostart"); defer { dir.remove() }
-        let defib = try supervise(dir, mode: "ok", program: ["/nonexistent/defib-test-program"])
+        let program = "\(dir.path)/nonexistent/defib-test-program"
+        try FileManager.default.createDirectory(atPath: "\(dir.path)/nonexistent", withIntermediateDirectories: true)
+        try "#!/nonexistent/interpreter\n".write(toFile: program, atomically: false, encoding: .utf8)
+        chmod(program, 0o755)
+        let defib = try supervise(dir, mode: "ok", program: [program])
         let status = defib.wait(timeoutMs: 30_000)
         defer { defib.stop() }
         #expect(status == .exited(code: 1), "\(defib.log)")
@@ -143,6 +149,8 @@ struct SupervisorEdgeTests {
         chmod(shared, 0o755)
         // A stale socket: bound by a process that is gone, so nothing accepts on it.
         try FileManager.default.createDirectory(atPath: "\(state)/run/old", withIntermediateDirectories: true)
+        // Made private by whoever made them, as an administrator would: defib never chmods a directory it did not create.
+        chmod(state, 0o700); chmod("\(state)/run", 0o700)
         let stale = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
         var addr = sockaddr_un(); addr.sun_family = sa_family_t(AF_UNIX)
         let stalePath = Array("\(state)/run/old/control.sock".utf8)

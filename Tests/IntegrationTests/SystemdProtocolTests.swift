@@ -79,6 +79,10 @@ struct SystemdProtocolTests {
         #expect(incident["cause"] as? String == "missed-heartbeat")
         #expect((incident["cause_detail"] as? String)?.contains("no WATCHDOG=1") == true, "\(incident)")
         #expect(defib.log.contains("service says: STATUS=serving"))
+        // Named as what went silent: the keep-alives and their last WATCHDOG=1, not a control channel or a pong.
+        let detail = incident["cause_detail"] as? String ?? ""
+        #expect(detail.hasPrefix("sd_notify keep-alive (WATCHDOG=1) failing: ") && detail.contains("last beat "), "\(detail)")
+        #expect(!detail.contains("control channel") && !detail.contains("pong"), "\(detail)")
     }
 
     @Test func keepAlivesFromAnotherPidAreIgnored() throws {

@@ -25,6 +25,7 @@ typedef struct {
     gid_t gid;
     const gid_t *groups;         ///< supplementary groups (may be NULL when ngroups is 0)
     int ngroups;
+    int cgroup_procs_fd;         ///< -1: stay in the parent's cgroup; else a cgroup.procs opened for writing: the child moves itself there first
 } defib_spawn_attr;
 
 /// fork + exec. Returns 0 and the pid, or -1 with *err_out = errno and *stage_out naming the failing step

@@ -1,16 +1,22 @@
 #!/usr/bin/env python3
 """A minimal supervised service for edge-case tests: answers `ping N` on $DEFIB_CONTROL_SOCKET.
 Behaviour is chosen with MODE: ok | hang-after:N (stop answering after N pings) | bad-reply |
-bad-reply-after:N | exit-after:N:CODE | ignore-term | slow-start:MS.
+bad-reply-after:N | exit-after:N:CODE | ignore-term | slow-start:MS | flood-reply-after:N (after N pings, every
+reply is 100 MB without a newline).
 With DAEMON_PIDFILE set it first forks a grandchild that leaves the process group (setsid) and sleeps,
-writing its pid there — a remnant the supervisor must clean up when the instance goes."""
+writing its pid there — a remnant the supervisor must clean up when the instance goes. DAEMON_CHAIN=N makes
+that a chain of N (each forks the next, then sleeps): when the first is killed the rest are orphaned in turn."""
 import os, socket, sys, time, signal
 
 path = os.environ["DEFIB_CONTROL_SOCKET"]
 if os.environ.get("DAEMON_PIDFILE") and os.fork() == 0:
     os.setsid()
-    with open(os.environ["DAEMON_PIDFILE"], "a") as f:
-        f.write(f"{os.getpid()}\n")
+    for depth in range(int(os.environ.get("DAEMON_CHAIN", "1"))):
+        if depth > 0 and os.fork() != 0:
+            break
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(os.environ["DAEMON_PIDFILE"], "a") as f:
+            f.write(f"{os.getpid()}\n")
     time.sleep(3600)
     os._exit(0)
 mode = os.environ.get("MODE", "ok")
@@ -56,6 +62,15 @@ while True:
             _, n, code = mode.split(":")
             if pings > int(n):
                 sys.exit(int(code))
+        if mode.startswith("flood-reply-after:") and pings > int(mode.split(":")[1]):
+            chunk = b"z" * (1 << 20)
+            try:
+                for _ in range(100):
+                    c.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            c.close()
+            continue
         if mode == "bad-reply" or (mode.startswith("bad-reply-after:") and pings > int(mode.split(":")[1])):
             reply(c, b"hello there\n")
         else:
