@@ -27,7 +27,9 @@ extension Supervision {
             ledger.setSuspectEvidence(evidence)
             return
         }
-        let path = "\(config.coreDirectory)/stall.\(config.service.name).\(stallSequence).\(pid)"
+        // `stall.…` is a temporary stacks-only capture, `stall-core.…` a full core that may be kept (a dead supervisor's
+        // leftovers are told apart by it at the next start).
+        let path = "\(config.coreDirectory)/\(mode == .core ? "stall-core" : "stall").\(config.service.name).\(stallSequence).\(pid)"
         let request = StallEvidenceRequest(pid: pid, mode: mode, budgetMs: config.escalation.stallEvidenceBudgetMs, path: path,
                                            firstThread: sample.threads.first(where: \.inFutexWait)?.tid)
         ask(.takeStallEvidence(request), awaiting: .stallEvidence(evidence))

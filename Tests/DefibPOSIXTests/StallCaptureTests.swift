@@ -1,5 +1,7 @@
 import DefibCore
 import DefibPOSIX
+import DefibTestKit
+import Foundation
 import Glibc
 import Testing
 
@@ -70,5 +72,20 @@ struct StallCaptureTests {
         let view = try S.gdb(binary: fixture.binary, core: fixture.dir + "/s")
         #expect(view.threads.count == 6, "\(view.output)")
         try fixture.child.signal(SIGCONT)
+    }
+}
+
+/// A stall capture a killed supervisor left behind: removed at the next start (a stacks-only one always; a full
+/// one's partial file and gdb's output), a complete full one kept.
+@Suite struct StallLeftoverTests {
+    @Test func aDeadSupervisorsStallCapturesAreRemovedAtTheNextStart() throws {
+        let scratch = ScratchDirectory("stall-leftovers")
+        let cores = try SafeDirectory.open(scratch.path + "/cores")
+        let files = ["stall.web.1.100", "stall.web.1.100.stacks.txt", "stall.web.2.100.partial", "stall-core.web.3.100.partial",
+                     "stall-core.web.3.100.stacks.txt", "stall-core.web.4.100", "core.web.5.100"]
+        for f in files { try "x".write(toFile: cores.path + "/" + f, atomically: false, encoding: .utf8) }
+        let removed = Set(LeftoverFiles.removeTemporaries(coreDirectory: cores, runDirectory: nil))
+        #expect(removed == Set(files.prefix(5).map { cores.path + "/" + $0 }), "\(removed.sorted())")
+        #expect(Set(try FileManager.default.contentsOfDirectory(atPath: cores.path)) == ["stall-core.web.4.100", "core.web.5.100"])
     }
 }

@@ -81,7 +81,7 @@ import Testing
         let fake = FakeEffects()
         fake.behaviours = [.pauses(fromMs: 300, forMs: 400)]
         let run = Run(fake, config: Self.stallConfig { $0.escalation.stallEvidence = .core; $0.capture.announceToCoredumpctl = true }, stopAtMs: 1500)
-        let capture = "/state/cores/stall.svc.1.100"
+        let capture = "/state/cores/stall-core.svc.1.100"
         expectInOrder(fake.actions, ["takeStallEvidence 100 core budget=20", "startStacks \(capture)", "readStacks", "remove \(capture).stacks.txt",
                                      "insert 1", "scanCores"])
         #expect(!fake.actions.contains("remove \(capture)") && !fake.actions.contains { $0.hasPrefix("announceCore") }, "\(fake.actions)")
