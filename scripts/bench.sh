@@ -10,6 +10,8 @@
 #   peers     the same hang under defib, monit, systemd's watchdog (booted in an isolated container: needs root) and
 #             supervisord: hang -> serving, cores, records, refused connections, each supervisor's own cost
 #             (defib-bench peers; about 8 minutes; configs in bench/peers/; needs `scripts/setup.sh bench`)
+#   stall     the pause a stall's evidence costs the service, seen by a thread timestamping in a loop: stacks only
+#             vs a full native core, small and large (defib-bench stall; about a minute)
 #   runtime   the runtime tools' cost and the pause they impose: py-spy --nonblocking vs ptrace, jcmd vs jstack,
 #             dlv on the core after the restart vs dlv attach before the kill (scripts/bench-runtime.py; ~2 minutes)
 #   fleet     the fleet database at scale: 1000 simulated hosts ship 1 000 000 incidents through the real shipper into a
@@ -84,6 +86,13 @@ needs_peers="defib defib-proxy"
 part_peers() {
     # shellcheck disable=SC2086
     "$BENCH" peers --out "$OUT" --proxy "$BIN/defib-proxy" --defib "$BIN/defib" --templates bench/peers ${BENCH_ARGS_peers:-}
+}
+
+needs_stall="defib-proxy"
+
+part_stall() {
+    # shellcheck disable=SC2086
+    "$BENCH" stall --out "$OUT" --proxy "$BIN/defib-proxy" ${BENCH_ARGS_stall:-}
 }
 
 needs_runtime="defib"

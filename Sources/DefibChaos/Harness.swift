@@ -197,11 +197,12 @@ public final class ChaosHarness {
             if spec.scenario == .control {
                 try pause(ms: settings.controlDurationMs)
             } else {
-                let injected = session.inject(spec.scenario)
+                let injected = session.inject(spec.scenario, stallMs: stallMs)
                 onset = injected.onset
                 if let p = injected.problem { problems.append("fault injection: \(p)") }
                 if let onset {
                     problems += try awaitRecovery(session: session, scenario: spec.scenario, onset: onset, afterID: 0, generator: generator)
+                    if spec.scenario == .stall { problems += try secondStall(session: session, afterOnset: onset, generator: generator) }
                 }
                 try pause(ms: settings.postMs)
             }
@@ -267,6 +268,28 @@ public final class ChaosHarness {
         return []
     }
 
+    /// How long each stall of the `stall` scenario lasts: three quarters of the deadline (past the suspect stage at
+    /// half of it, short of the deadline whatever the ping's phase).
+    var stallMs: Int { effective.heartbeat.deadlineMs * 3 / 4 }
+
+    /// The `stall` scenario's second stall (the write lock held `stallMs`), once the first one's incident is in.
+    private func secondStall(session: Session, afterOnset onset: Double, generator: LoadGenerator?) throws(ChaosError) -> [String] {
+        guard let first = session.incidents(sinceUnixMs: onset - 5000).last?.id else { return ["stall: the SIGSTOP left no incident to follow"] }
+        try pause(ms: 1000)
+        let lock = session.injectLockStall(ms: stallMs)
+        guard let lockOnset = lock.onset else { return ["fault injection: \(lock.problem ?? "the write-lock stall was not injected")"] }
+        var problems = try awaitRecovery(session: session, scenario: .stall, onset: lockOnset, afterID: first, generator: generator)
+        // Wait for both stalls' stacks (gdb reads them in the background).
+        let until = ChaosClock.nowUnixMs() + 60_000
+        while ChaosClock.nowUnixMs() < until,
+              session.incidents(sinceUnixMs: onset - 5000).contains(where: { $0.cause.kind == "stall" && $0.stacks == nil && $0.stallEvidence?.error == nil }) {
+            try flag.check()
+            ChaosClock.sleep(ms: 100)
+        }
+        if let p = lock.problem { problems.append("fault injection: \(p)") }
+        return problems
+    }
+
     /// How long after the onset an incident may take to appear: the deadline and every extension, plus
     /// slack; the natural race first has to happen (up to about a minute, see parking-lot-race.md).
     func detectBoundMs(_ scenario: ChaosScenario) -> Int {
@@ -328,12 +351,13 @@ public final class ChaosHarness {
             var onset: Double?
             do {
                 try pause(ms: settings.warmupMs)
-                let r = session.inject(spec.scenario)
+                let r = session.inject(spec.scenario, stallMs: stallMs)
                 onset = r.onset
                 if let p = r.problem { problems.append("fault injection: \(p)") }
                 if onset != nil {
                     injected += 1
                     problems += try awaitRecovery(session: session, scenario: spec.scenario, onset: onset!, afterID: lastID, generator: generator)
+                    if spec.scenario == .stall { problems += try secondStall(session: session, afterOnset: onset!, generator: generator) }
                 }
                 // Stacks come after the restart, off the critical path: wait for them so each fault's evidence is checked.
                 if spec.scenario.expectsCore && effective.capture.method != .none && effective.capture.stacks, let onset,

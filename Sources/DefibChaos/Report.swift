@@ -294,6 +294,13 @@ public enum ChaosReport {
                     let kinds = Dictionary(grouping: runs.map { IncidentFacts(id: 0, diagnosis: $0.diagnosis, detectedUnixMs: 0).diagnosisKind }, by: { $0 })
                         .map { "\($0.key.isEmpty ? "(none)" : $0.key) ×\($0.value.count)" }.sorted().joined(separator: ", ")
                     md += "| diagnosis ok | \(tally(runs.map(\.diagnosisOK))) (\(kinds)) |\n"
+                    if scenario == .stall {
+                        let pauses = runs.compactMap(\.stallPauseMs)
+                        md += "| stall incidents (2 per run expected) | \(runs.compactMap(\.stalls).reduce(0, +)) |\n"
+                        md += "| kills (none allowed) | \(runs.compactMap(\.kills).reduce(0, +)) |\n"
+                        md += "| pause the evidence cost the service (longest per run: median, max) | "
+                            + (Stats.summary(pauses).map { String(format: "%.2f ms, %.2f ms", $0.median, $0.max) } ?? "–") + " |\n"
+                    }
                     if scenario.expectsCorruptedWord != nil {
                         let words = Set(runs.compactMap(\.lockWord)).sorted().joined(separator: ", ")
                         md += "| lock word ok | \(tally(runs.map(\.lockWordOK))) (\(words.isEmpty ? "none" : words)) |\n"

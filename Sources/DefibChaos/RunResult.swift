@@ -73,6 +73,8 @@ public struct IncidentFacts: Sendable, Equatable {
     public var silenceMs: Double?
     /// Deadline extension granted (starvation).
     public var extendedMs: Int?
+    /// A stall's evidence: the pause it cost the service (nil when none was taken).
+    public var stallPauseMs: Double?
 
     /// Memberwise, for tests and canned reports.
     public init(id: Int64, pid: Int32 = 0, newPid: Int32? = nil, cause: String = "missed-heartbeat", outcome: String = "recovered",
@@ -94,6 +96,7 @@ public struct IncidentFacts: Sendable, Equatable {
                   lockWords: IncidentJSON.lockWords(i), threads: i.threads, binary: i.binaryPath, corePath: i.capture?.path,
                   coreBytes: i.capture?.path == nil ? 0 : i.capture?.bytes ?? 0, captureMs: i.capture?.durationMs, captureError: i.capture?.error,
                   hasStacks: (i.stacks ?? "").contains("Thread"), silenceMs: i.silenceMs, extendedMs: i.extendedMs)
+        stallPauseMs = i.stallEvidence?.pauseMs
     }
 
     /// The diagnosis kind: the text before the first colon.
@@ -228,6 +231,11 @@ public struct RunResult: Sendable, Equatable {
     public var readyUnixMs: Double?
     /// When the first successful response after detection arrived.
     public var firstSuccessUnixMs: Double?
+    /// `stall`: the stall incidents recorded, the kills (there must be none), and the longest pause a stall's
+    /// evidence cost the service.
+    public var stalls: Int?
+    public var kills: Int?
+    public var stallPauseMs: Double?
 
     /// Whether every check passed.
     public var passed: Bool { checksFailed.isEmpty }
@@ -274,6 +282,9 @@ public struct RunResult: Sendable, Equatable {
             .init("incidents", .int(Int64(incidentCount))),
             .init("silence_ms", num(silenceMs)),
             .init("extended_ms", extendedMs.map { .int(Int64($0)) } ?? .null),
+            .init("stalls", stalls.map { .int(Int64($0)) } ?? .null),
+            .init("kills", kills.map { .int(Int64($0)) } ?? .null),
+            .init("stall_pause_ms", stallPauseMs.map { .double(($0 * 100).rounded() / 100) } ?? .null),
             .init("passed", .bool(passed)),
             .init("checks_failed", .array(checksFailed.map { .string($0) })),
         ])
@@ -285,6 +296,12 @@ public struct RunResult: Sendable, Equatable {
             return falseKill ? "FALSE KILL (\(incidentCount) incident(s))" : "no kill" + (passed ? "" : "; FAILED: \(checksFailed.joined(separator: "; "))")
         }
         var parts: [String] = []
+        if scenario == .stall {
+            parts.append("\(stalls ?? 0) stall incident(s), \(kills ?? 0) kill(s)")
+            if let p = stallPauseMs { parts.append(String(format: "the evidence paused the service %.2f ms at most", p)) }
+            if !passed { parts.append("FAILED: \(checksFailed.joined(separator: "; "))") }
+            return parts.joined(separator: ", ")
+        }
         if let d = detectMs { parts.append("detected in \(Int(d.rounded())) ms") }
         if let r = restoreMs { parts.append("restored in \(Int(r.rounded())) ms") }
         if parts.isEmpty { parts.append("no incident") }
@@ -323,6 +340,8 @@ public enum RunEvaluator {
             silenceMs: incident?.silenceMs, extendedMs: incident?.extendedMs, captureMs: incident?.captureMs,
             coreBytes: incident?.coreBytes ?? 0, checksFailed: [], detectedUnixMs: incident?.detectedUnixMs,
             killedUnixMs: incident?.killedUnixMs, readyUnixMs: incident?.readyUnixMs, firstSuccessUnixMs: firstSuccess)
+
+        if s == .stall { return evaluateStall(o, result: result, checks: checks) }
 
         if s == .control {
             result.falseKill = !o.incidents.isEmpty
@@ -409,6 +428,41 @@ public enum RunEvaluator {
             }
         case nil:
             break
+        }
+        result.checksFailed = checks
+        return result
+    }
+}
+
+extension RunEvaluator {
+    /// `stall`: two stalls shorter than the deadline, each a `stall` incident that ended by itself (same pid, no
+    /// replacement) with stacks; no kill at all; the service answering at the end.
+    static func evaluateStall(_ o: RunObservation, result first: RunResult, checks failed: [String]) -> RunResult {
+        var result = first
+        var checks = failed
+        let stalls = o.incidents.filter { $0.cause == "stall" }
+        let killed = o.incidents.filter { $0.killedUnixMs != nil }
+        result.stalls = stalls.count
+        result.kills = killed.count
+        result.falseKill = !killed.isEmpty
+        result.stallPauseMs = stalls.compactMap(\.stallPauseMs).max()
+        result.stacksOK = !stalls.isEmpty && stalls.allSatisfy(\.hasStacks)
+        result.diagnosisOK = nil
+        var why: [String] = []
+        if o.onsetUnixMs == nil { why.append("the stall was not injected") }
+        if stalls.count != 2 { why.append("\(stalls.count) stall incident(s), expected 2 (the SIGSTOP and the held write lock)") }
+        for i in stalls where i.outcome != IncidentOutcome.selfRecovered.rawValue || i.newPid != nil {
+            why.append("stall #\(i.id) ended \(i.outcome)\(i.newPid.map { " with a new pid \($0)" } ?? "")")
+        }
+        if !killed.isEmpty { why.append("\(killed.count) kill(s): " + killed.map { "#\($0.id) (\($0.cause))" }.joined(separator: ", ")) }
+        if !o.servingAtEnd { why.append("the service did not answer a ping at the end of the run") }
+        result.recovered = why.isEmpty
+        if !why.isEmpty { result.reason = why.joined(separator: "; "); checks.append("not recovered: \(result.reason!)") }
+        for i in stalls where !i.hasStacks { checks.append("stacks: none stored for stall #\(i.id)") }
+        for i in stalls where i.stallPauseMs == nil { checks.append("stall #\(i.id): no pause recorded (no evidence taken)") }
+        if let first = stalls.first, let onset = o.onsetUnixMs {
+            result.detectMs = first.detectedUnixMs - onset
+            result.readyMs = first.readyUnixMs.map { $0 - onset }
         }
         result.checksFailed = checks
         return result

@@ -11,6 +11,11 @@ public enum ChaosScenario: Hashable, Sendable {
     case sigstop
     /// No fault at all: any incident is a false kill.
     case control
+    /// Two stalls shorter than the deadline, each of which must end by itself: SIGSTOP for three quarters of the
+    /// deadline, then the catalog's write lock held as long (`fault slow-holder MS`). Each must be a `stall`
+    /// incident with stacks and the pause its evidence cost; nothing may be killed. Opt-in (`--scenarios stall`):
+    /// not part of `all`.
+    case stall
 
     // Each proxy fault as a scenario, by its name.
     public static let timeoutRace = ChaosScenario.proxyFault(.timeoutRace)
@@ -28,6 +33,7 @@ public enum ChaosScenario: Hashable, Sendable {
         case let .proxyFault(kind): kind.rawValue
         case .sigstop: "SIGSTOP"
         case .control: "none"
+        case .stall: "SIGSTOP for 3/4 of the deadline, then the write lock held as long"
         }
     }
 
@@ -40,6 +46,7 @@ public enum ChaosScenario: Hashable, Sendable {
         case .proxyFault(.slowHolder): .slowHolder
         case .proxyFault(.deadLoop): .deadLoop
         case .sigstop: .stopped
+        case .stall: nil
         case .proxyFault(.crash): .signaled
         case .proxyFault(.exit): .exited
         case .control, .proxyFault(.none): nil
@@ -50,7 +57,7 @@ public enum ChaosScenario: Hashable, Sendable {
     /// (a crashed one is gone before the supervisor hears of it).
     public var expectsCore: Bool {
         switch self {
-        case .proxyFault(.crash), .proxyFault(.exit), .proxyFault(.none), .control: false
+        case .proxyFault(.crash), .proxyFault(.exit), .proxyFault(.none), .control, .stall: false
         default: true
         }
     }
@@ -80,8 +87,11 @@ public enum ChaosScenario: Hashable, Sendable {
     /// Whether the fault is a hang (detected by silence) rather than a death.
     public var isHang: Bool { expectsCore }
 
-    /// The scenarios as operators type them.
-    public static var names: String { allCases.map(\.rawValue).joined(separator: ", ") }
+    /// The scenarios as operators type them (`all` and the opt-in ones).
+    public static var names: String { (allCases + optIn).map(\.rawValue).joined(separator: ", ") }
+
+    /// Scenarios run only when named (`--scenarios stall`), not by `all`.
+    public static let optIn: [ChaosScenario] = [.stall]
 
     /// Parses "a,b,c" (or "all"); the error names the unknown entry and lists the known ones.
     public static func parseList(_ text: String) throws(ChaosError) -> [ChaosScenario] {
@@ -110,11 +120,12 @@ extension ChaosScenario: CaseIterable, RawRepresentable, Codable {
         case let .proxyFault(kind): kind.rawValue
         case .sigstop: "sigstop"
         case .control: "control"
+        case .stall: "stall"
         }
     }
 
     public init?(rawValue: String) {
-        guard let known = Self.allCases.first(where: { $0.rawValue == rawValue }) else { return nil }
+        guard let known = (Self.allCases + Self.optIn).first(where: { $0.rawValue == rawValue }) else { return nil }
         self = known
     }
 

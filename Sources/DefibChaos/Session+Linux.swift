@@ -103,11 +103,19 @@ final class Session {
         return false
     }
 
-    /// Injects `scenario`'s fault. Returns the onset (Unix ms) or why it could not be injected.
-    func inject(_ scenario: ChaosScenario) -> (onset: Double?, problem: String?) {
+    /// Injects `scenario`'s fault. Returns the onset (Unix ms) or why it could not be injected. `stallMs` is how
+    /// long a `stall` lasts (its first part, a SIGSTOP, is over when this returns).
+    func inject(_ scenario: ChaosScenario, stallMs: Int = 750) -> (onset: Double?, problem: String?) {
         switch scenario {
         case .control:
             return (nil, nil)
+        case .stall:
+            guard let pid = currentProxyPid() else { return (nil, "no proxy instance to stop") }
+            let onset = ChaosClock.nowUnixMs()
+            if kill(pid, SIGSTOP) != 0 { return (nil, "kill(\(pid), SIGSTOP): \(String(cString: strerror(errno)))") }
+            ChaosClock.sleep(ms: Double(stallMs))
+            if kill(pid, SIGCONT) != 0 { return (onset, "kill(\(pid), SIGCONT): \(String(cString: strerror(errno)))") }
+            return (onset, nil)
         case .sigstop:
             guard let pid = currentProxyPid() else { return (nil, "no proxy instance to stop") }
             let onset = ChaosClock.nowUnixMs()
@@ -129,6 +137,17 @@ final class Session {
             case let .failure(error):
                 return (nil, "'fault \(scenario.rawValue)': \(error)")
             }
+        }
+    }
+
+    /// The second stall of the `stall` scenario: the catalog's write lock held `ms`, then released
+    /// (`fault slow-holder MS`). Returns the onset or why it could not be injected.
+    func injectLockStall(ms: Int) -> (onset: Double?, problem: String?) {
+        let onset = ChaosClock.nowUnixMs()
+        switch ControlRequest.roundTrip(path: controlSocket, line: "fault slow-holder \(ms)", timeoutMs: 3000) {
+        case let .success(reply) where reply.hasPrefix("ok"): return (onset, nil)
+        case let .success(reply): return (nil, "'fault slow-holder \(ms)' answered '\(reply)'")
+        case let .failure(error): return (nil, "'fault slow-holder \(ms)': \(error)")
         }
     }
 

@@ -19,6 +19,7 @@ struct ConfigField {
         case compression(WritableKeyPath<SupervisorConfig, CoreCompression>)
         case notifyAccess(WritableKeyPath<SupervisorConfig, NotifyAccess>)
         case runtime(WritableKeyPath<SupervisorConfig, RuntimeSetting>)
+        case stallEvidence(WritableKeyPath<SupervisorConfig, StallEvidenceMode>)
     }
 
     let key: String
@@ -54,7 +55,10 @@ struct ConfigField {
                             .init("extension_step_ms", .optionalInt(\.escalation.extensionStepMs)),
                             .init("max_extension_ms", .optionalInt(\.escalation.maxExtensionMs)),
                             .init("kill_jitter_ms", .int(\.escalation.killJitterMs)),
-                            .init("act_on_proof", .bool(\.escalation.actOnProof))]),
+                            .init("act_on_proof", .bool(\.escalation.actOnProof)),
+                            .init("stall_evidence", .stallEvidence(\.escalation.stallEvidence)),
+                            .init("stall_evidence_budget_ms", .int(\.escalation.stallEvidenceBudgetMs)),
+                            .init("stall_incidents_per_hour", .int(\.escalation.stallIncidentsPerHour))]),
             ("retention", [.init("max_use_mb", .mebibytes(\.retention.maxUseBytes)), .init("keep_free_mb", .mebibytes(\.retention.keepFreeBytes)),
                            .init("max_per_service", .int(\.retention.maxPerService))]),
         ]
@@ -75,6 +79,7 @@ struct ConfigField {
         case let .compression(path): tomlString(config[keyPath: path].rawValue)
         case let .notifyAccess(path): tomlString(config[keyPath: path].rawValue)
         case let .runtime(path): tomlString(config[keyPath: path].rawValue)
+        case let .stallEvidence(path): tomlString(config[keyPath: path].rawValue)
         }
     }
 }

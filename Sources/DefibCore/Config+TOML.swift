@@ -228,6 +228,12 @@ extension SupervisorConfig {
         if escalation.killJitterMs < 0 || escalation.killJitterMs > Self.maximumDurationMs {
             bad("escalation.kill_jitter_ms", "must be between 0 and \(Self.maximumDurationMs) ms, got \(escalation.killJitterMs)")
         }
+        if escalation.stallEvidenceBudgetMs < 1 || escalation.stallEvidenceBudgetMs > 10_000 {
+            bad("escalation.stall_evidence_budget_ms", "must be between 1 and 10000 ms (the service is frozen that long), got \(escalation.stallEvidenceBudgetMs)")
+        }
+        if escalation.stallIncidentsPerHour < 0 || escalation.stallIncidentsPerHour > 100_000 {
+            bad("escalation.stall_incidents_per_hour", "must be between 0 and 100000 (0 = count stalls, store none), got \(escalation.stallIncidentsPerHour)")
+        }
         if let v = retention.maxUseBytes, v < 0 { bad("retention.max_use_mb", "must not be negative (0 = no limit)") }
         if let v = retention.keepFreeBytes, v < 0 { bad("retention.keep_free_mb", "must not be negative") }
         if retention.maxPerService < 1 { bad("retention.max_per_service", "must be at least 1, got \(retention.maxPerService)") }
@@ -354,6 +360,8 @@ private struct TOMLConfigReader {
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "notify access", default: c[keyPath: path]) }
         case let .runtime(path):
             if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "runtime", default: c[keyPath: path]) }
+        case let .stallEvidence(path):
+            if let v = string(t, key, prefix: prefix) { c[keyPath: path] = oneOf(v, key: prefix + key, what: "stall evidence", default: c[keyPath: path]) }
         }
     }
 

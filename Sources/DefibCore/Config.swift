@@ -180,6 +180,12 @@ public struct SupervisorConfig: Sendable, Equatable {
         /// Declare a hang at a miss when the evidence proves a deadlock (`ProofRule`: a corrupted lock word, a
         /// lock cycle, each read twice with nothing running), without waiting for the deadline.
         public var actOnProof = true
+        /// What to take at the suspect stage while the service is still stalled (stacks by default).
+        public var stallEvidence: StallEvidenceMode = .stacks
+        /// The longest the service may be frozen for it; a full core that would take longer becomes stacks only.
+        public var stallEvidenceBudgetMs: Int = 20
+        /// Stall incidents stored in full per service and hour; past it they are counted, not stored.
+        public var stallIncidentsPerHour: Int = 60
         public init() {}
     }
     /// `[restart]`

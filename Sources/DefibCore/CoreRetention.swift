@@ -50,10 +50,12 @@ public struct StoredCore: Sendable, Equatable {
     public var signature: String?
     /// Detection time, ms since the epoch: the age.
     public var detectedUnixMs: Int64
+    /// A stall's core (the service recovered by itself): the first to go, before any hang's.
+    public var stall: Bool
     public init(incidentID: Int64, path: String, bytes: Int64, service: String, signature: String?, detectedUnixMs: Int64,
-                otherPaths: [String] = []) {
+                otherPaths: [String] = [], stall: Bool = false) {
         self.incidentID = incidentID; self.path = path; self.bytes = bytes; self.service = service
-        self.signature = signature; self.detectedUnixMs = detectedUnixMs; self.otherPaths = otherPaths
+        self.signature = signature; self.detectedUnixMs = detectedUnixMs; self.otherPaths = otherPaths; self.stall = stall
     }
 }
 
@@ -78,13 +80,15 @@ public enum CoreRetention {
                             protected: Set<Int64> = []) -> [CoreDeletion] {
         // The first (oldest) core of each signature is kept longest.
         var firstOfSignature: Set<Int64> = []
-        for (_, group) in Dictionary(grouping: cores.filter { $0.signature != nil }, by: { $0.signature! }) {
+        for (_, group) in Dictionary(grouping: cores.filter { $0.signature != nil && !$0.stall }, by: { $0.signature! }) {
             if let first = group.min(by: { ($0.detectedUnixMs, $0.incidentID) < ($1.detectedUnixMs, $1.incidentID) }) {
                 firstOfSignature.insert(first.incidentID)
             }
         }
-        // Within a service: ordinary cores oldest first, then first-of-signature cores oldest first.
+        // Within a service: stalls' cores oldest first (the service recovered: they explain the least), then
+        // ordinary cores oldest first, then first-of-signature cores oldest first.
         func order(_ a: StoredCore, _ b: StoredCore) -> Bool {
+            if a.stall != b.stall { return a.stall }
             let pa = firstOfSignature.contains(a.incidentID), pb = firstOfSignature.contains(b.incidentID)
             if pa != pb { return !pa }
             return (a.detectedUnixMs, a.incidentID) < (b.detectedUnixMs, b.incidentID)
@@ -105,7 +109,11 @@ public enum CoreRetention {
         }
         /// systemd's choice: the service with the most cores; on a tie, the one whose next core is older.
         func worstService() -> String? {
-            candidates.filter { !$0.value.isEmpty }.max { a, b in
+            let live = candidates.filter { !$0.value.isEmpty }
+            // Stalls' cores go first, whichever service took them: the oldest one.
+            if let stall = live.filter({ $0.value[0].stall })
+                .min(by: { ($0.value[0].detectedUnixMs, $0.key) < ($1.value[0].detectedUnixMs, $1.key) }) { return stall.key }
+            return live.max { a, b in
                 let ca = count[a.key, default: 0], cb = count[b.key, default: 0]
                 if ca != cb { return ca < cb }
                 let a0 = a.value[0], b0 = b.value[0]

@@ -48,6 +48,9 @@ public enum Effect: Sendable, Equatable {
     /// The replacement is ready: the background writer, which left the machine to it until then (waiting, at most
     /// half the capture budget, at nice 19), writes the core at the supervisor's own priority.
     case hurryFrozenCore
+    /// A stalled service's stacks (or core) at the suspect stage, frozen for at most the request's budget;
+    /// answered by `stallEvidenceTaken`.
+    indirect case takeStallEvidence(StallEvidenceRequest)
     /// gdb over a core in the background, its output to `output`; answered by `helperStarted` or `helperFailed`.
     case startStacks(binary: String, core: String, output: String)
     /// A compressor in the background; answered by `helperStarted` or `helperFailed`.
@@ -140,6 +143,10 @@ public enum MetricEvent: Sendable, Equatable {
     case verdict(String)
     /// The machine's phase changed.
     case phase(SupervisorMachine.Phase)
+    /// A stall ended by itself after `silenceMs` (stored in full or only counted).
+    case stall(silenceMs: Double)
+    /// The freeze a stall's evidence cost the service.
+    case stallEvidencePause(ms: Double)
 }
 
 /// Every OS interaction the supervisor's loop needs: implemented for real by `DefibPOSIX.SystemEffects`
@@ -184,6 +191,9 @@ public protocol SupervisorEffects: AnyObject {
     /// The replacement is ready: the background writer starts (it waits for this, at most half the capture budget,
     /// so that the replacement's start has the machine) at the supervisor's priority.
     func hurryFrozenCore()
+    /// Freezes the stalled process within the request's budget for its stacks (or a full core); never throws
+    /// (what failed is in the record's `error`).
+    func takeStallEvidence(_ request: StallEvidenceRequest) -> StallCapture
     /// The helper's pid, or why it could not start.
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure>
     func startCompression(argv: [String]) -> Result<Int32, EffectFailure>

@@ -103,7 +103,7 @@ public enum Diagnoser {
                                  + (core ? "; the kernel dumped a core" : ""))
         case let .spawnFailed(message):
             return HangDiagnosis(kind: .exited, sentence: "the program could not be started: \(message)")
-        case .missedHeartbeat, .startTimeout, .triggered:
+        case .missedHeartbeat, .startTimeout, .triggered, .stall:
             break
         }
         let threads = input.sample?.threads ?? []

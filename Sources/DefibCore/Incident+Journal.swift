@@ -29,6 +29,9 @@ extension Incident {
     public func computedSignature() -> String {
         let kind = HangDiagnosis(line: diagnosis)?.kind.rawValue ?? ""
         let involved = lockState.filter { lock in LockWord.parse(lock.word).map { $0 != 0 } ?? false }.map(\.name)
-        return IncidentSignature.compute(causeKind: cause.kind, diagnosisKind: kind, lockNames: Array(Set(involved)), stacks: stacks)
+        // A stall is a hang that came back: signed as one, so a stall and the hang it later became (or the hang it
+        // resembles) share a signature, and `defib incidents signatures` counts the stalls behind each.
+        let causeKind = cause.kind == "stall" ? "missed-heartbeat" : cause.kind
+        return IncidentSignature.compute(causeKind: causeKind, diagnosisKind: kind, lockNames: Array(Set(involved)), stacks: stacks)
     }
 }

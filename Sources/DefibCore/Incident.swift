@@ -17,6 +17,9 @@ public enum IncidentCause: Sendable, Equatable, Codable {
     case spawnFailed(message: String)
     /// The service asked to be treated as hung (sd_notify `WATCHDOG=trigger`).
     case triggered(reason: String)
+    /// The heartbeat went silent past the suspect stage and came back by itself before the deadline: a stall,
+    /// recorded with its evidence, nothing done to the process. `heartbeat` names a probe as above.
+    case stall(silenceMs: Double, misses: Int, heartbeat: String? = nil)
 
     /// Short machine-readable kind: `missed-heartbeat`, `exited`, `signaled`, `start-timeout`, `spawn-failed`, `watchdog-trigger`.
     public var kind: String {
@@ -27,6 +30,7 @@ public enum IncidentCause: Sendable, Equatable, Codable {
         case .startTimeout: "start-timeout"
         case .spawnFailed: "spawn-failed"
         case .triggered: "watchdog-trigger"
+        case .stall: "stall"
         }
     }
 
@@ -46,6 +50,8 @@ public enum IncidentCause: Sendable, Equatable, Codable {
             return heartbeat.map { "\($0): no first beat within \(seconds) s of start" } ?? "no first pong within \(seconds) s of start"
         case let .spawnFailed(message): return "could not start: \(message)"
         case let .triggered(reason): return reason
+        case let .stall(silence, misses, heartbeat):
+            return (heartbeat.map { "\($0) silent" } ?? "heartbeat silent") + " for \(Int(silence)) ms (\(misses) missed), then back by itself"
         }
     }
 }
@@ -126,6 +132,7 @@ public enum IncidentOutcome: String, Sendable, Codable {
     case gaveUp = "gave-up"   // restart intensity exceeded; the supervisor stopped
     case shutdown        // the supervisor was asked to stop before recovery finished
     case replacementFailed = "replacement-failed"   // the new instance hung before it was ready: the next incident holds its evidence
+    case selfRecovered = "self-recovered"   // a stall: the heartbeat came back by itself, nothing was done to the process
     /// The supervisor died (SIGKILL, a crash, the machine) while the incident was open; the next supervisor of
     /// the service closed it at its start with whatever evidence had been saved.
     case supervisorDied = "supervisor-died"
@@ -200,6 +207,9 @@ public struct Incident: Sendable, Equatable, Codable {
     /// Whether the replacement started while the core was written from the frozen instance; nil when the order
     /// was never in question (no native capture with sockets passed by defib).
     public var captureOrder: CaptureOrder?
+    /// A stall's evidence from the suspect stage (stacks of the frozen threads, the pause it cost): the whole
+    /// evidence of a `stall` incident, or the first moment of a hang that had been a stall.
+    public var stallEvidence: StallEvidence?
 
     public init(id: Int64? = nil, service: String, pid: Int32, binaryPath: String? = nil, startedAt: Date? = nil,
                 detectedAt: Date, cause: IncidentCause) {

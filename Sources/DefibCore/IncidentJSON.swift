@@ -171,6 +171,7 @@ public enum IncidentJSON {
         members += runtimeMembers(incident)
         members += processListMembers(incident)
         members += declarationMembers(incident)
+        members += stallMembers(incident, includeStacks: includeStacks)
         if includeStacks { members.append(.init("stacks", string(incident.stacks))) }
         return .object(members)
     }

@@ -29,6 +29,13 @@ public struct IncidentLedger: Sendable {
     public private(set) var knownLocks: [KnownLock] = []
     /// The hang of the current silence was proven (`ProofRule`): the next incident is declared on proof.
     public private(set) var proofDeclared: HangProof?
+    /// The current stall's evidence from the suspect stage: it becomes a stall incident if the heartbeat comes
+    /// back, or joins the incident opened for the same silence (see IncidentLedger+Stall.swift).
+    public internal(set) var suspectEvidence: StallEvidence?
+    /// Closed incidents whose own evidence is complete and that wait only for their stall capture's stacks.
+    var stallStacksPending: Set<Int64> = []
+    /// How many stall incidents are stored in full per hour (`stall_incidents_per_hour`).
+    public internal(set) var stallLimit = StallRateLimit(perHour: 60)
     /// Ids of stored incidents changed since the last `takeChanges()`, in order.
     private var changed: [Int64] = []
     /// The open incident was refused by the store (a full disk) and has no id yet: it is offered again.
@@ -64,6 +71,7 @@ public struct IncidentLedger: Sendable {
     mutating func forgetSilence() {
         proofDeclared = nil
         pendingNotes.removeAll()
+        suspectEvidence = nil
         baseline = nil
         instanceBaseline = []
         processJudgements = nil
@@ -155,6 +163,7 @@ public struct IncidentLedger: Sendable {
         new.notes += pendingNotes
         pendingNotes.removeAll()
         proofDeclared = nil
+        joinSuspectEvidence(&new)
         var judgedNow = false
         if case .missedHeartbeat = cause { judgedNow = true }
         if case .startTimeout = cause { judgedNow = verdictAtOpen != nil }
@@ -436,8 +445,20 @@ public struct IncidentLedger: Sendable {
 
     static func removedNote(path: String, reason: String) -> String { "core \(path) removed by retention (\(reason))" }
 
-    /// Everything about the closed incident `id` has landed.
-    mutating func evidenceComplete(incidentID id: Int64) { closing.removeValue(forKey: id) }
+    /// An incident stored apart from the machine's open one (a stall's), kept while its evidence lands.
+    mutating func keepClosed(_ incident: Incident) {
+        if let id = incident.id { closing[id] = incident }
+    }
+
+    /// Everything about the closed incident `id` has landed — unless gdb still reads the stall capture that
+    /// joined it (then it stays until those stacks land: `stallStacksLanded`).
+    mutating func evidenceComplete(incidentID id: Int64) {
+        if let held = closing[id], held.awaitsStallStacks {
+            stallStacksPending.insert(id)
+            return
+        }
+        closing.removeValue(forKey: id)
+    }
 
     /// The incident with this id, open or closing.
     public func incident(id: Int64) -> Incident? { open?.id == id ? open : closing[id] }
@@ -458,13 +479,13 @@ public struct IncidentLedger: Sendable {
         replaceOpen(current)
     }
 
-    private mutating func replaceOpen(_ incident: Incident) {
+    mutating func replaceOpen(_ incident: Incident) {
         if incident != open, let id = incident.id, !changed.contains(id) { changed.append(id) }
         open = incident
     }
 
     @discardableResult
-    private mutating func change(_ id: Int64, _ body: (inout Incident) -> Void) -> Incident? {
+    mutating func change(_ id: Int64, _ body: (inout Incident) -> Void) -> Incident? {
         if open?.id == id { changeOpen(body); return open }
         guard var stored = closing[id] else { return nil }
         body(&stored)

@@ -16,6 +16,8 @@ public enum IncidentMatchField: String, Sendable, CaseIterable {
     /// By the diagnosis's kind (`DIAGNOSIS=corrupted-lock-word`).
     case diagnosis = "DIAGNOSIS"
     case outcome = "OUTCOME"
+    /// By kind: `hang`, `stall` or `exit` (`--kind`; see `IncidentKind`).
+    case kind = "KIND"
 
     /// The field for `name`: ours, or the journal's name for it (`COREDUMP_PID`, `INCIDENT_ID`), so a match
     /// typed for coredumpctl works here too.
@@ -58,6 +60,9 @@ public enum IncidentMatch: Sendable, Equatable {
                 throw IncidentMatchError("unknown match field '\(name)' in '\(text)': expected one of \(known)")
             }
             if value.isEmpty { throw IncidentMatchError("empty value in '\(text)': expected \(name)=VALUE") }
+            if field == .kind, IncidentKind(rawValue: value) == nil {
+                throw IncidentMatchError("unknown kind '\(value)' in '\(text)': expected one of \(IncidentKind.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
             if field.isNumeric, UInt64(value) == nil {
                 throw IncidentMatchError("malformed \(name) in '\(text)': expected a non-negative number")
             }

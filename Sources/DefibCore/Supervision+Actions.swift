@@ -68,6 +68,7 @@ extension Supervision {
         case let (.softEvidence(pid, silenceMs), .observed(observation)):
             awaiting = nil
             softEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
+            takeStallEvidence(pid: pid, silenceMs: silenceMs, observation: observation)
         case let (.verdict(pid), .observed(observation)):
             awaiting = nil
             let verdict = judge(pid: pid, observation: observation)
@@ -150,7 +151,7 @@ extension Supervision {
             awaiting = nil
             coreAnnounced(incidentID: id, note: note, failure: failure)
         default:
-            return false
+            return resumeStall(waiting, with: event)
         }
         return true
     }
@@ -225,9 +226,12 @@ extension Supervision {
             log(.warning, line)
             ledger.notePending(line)
             emit(.metric(.deadlineExtended))
+            silenceExtended = true
         case let .silenceCancelled(reason):
             log(.info, "the current silence no longer counts: \(reason)")
+            dropSuspectEvidence()
             ledger.forgetSilence()
+            silenceExtended = false
         case let .serviceNotified(text):
             logFromChild(.info, "service says: \(text)", source: "sd_notify")
             if text.hasPrefix("STATUS=") { serviceStatus = String(text.dropFirst(7)) }
@@ -235,7 +239,8 @@ extension Supervision {
             let line = "heartbeat back after \(Int(silenceMs)) ms of silence (\(misses) missed)"
             if wasSuspect { log(.warning, "\(line); no kill") } else { log(.info, line) }
             emit(.metric(.recovery))
-            ledger.forgetSilence()
+            if wasSuspect { stallEnded(silenceMs: silenceMs, misses: misses) } else { ledger.forgetSilence() }
+            silenceExtended = false
         case let .openIncident(cause):
             if case .startTimeout = cause, let pid = machine.pid {
                 // Never ready is a hang too: judge whether it is stuck, stopped or busy before recording it.

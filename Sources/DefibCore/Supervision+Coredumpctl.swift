@@ -12,7 +12,8 @@ extension Supervision {
     /// with no core is left alone; one whose entry coredumpctl would skip (the process unknown, not ended by
     /// a signal) says why it was not announced.
     mutating func announceCore(incidentID id: Int64) {
-        guard announcesCores, let incident = ledger.incident(id: id) else {
+        // A stall's core is no crash: coredumpctl does not hear of it.
+        guard announcesCores, let incident = ledger.incident(id: id), incident.cause.kind != "stall" else {
             ledger.evidenceComplete(incidentID: id)
             return
         }

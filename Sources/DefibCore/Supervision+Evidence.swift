@@ -169,6 +169,8 @@ extension Supervision {
             scheduleFirst([.retention(justWritten: id)])
         case let .goroutines(request, _):
             goroutinesFailed(request, problem: problem)
+        case let .stallStacks(sequence, core, _, keepCore):
+            stallStacksFailed(sequence: sequence, core: core, keepCore: keepCore, problem: problem)
         }
     }
 
@@ -184,6 +186,8 @@ extension Supervision {
             compressionEnded(helper, status: status, bytes: nil)
         case let .goroutines(request, startedAt):
             ask(.readGoroutines(path: request.outputPath), awaiting: .goroutines(request, status: status, startedAt: startedAt))
+        case let .stallStacks(sequence, core, output, keepCore):
+            ask(.readStacks(path: output), awaiting: .stallStacks(sequence: sequence, core: core, output: output, keepCore: keepCore, status: status))
         }
     }
 
@@ -255,6 +259,9 @@ extension Supervision {
                 for file in request.files { emit(.removeFile(path: file)) }
                 id = request.incidentID
                 note = "goroutines not read: defib stopped before delve finished (the core stays; `dlv core` reads it)"
+            case let .stallStacks(sequence, core, output, keepCore):
+                stallStacksStopped(sequence: sequence, core: core, output: output, keepCore: keepCore)
+                continue
             }
             log(.warning, "background job pid \(pid) killed at shutdown: \(note)")
             ledger.note(incidentID: id, note)

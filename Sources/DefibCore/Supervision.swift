@@ -51,6 +51,9 @@ public struct Supervision: Sendable {
         case compression(incidentID: Int64, input: String, output: String, tool: CoreCompression)
         /// delve reading a Go service's goroutines from the core, since `startedAt`.
         case goroutines(GoroutinesRequest, startedAt: MonoTime)
+        /// gdb reading the stacks of a stall capture (`sequence`) into `output`; the capture is removed after unless
+        /// it is a full core kept as such.
+        case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool)
     }
 
     /// Work to do, in order: the machine's actions and the steps that follow an answer.
@@ -100,6 +103,12 @@ public struct Supervision: Sendable {
         indirect case storedLater(Incident)
         case announcement(incidentID: Int64, note: String)
         case identity(pid: Int32)
+        /// Stalls (Supervision+Stall.swift).
+        case stallEvidence(StallEvidence)
+        /// The progress baseline again, after the capture's own ptrace stop; then gdb over `core` (when there is one).
+        case stallBaseline(pid: Int32, sequence: Int, core: String?, keepCore: Bool)
+        indirect case stallStored(Incident)
+        case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool, status: ChildStatus)
         /// The reading a proof is sought in, at a miss.
         case proof(pid: Int32)
         /// The hung process frozen for its core (restart while the core is written), or why not.
@@ -164,6 +173,12 @@ public struct Supervision: Sendable {
     /// The machine is done; helpers get until `deadline` to finish, then the supervisor exits with `code`.
     var exiting: (code: Int32, deadline: MonoTime)?
     public internal(set) var finished = false
+    /// Stall captures taken so far (each one's number in its file name and evidence).
+    var stallSequence = 0
+    /// The suspect stage's /proc sample and what it says about progress since the first miss: a stall's diagnosis.
+    var suspectSample: (sample: ProcessSample, verdict: ProgressVerdict?)?
+    /// The current silence's deadline was extended (starved, not stuck): if it ends, that was starvation, not a stall.
+    var silenceExtended = false
 
     /// A frozen instance's core being written in the background.
     var frozenCapture: FrozenCapture?
@@ -186,6 +201,7 @@ public struct Supervision: Sendable {
         self.setup = setup
         machine = SupervisorMachine(settings: .init(setup.config))
         ledger = IncidentLedger(service: setup.config.service.name)
+        ledger.stallLimit = StallRateLimit(perHour: setup.config.escalation.stallIncidentsPerHour)
         probe = try? setup.config.heartbeat.probeSpec()
     }
 
@@ -287,7 +303,7 @@ public struct Supervision: Sendable {
             updateRefused(incident, failure)
         case let .shippingReported(report):
             shipping = report
-        case .spawned, .spawnFailed, .observed, .coreWritten, .coreFrozen, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
+        case .spawned, .spawnFailed, .observed, .coreWritten, .coreFrozen, .stallEvidenceTaken, .leftoversKilled, .helperStarted, .helperFailed, .stacksRead,
              .fileMeasured, .coresScanned, .incidentStored, .coreAnnounced, .runtimeStacksRead, .goroutinesRead:
             // An answer nobody waits for (the runtime feeds answers back at once, so this does not happen).
             log(.debug, "unexpected answer ignored: \(event)")

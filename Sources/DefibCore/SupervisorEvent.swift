@@ -46,6 +46,7 @@ public enum SupervisorEvent: Sendable, Equatable {
     indirect case coreWritten(CoreOutcome)
     /// The process is frozen for its core, or why not.
     indirect case coreFrozen(CoreFreeze)
+    indirect case stallEvidenceTaken(StallCapture)
     case leftoversKilled([KilledProcess])
     /// A helper job (gdb for stacks, a compressor) started, or could not.
     case helperStarted(pid: Int32)

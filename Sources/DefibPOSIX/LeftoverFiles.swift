@@ -91,6 +91,10 @@ public enum LeftoverFiles {
             let names = Set(entries(dir))
             for name in names.sorted() {
                 var junk = name.hasPrefix("core.") && (name.hasSuffix(NativeCoreWriter.partialSuffix) || name.hasSuffix(".stacks.txt") || name.hasSuffix(".gcore.log"))
+                // A stall's stacks-only capture (`stall.…`) only lives until gdb has read it; a full one (`stall-core.…`)
+                // is kept once complete, its partial file and gdb's output are not.
+                if name.hasPrefix("stall.") { junk = true }
+                if name.hasPrefix("stall-core.") && (name.hasSuffix(NativeCoreWriter.partialSuffix) || name.hasSuffix(".stacks.txt")) { junk = true }
                 for ext in [".gz", ".zst"] where name.hasPrefix("core.") && name.hasSuffix(ext) && names.contains(String(name.dropLast(ext.count))) {
                     junk = true
                 }

@@ -19,6 +19,9 @@ public struct NativeCoreOptions: Sendable, Equatable {
     /// new page-cache pages (see `CoreMemoryCopier.directFD`); a steady stream of captures into a warm cache is faster
     /// without it.
     public var directIO = false
+    /// A stacks-only core (a stall's evidence): per thread, this many bytes of its stack from the stack pointer up,
+    /// plus the small mappings gdb needs to unwind and to find the libraries; no heap. nil = the full core.
+    public var stacksOnly: Int? = nil
 
     /// Options with a budget and the defaults for everything else.
     public init(budgetMs: Int, writerThreads: Int = 2, firstThread: Int32? = nil, chunkBytes: Int = 512 << 10,
@@ -63,6 +66,8 @@ public struct NativeCoreResult: Sendable, Equatable {
     public var notes: [String]
     /// True when the process's main thread died during the capture. Its exit status was left for the parent to reap.
     public var processExited: Bool
+    /// Milliseconds from the first PTRACE_SEIZE until every thread was detached again: the pause the service saw.
+    public var frozenMs: Double = 0
 }
 
 /// Writes an ELF core of a live process from the outside, the way the kernel would (see
@@ -74,12 +79,185 @@ public enum NativeCoreWriter {
     /// While it runs no other thread of this process may call waitpid(-1, __WALL): that would consume the ptrace
     /// stops it waits for. A death of the main thread is never reaped here; the parent's own wait sees it.
     public static func capture(pid: Int32, path: String, options: NativeCoreOptions) -> NativeCoreResult {
-        switch freeze(pid: pid, path: path, options: options) {
-        case let .failed(result): return result
-        case let .frozen(frozen): return write(frozen, detach: true)
+        let started = monotonicNanoseconds()
+        func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
+        var notes: [String] = []
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
+            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
         }
-    }
+        if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
+        if pid <= 0 { return failed("invalid pid \(pid)") }
+        if path.isEmpty { return failed("invalid core path: empty") }
+        var deadline = started + Int64(options.budgetMs) * 1_000_000
 
+        // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
+        let processStat: ProcStat
+        do { processStat = try ProcStat.read("/proc/\(pid)/stat") } catch {
+            return failed("process \(pid) not found (\(error))")
+        }
+        // Open before stopping, so a bad path never stops the process. The core is written under a temporary
+        // name and renamed into place once complete: a file under the final name is always a whole core, and
+        // one left by a supervisor that died mid-write is recognisable (`partialSuffix`). O_EXCL: a file
+        // someone else put there is never written into.
+        let partial = Self.partialPath(path)
+        var fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        if fd < 0 && errno == EEXIST {
+            unlink(partial)   // a dead writer's leftover of this very core
+            fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        }
+        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }   // named by the core's own path: the operator's
+        var closed = false
+        defer { if !closed { close(fd) } }
+        fchmod(fd, 0o600)   // O_CREAT's mode went through the umask
+        // A stacks-only core is a stall's evidence: the service may be running, so everything that can be read
+        // before the stop is (its mappings, its threads' /proc files), and the budget is the freeze itself.
+        let preread = options.stacksOnly == nil ? nil : PreStopReading.read(pid: pid)
+
+        let stopStarted = monotonicNanoseconds()
+        if options.stacksOnly != nil { deadline = stopStarted + Int64(options.budgetMs) * 1_000_000 }
+        var process: StoppedProcess
+        do {
+            process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
+        } catch {
+            unlink(partial)
+            if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
+            return failed("\(error)")
+        }
+        let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
+        var attached = true
+        defer { if attached { process.detachAll() } }
+        if process.stopped.isEmpty {
+            unlink(partial)
+            process.detachAll(); attached = false
+            if !process.unstopped.isEmpty {
+                return failed("no thread of process \(pid) stopped within \(options.stopTimeoutMs) ms (\(process.unstopped.count) running: "
+                              + "throttled, starved of CPU, or in uninterruptible sleep)", stopMs: stopMs)
+            }
+            return failed("process \(pid) exited before any thread could be stopped", stopMs: stopMs, exited: process.leaderExited)
+        }
+        if !process.unstopped.isEmpty {
+            notes.append("\(process.unstopped.count) thread(s) did not stop within \(options.stopTimeoutMs) ms (uninterruptible sleep?): "
+                         + "\(process.unstopped.sorted().map(String.init).joined(separator: ", ")); they are not in the core")
+        }
+
+        // Everything below reads a stopped process; a failure to read a /proc file means it died.
+        let snapshot: ProcessSnapshot
+        do {
+            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat,
+                                                stacksOnly: options.stacksOnly, preread: preread)
+        } catch {
+            unlink(partial)
+            process.detachAll(); attached = false
+            return failed("reading process \(pid) after stopping it: \(error)", stopMs: stopMs, exited: process.leaderExited)
+        }
+        notes += snapshot.notes
+        if snapshot.threads.isEmpty {
+            unlink(partial)
+            process.detachAll(); attached = false
+            return failed("every thread of process \(pid) vanished while its registers were read", stopMs: stopMs,
+                          exited: process.leaderExited)
+        }
+
+        let plan = CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes)
+        let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
+                                      deadline: deadline, directIO: options.directIO)
+        copier.run(threads: options.writerThreads)
+        if options.directIO { notes.append(copier.wroteDirect ? "memory written with O_DIRECT" : "O_DIRECT refused here: memory written through the page cache") }
+
+        // Memory is copied: let the process go before the headers are written.
+        process.detachAll(); attached = false
+        let frozenMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
+
+        var layout = plan.layout
+        var truncated = false
+        var error: String? = nil
+        switch copier.failure {
+        case .diskFull(let e)?:
+            unlink(partial)
+            return failed("disk full while writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
+        case .writeFailed(let e)?:
+            unlink(partial)
+            return failed("writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
+        case .processGone?:
+            truncated = true
+            error = "truncated: process \(pid) died during the capture"
+        case nil:
+            break
+        }
+        if copier.timedOut {
+            truncated = true
+            error = "truncated: the \(options.budgetMs) ms budget ran out"
+        }
+        if truncated {
+            // A segment keeps the copied prefix of its units; the rest reads as "not in the core" rather than zeros.
+            var complete = 0, withData = 0
+            for (segment, unitIndices) in plan.unitsBySegment.enumerated() where !unitIndices.isEmpty {
+                withData += 1
+                var prefix: UInt64 = 0
+                for u in unitIndices {
+                    guard copier.isDone(u) else { break }
+                    prefix += UInt64(plan.units[u].length)
+                }
+                if prefix == layout.segments[segment].filesz { complete += 1 }
+                layout.setFileSize(prefix, ofSegment: segment)
+            }
+            error! += " after \(copier.bytesWritten >> 20) MiB written; \(complete) of \(withData) mappings complete"
+        }
+
+        let header = layout.headerBytes(notes: plan.notes)
+        let headerWrite = header.withUnsafeBytes { raw -> Int in
+            var done = 0
+            while done < raw.count {
+                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return n == 0 ? -2 : -1 }
+                done += n
+            }
+            return 0
+        }
+        /// A write that did not land: the partial core is removed and the error says whether the disk was full.
+        func writeFailed(_ e: SystemError) -> NativeCoreResult {
+            unlink(partial)
+            let full = e.errno == ENOSPC || e.errno == EDQUOT
+            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
+                          stopMs: stopMs, exited: process.leaderExited)
+        }
+        if headerWrite != 0 {
+            let e = SystemError("pwrite(\(path), headers)", errno: headerWrite == -2 ? ENOSPC : errno)
+            return writeFailed(e)
+        }
+        if retryingEINTR({ ftruncate(fd, off_t(layout.fileSize)) }) != 0 {
+            let e = SystemError("ftruncate(\(path), \(layout.fileSize))")
+            return writeFailed(e)
+        }
+        var st = stat()
+        fstat(fd, &st)
+        // close(2) is where some file systems (NFS, quotas) report a write that could not land.
+        closed = true
+        if close(fd) != 0 {
+            let e = SystemError("close(\(path))")
+            return writeFailed(e)
+        }
+        if rename(partial, path) != 0 {
+            let e = SystemError("rename(\(partial), \(path))")
+            unlink(partial)
+            return failed("\(e)", stopMs: stopMs, exited: process.leaderExited)
+        }
+        if process.leaderExited { notes.append("the main thread exited during the capture") }
+        if process.redelivered > 0 {
+            notes.append("re-delivered \(process.redelivered) signal(s) that arrived as the threads stopped")
+        }
+        if process.vanished > 0 { notes.append("\(process.vanished) thread(s) ended during the capture") }
+        return NativeCoreResult(
+            record: CaptureRecord(method: "native", path: path, bytes: Int64(st.st_size), durationMs: elapsedMs(), error: error),
+            threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
+            stopMs: stopMs, notes: notes, processExited: process.leaderExited, frozenMs: frozenMs)
+    }
+}
+
+/// Restart while the core is written: the capture split in two around the replacement's spawn.
+extension NativeCoreWriter {
     /// What `freeze` did: a process ready for `write`, or the failed capture.
     public enum Freeze {
         case frozen(FrozenProcess)
@@ -326,22 +504,22 @@ struct ProcessSnapshot {
     var commandLine: [UInt8]
     var notes: [String]
 
-    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat) throws -> ProcessSnapshot {
+    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat, stacksOnly: Int? = nil,
+                     preread: PreStopReading? = nil) throws -> ProcessSnapshot {
         var notes: [String] = []
-        let smapsText = try readProcText("/proc/\(pid)/smaps")
-        let mappings = try SmapsParser.parse(smapsText)
-        let filter = (try? readProcText("/proc/\(pid)/coredump_filter"))
+        var mappings = try preread?.mappings ?? SmapsParser.parse(try readProcText("/proc/\(pid)/smaps"))
+        let filter = preread?.filter ?? (try? readProcText("/proc/\(pid)/coredump_filter"))
             .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
-        let extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
+        var extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
         var elfHeaderAt: Set<UInt64> = []
         for (m, e) in zip(mappings, extents) where e == .firstPageIfELF {
             var magic: UInt32 = 0
             let n = withUnsafeMutableBytes(of: &magic) { defib_read_memory(pid, m.start, $0.baseAddress, 4) }
             if n == 4 && magic == 0x464c_457f { elfHeaderAt.insert(m.start) }
         }
-        let status = ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
-        let auxv = (try? readProcFile("/proc/\(pid)/auxv")) ?? []
-        let cmdline = (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
+        let status = try preread?.status ?? ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
+        let auxv = preread?.auxv ?? (try? readProcFile("/proc/\(pid)/auxv")) ?? []
+        let cmdline = preread?.commandLine ?? (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
 
         // gdb's current thread is the first NT_PRSTATUS: the requested one, else the leader.
         var order = tids
@@ -363,12 +541,17 @@ struct ProcessSnapshot {
             let fn = fp.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_PRFPREG), $0.baseAddress, $0.count) }
             var xs = [UInt8](repeating: 0, count: 32 << 10)
             let xn = xs.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_X86_XSTATE), $0.baseAddress, $0.count) }
-            let tStatus = (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
-            let tStat = try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat")
+            let tStatus = preread?.threadStatus[tid] ?? (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
+            let tStat = preread?.threadStat[tid] ?? (try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat"))
             threads.append(ThreadSnapshot(tid: tid, registers: regs,
                                           fpRegisters: fn == 512 ? fp : nil,
                                           xstate: xn > 0 ? Array(xs.prefix(xn)) : nil,
                                           status: tStatus, stat: tStat))
+        }
+        if let stackBytes = stacksOnly {
+            (mappings, extents) = StacksOnlyScope.narrow(mappings: mappings, extents: extents,
+                                                         stackPointers: threads.map { StacksOnlyScope.stackPointer($0.registers) },
+                                                         stackBytes: stackBytes)
         }
         return ProcessSnapshot(pid: pid, stat: stat, status: status, threads: threads, mappings: mappings, extents: extents,
                                elfHeaderAt: elfHeaderAt, auxv: auxv, commandLine: cmdline, notes: notes)

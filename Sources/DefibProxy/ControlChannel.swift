@@ -89,8 +89,13 @@ final class ControlHandler: ChannelInboundHandler {
             _ = write(context, Self.statsJSON(env))
         case .help:
             _ = write(context, ControlCommand.helpText)
-        case let .fault(kind):
-            let (reply, followUp) = env.faults.arm(kind)
+        case .fault, .slowHolderFor:
+            let (reply, followUp): (String, FaultFollowUp)
+            switch command {
+            case let .slowHolderFor(ms): (reply, followUp) = env.faults.arm(.slowHolder, holdFor: .milliseconds(ms))
+            case let .fault(kind): (reply, followUp) = env.faults.arm(kind)
+            default: return
+            }
             let written = write(context, reply)
             switch followUp {
             case .none: break

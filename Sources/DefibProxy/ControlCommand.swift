@@ -8,6 +8,8 @@ public enum ControlCommand: Sendable, Equatable {
     case stats
     /// `fault KIND` → arms a fault.
     case fault(FaultKind)
+    /// `fault slow-holder MS` → the slow holder releases the write lock after MS: a stall that ends by itself.
+    case slowHolderFor(ms: Int)
     /// `help` → the command list.
     case help
 
@@ -19,7 +21,7 @@ public enum ControlCommand: Sendable, Equatable {
 
     /// The `help` reply (one line).
     public static var helpText: String {
-        "commands: ping [token] (pong after reading the catalog) | locks (lock telemetry JSON) | stats (counters JSON) | fault KIND (arm a fault: \(FaultKind.names)) | help"
+        "commands: ping [token] (pong after reading the catalog) | locks (lock telemetry JSON) | stats (counters JSON) | fault KIND (arm a fault: \(FaultKind.names)) | fault slow-holder MS (hold the write lock MS, then release it: a stall) | help"
     }
 
     /// Parses one request line (without its newline; a trailing CR is ignored). The error's
@@ -47,6 +49,13 @@ public enum ControlCommand: Sendable, Equatable {
             return word == "locks" ? .locks : word == "stats" ? .stats : .help
         case "fault":
             let kind = rest?.trimmingSpaces ?? ""
+            let words = kind.split(separator: " ", omittingEmptySubsequences: true)
+            if words.count == 2, words[0] == FaultKind.slowHolder.rawValue {
+                guard let ms = Int(words[1]), (1...3_600_000).contains(ms) else {
+                    throw ControlCommandError(kind: .unexpectedArgument, reply: "error fault slow-holder MS: MS must be 1…3600000 ms, got '\(clip(words[1]))'")
+                }
+                return .slowHolderFor(ms: ms)
+            }
             guard !kind.isEmpty else {
                 throw ControlCommandError(kind: .missingArgument, reply: "error usage: fault KIND (known: \(FaultKind.names))")
             }

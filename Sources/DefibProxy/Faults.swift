@@ -69,7 +69,8 @@ public final class FaultInjector: @unchecked Sendable {
     public var armed: ArmedFault? { current.withLock { $0 } }
 
     /// Arms `kind`. Returns the reply line and what to do after sending it.
-    public func arm(_ kind: FaultKind) -> (reply: String, followUp: FaultFollowUp) {
+    /// `holdFor` bounds the `slow-holder` update's hold (a stall rather than a hang); nil = `slowHolderHold`.
+    public func arm(_ kind: FaultKind, holdFor: Duration? = nil) -> (reply: String, followUp: FaultFollowUp) {
         let now = unixMilliseconds()
         let word = catalog.lock.rawWord
         logger.warning("fault \(kind.rawValue) armed at \(now) ms (catalog lock word \(LockWord.hex(word)))")
@@ -108,7 +109,7 @@ public final class FaultInjector: @unchecked Sendable {
             }) { return (error, .none) }
         case .slowHolder:
             if let error = startWriteLockFault(kind, thread: "catalog-slow-update", { catalog, update, holding in
-                catalog.applyHoldingWriteLock(update, holdFor: Self.slowHolderHold, whileHolding: holding)
+                catalog.applyHoldingWriteLock(update, holdFor: holdFor ?? Self.slowHolderHold, whileHolding: holding)
             }) { return (error, .none) }
         case .deadLoop:
             return ("ok fault dead-loop armed", .spinEventLoops)

@@ -22,6 +22,11 @@ struct SupervisorMetrics {
     let killJitter: CoreMetrics.Timer
     /// Heartbeats that came back late (after at least one miss): silences that ended without a kill.
     let recoveries: CoreMetrics.Counter
+    /// Stalls that ended by themselves after the suspect stage (stored in full or only counted), and how long
+    /// each lasted; the freeze their evidence cost the service.
+    let stalls: CoreMetrics.Counter
+    let stallDuration: CoreMetrics.Timer
+    let stallEvidencePause: CoreMetrics.Timer
 
     init(service: String) {
         self.service = service
@@ -36,6 +41,9 @@ struct SupervisorMetrics {
         notifyRejected = CoreMetrics.Counter(label: "defib_notify_rejected_total", dimensions: dims)
         killJitter = CoreMetrics.Timer(label: "defib_kill_jitter_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
         recoveries = CoreMetrics.Counter(label: "defib_heartbeat_recoveries_total", dimensions: dims)
+        stalls = CoreMetrics.Counter(label: "defib_stalls_total", dimensions: dims)
+        stallDuration = CoreMetrics.Timer(label: "defib_stall_duration_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
+        stallEvidencePause = CoreMetrics.Timer(label: "defib_stall_evidence_pause_seconds", dimensions: dims, preferredDisplayUnit: .seconds)
     }
 
     /// One measurement the supervision asked for.
@@ -54,6 +62,10 @@ struct SupervisorMetrics {
         case let .incident(cause): incident(cause: cause)
         case let .verdict(kind): verdict(kind)
         case let .phase(current): phase(current.rawValue, all: SupervisorMachine.Phase.allCases.map(\.rawValue))
+        case let .stall(silenceMs):
+            stalls.increment()
+            stallDuration.recordNanoseconds(Int64(silenceMs * 1e6))
+        case let .stallEvidencePause(ms): stallEvidencePause.recordNanoseconds(Int64(ms * 1e6))
         }
     }
 
@@ -93,6 +105,11 @@ public final class MetricsEndpoint {
             "defib_capture_duration_seconds": [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
                                                .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
                                                .seconds(2), .seconds(5), .seconds(10), .seconds(30)],
+            "defib_stall_duration_seconds": [.milliseconds(100), .milliseconds(250), .milliseconds(500), .milliseconds(750), .seconds(1),
+                                             .seconds(2), .seconds(5), .seconds(10), .seconds(30), .seconds(60)],
+            "defib_stall_evidence_pause_seconds": [.microseconds(250), .microseconds(500), .milliseconds(1), .milliseconds(2),
+                                                   .milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(50),
+                                                   .milliseconds(100)],
         ]
         factory.valueHistogramBuckets = ["defib_capture_bytes": [1e6, 1e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2e9, 4e9]]
         MetricsSystem.bootstrap(factory)

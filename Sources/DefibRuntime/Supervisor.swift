@@ -91,6 +91,8 @@ public final class Supervisor {
             return effects.writeFrozenCore(background: background).map { .coreWritten($0) }
         case .hurryFrozenCore:
             effects.hurryFrozenCore()
+        case let .takeStallEvidence(request):
+            return .stallEvidenceTaken(effects.takeStallEvidence(request))
         case let .startStacks(binary, core, output):
             return Self.helper(effects.startStacks(binary: binary, core: core, output: output))
         case let .startCompression(argv):

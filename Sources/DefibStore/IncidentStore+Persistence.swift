@@ -7,7 +7,7 @@ extension IncidentStore: IncidentPersistence {
     public func storedCores() throws -> [StoredCore] {
         try incidentsWithCores().map {
             StoredCore(incidentID: $0.id, path: $0.corePath, bytes: 0, service: $0.service, signature: $0.signature, detectedUnixMs: $0.detectedUnixMs,
-                       otherPaths: $0.otherCorePaths)
+                       otherPaths: $0.otherCorePaths, stall: $0.stall)
         }
     }
 

@@ -39,6 +39,8 @@ public struct SignatureSummary: Sendable, Equatable {
     public var services: [String]
     /// The newest incident's id.
     public var lastIncident: Int64
+    /// How many of `count` were stalls (the service came back by itself; nothing was done).
+    public var stalls = 0
 }
 
 extension IncidentStore {
@@ -75,7 +77,7 @@ extension IncidentStore {
         do {
             rows = try reader.read { db in
                 try Row.fetchAll(db, sql: """
-                    SELECT id, service, signature, detected_at, \(kind) AS kind FROM incident\(filter)
+                    SELECT id, service, signature, detected_at, cause_kind, \(kind) AS kind FROM incident\(filter)
                     \(filter.isEmpty ? " WHERE" : " AND") signature IS NOT NULL ORDER BY detected_at ASC, id ASC
                     """, arguments: StatementArguments(arguments))
             }
@@ -89,7 +91,9 @@ extension IncidentStore {
             let detected = Date(millisecondsSince1970: row["detected_at"])
             let id: Int64 = row["id"]
             services[signature, default: []].insert(row["service"])
+            let stall = (row["cause_kind"] as String?) == "stall" ? 1 : 0
             if var s = summaries[signature] {
+                s.stalls += stall
                 s.count += 1
                 s.lastSeen = detected
                 s.lastIncident = id
@@ -97,7 +101,7 @@ extension IncidentStore {
                 summaries[signature] = s
             } else {
                 summaries[signature] = SignatureSummary(signature: signature, count: 1, firstSeen: detected, lastSeen: detected,
-                                                        diagnosisKind: row["kind"], services: [], lastIncident: id)
+                                                        diagnosisKind: row["kind"], services: [], lastIncident: id, stalls: stall)
             }
         }
         return summaries.values.map { s in
@@ -116,6 +120,18 @@ extension IncidentStore {
         for field in IncidentMatchField.allCases {
             guard let values = query.matches[field], !values.isEmpty else { continue }
             let target = try column(Self.columnName(field))
+            if field == .kind {
+                // A kind is a set of causes.
+                let causes = try values.flatMap { value -> [String] in
+                    guard let kind = IncidentKind(rawValue: value) else {
+                        throw StoreError(.read, path: path, "KIND=\(value): expected one of \(IncidentKind.allCases.map(\.rawValue).joined(separator: ", "))")
+                    }
+                    return kind.causeKinds
+                }
+                clauses.append("\(target) IN (\(causes.map { _ in "?" }.joined(separator: ", ")))")
+                args += causes
+                continue
+            }
             clauses.append("\(target) IN (\(values.map { _ in "?" }.joined(separator: ", ")))")
             for value in values {
                 switch field {
@@ -147,6 +163,7 @@ extension IncidentStore {
         case .signature: "signature"
         case .diagnosis: "diagnosis_kind"
         case .outcome: "outcome"
+        case .kind: "cause_kind"
         }
     }
 

@@ -174,6 +174,8 @@ public final class IncidentStore: Sendable {
         public var corePath: String
         /// The cores of the instance's other processes (from the body's `processes`).
         public var otherCorePaths: [String] = []
+        /// A stall's core (cause `stall`): the first to go under retention.
+        public var stall = false
     }
 
     /// Every incident whose core is recorded, oldest first.
@@ -183,12 +185,13 @@ public final class IncidentStore: Sendable {
                 // The other processes' cores sit in the body's `processes` (a multi-process instance's stuck workers).
                 let others = "(SELECT group_concat(json_extract(p.value, '$.corePath'), char(10)) FROM json_each(incident.body, '$.processes') AS p "
                     + "WHERE json_extract(p.value, '$.main') = 0 AND json_extract(p.value, '$.corePath') IS NOT NULL)"
-                return try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path, \(others) AS other_cores FROM incident "
+                return try Row.fetchAll(db, sql: "SELECT id, service, signature, detected_at, core_path, cause_kind, \(others) AS other_cores FROM incident "
                                          + "WHERE core_path IS NOT NULL ORDER BY detected_at, id")
                     .map { row in
                         let other: String? = row["other_cores"]
                         return CoreRow(id: row["id"], service: row["service"], signature: row["signature"], detectedUnixMs: row["detected_at"],
-                                       corePath: row["core_path"], otherCorePaths: other?.split(separator: "\n").map(String.init) ?? [])
+                                       corePath: row["core_path"], otherCorePaths: other?.split(separator: "\n").map(String.init) ?? [],
+                                       stall: (row["cause_kind"] as String?) == "stall")
                     }
             }
         } catch {

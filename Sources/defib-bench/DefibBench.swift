@@ -14,7 +14,8 @@ struct DefibBench: ParsableCommand {
         Usually run through scripts/bench.sh (make bench). Each part writes OUT/PART.json with the keys part, status \
         ("ok" or "FAIL"), reason, targets and markdown; `report` turns the named parts into OUT/REPORT.md.
         """,
-        subcommands: [CoreCommand.self, OverheadCommand.self, PeersCommand.self, FleetBenchCommand.self, ReportCommand.self, FailCommand.self])
+        subcommands: [CoreCommand.self, OverheadCommand.self, PeersCommand.self, FleetBenchCommand.self, StallCommand.self, ReportCommand.self,
+                      FailCommand.self])
 }
 
 /// Options every part shares.

@@ -183,8 +183,14 @@ struct RangeOptions: ParsableArguments {
     @Option(name: .long, help: "Only this service's incidents (same as SERVICE=NAME).", completion: .custom(StateCompletion.incidentServices))
     var service: String?
 
+    @Option(name: .long, help: "Only incidents of this kind: hang (killed and restarted), stall (came back by itself, nothing done) or exit (died or could not start); same as KIND=KIND.")
+    var kind: String?
+
     func validate() throws {
         if let limit, limit <= 0 { throw ValidationError("--limit must be a positive number, got \(limit)") }
+        if let kind, IncidentKind(rawValue: kind) == nil {
+            throw ValidationError("unknown --kind '\(kind)': expected one of \(IncidentKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
         let now = Date()
         let s = try since.map { try parseDateArgument($0, option: "--since", now: now) }
         let u = try until.map { try parseDateArgument($0, option: "--until", now: now) }
@@ -198,6 +204,7 @@ struct RangeOptions: ParsableArguments {
         selection.query.since = try since.map { try parseDateArgument($0, option: "--since", now: now) }
         selection.query.until = try until.map { try parseDateArgument($0, option: "--until", now: now) }
         if let service { selection.query.add(.service, service) }
+        if let kind { selection.query.add(.kind, kind) }
         selection.query.oldestFirst = reverse
         if newestOnly || selection.newestOnly { selection.query.limit = 1 } else { selection.query.limit = limit }
         return selection

@@ -50,6 +50,8 @@ struct IncidentsInfoCommand: ParsableCommand {
         print(incidents.map { incident in
             var shown = incident
             if !mangled, let stacks = shown.stacks { shown.stacks = Self.demangled(stacks) }
+            if !mangled, let stacks = shown.stallEvidence?.stacks, shown.outcome != .selfRecovered { shown.stallEvidence?.stacks = Self.demangled(stacks) }
+            if shown.outcome == .selfRecovered { shown.stallEvidence?.stacks = shown.stacks }
             return Self.render(shown, zone: output.timeZone)
         }.joined(separator: "\n\n"))
     }
@@ -97,6 +99,7 @@ struct IncidentsInfoCommand: ParsableCommand {
         case .gaveUp: summary.append(["Outcome", "gave up: restart intensity exceeded, the supervisor stopped"])
         case .shutdown: summary.append(["Outcome", "shutdown: the supervisor was stopped before recovery finished"])
         case .replacementFailed: summary.append(["Outcome", "replacement failed: the new instance hung before it was ready; the next incident has its evidence"])
+        case .selfRecovered: summary.append(["Outcome", "self-recovered: the heartbeat came back by itself; nothing was done to the process (same pid, no restart)"])
         case .supervisorDied: summary.append(["Outcome", "supervisor died: defib was killed while handling it; the next defib closed it at start"])
         }
         if let newPid = i.newPid { summary.append(["New pid", String(newPid)]) }
@@ -179,10 +182,13 @@ struct IncidentsInfoCommand: ParsableCommand {
         }
 
         out += IncidentsRuntimeSection.lines(i)
+        out += IncidentsStallSection.lines(i)
         out.append("")
         out.append("Stacks")
         if let stacks = i.stacks, !stacks.isEmpty {
             out.append(stacks.hasSuffix("\n") ? String(stacks.dropLast()) : stacks)
+        } else if i.outcome == .selfRecovered {
+            out.append("  " + (i.stallEvidence?.error ?? "not stored yet (gdb reads the stall's capture in the background)"))
         } else if i.capture?.path == nil {
             out.append("  none: there is no core to read them from")
         } else {

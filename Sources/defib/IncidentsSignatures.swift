@@ -10,7 +10,7 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         commandName: "signatures",
         abstract: "One line per incident signature: count, first and last seen, diagnosis kind, services, newest incident.",
         discussion: """
-            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and the blocked threads' top frames). The most recently seen first; incidents not signed yet (still open) are left out. JSON objects carry signature, count, first_seen, last_seen (RFC 3339 UTC), diagnosis_kind, services and last_incident.
+            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and the blocked threads' top frames); a stall (a hang that came back by itself) is signed like a hang, and STALLS says how many of COUNT were stalls. The most recently seen first; incidents not signed yet (still open) are left out. JSON objects carry signature, count, first_seen, last_seen (RFC 3339 UTC), diagnosis_kind, services and last_incident.
 
             Examples:
               defib incidents signatures --state-dir D --since -7d
@@ -28,12 +28,18 @@ struct IncidentsSignaturesCommand: ParsableCommand {
     @Option(name: [.customShort("U"), .long], parsing: .unconditional, help: "Only incidents detected at or before DATE.")
     var until: String?
 
-    @Argument(help: "MATCHES restricting the incidents counted (SERVICE=proxy, COMM=…, DIAGNOSIS=…).")
+    @Option(name: .long, help: "Count only incidents of this kind: hang, stall or exit (same as KIND=KIND).")
+    var kind: String?
+
+    @Argument(help: "MATCHES restricting the incidents counted (SERVICE=proxy, COMM=…, DIAGNOSIS=…, KIND=stall).")
     var matches: [String] = []
 
     func validate() throws {
         if let since { _ = try parseDateArgument(since, option: "--since") }
         if let until { _ = try parseDateArgument(until, option: "--until") }
+        if let kind, IncidentKind(rawValue: kind) == nil {
+            throw ValidationError("unknown --kind '\(kind)': expected one of \(IncidentKind.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
     }
 
     func run() throws {
@@ -41,6 +47,7 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         var selection = try Selection.resolve(matches, in: store)
         selection.query.since = try since.map { try parseDateArgument($0, option: "--since") }
         selection.query.until = try until.map { try parseDateArgument($0, option: "--until") }
+        if let kind { selection.query.add(.kind, kind) }
         let summaries = try store.map { s in try storeCall { try s.signatures(matching: selection.query) } } ?? []
         if summaries.isEmpty && !matches.isEmpty { try exitNoIncidents() }
         let pager = output.noPager ? nil : Pager.start()
@@ -56,14 +63,14 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         let zone = output.timeZone
         var rows: [[String]] = []
         if !output.noLegend {
-            rows.append(["SIGNATURE", "COUNT", "FIRST SEEN (\(Format.zoneName(zone)))", "LAST SEEN", "DIAGNOSIS", "SERVICES", "LAST"])
+            rows.append(["SIGNATURE", "COUNT", "STALLS", "FIRST SEEN (\(Format.zoneName(zone)))", "LAST SEEN", "DIAGNOSIS", "SERVICES", "LAST"])
         }
         for s in summaries {
-            rows.append([s.signature, String(s.count), Format.time(s.firstSeen, milliseconds: false, zone: zone),
+            rows.append([s.signature, String(s.count), String(s.stalls), Format.time(s.firstSeen, milliseconds: false, zone: zone),
                          Format.time(s.lastSeen, milliseconds: false, zone: zone), s.diagnosisKind ?? "-",
                          s.services.joined(separator: ","), String(s.lastIncident)])
         }
-        print(Format.table(rows, right: [1, 6]))
+        print(Format.table(rows, right: [1, 2, 7]))
     }
 
     /// The JSON contract of one line.

@@ -393,6 +393,26 @@ final class FakeEffects: SupervisorEffects {
         return outcome
     }
 
+    /// A stall capture: `stallPauseMs` of freeze (the clock moves), a file of `stallCaptureBytes`, or `stallCaptureFailure`.
+    var stallPauseMs: Int64 = 2
+    var stallCaptureBytes: Int64 = 300_000
+    var stallCaptureFailure: String?
+    private(set) var stallRequests: [StallEvidenceRequest] = []
+
+    func takeStallEvidence(_ request: StallEvidenceRequest) -> StallCapture {
+        calls.append("takeStallEvidence \(request.pid) \(request.mode.rawValue) budget=\(request.budgetMs)")
+        stallRequests.append(request)
+        nowMs += stallPauseMs
+        if let stallCaptureFailure {
+            return StallCapture(mode: request.mode, record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: Double(stallPauseMs),
+                                                                          error: stallCaptureFailure), pauseMs: Double(stallPauseMs), threads: 0)
+        }
+        files[request.path] = stallCaptureBytes
+        return StallCapture(mode: request.mode, record: CaptureRecord(method: "native", path: request.path, bytes: stallCaptureBytes,
+                                                                      durationMs: Double(stallPauseMs), error: nil),
+                            pauseMs: Double(stallPauseMs), threads: 3)
+    }
+
     func startStacks(binary: String, core: String, output: String) -> Result<Int32, EffectFailure> {
         calls.append("startStacks \(core)")
         return startHelper(output: output, bytes: 100)

@@ -29,7 +29,8 @@ struct RecordingLogHandler: LogHandler {
 
 /// The settings every runtime test starts from: interval 100, deadline 500 with at least 2 misses (so a miss
 /// after 125 ms, suspect at 250 ms of silence, starvation extensions of 250 ms up to 1000 ms), start timeout
-/// 2000, capture budget 1000, a 100 ms backoff doubling, 3 restarts in 10 s, stop timeout 1000.
+/// 2000, capture budget 1000, a 100 ms backoff doubling, 3 restarts in 10 s, stop timeout 1000. No stall evidence
+/// (`stall_evidence = none`): the hang paths' effects are checked as they are; SupervisorStallTests turn it on.
 func testConfig(_ change: (inout SupervisorConfig) -> Void = { _ in }) -> SupervisorConfig {
     var config = SupervisorConfig(service: .init(name: "svc", argv: ["/usr/bin/fake-service", "--serve"]), stateDirectory: "/state")
     config.heartbeat.intervalMs = 100
@@ -45,6 +46,7 @@ func testConfig(_ change: (inout SupervisorConfig) -> Void = { _ in }) -> Superv
     // their own tests (SupervisorProofTests), which turn these on.
     config.escalation.actOnProof = false
     config.restart.immediateAfterHang = false
+    config.escalation.stallEvidence = .none
     change(&config)
     return config
 }

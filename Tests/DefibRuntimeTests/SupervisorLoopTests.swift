@@ -173,9 +173,12 @@ import Testing
     /// A service that pauses past the suspect stage and answers again: no incident, no kill, and what was
     /// gathered for that silence is forgotten (the next hang's incident does not carry it).
     @Test func aLateAnswerAfterTheSuspectStageRecoversWithoutAKillAndIsForgotten() throws {
+        // A stall that ends by itself is an incident of its own by default (SupervisorStallTests); with
+        // stall_incidents_per_hour = 0 stalls are only counted, and this is what remains of the silence.
+        let noStalls = testConfig { $0.escalation.stallIncidentsPerHour = 0 }
         let fake = FakeEffects()
         fake.behaviours = [.pauses(fromMs: 300, forMs: 400)]
-        let run = Run(fake, stopAtMs: 1500)
+        let run = Run(fake, config: noStalls, stopAtMs: 1500)
         #expect(run.incidents.isEmpty)
         #expect(!fake.actions.contains { $0.hasPrefix("insert") || $0.hasPrefix("signal 100 SIGKILL") })
         #expect(run.logs.contains("warning heartbeat back after 397 ms of silence (3 missed); no kill"))
@@ -185,7 +188,7 @@ import Testing
         let again = FakeEffects()
         again.behaviours = [.pauses(fromMs: 300, forMs: 400), .healthy]
         again.schedule(at: 1200, .notify(NotifyMessage(pid: 100, text: "WATCHDOG=trigger")))
-        let triggered = Run(again, stopAtMs: 2500)
+        let triggered = Run(again, config: noStalls, stopAtMs: 2500)
         let incident = try #require(triggered.incidents.first)
         #expect(incident.cause == .triggered(reason: "the service sent WATCHDOG=trigger"))
         #expect(incident.notes.allSatisfy { !$0.hasPrefix("miss ") && !$0.hasPrefix("suspect ") }, "\(incident.notes)")

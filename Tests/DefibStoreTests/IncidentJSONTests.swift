@@ -18,6 +18,8 @@ import Testing
                                + ["processes"]
                                // what the hang was declared on, and the timeline of its handling
                                + ["declared_on", "timeline", "capture_order"]
+                               // a stall's suspect-stage evidence
+                               + ["stall_evidence"]
 
     func keys(_ v: JSONValue) -> [String] {
         guard case let .object(members) = v else { return [] }
