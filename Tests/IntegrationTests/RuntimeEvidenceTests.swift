@@ -57,7 +57,8 @@ enum RuntimeFixtures {
 struct RuntimeEvidenceTests {
     /// Supervises `argv` (hanging once, after 5 pings), waits for the first incident to be recovered and for
     /// `ready` to hold on its `info --json`, then stops defib. Returns that JSON and the state directory.
-    static func hangOnce(_ name: String, argv: [String], extra: String = "", dir: Scratch, defibEnv: [String: String] = [:],
+    static func hangOnce(_ name: String, argv: [String], extra: String = "", heartbeat: String = "", env: String = "", dir: Scratch,
+                         defibEnv: [String: String] = [:],
                          ready: ([String: Any]) -> Bool = { _ in true }) throws -> [String: Any] {
         let state = "\(dir.path)/state"
         let argvTOML = argv.map { "\"\($0)\"" }.joined(separator: ", ")
@@ -66,8 +67,9 @@ struct RuntimeEvidenceTests {
             [service]
             name = "\(name)"
             argv = [\(argvTOML)]
-            env = { HANG_AFTER = "5", HANG_ONCE = "\(dir.path)/hung-once" }
+            env = { HANG_AFTER = "5", HANG_ONCE = "\(dir.path)/hung-once"\(env) }
             [heartbeat]
+            \(heartbeat)
             interval_ms = 100
             deadline_ms = 1000
             [capture]
@@ -126,11 +128,19 @@ struct RuntimeEvidenceTests {
     @Test func aGoServiceLeakingARLockIsDiagnosedFromItsGoroutinesInTheCore() throws {
         let exe = try RuntimeFixtures.go.get()
         let dir = Scratch("rt-go"); defer { dir.remove() }
-        let info = try Self.hangOnce("go-rrdns", argv: [exe], dir: dir) { object in
+        // Watched as a server that knows nothing of defib: a tcp probe on its own port, not the control channel.
+        let port = freePort()
+        let info = try Self.hangOnce("go-rrdns", argv: [exe], heartbeat: """
+            source = "tcp"
+            probe = "127.0.0.1:\(port)"
+            probe_send = "ping 1"
+            probe_expect = "pong 1"
+            """, env: ", LISTEN = \"127.0.0.1:\(port)\"", dir: dir) { object in
             !(object["runtime_stacks"] as? [Any] ?? []).isEmpty || object["runtime_error"] is String
         }
         let diagnosis = info["diagnosis"] as? String ?? ""
         #expect(info["runtime"] as? String == "go")
+        #expect((info["cause_detail"] as? String ?? "").contains("tcp"), "the probe's miss: \(info["cause_detail"] ?? "")")
         #expect(info["runtime_error"] is NSNull, "\(info["runtime_error"] ?? "")")
         #expect(diagnosis.hasPrefix("leaked-read-lock: "), "\(diagnosis)\n\(info["notes"] ?? "")")
         #expect(diagnosis.contains("RWMutex.Lock (main.(*table).reload)") && diagnosis.contains("the writer waits for 1 reader"), "\(diagnosis)")

@@ -5,7 +5,9 @@
 // first), so every query, and the control channel's ping, stops answering.
 //
 // It answers defib's ping protocol on $DEFIB_CONTROL_SOCKET ("ping TOKEN" -> "pong TOKEN", one line per
-// connection) from a goroutine that resolves a name first, like any query. After HANG_AFTER pings
+// connection) from a goroutine that resolves a name first, like any query — or, with LISTEN=HOST:PORT, the
+// same line protocol on a TCP port, as a server that knows nothing of defib (watched by a tcp probe that
+// sends "ping 1" and expects "pong 1"). After HANG_AFTER pings
 // (default 5) the ping path asks for a name the table does not have: the branch that leaks. With
 // HANG_ONCE=PATH only the instance that creates PATH does (its replacements keep answering).
 package main
@@ -102,17 +104,23 @@ func shouldHang() bool {
 }
 
 func main() {
-	path := os.Getenv("DEFIB_CONTROL_SOCKET")
-	if path == "" {
-		fmt.Fprintln(os.Stderr, "DEFIB_CONTROL_SOCKET is not set")
-		os.Exit(2)
-	}
 	hangAfter := 5
 	if v, err := strconv.Atoi(os.Getenv("HANG_AFTER")); err == nil {
 		hangAfter = v
 	}
-	os.Remove(path)
-	l, err := net.Listen("unix", path)
+	var l net.Listener
+	var err error
+	if addr := os.Getenv("LISTEN"); addr != "" {
+		l, err = net.Listen("tcp", addr)
+	} else {
+		path := os.Getenv("DEFIB_CONTROL_SOCKET")
+		if path == "" {
+			fmt.Fprintln(os.Stderr, "neither LISTEN nor DEFIB_CONTROL_SOCKET is set")
+			os.Exit(2)
+		}
+		os.Remove(path)
+		l, err = net.Listen("unix", path)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(2)
