@@ -41,6 +41,17 @@ public struct PressureSample: Sendable, Equatable, Codable {
     }
 }
 
+/// A cgroup's CPU bandwidth limit: `quotaUs` of CPU time every `periodUs`.
+public struct CPUQuota: Sendable, Equatable, Codable {
+    public var quotaUs: UInt64
+    public var periodUs: UInt64
+    public init(quotaUs: UInt64, periodUs: UInt64) { self.quotaUs = quotaUs; self.periodUs = periodUs }
+    public var text: String {
+        func ms(_ us: UInt64) -> String { us % 1000 == 0 ? "\(us / 1000)" : String(Double(us) / 1000) }
+        return "\(ms(quotaUs)) ms of CPU per \(ms(periodUs)) ms"
+    }
+}
+
 /// Everything sampled about a process at one instant.
 public struct ProcessSample: Sendable, Equatable, Codable {
     public var pid: Int32
@@ -52,6 +63,8 @@ public struct ProcessSample: Sendable, Equatable, Codable {
     /// cgroup CPU throttling (cpu.stat): time throttled, µs, and the number of throttled periods.
     public var throttledUs: UInt64?
     public var throttledPeriods: UInt64?
+    /// The cgroup's CPU quota (v1 cpu.cfs_quota_us/cfs_period_us, v2 cpu.max), µs per period; nil when unlimited.
+    public var cpuQuota: CPUQuota?
     /// sysconf(_SC_CLK_TCK).
     public var ticksPerSecond: Int
     /// Online CPUs (sysconf(_SC_NPROCESSORS_ONLN)).
@@ -197,7 +210,11 @@ public enum ProgressJudge {
             return Double(now &- then) < 0.05 * Double(wallNs)
         }
         if !waiting.isEmpty {
-            starvedBecause.append("\(waiting.count) runnable thread(s) got next to no CPU in \(fmt(wallMs)) ms")
+            // A quota throttles a group until its next period, so the throttling often began before the
+            // window (nr_throttled counts it once, at its start; throttled time is added only at its end):
+            // a runnable thread held off the CPU in a group with a quota is throttled by it.
+            let quota = after.cpuQuota.map { "; the cgroup's CPU quota is \($0.text)" } ?? ""
+            starvedBecause.append("\(waiting.count) runnable thread(s) got next to no CPU in \(fmt(wallMs)) ms\(quota)")
         }
         if blockedIO > 0, let p = after.ioPressure, p.someAvg10 >= t.ioPressureAvg10 {
             starvedBecause.append("\(blockedIO) thread(s) in D state, I/O pressure some avg10=\(fmt(p.someAvg10))%")
@@ -318,6 +335,20 @@ public enum ProcParse {
         }
         guard let periods else { return nil }
         return (periods, us ?? 0)
+    }
+
+    /// A cgroup's CPU limit: v2 `cpu.max` ("max 100000" or "20000 700000"), or v1's `cpu.cfs_quota_us`
+    /// ("-1" or "20000") with `cpu.cfs_period_us`. Nil when unlimited or unreadable.
+    public static func cpuQuota(v2 cpuMax: String) -> CPUQuota? {
+        let f = cpuMax.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        guard f.count == 2, let q = UInt64(f[0]), let p = UInt64(f[1]), q > 0, p > 0 else { return nil }
+        return CPUQuota(quotaUs: q, periodUs: p)
+    }
+
+    public static func cpuQuota(v1Quota quota: String, period: String) -> CPUQuota? {
+        func word(_ s: String) -> Substring { s.split(whereSeparator: { $0 == " " || $0 == "\n" }).first ?? "" }
+        guard let q = Int64(word(quota)), q > 0, let p = UInt64(word(period)), p > 0 else { return nil }
+        return CPUQuota(quotaUs: UInt64(q), periodUs: p)
     }
 
     /// /proc/PID/cgroup → the path of the cgroup that limits CPU: the v2 line ("0::/path") or the v1 "cpu" controller's.

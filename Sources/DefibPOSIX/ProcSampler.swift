@@ -61,22 +61,22 @@ public enum ProcSampler {
                                    cpuPressure: readTextFile("/proc/pressure/cpu").flatMap(ProcParse.pressure),
                                    ioPressure: readTextFile("/proc/pressure/io").flatMap(ProcParse.pressure),
                                    ticksPerSecond: ticksPerSecond, cpuCount: cpuCount)
-        if let stat = cgroupCPUStat(pid: pid) {
-            sample.throttledPeriods = stat.periods; sample.throttledUs = stat.throttledUs
+        if let cg = readTextFile("/proc/\(pid)/cgroup").flatMap(ProcParse.cpuCgroup) {
+            let dirs = cg.version == 2
+                ? ["/sys/fs/cgroup\(cg.path)", "/sys/fs/cgroup/unified\(cg.path)"]
+                : ["/sys/fs/cgroup/cpu\(cg.path)", "/sys/fs/cgroup/cpu,cpuacct\(cg.path)"]
+            for dir in dirs {
+                guard let stat = readTextFile("\(dir)/cpu.stat").flatMap(ProcParse.cgroupCPUStat) else { continue }
+                sample.throttledPeriods = stat.periods; sample.throttledUs = stat.throttledUs
+                sample.cpuQuota = cg.version == 2
+                    ? readTextFile("\(dir)/cpu.max").flatMap { ProcParse.cpuQuota(v2: $0) }
+                    : readTextFile("\(dir)/cpu.cfs_quota_us").flatMap { q in
+                        readTextFile("\(dir)/cpu.cfs_period_us").flatMap { ProcParse.cpuQuota(v1Quota: q, period: $0) }
+                    }
+                break
+            }
         }
         return sample
-    }
-
-    /// cpu.stat of the cgroup that limits the process's CPU, v2 or v1.
-    static func cgroupCPUStat(pid: Int32) -> (periods: UInt64, throttledUs: UInt64)? {
-        guard let cg = readTextFile("/proc/\(pid)/cgroup").flatMap(ProcParse.cpuCgroup) else { return nil }
-        let candidates = cg.version == 2
-            ? ["/sys/fs/cgroup\(cg.path)/cpu.stat", "/sys/fs/cgroup/unified\(cg.path)/cpu.stat"]
-            : ["/sys/fs/cgroup/cpu\(cg.path)/cpu.stat", "/sys/fs/cgroup/cpu,cpuacct\(cg.path)/cpu.stat"]
-        for path in candidates {
-            if let s = readTextFile(path).flatMap(ProcParse.cgroupCPUStat) { return s }
-        }
-        return nil
     }
 }
 

@@ -28,6 +28,10 @@ import Testing
         #expect(ProcParse.cgroupCPUStat("nr_periods 10\nnr_throttled 3\nthrottled_time 7000000\n")! == (3, 7000))
         #expect(ProcParse.cpuCgroup("9:name=systemd:/\n2:cpuacct:/\n1:cpu:/a/b\n0::/\n")! == (1, "/a/b"))
         #expect(ProcParse.cpuCgroup("0::/system.slice/x.service\n")! == (2, "/system.slice/x.service"))
+        #expect(ProcParse.cpuQuota(v2: "max 100000\n") == nil)
+        #expect(ProcParse.cpuQuota(v2: "20000 700000\n") == CPUQuota(quotaUs: 20_000, periodUs: 700_000))
+        #expect(ProcParse.cpuQuota(v1Quota: "-1\n", period: "100000\n") == nil)
+        #expect(ProcParse.cpuQuota(v1Quota: "1500\n", period: "100000\n")?.text == "1.5 ms of CPU per 100 ms")
     }
 }
 
@@ -138,6 +142,12 @@ import Testing
         let woke = Self.sample(at: 500, [Self.thread(1, "S", cpuMs: 100, syscall: Syscalls.futex), Self.thread(2, "R", cpuMs: 3)])
         let asleep = Self.sample(at: 0, [Self.thread(1, "S", cpuMs: 100, syscall: Syscalls.futex), Self.thread(2, "S", cpuMs: 3, syscall: Syscalls.futex)])
         #expect(ProgressJudge.judge(before: asleep, after: woke).kind != "starved")
+        // In a group with a CPU quota the reason names it: the throttling began before the window, so
+        // the throttled-period count did not move inside it.
+        var limited = after
+        limited.cpuQuota = CPUQuota(quotaUs: 20_000, periodUs: 700_000)
+        let q = ProgressJudge.judge(before: before, after: limited)
+        #expect(q.kind == "starved" && q.reason.contains("the cgroup's CPU quota is 20 ms of CPU per 700 ms"), "\(q)")
     }
 
     @Test func stoppedAndGone() {

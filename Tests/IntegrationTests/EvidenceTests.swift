@@ -157,7 +157,11 @@ struct StarvationTests {
         usleep(8_000_000)
         let log = defib.log
         #expect(log.contains("deadline extended by"), "the starved service got extensions:\n\(log)")
-        #expect(log.contains("cgroup throttled") || log.contains("run-queue wait"), "the reason names the starvation:\n\(log)")
+        // A ping is answered as a period begins and the quota is spent ~20 ms later, before the first miss:
+        // the throttled-period count often does not move inside the judged window, so the reason names
+        // the quota itself (or the throttling or run-queue wait, when they fall inside the window).
+        #expect(log.contains("cgroup throttled") || log.contains("run-queue wait") || log.contains("the cgroup's CPU quota is 20 ms of CPU per 700 ms"),
+                "the reason names the starvation:\n\(log)")
         #expect(!log.contains("incident"), "no incident for a starved service:\n\(log)")
         #expect(pidOfChild(of: defib.pid) == child, "the same instance still runs")
         #expect(((try? incidentsJSON(stateDir: state)) ?? []).isEmpty)
