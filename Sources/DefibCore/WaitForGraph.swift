@@ -56,6 +56,16 @@ public enum GlibcMutex {
         return tid > 0 ? tid : nil
     }
 
+    /// The owner of a mutex a thread waits for with a plain FUTEX_WAIT (not FUTEX_LOCK_PI): `owner` for a
+    /// normal, recursive, error-checking or robust glibc mutex. A PI mutex is never waited for that way (glibc
+    /// locks it with FUTEX_LOCK_PI), so a word whose neighbours read as a PI kind is not a glibc mutex but some
+    /// other futex (a condition, a semaphore, another runtime's lock): its "owner" would be its value — 1 for
+    /// many a lock held with no waiters — and no thread at all.
+    public static func plainWaitOwner(lockWord: Int32, ownerField: Int32, kindField: Int32) -> (tid: Int32, kind: String)? {
+        guard kindField & piFlag == 0 else { return nil }
+        return owner(lockWord: lockWord, ownerField: ownerField, kindField: kindField)
+    }
+
     /// The mutex's owner and kind from its first 20 bytes (`lock`, `owner`, `kind` as read), or nil when they do
     /// not look like a locked glibc mutex: an unknown kind, the PP protocol (not read), or no owner recorded.
     public static func owner(lockWord: Int32, ownerField: Int32, kindField: Int32) -> (tid: Int32, kind: String)? {

@@ -79,17 +79,35 @@ public enum NativeCoreWriter {
     /// While it runs no other thread of this process may call waitpid(-1, __WALL): that would consume the ptrace
     /// stops it waits for. A death of the main thread is never reaped here; the parent's own wait sees it.
     public static func capture(pid: Int32, path: String, options: NativeCoreOptions) -> NativeCoreResult {
+        switch freeze(pid: pid, path: path, options: options) {
+        case let .failed(result): return result
+        case let .frozen(frozen): return write(frozen, detach: true)
+        }
+    }
+}
+
+/// Restart while the core is written: the capture split in two around the replacement's spawn.
+extension NativeCoreWriter {
+    /// What `freeze` did: a process ready for `write`, or the failed capture.
+    public enum Freeze {
+        case frozen(FrozenProcess)
+        case failed(NativeCoreResult)
+    }
+
+    /// The first half of a capture: every thread stopped (by the calling thread, which must also be the one that
+    /// detaches, if anyone does), registers and mappings read, the core file open. The process can do nothing
+    /// until `write` detaches it, or it is killed.
+    public static func freeze(pid: Int32, path: String, options: NativeCoreOptions) -> Freeze {
         let started = monotonicNanoseconds()
         func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
         var notes: [String] = []
-        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
-            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
-                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> Freeze {
+            .failed(NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                                     threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited))
         }
         if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
         if pid <= 0 { return failed("invalid pid \(pid)") }
         if path.isEmpty { return failed("invalid core path: empty") }
-        var deadline = started + Int64(options.budgetMs) * 1_000_000
 
         // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
         let processStat: ProcStat
@@ -107,67 +125,89 @@ public enum NativeCoreWriter {
             fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
         }
         if fd < 0 { return failed("\(SystemError("open(\(path))"))") }   // named by the core's own path: the operator's
-        var closed = false
-        defer { if !closed { close(fd) } }
         fchmod(fd, 0o600)   // O_CREAT's mode went through the umask
         // A stacks-only core is a stall's evidence: the service may be running, so everything that can be read
         // before the stop is (its mappings, its threads' /proc files), and the budget is the freeze itself.
         let preread = options.stacksOnly == nil ? nil : PreStopReading.read(pid: pid)
 
         let stopStarted = monotonicNanoseconds()
-        if options.stacksOnly != nil { deadline = stopStarted + Int64(options.budgetMs) * 1_000_000 }
+        let deadline = (options.stacksOnly == nil ? started : stopStarted) + Int64(options.budgetMs) * 1_000_000
         var process: StoppedProcess
         do {
             process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
         } catch {
+            close(fd)
             unlink(partial)
             if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
             return failed("\(error)")
         }
         let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
-        var attached = true
-        defer { if attached { process.detachAll() } }
-        if process.stopped.isEmpty {
+        func giveUp(_ message: String) -> Freeze {
+            close(fd)
             unlink(partial)
-            process.detachAll(); attached = false
+            process.detachAll()
+            return failed(message, stopMs: stopMs, exited: process.leaderExited)
+        }
+        if process.stopped.isEmpty {
             if !process.unstopped.isEmpty {
-                return failed("no thread of process \(pid) stopped within \(options.stopTimeoutMs) ms (\(process.unstopped.count) running: "
-                              + "throttled, starved of CPU, or in uninterruptible sleep)", stopMs: stopMs)
+                return giveUp("no thread of process \(pid) stopped within \(options.stopTimeoutMs) ms (\(process.unstopped.count) running: "
+                              + "throttled, starved of CPU, or in uninterruptible sleep)")
             }
-            return failed("process \(pid) exited before any thread could be stopped", stopMs: stopMs, exited: process.leaderExited)
+            return giveUp("process \(pid) exited before any thread could be stopped")
         }
         if !process.unstopped.isEmpty {
             notes.append("\(process.unstopped.count) thread(s) did not stop within \(options.stopTimeoutMs) ms (uninterruptible sleep?): "
                          + "\(process.unstopped.sorted().map(String.init).joined(separator: ", ")); they are not in the core")
         }
 
+        // Only the registers here (ptrace: this thread's to read); the rest is read by whoever writes the core.
+        let registers = ProcessSnapshot.registers(pid: pid, threads: process.stopped, first: options.firstThread)
+        notes += registers.notes
+        if registers.threads.isEmpty { return giveUp("every thread of process \(pid) vanished while its registers were read") }
+        return .frozen(FrozenProcess(pid: pid, path: path, options: options, started: started, stopStarted: stopStarted, deadline: deadline,
+                                     fd: fd, process: process, stat: processStat, threads: registers.threads, preread: preread,
+                                     notes: notes, stopMs: stopMs))
+    }
+
+    /// The second half: the memory copied (by `options.writerThreads` threads, the calling one among them), then —
+    /// with `detach` — the process let go (call it from the thread that froze it), then the headers. Without
+    /// `detach` the process stays frozen (the caller kills it: it must never run again) and any thread may call it.
+    public static func write(_ frozen: FrozenProcess, detach: Bool, writerThreads: Int? = nil) -> NativeCoreResult {
+        let pid = frozen.pid, path = frozen.path, partial = Self.partialPath(frozen.path), options = frozen.options, fd = frozen.fd, stopMs = frozen.stopMs
+        var process = frozen.process
+        var notes = frozen.notes
+        func elapsedMs() -> Double { Double(monotonicNanoseconds() - frozen.started) / 1e6 }
+        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
+            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
+                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
+        }
+        let deadline = frozen.deadline
+        var closed = false
+        defer { if !closed { close(fd) } }
+        var attached = detach
+        defer { if attached { process.detachAll() } }
+
         // Everything below reads a stopped process; a failure to read a /proc file means it died.
         let snapshot: ProcessSnapshot
         do {
-            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat,
-                                                stacksOnly: options.stacksOnly, preread: preread)
+            snapshot = try ProcessSnapshot.read(pid: pid, threads: frozen.threads, stat: frozen.stat, stacksOnly: options.stacksOnly,
+                                                preread: frozen.preread)
         } catch {
             unlink(partial)
-            process.detachAll(); attached = false
             return failed("reading process \(pid) after stopping it: \(error)", stopMs: stopMs, exited: process.leaderExited)
         }
-        notes += snapshot.notes
-        if snapshot.threads.isEmpty {
-            unlink(partial)
-            process.detachAll(); attached = false
-            return failed("every thread of process \(pid) vanished while its registers were read", stopMs: stopMs,
-                          exited: process.leaderExited)
-        }
-
         let plan = CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes)
         let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
                                       deadline: deadline, directIO: options.directIO)
-        copier.run(threads: options.writerThreads)
+        copier.run(threads: writerThreads ?? options.writerThreads)
         if options.directIO { notes.append(copier.wroteDirect ? "memory written with O_DIRECT" : "O_DIRECT refused here: memory written through the page cache") }
 
         // Memory is copied: let the process go before the headers are written.
-        process.detachAll(); attached = false
-        let frozenMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
+        var frozenMs: Double = 0
+        if attached {
+            process.detachAll(); attached = false
+            frozenMs = Double(monotonicNanoseconds() - frozen.stopStarted) / 1e6
+        }
 
         var layout = plan.layout
         var truncated = false
@@ -256,198 +296,7 @@ public enum NativeCoreWriter {
     }
 }
 
-/// Restart while the core is written: the capture split in two around the replacement's spawn.
-extension NativeCoreWriter {
-    /// What `freeze` did: a process ready for `write`, or the failed capture.
-    public enum Freeze {
-        case frozen(FrozenProcess)
-        case failed(NativeCoreResult)
-    }
-
-    /// The first half of a capture: every thread stopped (by the calling thread, which must also be the one that
-    /// detaches, if anyone does), registers and mappings read, the core file open. The process can do nothing
-    /// until `write` detaches it, or it is killed.
-    public static func freeze(pid: Int32, path: String, options: NativeCoreOptions) -> Freeze {
-        let started = monotonicNanoseconds()
-        func elapsedMs() -> Double { Double(monotonicNanoseconds() - started) / 1e6 }
-        var notes: [String] = []
-        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> Freeze {
-            .failed(NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
-                                     threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited))
-        }
-        if let problem = options.validationError { return failed("invalid native core options: \(problem)") }
-        if pid <= 0 { return failed("invalid pid \(pid)") }
-        if path.isEmpty { return failed("invalid core path: empty") }
-
-        // Read before stopping: the state the process was in (S, D …) is evidence, "t" (traced) is not.
-        let processStat: ProcStat
-        do { processStat = try ProcStat.read("/proc/\(pid)/stat") } catch {
-            return failed("process \(pid) not found (\(error))")
-        }
-        // Open before stopping, so a bad path never stops the process. The core is written under a temporary
-        // name and renamed into place once complete: a file under the final name is always a whole core, and
-        // one left by a supervisor that died mid-write is recognisable (`partialSuffix`). O_EXCL: a file
-        // someone else put there is never written into.
-        let partial = Self.partialPath(path)
-        var fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-        if fd < 0 && errno == EEXIST {
-            unlink(partial)   // a dead writer's leftover of this very core
-            fd = retryingEINTR { open(partial, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600) }
-        }
-        if fd < 0 { return failed("\(SystemError("open(\(path))"))") }   // named by the core's own path: the operator's
-        fchmod(fd, 0o600)   // O_CREAT's mode went through the umask
-
-        let stopStarted = monotonicNanoseconds()
-        var process: StoppedProcess
-        do {
-            process = try StoppedProcess(pid: pid, deadline: stopStarted + Int64(options.stopTimeoutMs) * 1_000_000)
-        } catch {
-            close(fd)
-            unlink(partial)
-            if error.error.errno == ESRCH { return failed("process \(pid) is gone (\(error))") }
-            return failed("\(error)")
-        }
-        let stopMs = Double(monotonicNanoseconds() - stopStarted) / 1e6
-        func giveUp(_ message: String) -> Freeze {
-            close(fd)
-            unlink(partial)
-            process.detachAll()
-            return failed(message, stopMs: stopMs, exited: process.leaderExited)
-        }
-        if process.stopped.isEmpty { return giveUp("process \(pid) exited before any thread could be stopped") }
-        if !process.unstopped.isEmpty {
-            notes.append("\(process.unstopped.count) thread(s) did not stop within \(options.stopTimeoutMs) ms (uninterruptible sleep?): "
-                         + "\(process.unstopped.sorted().map(String.init).joined(separator: ", ")); they are not in the core")
-        }
-
-        // Everything below reads a stopped process; a failure to read a /proc file means it died.
-        let snapshot: ProcessSnapshot
-        do {
-            snapshot = try ProcessSnapshot.read(pid: pid, threads: process.stopped, first: options.firstThread, stat: processStat)
-        } catch {
-            return giveUp("reading process \(pid) after stopping it: \(error)")
-        }
-        notes += snapshot.notes
-        if snapshot.threads.isEmpty { return giveUp("every thread of process \(pid) vanished while its registers were read") }
-        return .frozen(FrozenProcess(pid: pid, path: path, options: options, started: started, fd: fd, process: process, snapshot: snapshot,
-                                     plan: CorePlan(snapshot: snapshot, chunkBytes: options.chunkBytes), notes: notes, stopMs: stopMs))
-    }
-
-    /// The second half: the memory copied (by `options.writerThreads` threads, the calling one among them), then —
-    /// with `detach` — the process let go (call it from the thread that froze it), then the headers. Without
-    /// `detach` the process stays frozen (the caller kills it: it must never run again) and any thread may call it.
-    public static func write(_ frozen: FrozenProcess, detach: Bool, writerThreads: Int? = nil) -> NativeCoreResult {
-        let pid = frozen.pid, path = frozen.path, partial = Self.partialPath(frozen.path), options = frozen.options, fd = frozen.fd, stopMs = frozen.stopMs
-        let snapshot = frozen.snapshot, plan = frozen.plan
-        var process = frozen.process
-        var notes = frozen.notes
-        func elapsedMs() -> Double { Double(monotonicNanoseconds() - frozen.started) / 1e6 }
-        func failed(_ message: String, stopMs: Double = 0, exited: Bool = false) -> NativeCoreResult {
-            NativeCoreResult(record: CaptureRecord(method: "native", path: nil, bytes: 0, durationMs: elapsedMs(), error: message),
-                             threads: 0, allocatedBytes: 0, truncated: false, stopMs: stopMs, notes: notes, processExited: exited)
-        }
-        let deadline = frozen.started + Int64(options.budgetMs) * 1_000_000
-        var closed = false
-        defer { if !closed { close(fd) } }
-        var attached = detach
-        defer { if attached { process.detachAll() } }
-
-        let copier = CoreMemoryCopier(pid: pid, fd: fd, path: path, units: plan.units, chunkBytes: options.chunkBytes,
-                                      deadline: deadline, directIO: options.directIO)
-        copier.run(threads: writerThreads ?? options.writerThreads)
-        if options.directIO { notes.append(copier.wroteDirect ? "memory written with O_DIRECT" : "O_DIRECT refused here: memory written through the page cache") }
-
-        // Memory is copied: let the process go before the headers are written.
-        if attached { process.detachAll(); attached = false }
-
-        var layout = plan.layout
-        var truncated = false
-        var error: String? = nil
-        switch copier.failure {
-        case .diskFull(let e)?:
-            unlink(partial)
-            return failed("disk full while writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
-        case .writeFailed(let e)?:
-            unlink(partial)
-            return failed("writing core \(path): \(e)", stopMs: stopMs, exited: process.leaderExited)
-        case .processGone?:
-            truncated = true
-            error = "truncated: process \(pid) died during the capture"
-        case nil:
-            break
-        }
-        if copier.timedOut {
-            truncated = true
-            error = "truncated: the \(options.budgetMs) ms budget ran out"
-        }
-        if truncated {
-            // A segment keeps the copied prefix of its units; the rest reads as "not in the core" rather than zeros.
-            var complete = 0, withData = 0
-            for (segment, unitIndices) in plan.unitsBySegment.enumerated() where !unitIndices.isEmpty {
-                withData += 1
-                var prefix: UInt64 = 0
-                for u in unitIndices {
-                    guard copier.isDone(u) else { break }
-                    prefix += UInt64(plan.units[u].length)
-                }
-                if prefix == layout.segments[segment].filesz { complete += 1 }
-                layout.setFileSize(prefix, ofSegment: segment)
-            }
-            error! += " after \(copier.bytesWritten >> 20) MiB written; \(complete) of \(withData) mappings complete"
-        }
-
-        let header = layout.headerBytes(notes: plan.notes)
-        let headerWrite = header.withUnsafeBytes { raw -> Int in
-            var done = 0
-            while done < raw.count {
-                let n = pwrite(fd, raw.baseAddress! + done, raw.count - done, off_t(done))
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return n == 0 ? -2 : -1 }
-                done += n
-            }
-            return 0
-        }
-        /// A write that did not land: the partial core is removed and the error says whether the disk was full.
-        func writeFailed(_ e: SystemError) -> NativeCoreResult {
-            unlink(partial)
-            let full = e.errno == ENOSPC || e.errno == EDQUOT
-            return failed(full ? "disk full while writing core \(path): \(e)" : "writing core \(path): \(e)",
-                          stopMs: stopMs, exited: process.leaderExited)
-        }
-        if headerWrite != 0 {
-            let e = SystemError("pwrite(\(path), headers)", errno: headerWrite == -2 ? ENOSPC : errno)
-            return writeFailed(e)
-        }
-        if retryingEINTR({ ftruncate(fd, off_t(layout.fileSize)) }) != 0 {
-            let e = SystemError("ftruncate(\(path), \(layout.fileSize))")
-            return writeFailed(e)
-        }
-        var st = stat()
-        fstat(fd, &st)
-        // close(2) is where some file systems (NFS, quotas) report a write that could not land.
-        closed = true
-        if close(fd) != 0 {
-            let e = SystemError("close(\(path))")
-            return writeFailed(e)
-        }
-        if rename(partial, path) != 0 {
-            let e = SystemError("rename(\(partial), \(path))")
-            unlink(partial)
-            return failed("\(e)", stopMs: stopMs, exited: process.leaderExited)
-        }
-        if process.leaderExited { notes.append("the main thread exited during the capture") }
-        if process.redelivered > 0 {
-            notes.append("re-delivered \(process.redelivered) signal(s) that arrived as the threads stopped")
-        }
-        if process.vanished > 0 { notes.append("\(process.vanished) thread(s) ended during the capture") }
-        return NativeCoreResult(
-            record: CaptureRecord(method: "native", path: path, bytes: Int64(st.st_size), durationMs: elapsedMs(), error: error),
-            threads: snapshot.threads.count, allocatedBytes: Int64(st.st_blocks) * 512, truncated: truncated,
-            stopMs: stopMs, notes: notes, processExited: process.leaderExited)
-    }
-}
-
-/// A process frozen for its core by `NativeCoreWriter.freeze`: every thread stopped, what the core needs read, the
+/// A process frozen for its core by `NativeCoreWriter.freeze`: every thread stopped, their registers read, the
 /// file open. Handed to `NativeCoreWriter.write` once (by the freezing thread, or by a writer thread when the
 /// process is to be killed rather than detached).
 public final class FrozenProcess: @unchecked Sendable {
@@ -455,20 +304,29 @@ public final class FrozenProcess: @unchecked Sendable {
     let path: String
     let options: NativeCoreOptions
     let started: Int64
+    /// When the first thread was seized, and when the copy must stop (the budget from the capture's start; for a
+    /// stacks-only core, from the stop: its budget is the freeze itself).
+    let stopStarted: Int64
+    let deadline: Int64
     let fd: Int32
     let process: StoppedProcess
-    let snapshot: ProcessSnapshot
-    let plan: CorePlan
+    /// /proc/PID/stat as read before the stop (its state is evidence; "t" is not).
+    let stat: ProcStat
+    /// The stopped threads' registers (what only the tracer can read), the first one gdb's current thread.
+    let threads: [ThreadSnapshot]
+    /// A stacks-only capture's reading from before the stop.
+    let preread: PreStopReading?
     let notes: [String]
     /// Milliseconds the stop took.
     public let stopMs: Double
     /// Threads stopped and in the core.
-    public var threads: Int { snapshot.threads.count }
+    public var threadCount: Int { threads.count }
 
-    init(pid: Int32, path: String, options: NativeCoreOptions, started: Int64, fd: Int32, process: StoppedProcess, snapshot: ProcessSnapshot,
-         plan: CorePlan, notes: [String], stopMs: Double) {
-        self.pid = pid; self.path = path; self.options = options; self.started = started; self.fd = fd; self.process = process
-        self.snapshot = snapshot; self.plan = plan; self.notes = notes; self.stopMs = stopMs
+    init(pid: Int32, path: String, options: NativeCoreOptions, started: Int64, stopStarted: Int64, deadline: Int64, fd: Int32,
+         process: StoppedProcess, stat: ProcStat, threads: [ThreadSnapshot], preread: PreStopReading?, notes: [String], stopMs: Double) {
+        self.pid = pid; self.path = path; self.options = options; self.started = started; self.stopStarted = stopStarted
+        self.deadline = deadline; self.fd = fd; self.process = process
+        self.stat = stat; self.threads = threads; self.preread = preread; self.notes = notes; self.stopMs = stopMs
     }
 }
 
@@ -504,29 +362,16 @@ struct ProcessSnapshot {
     var commandLine: [UInt8]
     var notes: [String]
 
-    static func read(pid: Int32, threads tids: [Int32], first: Int32?, stat: ProcStat, stacksOnly: Int? = nil,
-                     preread: PreStopReading? = nil) throws -> ProcessSnapshot {
+    /// The registers of every stopped thread, the requested one first (gdb's current thread is the first
+    /// NT_PRSTATUS: `first`, else the leader). ptrace: only the thread that stopped them may call it. Each thread's
+    /// /proc status and stat are left for `read` (any thread may read them).
+    static func registers(pid: Int32, threads tids: [Int32], first: Int32?) -> (threads: [ThreadSnapshot], notes: [String]) {
         var notes: [String] = []
-        var mappings = try preread?.mappings ?? SmapsParser.parse(try readProcText("/proc/\(pid)/smaps"))
-        let filter = preread?.filter ?? (try? readProcText("/proc/\(pid)/coredump_filter"))
-            .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
-        var extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
-        var elfHeaderAt: Set<UInt64> = []
-        for (m, e) in zip(mappings, extents) where e == .firstPageIfELF {
-            var magic: UInt32 = 0
-            let n = withUnsafeMutableBytes(of: &magic) { defib_read_memory(pid, m.start, $0.baseAddress, 4) }
-            if n == 4 && magic == 0x464c_457f { elfHeaderAt.insert(m.start) }
-        }
-        let status = try preread?.status ?? ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
-        let auxv = preread?.auxv ?? (try? readProcFile("/proc/\(pid)/auxv")) ?? []
-        let cmdline = preread?.commandLine ?? (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
-
-        // gdb's current thread is the first NT_PRSTATUS: the requested one, else the leader.
         var order = tids
         let wanted = first ?? pid
         if let i = order.firstIndex(of: wanted) {
             order.remove(at: i); order.insert(wanted, at: 0)
-        } else if let first {
+        } else if let first, !order.isEmpty {
             notes.append("requested first thread \(first) is not a stopped thread of \(pid); using \(order[0])")
         }
         var threads: [ThreadSnapshot] = []
@@ -541,12 +386,36 @@ struct ProcessSnapshot {
             let fn = fp.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_PRFPREG), $0.baseAddress, $0.count) }
             var xs = [UInt8](repeating: 0, count: 32 << 10)
             let xn = xs.withUnsafeMutableBytes { defib_ptrace_getregset(tid, Int32(ELF.NT_X86_XSTATE), $0.baseAddress, $0.count) }
-            let tStatus = preread?.threadStatus[tid] ?? (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
-            let tStat = preread?.threadStat[tid] ?? (try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat"))
-            threads.append(ThreadSnapshot(tid: tid, registers: regs,
-                                          fpRegisters: fn == 512 ? fp : nil,
-                                          xstate: xn > 0 ? Array(xs.prefix(xn)) : nil,
-                                          status: tStatus, stat: tStat))
+            threads.append(ThreadSnapshot(tid: tid, registers: regs, fpRegisters: fn == 512 ? fp : nil,
+                                          xstate: xn > 0 ? Array(xs.prefix(xn)) : nil, status: ProcStatus(), stat: nil))
+        }
+        return (threads, notes)
+    }
+
+    /// The rest of what the core needs from the stopped process — its mappings and what the kernel's dump would
+    /// take of each, its status, auxv and command line, each thread's status and stat — by any thread of ours
+    /// (/proc and process_vm_readv). For a large process this is most of the freeze before the copy (its smaps is
+    /// a page-table walk), so a capture that restarts the service first reads it after the replacement's spawn.
+    static func read(pid: Int32, threads registered: [ThreadSnapshot], stat: ProcStat, stacksOnly: Int? = nil,
+                     preread: PreStopReading? = nil) throws -> ProcessSnapshot {
+        var mappings = try preread?.mappings ?? SmapsParser.parse(try readProcText("/proc/\(pid)/smaps"))
+        let filter = preread?.filter ?? (try? readProcText("/proc/\(pid)/coredump_filter"))
+            .flatMap { UInt32($0.trimmingCharacters(in: " \n"), radix: 16) } ?? CoreDumpFilter.defaultBits
+        var extents = mappings.map { CoreDumpFilter.extent(for: $0, filter: filter) }
+        var elfHeaderAt: Set<UInt64> = []
+        for (m, e) in zip(mappings, extents) where e == .firstPageIfELF {
+            var magic: UInt32 = 0
+            let n = withUnsafeMutableBytes(of: &magic) { defib_read_memory(pid, m.start, $0.baseAddress, 4) }
+            if n == 4 && magic == 0x464c_457f { elfHeaderAt.insert(m.start) }
+        }
+        let status = try preread?.status ?? ProcStatus.parse(try readProcText("/proc/\(pid)/status"))
+        let auxv = preread?.auxv ?? (try? readProcFile("/proc/\(pid)/auxv")) ?? []
+        let cmdline = preread?.commandLine ?? (try? readProcFile("/proc/\(pid)/cmdline", maxBytes: 4096)) ?? []
+        var threads = registered
+        for i in threads.indices {
+            let tid = threads[i].tid
+            threads[i].status = preread?.threadStatus[tid] ?? (try? readProcText("/proc/\(pid)/task/\(tid)/status")).map(ProcStatus.parse) ?? ProcStatus()
+            threads[i].stat = preread?.threadStat[tid] ?? (try? ProcStat.read(tid == pid ? "/proc/\(pid)/stat" : "/proc/\(pid)/task/\(tid)/stat"))
         }
         if let stackBytes = stacksOnly {
             (mappings, extents) = StacksOnlyScope.narrow(mappings: mappings, extents: extents,
@@ -554,7 +423,7 @@ struct ProcessSnapshot {
                                                          stackBytes: stackBytes)
         }
         return ProcessSnapshot(pid: pid, stat: stat, status: status, threads: threads, mappings: mappings, extents: extents,
-                               elfHeaderAt: elfHeaderAt, auxv: auxv, commandLine: cmdline, notes: notes)
+                               elfHeaderAt: elfHeaderAt, auxv: auxv, commandLine: cmdline, notes: [])
     }
 }
 

@@ -183,7 +183,9 @@ public final class ServiceCgroup: @unchecked Sendable {
         let leaf = "\(path)/\(name)"
         let fd = Glibc.open(leaf + "/cgroup.procs", O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { let e = SystemError("open(\(leaf)/cgroup.procs)"); rmdir(leaf); throw e }
-        return InstanceCgroup(path: leaf, cgroupPath: cgroupPath + "/" + name, procsFD: fd)
+        let dir = Glibc.open(leaf, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW)
+        guard dir >= 0 else { let e = SystemError("open(\(leaf))"); Glibc.close(fd); rmdir(leaf); throw e }
+        return InstanceCgroup(path: leaf, cgroupPath: cgroupPath + "/" + name, procsFD: fd, directoryFD: dir)
     }
 
     /// Every process in the service cgroup and its leaves.
@@ -315,8 +317,13 @@ public final class InstanceCgroup: @unchecked Sendable {
     /// `cgroup.procs`, opened for writing (close-on-exec): the spawn shim's child writes "0" to it before
     /// exec, so the instance — and all it ever starts — is in the leaf before it runs a line of its own.
     public private(set) var procsFD: Int32
+    /// The leaf's directory (close-on-exec): the spawn shim's child is born in it (clone3 CLONE_INTO_CGROUP),
+    /// `procsFD` being the fallback.
+    public private(set) var directoryFD: Int32
 
-    init(path: String, cgroupPath: String, procsFD: Int32) { self.path = path; self.cgroupPath = cgroupPath; self.procsFD = procsFD }
+    init(path: String, cgroupPath: String, procsFD: Int32, directoryFD: Int32) {
+        self.path = path; self.cgroupPath = cgroupPath; self.procsFD = procsFD; self.directoryFD = directoryFD
+    }
     deinit { closeProcsFD() }
 
     /// The processes in it.
@@ -351,7 +358,10 @@ public final class InstanceCgroup: @unchecked Sendable {
     }
 
     /// The child has joined (or failed to): the descriptor is no longer needed.
-    public func closeProcsFD() { if procsFD >= 0 { Glibc.close(procsFD); procsFD = -1 } }
+    public func closeProcsFD() {
+        if procsFD >= 0 { Glibc.close(procsFD); procsFD = -1 }
+        if directoryFD >= 0 { Glibc.close(directoryFD); directoryFD = -1 }
+    }
 }
 
 /// The whole of a small /proc or cgroup file, or nil.

@@ -23,6 +23,9 @@ public struct SpawnRequest: Sendable {
     /// A cgroup.procs opened for writing (`InstanceCgroup.procsFD`): the child moves itself there before
     /// exec. -1: it stays in defib's cgroup.
     public var cgroupProcsFD: Int32 = -1
+    /// The same cgroup's directory (`InstanceCgroup.directoryFD`): the child is born there (clone3
+    /// CLONE_INTO_CGROUP) without the migration a write to cgroup.procs costs; `cgroupProcsFD` where the kernel refuses.
+    public var cgroupDirFD: Int32 = -1
 
     public init(argv: [String], environment: [String: String], workingDirectory: String? = nil) {
         self.argv = argv; self.environment = environment; self.workingDirectory = workingDirectory
@@ -151,7 +154,8 @@ public func spawnProcess(_ request: SpawnRequest) throws -> ChildProcess {
                         listen_pid_slot: listenSlot, stdout_fd: request.stdoutFD, stderr_fd: request.stderrFD,
                         stdin_devnull: request.stdinFromDevNull ? 1 : 0,
                         set_ids: ids == nil ? 0 : 1, uid: ids?.uid ?? 0, gid: ids?.gid ?? 0,
-                        groups: groupBuf.baseAddress, ngroups: Int32(groups.count), cgroup_procs_fd: request.cgroupProcsFD)
+                        groups: groupBuf.baseAddress, ngroups: Int32(groups.count), cgroup_procs_fd: request.cgroupProcsFD,
+                        cgroup_dir_fd: request.cgroupDirFD)
                     return defib_spawn(&attr, &pid, &err, &stage)
                 }
             }

@@ -22,7 +22,7 @@ extension SystemEffects {
         case let .frozen(process):
             frozenCore = FrozenCoreJob(process: process, request: request)
             if let instance = child, instance.pid == request.pid { frozenInstance = instance }
-            return CoreFreeze(pid: request.pid, threads: process.threads, stopMs: process.stopMs, rssBytes: rss, memAvailableBytes: available)
+            return CoreFreeze(pid: request.pid, threads: process.threadCount, stopMs: process.stopMs, rssBytes: rss, memAvailableBytes: available)
         }
     }
 

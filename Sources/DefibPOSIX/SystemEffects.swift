@@ -221,6 +221,7 @@ public final class SystemEffects: SupervisorEffects {
             do {
                 leaf = try cgroup.newInstance()
                 request.cgroupProcsFD = leaf?.procsFD ?? -1
+                request.cgroupDirFD = leaf?.directoryFD ?? -1
             } catch {
                 if !leafFailureLogged { onWarning?("instance cgroup: \(error); instances run in the service's process group only") }
                 leafFailureLogged = true

@@ -46,14 +46,15 @@ public enum WaitForReader {
             // The rest of a glibc mutex (owner, kind); absent for a bare PI futex at the end of a mapping.
             let ownerField = (try? ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.ownerOffset)).map { Int32(truncatingIfNeeded: $0) }
             let kindField = (try? ProcessMemory.readUInt64(pid: pid, address: futex.address + GlibcMutex.kindOffset)).map { Int32(truncatingIfNeeded: $0) }
-            let glibc = ownerField.flatMap { o in kindField.flatMap { k in GlibcMutex.owner(lockWord: lockWord, ownerField: o, kindField: k) } }
             let owner: (tid: Int32, kind: String)
             if call.isPILock {
+                let glibc = ownerField.flatMap { o in kindField.flatMap { k in GlibcMutex.owner(lockWord: lockWord, ownerField: o, kindField: k) } }
                 // The kernel's PI protocol: the owner is in the word, whoever made the lock.
                 guard let piTid = GlibcMutex.piOwner(lockWord: lockWord), alive.contains(piTid) else { continue }
                 owner = (piTid, glibc?.kind.contains("pi") == true ? glibc!.kind : "pi-futex")
             } else {
-                guard let g = glibc else { continue }
+                guard let g = ownerField.flatMap({ o in kindField.flatMap { k in GlibcMutex.plainWaitOwner(lockWord: lockWord, ownerField: o, kindField: k) } })
+                else { continue }
                 owner = g
             }
             // The owner must be a thread of this process: a random futex rarely names one, a mutex always does

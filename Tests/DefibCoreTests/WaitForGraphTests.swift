@@ -75,6 +75,11 @@ struct WaitForGraphTests {
         let robust = GlibcMutex.owner(lockWord: Int32(bitPattern: 0x8000_0000 | 4711), ownerField: 4711, kindField: 0x10)
         #expect(robust?.tid == 4711 && robust?.kind == "normal+robust")
         #expect(GlibcMutex.owner(lockWord: Int32(bitPattern: 0x8000_0000 | 99), ownerField: 0, kindField: 0x20)?.kind == "normal+pi")
+        // Waited for with a plain FUTEX_WAIT, a "PI mutex" is some other futex: the demo's NIO thread waited on a
+        // word of 1 whose neighbours read as normal+pi, and was shown waiting for "owner 1 (not in the process)".
+        #expect(GlibcMutex.plainWaitOwner(lockWord: 1, ownerField: 0, kindField: 0x20) == nil)
+        #expect(GlibcMutex.plainWaitOwner(lockWord: 2, ownerField: 4711, kindField: 0)?.tid == 4711)
+        #expect(GlibcMutex.plainWaitOwner(lockWord: Int32(bitPattern: 0x8000_0000 | 4711), ownerField: 4711, kindField: 0x10)?.kind == "normal+robust")
     }
 
     @Test func syscallLinesTellAMutexWaitFromOtherFutexWaits() throws {

@@ -84,6 +84,42 @@ import Testing
         #expect(cgroup.members().isEmpty)
     }
 
+    @Test func anInstanceIsBornInItsLeafOrMovesThereWhenTheKernelRefuses() throws {
+        try #require(geteuid() == 0)
+        let scratch = ScratchDirectory("cgroup-born")
+        let run = try SafeDirectory.open(scratch.path + "/state/run/web")
+        let cgroup = try ServiceCgroup.prepare(stateDirectory: scratch.path + "/state", service: "web", runDirectory: run).get()
+        defer { cgroup.remove() }
+        // Born there: clone3 CLONE_INTO_CGROUP with the leaf's directory, no cgroup.procs to fall back on.
+        let born = try cgroup.newInstance()
+        var request = SpawnRequest(argv: ["sleep", "600"], environment: currentEnvironment())
+        request.cgroupDirFD = born.directoryFD
+        request.parentDeathSignal = 0; request.stdinFromDevNull = true
+        let first = try spawnProcess(request)
+        defer { try? first.signal(SIGKILL); _ = waitForChild(first, timeoutMs: 5000); first.closePidfd() }
+        #expect(Self.cgroupLine(first.pid) == "0::\(born.cgroupPath)", "in its leaf from its first instruction")
+        #expect(born.members() == [first.pid])
+        // A descriptor that is no cgroup: clone3 refuses it, and the child moves itself through cgroup.procs.
+        let moved = try cgroup.newInstance()
+        let notACgroup = open(scratch.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        defer { close(notACgroup) }
+        request.cgroupDirFD = notACgroup
+        request.cgroupProcsFD = moved.procsFD
+        let second = try spawnProcess(request)
+        defer { try? second.signal(SIGKILL); _ = waitForChild(second, timeoutMs: 5000); second.closePidfd() }
+        #expect(Self.cgroupLine(second.pid) == "0::\(moved.cgroupPath)")
+        #expect(moved.members() == [second.pid])
+        for (child, leaf) in [(first, born), (second, moved)] {
+            try? child.signal(SIGKILL); _ = waitForChild(child, timeoutMs: 5000)
+            #expect(leaf.remove())
+        }
+    }
+
+    /// The cgroup v2 line of /proc/PID/cgroup.
+    static func cgroupLine(_ pid: Int32) -> String? {
+        (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8))?.split(separator: "\n").first { $0.hasPrefix("0::") }.map(String.init)
+    }
+
     /// Alive: exists and is not a zombie (the reaper of killed orphans may be slow).
     static func isAlive(_ pid: Int32) -> Bool {
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),

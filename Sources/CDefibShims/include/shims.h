@@ -26,6 +26,8 @@ typedef struct {
     const gid_t *groups;         ///< supplementary groups (may be NULL when ngroups is 0)
     int ngroups;
     int cgroup_procs_fd;         ///< -1: stay in the parent's cgroup; else a cgroup.procs opened for writing: the child moves itself there first
+    int cgroup_dir_fd;           ///< -1, or the same cgroup's directory: the child is born there (clone3 CLONE_INTO_CGROUP), and
+                                 ///< cgroup_procs_fd is the fallback where the kernel refuses that
 } defib_spawn_attr;
 
 /// fork + exec. Returns 0 and the pid, or -1 with *err_out = errno and *stage_out naming the failing step
