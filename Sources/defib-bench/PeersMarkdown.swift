@@ -13,7 +13,7 @@ enum PeersChecks {
         let reps = peers.flatMap(\.reps)
         let notShown = peers.flatMap { p in p.reps.filter { !$0.window.hangShown }.map { "\(p.id.rawValue) rep \($0.rep)" } }
         out.append(TargetCheck(id: "peers.hang-shown",
-                               target: "the injected hang stopped the proxy serving in every repetition (no success from 300 ms after the fault until the hung instance ended)",
+                               target: "the injected hang stopped the proxy serving in every repetition (no success from \(Int(RepWindow.hangGraceMs)) ms after the fault until the hung instance ended or was frozen beside its replacement)",
                                measured: reps.isEmpty ? "no repetition ran" : notShown.isEmpty ? "\(reps.count) of \(reps.count) repetitions"
                                    : "not shown in " + notShown.joined(separator: ", "),
                                pass: !reps.isEmpty && notShown.isEmpty))

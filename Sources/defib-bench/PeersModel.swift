@@ -100,9 +100,11 @@ struct RepWindow: Codable, Equatable {
     /// Length of the window, in ms.
     var lengthMs: Double
 
-    /// Time after the fault during which the old instance may still finish requests it had already routed (the staged
-    /// race takes tens of ms to break the lock).
-    static let hangGraceMs = 300.0
+    /// Time after the fault during which the old instance may still finish requests it had already routed: the staged
+    /// race breaks the lock about 50 ms after the fault (an attempt; rarely a second or third). Not longer: defib acting
+    /// on proof has its replacement serving about 300 ms after the fault, so a longer grace would leave no stretch to
+    /// see the hang in.
+    static let hangGraceMs = 150.0
 
     /// Counts the samples due in [fault, end], where end is the recovery or `faultAt + boundMs`. `oldGoneAt` is when the
     /// hung instance ended (nil: it never did); a success counts as recovery only if it completed after that, so the old

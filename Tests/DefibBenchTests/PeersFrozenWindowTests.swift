@@ -17,7 +17,7 @@ struct PeersFrozenWindowTests {
             + Self.samples(from: 1430, to: 3000, .ok)
         let w = RepWindow.evaluate(samples: all, faultAtUnixMs: 1000, oldGoneAtUnixMs: 1600, replacementSeenAtUnixMs: 1400, boundMs: 30_000)
         #expect(w.recoveryMs == 432)
-        #expect(w.hangShown && w.dueWhileHung == 10, "due from 1300 (the grace) until the replacement: \(w.dueWhileHung)")
+        #expect(w.hangShown && w.dueWhileHung == 25, "due from 1150 (the grace) until the replacement: \(w.dueWhileHung)")
         #expect(w.okWhileHung == 0, "the replacement's answers after it appeared are not the hung instance's")
         // Without the replacement's sighting: the old measure (after the end of the hung instance).
         let old = RepWindow.evaluate(samples: all, faultAtUnixMs: 1000, oldGoneAtUnixMs: 1600, boundMs: 30_000)

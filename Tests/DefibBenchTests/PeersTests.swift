@@ -21,7 +21,7 @@ struct PeersWindowTests {
         #expect(w.timedOut == 115)
         #expect(w.ok == 6)                     // 1000…1040 by the old instance, and the recovering one
         #expect(w.hangShown)
-        #expect(w.okWhileHung == 0 && w.dueWhileHung == 90)   // due 1300…2190
+        #expect(w.okWhileHung == 0 && w.dueWhileHung == 105)   // due 1150…2190
     }
 
     @Test func theOldInstancesLastAnswersNeverCountAsRecovery() {
