@@ -4,20 +4,15 @@ import Glibc
 /// An HTTP probe attempt: connect, send `GET PATH HTTP/1.1` with `Connection: close`, and let
 /// `HTTPProbeReader` decide from the status line (and the body, when a substring is expected). Reading is
 /// bounded by `ProbeLimits`, so a huge or endless answer is a miss, never a supervisor stuck reading.
-public final class HTTPProbe: ProbeAttempt {
-    private enum Stage { case connecting, sending, reading, done(ProbeProgress) }
-
-    private let connection: ProbeConnection
-    private let address: ProbeAddress
+public final class HTTPProbe: SocketProbe, ProbeAttempt {
     private let request: [UInt8]
-    private let timeoutMs: Int
     private var reader: HTTPProbeReader
     private var sent = 0
-    private var stage: Stage = .connecting
 
     private init(connection: ProbeConnection, address: ProbeAddress, target: HTTPProbeTarget, reader: HTTPProbeReader, timeoutMs: Int) {
-        self.connection = connection; self.address = address; self.reader = reader; self.timeoutMs = timeoutMs
+        self.reader = reader
         request = Array(HTTPProbe.request(target).utf8)
+        super.init(connection: connection, address: address, timeoutMs: timeoutMs)
     }
 
     /// The request: one GET, no keep-alive (each attempt is a fresh connection, as a new client's would be).
@@ -35,16 +30,6 @@ public final class HTTPProbe: ProbeAttempt {
         }
     }
 
-    public var fd: Int32 { connection.fd }
-    public var sparedPID: Int32? { nil }
-
-    public var pollEvents: Int16 {
-        switch stage {
-        case .connecting, .sending: Int16(POLLOUT)
-        case .reading, .done: Int16(POLLIN)
-        }
-    }
-
     public func readAvailable() -> ProbeProgress {
         while true {
             switch stage {
@@ -59,9 +44,9 @@ public final class HTTPProbe: ProbeAttempt {
                 case let .success(offset):
                     sent = offset
                     if sent < request.count { return .pending }
-                    stage = .reading
+                    stage = .receiving
                 }
-            case .reading:
+            case .receiving:
                 // Bounded per call too: at most a few chunks, then back to the loop (a fast endless answer must
                 // not keep the loop here; the reader's limits end it within a bounded number of calls).
                 for _ in 0..<8 {
@@ -81,32 +66,8 @@ public final class HTTPProbe: ProbeAttempt {
         }
     }
 
-    public func timedOut() -> ProbeFailure {
-        if case let .done(.miss(f)) = stage { return f }
-        let where_: String
-        switch stage {
-        case .connecting: where_ = "connecting to \(address) (no handshake: host down or port filtered?)"
-        case .sending: where_ = "sending the request to \(address) (connected; the server does not read)"
-        case .reading: where_ = reader.stage
-        case .done: where_ = "after the verdict"
-        }
-        let failure = ProbeFailure.timedOut(afterMs: timeoutMs, stage: where_)
-        stage = .done(.miss(failure))
-        connection.close()
-        return failure
-    }
-
-    public func cancel() {
-        if case .done = stage { return }
-        stage = .done(.miss(.couldNotStart("cancelled")))
-        connection.close()
-    }
-
-    private func finish(_ verdict: ProbeProgress) -> ProbeProgress {
-        stage = .done(verdict)
-        connection.close()
-        return verdict
-    }
+    override var sendingDetail: String { "sending the request to \(address)" }
+    override var receivingDetail: String { reader.stage }
 }
 
 private extension String {

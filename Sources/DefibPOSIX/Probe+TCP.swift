@@ -5,36 +5,21 @@ import Glibc
 /// line back and check its prefix. A bare connect proves only that the kernel accepts connections: a hung
 /// server's listen backlog still completes handshakes, so for a real heartbeat let the server answer
 /// (`probe_send = "PING"`, `probe_expect = "+PONG"` for redis).
-public final class TCPProbe: ProbeAttempt {
-    private enum Stage { case connecting, sending, awaitingLine, done(ProbeProgress) }
-
-    private let connection: ProbeConnection
-    private let address: ProbeAddress
+public final class TCPProbe: SocketProbe, ProbeAttempt {
     private let request: [UInt8]
     private let expectPrefix: String?
-    private let timeoutMs: Int
     private var sent = 0
     private var line: [UInt8] = []
-    private var stage: Stage = .connecting
 
     private init(connection: ProbeConnection, address: ProbeAddress, send: String?, expectPrefix: String?, timeoutMs: Int) {
-        self.connection = connection; self.address = address; self.expectPrefix = expectPrefix; self.timeoutMs = timeoutMs
+        self.expectPrefix = expectPrefix
         request = send.map { Array(($0 + "\r\n").utf8) } ?? []
+        super.init(connection: connection, address: address, timeoutMs: timeoutMs)
     }
 
     /// Starts connecting to `address`. `timeoutMs` is the limit the loop enforces (named in a timeout's detail).
     public static func start(address: ProbeAddress, send: String?, expectPrefix: String?, timeoutMs: Int) -> Result<TCPProbe, ProbeFailure> {
         ProbeConnection.open(address).map { TCPProbe(connection: $0, address: address, send: send, expectPrefix: expectPrefix, timeoutMs: timeoutMs) }
-    }
-
-    public var fd: Int32 { connection.fd }
-    public var sparedPID: Int32? { nil }
-
-    public var pollEvents: Int16 {
-        switch stage {
-        case .connecting, .sending: Int16(POLLOUT)
-        case .awaitingLine, .done: Int16(POLLIN)
-        }
     }
 
     public func readAvailable() -> ProbeProgress {
@@ -45,16 +30,16 @@ public final class TCPProbe: ProbeAttempt {
                 guard let result = connection.finishConnect(address) else { return .pending }
                 if case let .failure(f) = result { return finish(.miss(f)) }
                 if request.isEmpty && expectPrefix == nil { return finish(.beat) }
-                stage = request.isEmpty ? .awaitingLine : .sending
+                stage = request.isEmpty ? .receiving : .sending
             case .sending:
                 switch connection.send(request, from: sent, stage: "while sending") {
                 case let .failure(f): return finish(.miss(f))
                 case let .success(offset):
                     sent = offset
                     if sent < request.count { return .pending }
-                    stage = .awaitingLine
+                    stage = .receiving
                 }
-            case .awaitingLine:
+            case .receiving:
                 switch connection.receive(max: ProbeLimits.lineBytes + 1 - line.count) {
                 case .wouldBlock: return .pending
                 case let .failed(e):
@@ -80,33 +65,9 @@ public final class TCPProbe: ProbeAttempt {
         }
     }
 
-    public func timedOut() -> ProbeFailure {
-        if case let .done(.miss(f)) = stage { return f }
-        let where_: String
-        switch stage {
-        case .connecting: where_ = "connecting to \(address) (no handshake: host down or port filtered?)"
-        case .sending: where_ = "sending to \(address) (connected; the server does not read)"
-        case .awaitingLine:
-            where_ = request.isEmpty ? "waiting for the server's first line (connected)"
-                : "waiting for a reply line (connected, \(String(decoding: request.dropLast(2), as: UTF8.self)) sent"
-                  + (line.isEmpty ? ")" : "; got \(line.count) bytes without a line end)")
-        case .done: where_ = "after the verdict"
-        }
-        let failure = ProbeFailure.timedOut(afterMs: timeoutMs, stage: where_)
-        stage = .done(.miss(failure))
-        connection.close()
-        return failure
-    }
-
-    public func cancel() {
-        if case .done = stage { return }
-        stage = .done(.miss(.couldNotStart("cancelled")))
-        connection.close()
-    }
-
-    private func finish(_ verdict: ProbeProgress) -> ProbeProgress {
-        stage = .done(verdict)
-        connection.close()
-        return verdict
+    override var receivingDetail: String {
+        request.isEmpty ? "waiting for the server's first line (connected)"
+            : "waiting for a reply line (connected, \(String(decoding: request.dropLast(2), as: UTF8.self)) sent"
+              + (line.isEmpty ? ")" : "; got \(line.count) bytes without a line end)")
     }
 }

@@ -164,6 +164,64 @@ public struct ProbeSetupError: Error, Sendable, Equatable, CustomStringConvertib
     public var description: String { message }
 }
 
+/// What the HTTP and TCP probes share: one connection in stages — connect, send, receive — that ends in a verdict,
+/// and how a verdict, a timeout or a cancel closes it. Each probe says what it sends and what it waits for.
+public class SocketProbe {
+    enum Stage { case connecting, sending, receiving, done(ProbeProgress) }
+
+    let connection: ProbeConnection
+    let address: ProbeAddress
+    /// The limit the loop enforces, named in a timeout's detail.
+    let timeoutMs: Int
+    var stage: Stage = .connecting
+
+    init(connection: ProbeConnection, address: ProbeAddress, timeoutMs: Int) {
+        self.connection = connection; self.address = address; self.timeoutMs = timeoutMs
+    }
+
+    public var fd: Int32 { connection.fd }
+    public var sparedPID: Int32? { nil }
+
+    public var pollEvents: Int16 {
+        switch stage {
+        case .connecting, .sending: Int16(POLLOUT)
+        case .receiving, .done: Int16(POLLIN)
+        }
+    }
+
+    /// "sending the request to 127.0.0.1:80": what a timeout while sending names.
+    var sendingDetail: String { "sending to \(address)" }
+    /// What the probe was waiting for when its time ran out while receiving.
+    var receivingDetail: String { "waiting for a reply (connected)" }
+
+    public func timedOut() -> ProbeFailure {
+        if case let .done(.miss(f)) = stage { return f }
+        let detail: String
+        switch stage {
+        case .connecting: detail = "connecting to \(address) (no handshake: host down or port filtered?)"
+        case .sending: detail = "\(sendingDetail) (connected; the server does not read)"
+        case .receiving: detail = receivingDetail
+        case .done: detail = "after the verdict"
+        }
+        return finish(.miss(.timedOut(afterMs: timeoutMs, stage: detail))).failure!
+    }
+
+    public func cancel() {
+        if case .done = stage { return }
+        _ = finish(.miss(.couldNotStart("cancelled")))
+    }
+
+    func finish(_ verdict: ProbeProgress) -> ProbeProgress {
+        stage = .done(verdict)
+        connection.close()
+        return verdict
+    }
+}
+
+private extension ProbeProgress {
+    var failure: ProbeFailure? { if case let .miss(f) = self { f } else { nil } }
+}
+
 /// A non-blocking TCP connection for the network probes: connect, send, receive, with errors named as
 /// probe failures.
 final class ProbeConnection {

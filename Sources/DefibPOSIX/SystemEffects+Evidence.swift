@@ -24,21 +24,7 @@ extension SystemEffects {
             observation.samples = [before, ProcSampler.sample(pid: pid)]
             if request.instanceProcesses { observation.instanceSamples = [roundBefore, ServiceProcesses.sample(processes)] }
         }
-        var addresses = request.lockWordAddresses
-        if let path = request.flightRecorder {
-            do {
-                let record = try FlightRecorderFile.read(path: path)
-                observation.flightRecorder = .record(record)
-                if request.recorderLockWords { addresses = record.locks.map(\.address) + addresses }
-            } catch {
-                observation.flightRecorder = access(path, F_OK) == 0 ? .unreadable("\(error)") : .missing
-            }
-        }
-        for address in addresses where observation.lockWords[address] == nil {
-            do { observation.lockWords[address] = .success(try ProcessMemory.readUInt64(pid: pid, address: address)) } catch {
-                observation.lockWords[address] = .failure(EffectFailure("\(error)"))
-            }
-        }
+        observation.lockWords = Self.readLockWords(pid: pid, addresses: Self.readRecorder(request, into: &observation))
         if request.threadIDs { observation.threadIDs = threadIDs(pid: pid) }
         if request.processIdentity { observation.process = ProcessIdentity.read(pid: pid) }
         if request.waitForGraph {
@@ -50,6 +36,34 @@ extension SystemEffects {
             observation.runtime = DetectedRuntime(runtime: runtime, reason: reason)
         }
         return observation
+    }
+
+    /// The flight recorder the request names, into `observation`; the lock word addresses to read: the request's,
+    /// after the recorder's locks when it asks for them, each once.
+    static func readRecorder(_ request: ObservationRequest, into observation: inout Observation) -> [UInt64] {
+        var addresses = request.lockWordAddresses
+        if let path = request.flightRecorder {
+            do {
+                let record = try FlightRecorderFile.read(path: path)
+                observation.flightRecorder = .record(record)
+                if request.recorderLockWords { addresses = record.locks.map(\.address) + addresses }
+            } catch {
+                observation.flightRecorder = access(path, F_OK) == 0 ? .unreadable("\(error)") : .missing
+            }
+        }
+        var seen = Set<UInt64>()
+        return addresses.filter { seen.insert($0).inserted }
+    }
+
+    /// Each word from the process's memory, or why it could not be read.
+    static func readLockWords(pid: Int32, addresses: [UInt64]) -> [UInt64: Result<UInt64, EffectFailure>] {
+        var words: [UInt64: Result<UInt64, EffectFailure>] = [:]
+        for address in addresses {
+            do { words[address] = .success(try ProcessMemory.readUInt64(pid: pid, address: address)) } catch {
+                words[address] = .failure(EffectFailure("\(error)"))
+            }
+        }
+        return words
     }
 
     /// The core, by the requested method, within the budget. The kernel method kills the process and reaps

@@ -12,27 +12,8 @@ extension SystemEffects {
         var observation = Observation(pid: pid)
         let apartMs: Int
         if case let .pair(ms) = request.samples { apartMs = ms } else { apartMs = ProofRule.minimumGapMs }
-        var addresses = request.lockWordAddresses
-        if let path = request.flightRecorder {
-            do {
-                let record = try FlightRecorderFile.read(path: path)
-                observation.flightRecorder = .record(record)
-                if request.recorderLockWords { addresses = record.locks.map(\.address) + addresses }
-            } catch {
-                observation.flightRecorder = access(path, F_OK) == 0 ? .unreadable("\(error)") : .missing
-            }
-        }
-        var seen = Set<UInt64>()
-        addresses = addresses.filter { seen.insert($0).inserted }
-        func readWords() -> [UInt64: Result<UInt64, EffectFailure>] {
-            var words: [UInt64: Result<UInt64, EffectFailure>] = [:]
-            for address in addresses {
-                do { words[address] = .success(try ProcessMemory.readUInt64(pid: pid, address: address)) } catch {
-                    words[address] = .failure(EffectFailure("\(error)"))
-                }
-            }
-            return words
-        }
+        let addresses = Self.readRecorder(request, into: &observation)
+        func readWords() -> [UInt64: Result<UInt64, EffectFailure>] { Self.readLockWords(pid: pid, addresses: addresses) }
         let before = ProcSampler.sample(pid: pid)
         observation.firstLockWords = readWords()
         usleep(UInt32(apartMs) * 1000)

@@ -147,12 +147,7 @@ struct FleetIncidentsCommand: ParsableCommand {
         let rows = try withFleetConnection(database) { c in
             try await FleetQueries.incidents(on: c, since: since, host: host, signature: signature, limit: limit)
         }
-        if json {
-            print(JSONValue.array(rows.map(FleetJSON.incident)).rendered())
-            return
-        }
-        if rows.isEmpty { print("No incidents."); return }
-        print(Self.table(rows))
+        printFleetView(rows, json: json, none: "No incidents.", asJSON: FleetJSON.incident) { Self.table($0) }
     }
 
     /// DETECTED (UTC), HOST, ID, SERVICE, CAUSE, OUTCOME, DIAGNOSIS, SIGNATURE, SUSPECT.
@@ -187,12 +182,7 @@ struct FleetSignaturesCommand: ParsableCommand {
     func run() throws {
         let since = try since.map { try parseFleetSince($0) }
         let rows = try withFleetConnection(database) { c in try await FleetQueries.signatures(on: c, since: since) }
-        if json {
-            print(JSONValue.array(rows.map(FleetJSON.signature)).rendered())
-            return
-        }
-        if rows.isEmpty { print("No signatures."); return }
-        print(Self.table(rows))
+        printFleetView(rows, json: json, none: "No signatures.", asJSON: FleetJSON.signature) { Self.table($0) }
     }
 
     /// SIGNATURE, HOSTS, INCIDENTS, FIRST SEEN, LAST SEEN, DIAGNOSIS, SUSPECT (on N of M hosts).
@@ -232,17 +222,27 @@ struct FleetEventsCommand: ParsableCommand {
     func run() throws {
         let since = try since.map { try parseFleetSince($0) }
         let events = try withFleetConnection(database) { c in try await FleetQueries.events(on: c, since: since) }
-        if json {
-            print(JSONValue.array(events.map(FleetJSON.event)).rendered())
-            return
-        }
-        if events.isEmpty { print("No fleet events."); return }
+        printFleetView(events, json: json, none: "No fleet events.", asJSON: FleetJSON.event) { Self.table($0) }
+    }
+
+    /// ID, RAISED (UTC), BY, SIGNATURE, HOSTS, WINDOW, DIAGNOSIS, SUSPECT (on N of M hosts).
+    static func table(_ events: [FleetEvent]) -> String {
         var out = [["ID", "RAISED (UTC)", "BY", "SIGNATURE", "HOSTS", "WINDOW", "DIAGNOSIS", "SUSPECT"]]
         for e in events {
             out.append([String(e.id), Format.time(e.raisedAt, milliseconds: false), e.raisedBy, e.signature, String(e.hosts),
                         "\(e.windowSeconds) s", e.diagnosisKind ?? "-",
                         e.suspect.map { "\(Format.truncated($0, 60)) (\(e.suspectHosts) of \(e.hosts) hosts)" } ?? "-"])
         }
-        print(Format.table(out))
+        return Format.table(out)
     }
+}
+
+/// A fleet view's rows: a JSON array, a line saying there are none, or the table.
+func printFleetView<Row>(_ rows: [Row], json: Bool, none: String, asJSON: (Row) -> JSONValue, table: ([Row]) -> String) {
+    if json {
+        print(JSONValue.array(rows.map(asJSON)).rendered())
+        return
+    }
+    if rows.isEmpty { print(none); return }
+    print(table(rows))
 }
