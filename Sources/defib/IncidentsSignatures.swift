@@ -10,7 +10,7 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         commandName: "signatures",
         abstract: "One line per incident signature: count, first and last seen, diagnosis kind, services, newest incident.",
         discussion: """
-            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and the blocked threads' top frames); a stall (a hang that came back by itself) is signed like a hang, and STALLS says how many of COUNT were stalls. The most recently seen first; incidents not signed yet (still open) are left out. JSON objects carry signature, count, first_seen, last_seen (RFC 3339 UTC), diagnosis_kind, services and last_incident.
+            A signature groups repeats of the same hang (the cause, the diagnosis kind, the locks involved and the blocked threads' top frames); a stall (a hang that came back by itself) is signed like a hang, and STALLS says how many of COUNT were stalls. The most recently seen first; incidents not signed yet (still open) are left out. JSON objects carry signature, count, stalls (how many of count were stalls), first_seen, last_seen (RFC 3339 UTC), diagnosis_kind, services and last_incident.
 
             Examples:
               defib incidents signatures --state-dir D --since -7d
@@ -78,6 +78,7 @@ struct IncidentsSignaturesCommand: ParsableCommand {
         .object([
             .init("signature", .string(s.signature)),
             .init("count", .int(Int64(s.count))),
+            .init("stalls", .int(Int64(s.stalls))),
             .init("first_seen", .string(IncidentJSON.rfc3339(s.firstSeen))),
             .init("last_seen", .string(IncidentJSON.rfc3339(s.lastSeen))),
             .init("diagnosis_kind", s.diagnosisKind.map { .string($0) } ?? .null),

@@ -82,10 +82,11 @@ struct IncidentsCoredumpctlTests {
         #expect(sig.code == 0, "\(sig.stderr)")
         let rows = try #require(try JSONSerialization.jsonObject(with: Data(sig.stdout.utf8)) as? [[String: Any]], "\(sig.stdout)")
         #expect(rows.count == 2, "cache's exit has no signature; proxy's two hangs share one")
-        #expect(rows.allSatisfy { Set($0.keys) == ["signature", "count", "first_seen", "last_seen", "diagnosis_kind", "services", "last_incident"] },
+        #expect(rows.allSatisfy { Set($0.keys) == ["signature", "count", "stalls", "first_seen", "last_seen", "diagnosis_kind", "services", "last_incident"] },
                 "\(rows)")
         let proxy = try #require(rows.first { $0["signature"] as? String == "00000000feedbeef" })
         #expect(proxy["count"] as? Int == 2)
+        #expect(proxy["stalls"] as? Int == 0, "both were hangs")
         #expect(proxy["first_seen"] as? String == "2026-11-18T11:08:40.000Z" && proxy["last_seen"] as? String == "2026-11-18T11:11:40.000Z")
         #expect(proxy["diagnosis_kind"] as? String == "corrupted-lock-word")
         #expect(proxy["services"] as? [String] == ["proxy"])

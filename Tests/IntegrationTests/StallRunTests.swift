@@ -76,6 +76,9 @@ struct StallRunTests {
         let signatures = try runCommand([Binaries.defib, "incidents", "signatures", "--state-dir", state, "--no-legend"])
         let row = signatures.stdout.split(separator: " ", omittingEmptySubsequences: true)
         #expect(row.count > 2 && row[1] == "1" && row[2] == "1", "COUNT 1, STALLS 1: \(signatures.stdout)")
+        let signaturesJSON = try runCommand([Binaries.defib, "incidents", "signatures", "--state-dir", state, "--json"])
+        let signed = try JSONSerialization.jsonObject(with: Data(signaturesJSON.stdout.utf8)) as? [[String: Any]]
+        #expect(signed?.count == 1 && signed?.first?["count"] as? Int == 1 && signed?.first?["stalls"] as? Int == 1, "\(signaturesJSON)")
         let human = try runCommand([Binaries.defib, "incidents", "info", "--state-dir", state])
         #expect(human.stdout.contains("self-recovered: the heartbeat came back by itself") && human.stdout.contains("Stall evidence (suspect stage)"),
                 "\(human.stdout)")
