@@ -12,7 +12,7 @@ import Testing
     static let timesyncd = "/lib/systemd/systemd-timesyncd"
 
     /// READY=1 is heard (defib calls it ready), then its WATCHDOG=1 every half of the WATCHDOG_USEC defib gave it
-    /// keep it alive through five deadlines with no miss; SIGSTOP silences it: an incident whose cause names the
+    /// keep it alive through ten deadlines (30 s) with no miss; SIGSTOP silences it: an incident whose cause names the
     /// keep-alives and their last beat (seconds after the start: they were being heard), with a core of it.
     @Test func itsKeepAlivesAreHeardAndItsSilenceIsAnIncidentWithItsCore() throws {
         try #require(geteuid() == 0, "timesyncd drops privileges from root")
@@ -31,8 +31,8 @@ import Testing
         let readyAt = Date()
         #expect(waitUntil(timeoutMs: 10_000) { (readTextFile("/proc/\(started)/status") ?? "").contains("Uid:\t\(Self.timesyncUID)\t") },
                 "it runs as its own user")
-        // Five deadlines' worth (15 s): keep-alives due every 500 ms, none missed.
-        usleep(15_000_000)
+        // The issue's 30 s (ten deadlines): keep-alives due every 500 ms, none missed.
+        usleep(30_000_000)
         #expect(try incidentsJSON(stateDir: state).isEmpty, "\(defib.log)")
         #expect(!defib.log.contains("missed") && !defib.log.contains("failing"), "\(defib.log)")
         #expect(!defib.log.contains("cannot reach"), "the notify socket is reachable by its user: \(defib.log)")
@@ -53,7 +53,7 @@ import Testing
         let lastBeat = try #require(detail.components(separatedBy: "last beat ").dropFirst().first
             .flatMap { RFC3339.date(from: String($0.prefix { !" ,;)".contains($0) })) },
                                     "no last beat in '\(detail)'")
-        #expect(lastBeat > readyAt.addingTimeInterval(10) && lastBeat <= stoppedAt.addingTimeInterval(1), "\(detail)")
+        #expect(lastBeat > readyAt.addingTimeInterval(25) && lastBeat <= stoppedAt.addingTimeInterval(1), "\(detail)")
         let core = try #require(incident["core_path"] as? String, "no core: \(incident)")
         if case .failure(let problem) = CoreFileCheck.check(path: core) { Issue.record("\(core) is not a usable core: \(problem)") }
         #expect(waitUntil(timeoutMs: 30_000) { defib.log.components(separatedBy: "started timesyncd: pid ").count >= 3 }, "restarted: \(defib.log)")
