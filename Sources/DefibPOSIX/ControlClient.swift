@@ -103,6 +103,11 @@ public final class ControlRequest {
             case ENOENT: problem = "no control socket (nothing listening yet)"
             case ECONNREFUSED: problem = "connection refused (nobody accepting)"
             case EAGAIN: problem = "listen backlog full (nobody accepting)"
+            case EACCES, EPERM:
+                // The service made the socket (as its own user, with its own mode); defib reaches it as root through
+                // CAP_DAC_OVERRIDE, which a unit's CapabilityBoundingSet= may have taken away.
+                problem = "permission denied (\(SystemError("connect", errno: e))): the socket's owner or mode keeps defib out; "
+                    + "defib needs write permission on it, or CAP_DAC_OVERRIDE when the service runs as another user"
             default: problem = SystemError("connect", errno: e).description
             }
             return .failure(ControlError(path: path, problem: problem))

@@ -26,6 +26,31 @@ import Testing
     /// Kills (by pid) whatever a test's daemons left, however the test ends.
     static func reap(_ file: String) { for pid in pids(file) where isAlive(pid) { kill(pid, SIGKILL) } }
 
+    /// A control socket defib may not open (another user's, mode 0600, and defib without CAP_DAC_OVERRIDE, as
+    /// under a unit whose CapabilityBoundingSet= drops it) is named as such, with what defib needs, rather than
+    /// as a bare errno: this is what a start timeout's last error and every missed ping then say.
+    @Test func aControlSocketDefibMayNotOpenSaysWhatIsMissing() throws {
+        try #require(geteuid() == 0 && access("/usr/bin/setpriv", X_OK) == 0, "needs root and setpriv")
+        let dir = Scratch("eacces"); defer { dir.remove() }
+        let path = dir.path + "/control.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        try #require(fd >= 0)
+        defer { close(fd) }
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in for (i, b) in path.utf8.enumerated() { raw[i] = b } }
+        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        try #require(bound == 0 && listen(fd, 4) == 0)
+        try #require(chmod(path, 0o600) == 0 && chown(path, 65534, 65534) == 0)
+        let ctl = try runCommand(["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--",
+                                  Binaries.defib, "ctl", "--socket", path, "--timeout", "500", "ping"])
+        #expect(ctl.code != 0)
+        #expect(ctl.stderr.contains("permission denied") && ctl.stderr.contains("CAP_DAC_OVERRIDE"), "\(ctl)")
+        // With the capability, root gets in (and hears nothing back from a socket nobody serves).
+        let root = try runCommand([Binaries.defib, "ctl", "--socket", path, "--timeout", "300", "ping"])
+        #expect(!root.stderr.contains("permission denied"), "\(root)")
+    }
+
     /// The instance and the chain of daemons it started (each setsid'd, ignoring SIGTERM) share the instance's
     /// cgroup leaf; the hang's kill takes them all at once — including the ones a one-pass sweep of orphans
     /// would miss, since they are orphaned only when the one above them dies — and the replacement gets a
