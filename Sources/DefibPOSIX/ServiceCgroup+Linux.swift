@@ -213,8 +213,10 @@ public final class ServiceCgroup: @unchecked Sendable {
     }
 
     /// Under systemd, a cgroup of a unit that did not delegate it is systemd's: say so (nil when fine).
-    static func systemdRefusal(cgroup: String, directory: String) -> String? {
-        guard access("/run/systemd/system", F_OK) == 0, cgroup != "/" else { return nil }
+    /// `underSystemd`: whether systemd manages this machine (/run/systemd/system, as sd_booted() checks).
+    public static func systemdRefusal(cgroup: String, directory: String,
+                                      underSystemd: Bool = access("/run/systemd/system", F_OK) == 0) -> String? {
+        guard underSystemd, cgroup != "/" else { return nil }
         for attribute in ["trusted.delegate", "user.delegate"] {
             var value = [CChar](repeating: 0, count: 8)
             let n = defib_getxattr(directory, attribute, &value, value.count)

@@ -115,6 +115,32 @@ import Testing
         }
     }
 
+    /// Under systemd, defib writes only in a cgroup the unit delegated (Delegate=yes: systemd sets the
+    /// `trusted.delegate` attribute); otherwise the warning says what to add. A real cgroup, the real attribute.
+    @Test func aSystemdCgroupIsUsedOnlyWhenDelegated() throws {
+        let location = try #require(ServiceCgroup.currentLocation(), "needs cgroup v2")
+        try #require(geteuid() == 0, "needs root")
+        let dir = location.mountPoint + "/defib-test-delegate-\(getpid())"
+        try #require(mkdir(dir, 0o755) == 0)
+        defer { rmdir(dir) }
+        let unit = "/system.slice/defib-web.service"
+        let refusal = ServiceCgroup.systemdRefusal(cgroup: unit, directory: dir, underSystemd: true)
+        #expect(refusal == "defib's cgroup \(unit) belongs to systemd and was not delegated (add Delegate=yes to the unit)")
+        #expect(ServiceCgroup.systemdRefusal(cgroup: unit, directory: dir, underSystemd: false) == nil, "no systemd: defib's own")
+        #expect(ServiceCgroup.systemdRefusal(cgroup: "/", directory: location.mountPoint, underSystemd: true) == nil, "the root cgroup")
+        #expect(try Self.setDelegate(dir, "1"))
+        #expect(ServiceCgroup.systemdRefusal(cgroup: unit, directory: dir, underSystemd: true) == nil, "delegated")
+        #expect(try Self.setDelegate(dir, "0"))
+        #expect(ServiceCgroup.systemdRefusal(cgroup: unit, directory: dir, underSystemd: true) != nil, "delegate=0 is no delegation")
+    }
+
+    /// What systemd does for Delegate=yes (setxattr through python3: Glibc's module map leaves sys/xattr.h out).
+    static func setDelegate(_ dir: String, _ value: String) throws -> Bool {
+        let result = try CoreTestSupport.run(["python3", "-c", "import os, sys; os.setxattr(sys.argv[1], 'trusted.delegate', sys.argv[2].encode())",
+                                              dir, value], timeoutMs: 10_000)
+        return result.status == .exited(code: 0)
+    }
+
     /// The cgroup v2 line of /proc/PID/cgroup.
     static func cgroupLine(_ pid: Int32) -> String? {
         (try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8))?.split(separator: "\n").first { $0.hasPrefix("0::") }.map(String.init)
