@@ -53,7 +53,9 @@ check "the packaged defib supervises the packaged proxy (ctl ping)" '[ "$(defib 
 defib ctl --state-dir $S fault timeout-race > /dev/null
 json() { defib incidents info last --state-dir $S --json 2>/dev/null; }
 field() { json | python3 -c "import json,sys; v=json.load(sys.stdin).get('$1'); print('' if v is None else v)" 2>/dev/null; }
-for _ in $(seq 150); do [ "$(field outcome)" = recovered ] && break; sleep 0.2; done
+# Recovered once the replacement answers; the core is written from the frozen instance after that (restart while
+# the core is written), so wait for both.
+for _ in $(seq 150); do [ "$(field outcome)" = recovered ] && [ -n "$(field core_path)$(field capture_error)" ] && break; sleep 0.2; done
 check "a hang: incident recovered, diagnosis $(field diagnosis | cut -c1-40)" '[ "$(field outcome)" = recovered ] && [[ "$(field diagnosis)" == corrupted-lock-word* ]]'
 core=$(field core_path)
 check "a native core: $core" '[ "$(field capture_method)" = native ] && [ "$(head -c 4 "$core" | od -An -c | tr -d " ")" = "177ELF" ]'

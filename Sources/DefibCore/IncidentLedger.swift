@@ -99,8 +99,12 @@ public struct IncidentLedger: Sendable {
     /// is more than one process.
     func instanceSummary(mainPID: Int32, round: [ProcessSample]) -> String? {
         guard round.count > 1 else { return nil }
-        let before = instanceBaseline.isEmpty ? round : instanceBaseline
-        return ServiceProgressJudge.summary(ServiceProgressJudge.judge(before: before, after: round, mainPID: mainPID))
+        return ServiceProgressJudge.summary(judgeRound(mainPID: mainPID, round: round))
+    }
+
+    /// Every process of one round judged against the instance baseline (or itself, when there is none).
+    func judgeRound(mainPID: Int32, round: [ProcessSample]) -> [ProcessJudgement] {
+        ServiceProgressJudge.judge(before: instanceBaseline.isEmpty ? round : instanceBaseline, after: round, mainPID: mainPID)
     }
 
     /// Progress of `pid` over the window: from the baseline (if it is this pid's), else over `fallback`'s two samples.

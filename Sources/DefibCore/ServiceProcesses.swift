@@ -141,6 +141,16 @@ public enum ServiceProgressJudge {
         return maxCores.map { Array(ordered.prefix(max(0, $0))) } ?? ordered
     }
 
+    /// The process a stall's evidence is taken of: the main one, unless it makes progress or waits for events
+    /// (an idle master, a healthy parent) while another process of the instance is stuck, stopped or busy — then
+    /// that one, most stuck first (`captureOrder`): the stacks of an nginx master in sigsuspend say nothing about
+    /// its stalled worker. Nil when nothing was judged.
+    public static func stallTarget(_ judgements: [ProcessJudgement]) -> ProcessJudgement? {
+        guard let main = judgements.first(where: \.isMain) else { return judgements.first }
+        if main.condition.isStuck { return main }
+        return captureOrder(judgements).first { !$0.isMain } ?? main
+    }
+
     /// The incident's `processes`: every judged process, with the core written of it when there is one.
     public static func records(_ judgements: [ProcessJudgement], corePaths: [Int32: String] = [:]) -> [ServiceProcessRecord] {
         judgements.map {

@@ -43,8 +43,11 @@ public struct StallCapture: Sendable, Equatable {
     public var threads: Int
     /// What the writer did that the incident should say.
     public var notes: [String]
-    public init(mode: StallEvidenceMode, record: CaptureRecord, pauseMs: Double, threads: Int, notes: [String] = []) {
+    /// The captured process's executable (/proc/PID/exe, read before the stop): what gdb reads the file with.
+    public var executable: String?
+    public init(mode: StallEvidenceMode, record: CaptureRecord, pauseMs: Double, threads: Int, notes: [String] = [], executable: String? = nil) {
         self.mode = mode; self.record = record; self.pauseMs = pauseMs; self.threads = threads; self.notes = notes
+        self.executable = executable
     }
 }
 
@@ -71,6 +74,9 @@ public struct StallEvidence: Sendable, Equatable, Codable {
     public var coreBytes: Int64?
     /// Why the evidence is partial or missing.
     public var error: String?
+    /// The process captured when it is not the instance's main one ("pid 4711 (nginx), stopped; the main process
+    /// pid 4700 was idle"): a multi-process service's stalled worker. Nil for the main process.
+    public var process: String?
     public init(sequence: Int, takenAt: Date, silenceMs: Double, mode: StallEvidenceMode, pauseMs: Double = 0) {
         self.sequence = sequence; self.takenAt = takenAt; self.silenceMs = silenceMs; self.mode = mode; self.pauseMs = pauseMs
     }
@@ -83,6 +89,7 @@ public struct StallEvidence: Sendable, Equatable, Codable {
         case .stacks: line = String(format: "stall evidence: stacks of %d thread(s), service paused %.2f ms", threads ?? 0, pauseMs)
         case .core: line = String(format: "stall evidence: a full core of %d thread(s), service paused %.2f ms", threads ?? 0, pauseMs)
         }
+        if let process { line += " of \(process)" }
         line += String(format: " (taken after %.0f ms of silence)", silenceMs)
         if let error { line += "; \(error)" }
         return line

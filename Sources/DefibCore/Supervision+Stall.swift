@@ -14,8 +14,18 @@ extension Supervision {
         // `none`: the soft evidence (the suspect note, the sample a stall incident is diagnosed from) is all there is.
         guard mode != .none else { return }
         var evidence = StallEvidence(sequence: stallSequence, takenAt: now.wall, silenceMs: silenceMs, mode: mode)
-        evidence.threadStates = sample.stateSummary
-        evidence.threads = sample.threads.isEmpty ? nil : sample.threads.count
+        // A multi-process instance: the process that stalled, which may be a worker behind an idle master.
+        var target = (pid: pid, sample: sample)
+        if let round = observation.instanceSamples.last, round.count > 1,
+           let chosen = ServiceProgressJudge.stallTarget(ledger.judgeRound(mainPID: pid, round: round)), !chosen.isMain,
+           let chosenSample = round.first(where: { $0.pid == chosen.pid }) {
+            let main = ledger.judgeRound(mainPID: pid, round: round).first(where: \.isMain)
+            evidence.process = "pid \(chosen.pid) (\(chosen.comm)), \(chosen.condition.rawValue); the main process pid \(pid) was "
+                + (main?.condition.rawValue ?? "not judged")
+            target = (chosen.pid, chosenSample)
+        }
+        evidence.threadStates = target.sample.stateSummary
+        evidence.threads = target.sample.threads.isEmpty ? nil : target.sample.threads.count
         guard child?.pid == pid else {
             evidence.error = "not captured: pid \(pid) is no longer the instance"
             ledger.setSuspectEvidence(evidence)
@@ -29,9 +39,9 @@ extension Supervision {
         }
         // `stall.…` is a temporary stacks-only capture, `stall-core.…` a full core that may be kept (a dead supervisor's
         // leftovers are told apart by it at the next start).
-        let path = "\(config.coreDirectory)/\(mode == .core ? "stall-core" : "stall").\(config.service.name).\(stallSequence).\(pid)"
-        let request = StallEvidenceRequest(pid: pid, mode: mode, budgetMs: config.escalation.stallEvidenceBudgetMs, path: path,
-                                           firstThread: sample.threads.first(where: \.inFutexWait)?.tid)
+        let path = "\(config.coreDirectory)/\(mode == .core ? "stall-core" : "stall").\(config.service.name).\(stallSequence).\(target.pid)"
+        let request = StallEvidenceRequest(pid: target.pid, mode: mode, budgetMs: config.escalation.stallEvidenceBudgetMs, path: path,
+                                           firstThread: target.sample.threads.first(where: \.inFutexWait)?.tid)
         ask(.takeStallEvidence(request), awaiting: .stallEvidence(evidence))
     }
 
@@ -41,12 +51,12 @@ extension Supervision {
         case let (.stallEvidence(evidence), .stallEvidenceTaken(capture)):
             awaiting = nil
             stallEvidenceTaken(evidence, capture: capture)
-        case let (.stallBaseline(pid, sequence, core, keepCore), .observed(observation)):
+        case let (.stallBaseline(pid, sequence, core, keepCore, binary), .observed(observation)):
             awaiting = nil
             if let sample = observation.samples.last, sample.pid == pid {
                 ledger.setBaseline(sample, instance: observation.instanceSamples.last ?? [])
             }
-            startStallStacks(sequence: sequence, core: core, keepCore: keepCore)
+            startStallStacks(sequence: sequence, core: core, keepCore: keepCore, binary: binary)
         case let (.stallStored(incident), .incidentStored(result)):
             awaiting = nil
             stallStored(incident, result: result)
@@ -80,7 +90,7 @@ extension Supervision {
         log(.notice, evidence.summary)
         ledger.setSuspectEvidence(evidence)
         guard capture.pauseMs > 0, let pid = child?.pid else {
-            startStallStacks(sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore)
+            startStallStacks(sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore, binary: capture.executable)
             return
         }
         // The capture's own stop and resume cost the threads a little CPU and a wake-up: that is defib's doing, not
@@ -88,13 +98,15 @@ extension Supervision {
         ledger.notePending("progress at the deadline is judged from after the stall capture (its ptrace stop is not the service's progress)")
         var request = ObservationRequest(pid: pid, samples: .one)
         request.instanceProcesses = true
-        ask(.observe(request), awaiting: .stallBaseline(pid: pid, sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore))
+        ask(.observe(request), awaiting: .stallBaseline(pid: pid, sequence: evidence.sequence, core: capture.record.path, keepCore: keepCore,
+                                                        binary: capture.executable))
     }
 
-    /// gdb over the stall capture in the background (its stacks land in whatever holds the evidence by then).
-    private mutating func startStallStacks(sequence: Int, core: String?, keepCore: Bool) {
+    /// gdb over the stall capture in the background (its stacks land in whatever holds the evidence by then), with
+    /// the captured process's executable (a worker's may not be the main process's).
+    private mutating func startStallStacks(sequence: Int, core: String?, keepCore: Bool, binary captured: String?) {
         guard let core else { return }
-        guard let binary = child?.executable else {
+        guard let binary = captured ?? child?.executable else {
             if !keepCore { emit(.removeFile(path: core)) }
             if var evidence = ledger.suspectEvidence, evidence.sequence == sequence {
                 evidence.error = "stacks not read: the instance's executable is unknown"

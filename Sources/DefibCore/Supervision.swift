@@ -106,7 +106,7 @@ public struct Supervision: Sendable {
         /// Stalls (Supervision+Stall.swift).
         case stallEvidence(StallEvidence)
         /// The progress baseline again, after the capture's own ptrace stop; then gdb over `core` (when there is one).
-        case stallBaseline(pid: Int32, sequence: Int, core: String?, keepCore: Bool)
+        case stallBaseline(pid: Int32, sequence: Int, core: String?, keepCore: Bool, binary: String?)
         indirect case stallStored(Incident)
         case stallStacks(sequence: Int, core: String, output: String, keepCore: Bool, status: ChildStatus)
         /// The reading a proof is sought in, at a miss.

@@ -38,6 +38,7 @@ public enum StallEvidenceCapture {
                 notes.append("the process's mappings could not be read to weigh a full core: stacks only")
             }
         }
+        let executable = ProcessMemory.executable(pid: request.pid)
         var options = NativeCoreOptions(budgetMs: max(1, request.budgetMs), firstThread: request.firstThread)
         // The stop is bounded on its own (a thread in D state never stops); keep it close to the budget.
         options.stopTimeoutMs = max(5, min(request.budgetMs * 2, 100))
@@ -49,7 +50,7 @@ public enum StallEvidenceCapture {
         var record = result.record
         record.method = "native"
         return StallCapture(mode: mode, record: record, pauseMs: result.frozenMs > 0 ? result.frozenMs : result.stopMs,
-                            threads: result.threads, notes: notes)
+                            threads: result.threads, notes: notes, executable: executable)
     }
 
     /// Runs `body` (every ptrace call of a capture) on a thread of its own that ends with it. The process keeps

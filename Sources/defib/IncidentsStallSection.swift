@@ -9,6 +9,7 @@ enum IncidentsStallSection {
         var out = ["", i.outcome == .selfRecovered ? "Stall evidence (suspect stage)" : "Stall evidence (suspect stage, before the hang)"]
         var rows: [[String]] = [["taken", "\(RFC3339.string(e.takenAt)) after \(Format.duration(ms: e.silenceMs)) of silence"],
                                 ["mode", e.mode.rawValue]]
+        if let process = e.process { rows.append(["process", process]) }
         if e.mode != .none { rows.append(["pause", String(format: "%.2f ms (the service frozen for it)", e.pauseMs)]) }
         if let threads = e.threads { rows.append(["threads", "\(threads)" + (e.threadStates.map { " (\($0))" } ?? "")]) }
         if let core = e.corePath { rows.append(["core", "\(core)  (\(Format.bytes(e.coreBytes ?? 0)))"]) }

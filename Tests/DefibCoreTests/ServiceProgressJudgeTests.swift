@@ -46,6 +46,22 @@ import Testing
         #expect(ServiceProgressJudge.captureOrder(j, maxCores: 0).isEmpty)
     }
 
+    /// A stall's evidence is taken of the process that stalled: a stuck, stopped or busy worker behind an idle
+    /// master, the master itself when it is the stuck one, the master when every worker is idle too.
+    @Test func aStallIsCapturedInTheWorkerThatStalledBehindAnIdleMaster() {
+        func target(_ workers: [(Int32, String, UInt64, UInt64, Int?)]) -> Int32? {
+            let s = nginx(workers)
+            return ServiceProgressJudge.stallTarget(ServiceProgressJudge.judge(before: s.before, after: s.after, mainPID: 100))?.pid
+        }
+        #expect(target([(101, "S", 10, 10, Self.epollWait), (102, "T", 10, 10, nil)]) == 102, "the stopped worker")
+        #expect(target([(101, "T", 10, 10, nil), (102, "S", 3, 3, Self.futex)]) == 102, "the deadlocked one before the stopped one")
+        #expect(target([(101, "S", 10, 10, Self.epollWait), (102, "S", 10, 10, Self.epollWait)]) == 100, "all idle: the main process")
+        #expect(ServiceProgressJudge.stallTarget([]) == nil)
+        let stuckMain = ProcessJudgement(pid: 100, comm: "nginx", state: "S", isMain: true, condition: .stuck, reason: "")
+        let stoppedWorker = ProcessJudgement(pid: 101, comm: "nginx", state: "T", isMain: false, condition: .stopped, reason: "")
+        #expect(ServiceProgressJudge.stallTarget([stuckMain, stoppedWorker])?.pid == 100, "a stuck master is the stall's own process")
+    }
+
     /// The instance's verdict: the main process's own problem first, else the workers', most decisive first.
     @Test func theVerdictOnTheInstanceLetsWorkersDecideBehindAnIdleMaster() {
         let idleMain = ProgressVerdict.stuck("no CPU progress and every thread asleep")

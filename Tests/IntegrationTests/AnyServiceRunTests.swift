@@ -200,4 +200,46 @@ struct AnyServiceRunTests {
         #expect(httpGet(port: nginx.port, path: "/health", host: "127.0.0.1")?.body == "healthy\n")
         #expect(defib.stop() == .exited(code: 0))
     }
+
+    /// nginx's workers stopped for less than the deadline, then continued: a stall, recorded with no kill. Its
+    /// evidence is taken of a stalled worker, not of the master idling in sigsuspend: gdb's threads are the
+    /// worker's (its LWP), and the evidence names the worker and the idle master.
+    @Test func nginxWorkersThatStallAreTheStallsEvidenceNotTheIdleMaster() throws {
+        let nginx = try NginxProgram()
+        let dir = Scratch("stall-nginx")
+        defer { nginx.stop(); dir.remove() }
+        let defib = try supervise(dir, ["--heartbeat", "http", "--probe", nginx.url, "--interval", "100", "--deadline", "3000"], nginx.argv)
+        defer { defib.stop() }
+        try #require(waitUntil(timeoutMs: 30_000) { defib.log.contains("is ready") }, "never ready: \(defib.log)")
+        let master = try #require(child(of: defib.pid, named: "nginx"))
+        var workers: [Int32] = []
+        try #require(waitUntil(timeoutMs: 30_000) { workers = childProcesses(of: master); return workers.count == 2 }, "workers: \(workers)")
+        for worker in workers { #expect(killProcess(worker, signal: SIGSTOP)) }
+        // The suspect stage (half the deadline) takes the evidence; then the workers go on, well before the deadline.
+        let taken = waitUntil(timeoutMs: 10_000) { defib.log.contains("stall evidence: stacks") }
+        for worker in workers { _ = killProcess(worker, signal: SIGCONT) }
+        try #require(taken, "no stall evidence: \(defib.log)")
+        let state = dir.path + "/state"
+        var incident: [String: Any] = [:]
+        let stored = try waitUntil(timeoutMs: 30_000) {
+            guard let first = try incidentsJSON(stateDir: state).first, let id = first["id"] as? Int else { return false }
+            let info = try runCommand([Binaries.defib, "incidents", "info", String(id), "--state-dir", state, "--json"])
+            incident = (try? JSONSerialization.jsonObject(with: Data(info.stdout.utf8)) as? [String: Any]) ?? [:]
+            return (incident["stacks"] as? String)?.isEmpty == false
+        }
+        try #require(stored, "no stall incident with stacks: \(defib.log)")
+        #expect(incident["cause"] as? String == "stall" && incident["outcome"] as? String == "self-recovered", "\(incident)")
+        #expect(incident["pid"] as? Int == Int(master) && incident["new_pid"] is NSNull)
+        let evidence = try #require(incident["stall_evidence"] as? [String: Any], "\(incident)")
+        let process = evidence["process"] as? String ?? ""
+        let captured = try #require(workers.first { process.hasPrefix("pid \($0) (nginx), stopped; the main process pid \(master) was idle") },
+                                    "the evidence is not of a stopped worker: '\(process)'")
+        let stacks = incident["stacks"] as? String ?? ""
+        #expect(stacks.contains("LWP \(captured)") && !stacks.contains("LWP \(master)"), "the worker's threads: \(stacks)")
+        // Nothing was killed: the same master and workers, serving.
+        #expect(([master] + workers).allSatisfy { kill($0, 0) == 0 })
+        #expect(child(of: defib.pid, named: "nginx") == master)
+        #expect(waitUntil(timeoutMs: 10_000) { httpGet(port: nginx.port, path: "/health", host: "127.0.0.1")?.body == "healthy\n" })
+        #expect(defib.stop() == .exited(code: 0))
+    }
 }

@@ -80,7 +80,12 @@ struct ContainerEntrypointTests {
             let r = try runCommand([defibBinary, "incidents", "--state-dir", state, "--json"])
             return ((try? JSONSerialization.jsonObject(with: Data(r.stdout.utf8))) as? [[String: Any]] ?? [], r.stderr)
         }
-        let recovered = try waitUntil(timeoutMs: 60_000) { try incidents().list.first?["outcome"] as? String == "recovered" }
+        // Recovered once the replacement answers; the core is written from the frozen instance after that, and the
+        // frozen instance is killed once it is (restart while the core is written): wait for all three.
+        let recovered = try waitUntil(timeoutMs: 60_000) {
+            guard let first = try incidents().list.first else { return false }
+            return first["outcome"] as? String == "recovered" && first["core_path"] is String && first["killed_at"] is String
+        }
         try #require(recovered, "no recovered incident:\n\(container.log)")
         let listed = try incidents()
         let incident = try #require(listed.list.first)
@@ -97,7 +102,7 @@ struct ContainerEntrypointTests {
                 "incidents did not say the pids are another namespace's: \(listed.stderr)")
 
         // Restarted: the hung proxy is gone, a new one answers.
-        #expect(kill(firstProxy, 0) != 0, "the hung proxy is still there")
+        #expect(waitUntil(timeoutMs: 5000) { kill(firstProxy, 0) != 0 }, "the hung proxy is still there")
         #expect(try ctl("ping", "again").stdout == "pong again\n")
         let secondProxy = try #require(Self.children(of: defibPid).first { processName($0) == "defib-proxy" })
 
