@@ -170,9 +170,15 @@ ct systemctl stop defib@nobody
 ct defib ctl --state-dir $STATE fault timeout-race >/dev/null
 recovered=
 for _ in $(seq 150); do
-    if ct defib incidents --state-dir $STATE --json 2>/dev/null | grep -q '"outcome" *: *"recovered"'; then recovered=1; break; fi
+    # Recovered once the replacement answers; the core is written from the frozen instance after that and the
+    # frozen instance killed once it is (restart while the core is written): wait for all three.
+    if ct defib incidents --state-dir $STATE --json 2>/dev/null | python3 -c 'import json, sys
+i = json.load(sys.stdin)[0]
+sys.exit(0 if i["outcome"] == "recovered" and i["core_path"] and i["killed_at"] else 1)' 2>/dev/null; then recovered=1; break; fi
     sleep 0.2
 done
+# The frozen instance, killed, is reaped and its cgroup leaf removed by defib's loop right after.
+for _ in $(seq 50); do [ "$(proxies)" = 1 ] && break; sleep 0.1; done
 load
 check "hang handled by defib: incident recovered, defib not restarted (NRestarts=$NRestarts, MainPID $FIRST->$MainPID)" \
       '[ -n "$recovered" ] && [ "$NRestarts" = 0 ] && [ "$MainPID" = "$FIRST" ]'
@@ -181,6 +187,7 @@ check "the incident names the corrupted lock word: $words" '[[ "$words" == *0xff
 core=$(ct defib incidents --state-dir $STATE --json | python3 -c 'import json,sys; i=json.load(sys.stdin)[0]; print(i["capture_method"], i["core_path"], i["capture_error"])')
 check "a native core was taken under the unit's hardening: $core" '[[ "$core" == "native /var/lib/defib/proxy/cores/"*" None" ]]'
 check "one proxy after the restart ($(proxies))" '[ "$(proxies)" = 1 ]'
+for _ in $(seq 50); do ct test -d "/sys/fs/cgroup${pcg}" || break; sleep 0.1; done
 PROXY2=$(ct ps -eo pid=,comm= | awk '$2 == "defib-proxy" { print $1; exit }')
 pcg2=$(cgroup_of "$PROXY2")
 check "the new proxy has a new instance cgroup: '$pcg2'; the old one is gone" \
