@@ -12,7 +12,7 @@ public enum IncidentCause: Sendable, Equatable, Codable {
     case signaled(signal: Int32, coreDumped: Bool)
     /// The child never reached its first `pong` (or probe beat, or READY=1) within the start timeout;
     /// `heartbeat` names the probe when one was the source.
-    case startTimeout(seconds: Double, heartbeat: String? = nil)
+    case startTimeout(seconds: Double, heartbeat: String? = nil, lastError: String? = nil)
     /// The program could not be started at all (exec failed, bad path …).
     case spawnFailed(message: String)
     /// The service asked to be treated as hung (sd_notify `WATCHDOG=trigger`).
@@ -46,8 +46,9 @@ public enum IncidentCause: Sendable, Equatable, Codable {
         case let .exited(code): return "exited on its own with code \(code)"
         case let .signaled(signal, core):
             return "killed by signal \(signal) (\(signalName(signal)))" + (core ? ", core dumped by the kernel" : "")
-        case let .startTimeout(seconds, heartbeat):
-            return heartbeat.map { "\($0): no first beat within \(seconds) s of start" } ?? "no first pong within \(seconds) s of start"
+        case let .startTimeout(seconds, heartbeat, lastError):
+            let line = heartbeat.map { "\($0): no first beat within \(seconds) s of start" } ?? "no first pong within \(seconds) s of start"
+            return line + (lastError.map { " (last: \($0))" } ?? "")
         case let .spawnFailed(message): return "could not start: \(message)"
         case let .triggered(reason): return reason
         case let .stall(silence, misses, heartbeat):

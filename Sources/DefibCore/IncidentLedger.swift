@@ -504,7 +504,7 @@ public struct IncidentLedger: Sendable {
         case let .missedHeartbeat(misses, since, error, _, _, _):
             .missedHeartbeat(misses: misses, lastPongAt: since.map { detected.addingTimeInterval(-$0 / 1000) }, lastError: lastFailure ?? error,
                              heartbeat: heartbeat)
-        case let .startTimeout(ms, _): .startTimeout(seconds: Double(ms) / 1000, heartbeat: heartbeat)
+        case let .startTimeout(ms, error): .startTimeout(seconds: Double(ms) / 1000, heartbeat: heartbeat, lastError: lastFailure ?? error)
         case let .died(.exited(code)): .exited(code: code)
         case let .died(.signaled(sig, core)): .signaled(signal: sig, coreDumped: core)
         case let .spawnFailed(message): .spawnFailed(message: message)

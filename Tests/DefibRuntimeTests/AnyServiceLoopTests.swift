@@ -79,8 +79,8 @@ import Testing
         fake.behaviours = [.neverListens, .healthy]
         let run = Run(fake, config: Self.httpProbe(), stopAtMs: 3000)
         let incident = try #require(run.incidents.first)
-        #expect(incident.cause == .startTimeout(seconds: 2, heartbeat: Self.probeName))
-        #expect(incident.cause.summary == "\(Self.probeName): no first beat within 2.0 s of start")
+        #expect(incident.cause == .startTimeout(seconds: 2, heartbeat: Self.probeName, lastError: "connection refused"))
+        #expect(incident.cause.summary == "\(Self.probeName): no first beat within 2.0 s of start (last: connection refused)")
         #expect(incident.notes.first == "last error of the \(Self.probeName): connection refused")
         let attemptsBeforeTimeout = fake.calls.prefix { $0 != "insert 1" }.filter { $0.hasPrefix("probe ") }.count
         #expect((19...21).contains(attemptsBeforeTimeout), "one attempt an interval: \(attemptsBeforeTimeout)")
@@ -172,7 +172,8 @@ import Testing
         // The replacement never listens: as with --heartbeat ping, that is a start timeout with a capture.
         #expect(run.incidents.count == 2)
         let second = try #require(run.incidents.last)
-        #expect(second.cause == .startTimeout(seconds: 2) && second.pid == 101 && second.capture?.path == "/state/cores/core.svc.2.101")
+        #expect(SupervisorLoopTests.isStartTimeout(second.cause, seconds: 2) && second.pid == 101 && second.capture?.path == "/state/cores/core.svc.2.101",
+                "\(second.cause)")
     }
 
     /// `none`: exit-only on purpose — no ping, no warning, no incident while it runs; its death still is one.

@@ -8,6 +8,13 @@ import Testing
 /// an instance that hangs 300 ms after its start leaves the ping sent at 303 ms unanswered; misses follow at
 /// 428, 553 (suspect), 678, and the hang is judged at 803 ms.
 @Suite struct SupervisorLoopTests {
+    /// A start timeout of `seconds` on the control channel, with the last error the pings met (what the incident's
+    /// cause_detail quotes).
+    static func isStartTimeout(_ cause: IncidentCause, seconds: Double) -> Bool {
+        guard case let .startTimeout(s, heartbeat, lastError) = cause else { return false }
+        return s == seconds && heartbeat == nil && lastError?.isEmpty == false && cause.summary.hasSuffix(" (last: \(lastError!))")
+    }
+
     @Test func aHangIsJudgedRecordedCapturedKilledRestartedAndClosed() throws {
         let fake = FakeEffects()
         fake.behaviours = [.hangs(afterMs: 300), .healthy]
@@ -80,7 +87,7 @@ import Testing
         #expect(first.outcome == .replacementFailed && first.newPid == 101)
         #expect(first.notes.last == "the replacement pid 101 failed too before it was ready: not ready within 2000 ms (last: no control socket (nothing listening yet)); the next incident holds its evidence")
         #expect(first.capture?.path == "/state/cores/core.svc.1.100")
-        #expect(second.cause == .startTimeout(seconds: 2) && second.pid == 101 && second.outcome == .recovered && second.newPid == 102)
+        #expect(Self.isStartTimeout(second.cause, seconds: 2) && second.pid == 101 && second.outcome == .recovered && second.newPid == 102, "\(second.cause)")
         #expect(second.progress?.kind == "stuck", "never ready is judged too")
         #expect(second.notes.first == "last control-channel error: no control socket (nothing listening yet)")
         #expect(second.capture?.path == "/state/cores/core.svc.2.101")
@@ -164,7 +171,7 @@ import Testing
         expectInOrder(fake.actions, ["spawn 100", "observe 100 pair", "insert 1", "observe 100 none capture", "writeCore 100 native first=100",
                                      "signal 100 SIGKILL", "spawn 101"])
         let incident = try #require(run.incidents.first)
-        #expect(incident.cause == .startTimeout(seconds: 2) && incident.outcome == .recovered)
+        #expect(Self.isStartTimeout(incident.cause, seconds: 2) && incident.outcome == .recovered, "\(incident.cause)")
         #expect(incident.progress?.kind == "stuck" && incident.threadStates == "3 S (3 in futex)")
         #expect(incident.notes.first == "last control-channel error: no control socket (nothing listening yet)")
         #expect(incident.detectedAt == fake.wallBase.addingTimeInterval(2))

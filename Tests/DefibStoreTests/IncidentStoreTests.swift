@@ -119,6 +119,7 @@ func fullyPopulated() -> Incident {
         let causes: [IncidentCause] = [
             .missedHeartbeat(misses: 1, lastPongAt: nil, lastError: nil),
             .exited(code: 7), .signaled(signal: 11, coreDumped: true), .startTimeout(seconds: 1.5),
+            .startTimeout(seconds: 2, heartbeat: "http probe GET http://127.0.0.1:8000/", lastError: "connection refused"),
             .spawnFailed(message: "execve(/nonexistent): No such file or directory"),
         ]
         for (n, cause) in causes.enumerated() {
