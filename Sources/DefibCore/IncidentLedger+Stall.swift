@@ -45,6 +45,8 @@ extension IncidentLedger {
             incident.stacks = evidence.stacks
             if let core = evidence.corePath {
                 incident.capture = CaptureRecord(method: "native", path: core, bytes: evidence.coreBytes ?? 0, durationMs: evidence.pauseMs, error: nil)
+                // A worker's core: its own executable goes with it.
+                if let executable = evidence.executable { incident.binaryPath = executable }
             }
             incident.notes.append(evidence.summary)
         }

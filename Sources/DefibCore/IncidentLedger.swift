@@ -107,6 +107,15 @@ public struct IncidentLedger: Sendable {
         ServiceProgressJudge.judge(before: instanceBaseline.isEmpty ? round : instanceBaseline, after: round, mainPID: mainPID)
     }
 
+    /// The round judged against this instance's baseline when the two are at least `minimumWindowMs` apart; nil
+    /// otherwise (no baseline of this main process, or one taken just before: too short a window to tell stuck
+    /// from asleep).
+    func judgeStallRound(mainPID: Int32, round: [ProcessSample], minimumWindowMs: Int) -> [ProcessJudgement]? {
+        guard let then = instanceBaseline.first(where: { $0.pid == mainPID }), let now = round.first(where: { $0.pid == mainPID }),
+              now.atNs - then.atNs >= Int64(minimumWindowMs) * 1_000_000 else { return nil }
+        return ServiceProgressJudge.judge(before: instanceBaseline, after: round, mainPID: mainPID)
+    }
+
     /// Progress of `pid` over the window: from the baseline (if it is this pid's), else over `fallback`'s two samples.
     mutating func judge(pid: Int32, samples: [ProcessSample]) -> ProgressVerdict {
         let after = samples.last ?? ProcessSample(pid: pid, atNs: 0, threads: [])

@@ -46,6 +46,8 @@ public struct CPUQuota: Sendable, Equatable, Codable {
     public var quotaUs: UInt64
     public var periodUs: UInt64
     public init(quotaUs: UInt64, periodUs: UInt64) { self.quotaUs = quotaUs; self.periodUs = periodUs }
+    /// The share of one CPU it allows.
+    public var share: Double { Double(quotaUs) / Double(max(1, periodUs)) }
     public var text: String {
         func ms(_ us: UInt64) -> String { us % 1000 == 0 ? "\(us / 1000)" : String(Double(us) / 1000) }
         return "\(ms(quotaUs)) ms of CPU per \(ms(periodUs)) ms"

@@ -77,6 +77,8 @@ public struct StallEvidence: Sendable, Equatable, Codable {
     /// The process captured when it is not the instance's main one ("pid 4711 (nginx), stopped; the main process
     /// pid 4700 was idle"): a multi-process service's stalled worker. Nil for the main process.
     public var process: String?
+    /// That process's executable, when a full core of it was kept: what gdb reads the core with.
+    public var executable: String?
     public init(sequence: Int, takenAt: Date, silenceMs: Double, mode: StallEvidenceMode, pauseMs: Double = 0) {
         self.sequence = sequence; self.takenAt = takenAt; self.silenceMs = silenceMs; self.mode = mode; self.pauseMs = pauseMs
     }

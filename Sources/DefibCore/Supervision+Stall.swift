@@ -14,15 +14,21 @@ extension Supervision {
         // `none`: the soft evidence (the suspect note, the sample a stall incident is diagnosed from) is all there is.
         guard mode != .none else { return }
         var evidence = StallEvidence(sequence: stallSequence, takenAt: now.wall, silenceMs: silenceMs, mode: mode)
-        // A multi-process instance: the process that stalled, which may be a worker behind an idle master.
+        // A multi-process instance: the process that stalled, which may be a worker behind an idle master — judged
+        // over a real window (the instance baseline of the first miss), never over a few milliseconds, in which
+        // every sleeping process looks stuck.
         var target = (pid: pid, sample: sample)
         if let round = observation.instanceSamples.last, round.count > 1,
-           let chosen = ServiceProgressJudge.stallTarget(ledger.judgeRound(mainPID: pid, round: round)), !chosen.isMain,
+           let judged = ledger.judgeStallRound(mainPID: pid, round: round, minimumWindowMs: ProgressJudge.minimumWindowMs),
+           let chosen = ServiceProgressJudge.stallTarget(judged), !chosen.isMain,
            let chosenSample = round.first(where: { $0.pid == chosen.pid }) {
-            let main = ledger.judgeRound(mainPID: pid, round: round).first(where: \.isMain)
+            let main = judged.first(where: \.isMain)
             evidence.process = "pid \(chosen.pid) (\(chosen.comm)), \(chosen.condition.rawValue); the main process pid \(pid) was "
                 + (main?.condition.rawValue ?? "not judged")
             target = (chosen.pid, chosenSample)
+            // The stall incident is diagnosed from the process that stalled, as its evidence is.
+            let before = ledger.instanceBaseline.first { $0.pid == chosen.pid }
+            suspectSample = (chosenSample, before.map { ProgressJudge.judge(before: $0, after: chosenSample) })
         }
         evidence.threadStates = target.sample.stateSummary
         evidence.threads = target.sample.threads.isEmpty ? nil : target.sample.threads.count
@@ -80,6 +86,8 @@ extension Supervision {
         if keepCore {
             evidence.corePath = capture.record.path
             evidence.coreBytes = capture.record.bytes
+            // A worker's kept core goes with the worker's executable (`defib incidents gdb`), not the main process's.
+            if evidence.process != nil { evidence.executable = capture.executable }
         }
         if taken.mode == .core && capture.mode == .stacks {
             ledger.notePending("a full core would have frozen the service longer than stall_evidence_budget_ms "

@@ -62,21 +62,33 @@ public enum ProcSampler {
                                    ioPressure: readTextFile("/proc/pressure/io").flatMap(ProcParse.pressure),
                                    ticksPerSecond: ticksPerSecond, cpuCount: cpuCount)
         if let cg = readTextFile("/proc/\(pid)/cgroup").flatMap(ProcParse.cpuCgroup) {
-            let dirs = cg.version == 2
-                ? ["/sys/fs/cgroup\(cg.path)", "/sys/fs/cgroup/unified\(cg.path)"]
-                : ["/sys/fs/cgroup/cpu\(cg.path)", "/sys/fs/cgroup/cpu,cpuacct\(cg.path)"]
-            for dir in dirs {
-                guard let stat = readTextFile("\(dir)/cpu.stat").flatMap(ProcParse.cgroupCPUStat) else { continue }
+            let mounts = cg.version == 2 ? ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] : ["/sys/fs/cgroup/cpu", "/sys/fs/cgroup/cpu,cpuacct"]
+            for mount in mounts {
+                guard let stat = readTextFile("\(mount)\(cg.path)/cpu.stat").flatMap(ProcParse.cgroupCPUStat) else { continue }
                 sample.throttledPeriods = stat.periods; sample.throttledUs = stat.throttledUs
-                sample.cpuQuota = cg.version == 2
-                    ? readTextFile("\(dir)/cpu.max").flatMap { ProcParse.cpuQuota(v2: $0) }
-                    : readTextFile("\(dir)/cpu.cfs_quota_us").flatMap { q in
-                        readTextFile("\(dir)/cpu.cfs_period_us").flatMap { ProcParse.cpuQuota(v1Quota: q, period: $0) }
-                    }
+                sample.cpuQuota = tightestQuota(mount: mount, path: cg.path, version: cg.version)
                 break
             }
         }
         return sample
+    }
+
+    /// The tightest CPU quota on the way from the process's cgroup up to the root: a quota is usually set on the
+    /// service's cgroup or the unit's, above the instance's own leaf (whose own reads "max"), and limits it all the same.
+    public static func tightestQuota(mount: String, path: String, version: Int) -> CPUQuota? {
+        var tightest: CPUQuota?
+        var components = path.split(separator: "/").map(String.init)
+        while true {
+            let dir = mount + (components.isEmpty ? "" : "/" + components.joined(separator: "/"))
+            let quota = version == 2
+                ? readTextFile("\(dir)/cpu.max").flatMap { ProcParse.cpuQuota(v2: $0) }
+                : readTextFile("\(dir)/cpu.cfs_quota_us").flatMap { q in
+                    readTextFile("\(dir)/cpu.cfs_period_us").flatMap { ProcParse.cpuQuota(v1Quota: q, period: $0) }
+                }
+            if let quota, tightest.map({ quota.share < $0.share }) ?? true { tightest = quota }
+            if components.isEmpty { return tightest }
+            components.removeLast()
+        }
     }
 }
 

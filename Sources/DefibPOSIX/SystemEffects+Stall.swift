@@ -38,7 +38,11 @@ public enum StallEvidenceCapture {
                 notes.append("the process's mappings could not be read to weigh a full core: stacks only")
             }
         }
-        let executable = ProcessMemory.executable(pid: request.pid)
+        // What gdb reads the file with: the executable as it is on disk now (an upgraded-in-place binary reads
+        // "… (deleted)": then none, and the supervision falls back to the instance's own).
+        let executable = ProcessMemory.executable(pid: request.pid).flatMap { path in
+            !path.hasSuffix(" (deleted)") && access(path, R_OK) == 0 ? path : nil
+        }
         var options = NativeCoreOptions(budgetMs: max(1, request.budgetMs), firstThread: request.firstThread)
         // The stop is bounded on its own (a thread in D state never stops); keep it close to the budget.
         options.stopTimeoutMs = max(5, min(request.budgetMs * 2, 100))
