@@ -31,6 +31,21 @@ struct AnyServiceRunTests {
     }
 
     /// Our child running `comm` (defib's children are the service and, with an exec probe, the probe's command).
+    /// nginx under `defib run --heartbeat http` (plus `args`), ready, with its master and its two workers.
+    func superviseNginx(_ nginx: NginxProgram, _ dir: Scratch, _ args: [String]) throws -> (defib: Background, master: Int32, workers: [Int32]) {
+        let defib = try supervise(dir, ["--heartbeat", "http", "--probe", nginx.url] + args, nginx.argv)
+        do {
+            try #require(waitUntil(timeoutMs: 30_000) { defib.log.contains("is ready") }, "never ready: \(defib.log)")
+            let master = try #require(child(of: defib.pid, named: "nginx"))
+            var workers: [Int32] = []
+            try #require(waitUntil(timeoutMs: 30_000) { workers = childProcesses(of: master); return workers.count == 2 }, "workers: \(workers)")
+            return (defib, master, workers)
+        } catch {
+            defib.stop()
+            throw error
+        }
+    }
+
     func child(of pid: Int32, named comm: String) -> Int32? {
         childProcesses(of: pid).first { processName($0) == comm }
     }
@@ -168,12 +183,8 @@ struct AnyServiceRunTests {
         let nginx = try NginxProgram()
         let dir = Scratch("http-nginx")
         defer { nginx.stop(); dir.remove() }
-        let defib = try supervise(dir, ["--heartbeat", "http", "--probe", nginx.url], nginx.argv)
+        let (defib, master, workers) = try superviseNginx(nginx, dir, [])
         defer { defib.stop() }
-        try #require(waitUntil(timeoutMs: 30_000) { defib.log.contains("is ready") }, "never ready: \(defib.log)")
-        let master = try #require(child(of: defib.pid, named: "nginx"))
-        var workers: [Int32] = []
-        try #require(waitUntil(timeoutMs: 30_000) { workers = childProcesses(of: master); return workers.count == 2 }, "workers: \(workers)")
         for worker in workers { #expect(killProcess(worker, signal: SIGSTOP)) }
         let incident = try recoveredIncident(dir, defib)
         #expect(incident["pid"] as? Int == Int(master))
@@ -208,12 +219,8 @@ struct AnyServiceRunTests {
         let nginx = try NginxProgram()
         let dir = Scratch("stall-nginx")
         defer { nginx.stop(); dir.remove() }
-        let defib = try supervise(dir, ["--heartbeat", "http", "--probe", nginx.url, "--interval", "100", "--deadline", "3000"], nginx.argv)
+        let (defib, master, workers) = try superviseNginx(nginx, dir, ["--interval", "100", "--deadline", "3000"])
         defer { defib.stop() }
-        try #require(waitUntil(timeoutMs: 30_000) { defib.log.contains("is ready") }, "never ready: \(defib.log)")
-        let master = try #require(child(of: defib.pid, named: "nginx"))
-        var workers: [Int32] = []
-        try #require(waitUntil(timeoutMs: 30_000) { workers = childProcesses(of: master); return workers.count == 2 }, "workers: \(workers)")
         for worker in workers { #expect(killProcess(worker, signal: SIGSTOP)) }
         // The suspect stage (half the deadline) takes the evidence; then the workers go on, well before the deadline.
         let taken = waitUntil(timeoutMs: 10_000) { defib.log.contains("stall evidence: stacks") }
