@@ -43,14 +43,7 @@ func readRegularFile(_ path: String, maxBytes: Int) -> Result<[UInt8], FileReadP
     defer { close(fd) }
     var st = stat()
     guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return .failure(FileReadProblem("is not a regular file")) }
-    var data: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while data.count < maxBytes {
-        let n = retryingEINTR { chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, maxBytes - data.count)) } }
-        if n <= 0 { break }
-        data += chunk[0..<n]
-    }
-    return .success(data)
+    return .success(readAll(fd: fd, maxBytes: maxBytes))
 }
 
 /// Why a file could not be read, in words.

@@ -3,10 +3,15 @@ import DefibCore
 import Glibc
 
 /// Reads a file whole (up to `maxBytes`); nil when it cannot be opened.
-public func readFileBytes(_ path: String, maxBytes: Int = 1 << 20) -> [UInt8]? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+public func readFileBytes(_ path: String, maxBytes: Int = 1 << 20, flags: Int32 = 0) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | flags)
     if fd < 0 { return nil }
     defer { close(fd) }
+    return readAll(fd: fd, maxBytes: maxBytes)
+}
+
+/// What `fd` holds from where it stands to its end, at most `maxBytes`; a read error ends it like the end.
+func readAll(fd: Int32, maxBytes: Int) -> [UInt8] {
     var data: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while data.count < maxBytes {
@@ -18,8 +23,8 @@ public func readFileBytes(_ path: String, maxBytes: Int = 1 << 20) -> [UInt8]? {
 }
 
 /// Reads a small text file (under /proc or /sys) whole; nil when it cannot be opened.
-public func readTextFile(_ path: String, maxBytes: Int = 1 << 20) -> String? {
-    readFileBytes(path, maxBytes: maxBytes).map { String(decoding: $0, as: UTF8.self) }
+public func readTextFile(_ path: String, maxBytes: Int = 1 << 20, flags: Int32 = 0) -> String? {
+    readFileBytes(path, maxBytes: maxBytes, flags: flags).map { String(decoding: $0, as: UTF8.self) }
 }
 
 /// The thread ids of a process (/proc/PID/task), sorted; empty when the process is gone.

@@ -206,9 +206,13 @@ public final class ServiceCgroup: @unchecked Sendable {
 
     // MARK: plumbing
 
+    /// How much of a /proc or cgroup file is read (cgroup.procs of a very large service, a host's mountinfo).
+    static let readLimit = 16 << 20
+
     /// This process's cgroup v2 location, or nil (cgroup v1 only).
     public static func currentLocation() -> CgroupV2Location? {
-        guard let mountinfo = readText("/proc/self/mountinfo"), let cgroup = readText("/proc/self/cgroup") else { return nil }
+        guard let mountinfo = readTextFile("/proc/self/mountinfo", maxBytes: Self.readLimit),
+              let cgroup = readTextFile("/proc/self/cgroup", maxBytes: Self.readLimit) else { return nil }
         return CgroupV2Location.parse(mountinfo: mountinfo, cgroup: cgroup)
     }
 
@@ -233,7 +237,7 @@ public final class ServiceCgroup: @unchecked Sendable {
     }
 
     static func members(of dir: String) -> [Int32] {
-        (readText(dir + "/cgroup.procs") ?? "").split(separator: "\n").compactMap { Int32($0) }
+        ServiceProcesses.cgroupMembers(dir, maxBytes: readLimit)
     }
 
     static func childCgroups(_ dir: String) -> [String] {
@@ -269,7 +273,7 @@ public final class ServiceCgroup: @unchecked Sendable {
 
     /// `populated 1` in cgroup.events (any live process in the subtree).
     static func populated(_ dir: String) -> Bool {
-        guard let events = readText(dir + "/cgroup.events") else { return !subtreeMembers(dir).isEmpty }
+        guard let events = readTextFile(dir + "/cgroup.events", maxBytes: readLimit) else { return !subtreeMembers(dir).isEmpty }
         return events.split(separator: "\n").contains("populated 1")
     }
 
@@ -366,22 +370,6 @@ public final class InstanceCgroup: @unchecked Sendable {
     }
 }
 
-/// The whole of a small /proc or cgroup file, or nil.
-func readText(_ path: String) -> String? {
-    let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { Glibc.close(fd) }
-    var out: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65536)
-    while true {
-        let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out += chunk[0..<n]
-        if out.count > 16 << 20 { break }
-    }
-    return String(decoding: out, as: UTF8.self)
-}
 
 /// Writes `text` to a cgroup control file; the error text, or nil.
 func writeFile(_ path: String, _ text: String) -> String? {

@@ -47,20 +47,11 @@ public enum ServiceProcesses {
         return held
     }
 
-    /// The pids in `DIR/cgroup.procs` (opened without following a link; lines that are not pids are skipped).
-    public static func cgroupMembers(_ directory: String) -> [Int32] {
-        let fd = open(directory + "/cgroup.procs", O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        if fd < 0 { return [] }
-        defer { close(fd) }
-        var data: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while data.count < 1 << 20 {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { break }
-            data += chunk[0..<n]
-        }
-        return String(decoding: data, as: UTF8.self).split(separator: "\n").compactMap { Int32($0) }.filter { $0 > 0 }
+    /// The pids in `DIR/cgroup.procs` (opened without following a link; lines that are not pids are skipped),
+    /// reading at most `maxBytes` of it.
+    public static func cgroupMembers(_ directory: String, maxBytes: Int = 1 << 20) -> [Int32] {
+        (readTextFile(directory + "/cgroup.procs", maxBytes: maxBytes, flags: O_NOFOLLOW) ?? "")
+            .split(separator: "\n").compactMap { Int32($0) }.filter { $0 > 0 }
     }
 
     /// A sample of each process (`ProcSampler.sample`); a process gone meanwhile has no threads.
