@@ -18,21 +18,9 @@ struct DiskFullCaptureTests {
         try withTmpfs(size: "512k", name: "kernel-core") { work in
             try work.fill()
             let state = dir.path + "/state"
-            let config = dir.path + "/defib.toml"
-            try """
-                state_dir = "\(state)"
-                [service]
-                name = "full"
-                argv = ["\(Binaries.fixtures)/pingable.py"]
-                env = { MODE = "hang-after:5" }
-                working_directory = "\(work.path)"
-                [heartbeat]
-                interval_ms = 50
-                deadline_ms = 400
-                [capture]
-                method = "kernel"
-                stacks = false
-                """.write(toFile: config, atomically: true, encoding: .utf8)
+            let config = try writePingableConfig(at: dir.path + "/defib.toml", stateDir: state, name: "full", mode: "hang-after:5",
+                                                 serviceExtra: "working_directory = \"\(work.path)\"",
+                                                 extra: "[capture]\nmethod = \"kernel\"\nstacks = false\n")
             let defib = try Background([Binaries.defib, "run", "--config", config], log: dir.path + "/defib.log")
             defer { defib.stop() }
             var incident: [String: Any]?

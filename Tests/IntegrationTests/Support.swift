@@ -169,15 +169,17 @@ func incidentsJSON(stateDir: String) throws -> [[String: Any]] {
 }
 
 /// A defib config supervising Fixtures/pingable.py in `mode` (50 ms heartbeat, 400 ms deadline), with
-/// extra TOML appended (later tables and keys). Returns its path.
+/// extra keys in [service] and [heartbeat] and extra TOML appended (later tables and keys). Returns its path.
 @discardableResult
-func writePingableConfig(at path: String, stateDir: String, name: String, mode: String, heartbeatExtra: String = "", extra: String = "") throws -> String {
+func writePingableConfig(at path: String, stateDir: String, name: String, mode: String, serviceExtra: String = "",
+                         heartbeatExtra: String = "", extra: String = "") throws -> String {
     try """
         state_dir = "\(stateDir)"
         [service]
         name = "\(name)"
         argv = ["\(Binaries.fixtures)/pingable.py"]
         env = { MODE = "\(mode)" }
+        \(serviceExtra)
         [heartbeat]
         interval_ms = 50
         deadline_ms = 400
